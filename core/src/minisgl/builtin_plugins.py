@@ -1,0 +1,50 @@
+"""The core's own plugin, registered through the `minisgl` entry-point group like any
+third party's: the defaults a core-only install needs to run (the radix and naive caches,
+the fcfs queue policy, round-robin dispatch, and the built-in control commands). Other
+policies ship in the `minisgl-schedulers` distribution."""
+
+from .hookspecs import hookimpl
+from .specs import CacheSpec, ControlCommandSpec, DispatchPolicySpec, QueuePolicySpec
+
+
+@hookimpl
+def minisgl_register_caches(register):
+    register(CacheSpec(
+        name="radix",
+        description="radix tree over token ids: shared prefixes, lock refs, LRU eviction",
+        factory="minisgl.cache.radix:RadixCache",
+    ))
+    register(CacheSpec(
+        name="naive",
+        description="no prefix reuse: every request prefills its whole prompt",
+        factory="minisgl.cache.naive:NaiveCache",
+    ))
+
+
+@hookimpl
+def minisgl_register_schedulers(register):
+    register(QueuePolicySpec(
+        name="fcfs",
+        description="first come, first served",
+        factory="minisgl.engine.queue_policy:FCFS",
+    ))
+    register(DispatchPolicySpec(
+        name="rr",
+        description="round robin over healthy replicas",
+        factory="minisgl.dispatch:RoundRobin",
+    ))
+
+
+@hookimpl
+def minisgl_register_control_commands(register):
+    for name, description in [
+        ("metrics", "engine and server metrics"),
+        ("warm", "insert prefixes into the prefix cache: {prefixes: [str]}"),
+        ("flush_cache", "drop every unlocked prefix from the cache"),
+        ("plugins", "installed plugins and what they registered"),
+        ("set_scheduler", "switch the dispatch policy: {name: str}"),
+        ("drain", "stop admitting requests, finish the running ones"),
+    ]:
+        register(ControlCommandSpec(
+            name=name, description=description, factory=f"minisgl.control.commands:{name}"
+        ))

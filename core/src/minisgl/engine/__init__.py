@@ -1,0 +1,1 @@
+"""The engine: one scheduler for every backend (see ARCHITECTURE.md "The engine")."""

@@ -1,0 +1,113 @@
+"""The backend seam: what the scheduler hands a model runner each step, and what it gets back.
+
+The seam is batch-shaped. One ForwardBatch mixes decode requests (one new token each) with
+prefill chunks (many new tokens each). Tokens of all requests are flattened into one
+ragged dimension T, request by request, in the order of `extend_lens`.
+
+KV memory is a pool of token slots owned by the backend as tensors and by the core as
+indices. Slot ids are in [0, kv_capacity). A request's slots, position by position, form
+its row of `page_table`; with --page-size P, slots come in aligned runs of P (slot // P is
+the page), so a paged kernel may read every P-th entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row sampling parameters for the S rows that are sampled this step (device tensors)."""
+
+    temperature: torch.Tensor  # float32 [S]; 0 means greedy for that row
+    top_p: torch.Tensor  # float32 [S]; 1.0 = off
+    top_k: torch.Tensor  # int64 [S]; 0 = off
+    min_p: torch.Tensor  # float32 [S]; 0.0 = off
+    repetition_penalty: torch.Tensor  # float32 [S]; 1.0 = off
+    frequency_penalty: torch.Tensor  # float32 [S]; 0.0 = off
+    presence_penalty: torch.Tensor  # float32 [S]; 0.0 = off
+    # per-row seed for reproducible sampling (seed, step) -> same draw; -1 = unseeded
+    seeds: torch.Tensor  # int64 [S]
+    steps: torch.Tensor  # int64 [S]: tokens generated so far by the row (part of the seed stream)
+    # penalties look at tokens seen so far: padded [S, L] ids (pad = -1), only when needed
+    history: torch.Tensor | None = None
+    min_new_tokens_mask: torch.Tensor | None = None  # bool [S]: rows that must not stop yet
+    stop_token_ids: torch.Tensor | None = None  # int64 [S, K] padded with -1, masked while min_new_tokens
+    top_logprobs: int = 0  # max top-k logprobs requested by any row (0 = none)
+    want_logprobs: bool = False
+    all_greedy: bool = True  # fast path: plain argmax
+    needs_penalties: bool = False
+
+
+@dataclass
+class ForwardBatch:
+    input_ids: torch.Tensor  # int64 [T]
+    positions: torch.Tensor  # int64 [T]
+    out_slots: torch.Tensor  # int64 [T]: pool slot where each new token's K/V is written
+    page_table: torch.Tensor  # int64 [B, max(seq_lens)]: slots of positions 0..seq_len-1 per request (pad 0)
+    extend_lens: list[int]  # [B] new tokens per request this step
+    prefix_lens: list[int]  # [B] tokens already in the pool per request (cached prefix + earlier chunks)
+    sample_indices: torch.Tensor  # int64 [S]: indices into T whose logits are sampled
+    sampling: SamplingBatch | None  # None when S == 0 (only intermediate prefill chunks)
+    # host copies of the same numbers, so runners need not synchronise to read them
+    seq_lens: list[int] = field(default_factory=list)  # [B] prefix_lens + extend_lens
+
+    def __post_init__(self) -> None:
+        if not self.seq_lens:
+            self.seq_lens = [p + e for p, e in zip(self.prefix_lens, self.extend_lens)]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.extend_lens)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def is_decode(self) -> bool:
+        """Every request adds exactly one token (CUDA-graph eligible)."""
+        return all(e == 1 for e in self.extend_lens)
+
+
+@dataclass
+class ForwardResult:
+    """Sampled next tokens for the S sampled rows. On an asynchronous device the tensors
+    may still be in flight: the scheduler calls `resolve()` only when it needs the values,
+    which lets it prepare step N+1 while step N runs (overlap scheduling)."""
+
+    next_tokens: torch.Tensor  # int64 [S]
+    logprobs: torch.Tensor | None = None  # float32 [S]: logprob of the sampled token
+    top_logprob_ids: torch.Tensor | None = None  # int64 [S, K]
+    top_logprob_values: torch.Tensor | None = None  # float32 [S, K]
+    ready: torch.cuda.Event | None = None  # recorded after the copies to host were queued
+
+    def resolve(self) -> ForwardResult:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self
+
+
+@runtime_checkable
+class ModelRunner(Protocol):
+    """What a backend builds. Created by the BackendSpec factory:
+    `create_runner(settings: Settings, model: ResolvedModel) -> ModelRunner`."""
+
+    eos_token_ids: list[int]
+    vocab_size: int
+    max_context_len: int
+    device: torch.device
+
+    def kv_capacity(self) -> int:
+        """Token slots in the pool (a multiple of the page size)."""
+        ...
+
+    def forward(self, batch: ForwardBatch) -> ForwardResult:
+        """Write the new tokens' K/V into `out_slots`, attend over `page_table`, and sample
+        the rows in `sample_indices` with `sampling`."""
+        ...
+
+    def shutdown(self) -> None: ...

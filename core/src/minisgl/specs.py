@@ -1,0 +1,115 @@
+"""What plugins register: small, declarative specs.
+
+A spec names a thing and says where to import it from. Heavy imports (torch model code,
+kernels) happen late, when the thing is used, never when a plugin registers it, so
+listing plugins stays fast and survives missing optional packages.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+
+Kind = Literal["backend", "dispatch_policy", "queue_policy", "cache", "runner", "control_command"]
+KINDS: tuple[Kind, ...] = (
+    "backend",
+    "dispatch_policy",
+    "queue_policy",
+    "cache",
+    "runner",
+    "control_command",
+)
+
+
+def load_object(target: str | Callable[..., Any]) -> Any:
+    """Resolve "package.module:attr.path" (or return a callable as is)."""
+    if not isinstance(target, str):
+        return target
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"import string must look like 'package.module:attr', got {target!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class Spec(msgspec.Struct, kw_only=True, frozen=True):
+    """Common fields: a unique name within its kind, a one-line description, and the
+    factory as an import string ("pkg.mod:Class") or a callable."""
+
+    name: str
+    description: str
+    factory: Any  # str | Callable
+
+    def load(self) -> Any:
+        return load_object(self.factory)
+
+    @property
+    def factory_name(self) -> str:
+        if isinstance(self.factory, str):
+            return self.factory
+        return f"{getattr(self.factory, '__module__', '?')}:{getattr(self.factory, '__qualname__', '?')}"
+
+
+class BackendSpec(Spec, frozen=True):
+    """A model-runner backend. `probe` is an import string of a function
+    `probe(settings) -> str | None` returning None when the backend can run here, else the
+    reason it cannot (e.g. "needs CUDA: torch.cuda.is_available() is False")."""
+
+    probe: Any = None
+    devices: tuple[str, ...] = ("cpu",)
+    priority: int = 0  # higher wins in --backend auto among available backends
+    aliases: tuple[str, ...] = ()
+
+    def availability(self, settings: Any = None) -> str | None:
+        if self.probe is None:
+            return None
+        try:
+            return load_object(self.probe)(settings)
+        except Exception as exc:  # a probe must never take the program down
+            return f"availability probe failed: {type(exc).__name__}: {exc}"
+
+
+class DispatchPolicySpec(Spec, frozen=True):
+    """Chooses an engine replica for a request (SCHEDULER_MODE / --scheduler)."""
+
+
+class QueuePolicySpec(Spec, frozen=True):
+    """Orders the waiting queue of one engine (--queue-policy)."""
+
+
+class CacheSpec(Spec, frozen=True):
+    """A prefix cache over KV slots (--cache-type)."""
+
+
+class RunnerSpec(Spec, frozen=True):
+    """A modality runner: image or video generation, vision-language chat."""
+
+    modality: str = "image"  # image | video | vision-language
+    probe: Any = None
+
+    def availability(self, settings: Any = None) -> str | None:
+        if self.probe is None:
+            return None
+        try:
+            return load_object(self.probe)(settings)
+        except Exception as exc:
+            return f"availability probe failed: {type(exc).__name__}: {exc}"
+
+
+class ControlCommandSpec(Spec, frozen=True):
+    """A control-plane command. The factory is `handler(context, **args) -> dict`."""
+
+
+SPEC_TYPES: dict[Kind, type[Spec]] = {
+    "backend": BackendSpec,
+    "dispatch_policy": DispatchPolicySpec,
+    "queue_policy": QueuePolicySpec,
+    "cache": CacheSpec,
+    "runner": RunnerSpec,
+    "control_command": ControlCommandSpec,
+}

@@ -1,0 +1,1 @@
+"""minisgl backend-hf: transformers causal LMs with attention on the paged KV pool."""

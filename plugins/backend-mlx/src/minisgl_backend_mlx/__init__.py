@@ -1,0 +1,1 @@
+"""minisgl backend-mlx: mlx-lm models on Apple silicon and Linux CPU."""

@@ -1,0 +1,1 @@
+"""minisgl backend-sgl: the fast CUDA path."""

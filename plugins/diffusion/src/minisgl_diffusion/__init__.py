@@ -1,0 +1,1 @@
+"""minisgl diffusion runners: image and video generation with diffusers."""

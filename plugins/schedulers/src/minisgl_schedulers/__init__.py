@@ -1,0 +1,1 @@
+"""minisgl-schedulers: dispatch and queue policies."""

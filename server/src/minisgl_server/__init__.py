@@ -1,0 +1,1 @@
+"""minisgl-server: the Litestar HTTP server and engine processes."""
