@@ -1,0 +1,163 @@
+"""Sampling on the device: one vectorised pass over the S sampled rows of a step.
+
+`sample(logits, sampling)` turns the logits of the rows a runner sampled into next tokens,
+each row with its own parameters (a batch mixes greedy and sampled requests).
+
+Order of processing, the same as transformers' and vLLM's:
+1. penalties from `history` (the engine passes prompt + generated ids): repetition
+   (HF style: divide positive logits, multiply negative ones), then frequency (minus
+   penalty x count) and presence (minus penalty if seen);
+2. min_new_tokens: rows still under their minimum get -inf on `stop_token_ids` (the engine
+   puts the EOS ids there unless the request ignores EOS);
+3. temperature-0 rows (and top_k == 1 rows) take the argmax of the processed logits;
+4. the other rows: divide by temperature, keep top-k, top-p (nucleus, at least one token)
+   and min-p (prob >= min_p x max prob), then draw with the Gumbel-max trick.
+
+Reproducible seeds: a seeded row's noise is a counter-based hash of (seed, step, token id)
+(splitmix64 in int64 torch ops), so the same (seed, step) gives the same draw whatever the
+batch around it, on any device, with no per-row generator state. Unseeded rows use torch's
+global generator.
+
+Logprobs are those of the raw model distribution (log_softmax of the logits as the model
+produced them, before penalties, masks and temperature), which is what OpenAI and vLLM
+(its default "raw_logprobs" mode) return.
+
+The all_greedy fast path, with no penalties, masks or logprobs, is a plain argmax.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .batch import ForwardResult, SamplingBatch
+
+# splitmix64 constants as signed int64 (torch has no uint64 arithmetic everywhere).
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
+
+
+def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic on negatives)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser; int64 multiplication wraps like uint64 does."""
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def seeded_uniform(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Uniforms in (0, 1), float32 [R, V], a pure function of (seed, step, token id)."""
+    row_key = _mix64(_mix64(seeds.to(torch.int64) + _GOLDEN) ^ (steps.to(torch.int64) * _MIX2))
+    token = torch.arange(vocab_size, device=seeds.device, dtype=torch.int64)
+    bits = _mix64(row_key[:, None] + (token[None, :] + 1) * _GOLDEN)
+    # 24 high bits -> exactly representable float32 strictly inside (0, 1)
+    return (_shr(bits, 40).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def _gumbel(sampling: SamplingBatch, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    rows, vocab = shape
+    u = torch.rand(rows, vocab, device=device, dtype=torch.float32).clamp_(min=1e-12, max=1.0 - 1e-7)
+    seeded = sampling.seeds >= 0
+    if bool(seeded.any()):
+        idx = seeded.nonzero(as_tuple=True)[0]
+        u[idx] = seeded_uniform(sampling.seeds[idx], sampling.steps[idx], vocab)
+    return -torch.log(-torch.log(u))
+
+
+def _token_counts(history: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[S, V] float32 occurrences of each id in the padded (-1) history."""
+    index = torch.where(history < 0, vocab_size, history).clamp_(max=vocab_size)
+    counts = torch.zeros(history.shape[0], vocab_size + 1, device=history.device, dtype=torch.float32)
+    counts.scatter_add_(1, index, torch.ones_like(index, dtype=torch.float32))
+    return counts[:, :vocab_size]
+
+
+def apply_penalties(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
+    if sampling.history is None:
+        return logits
+    counts = _token_counts(sampling.history.to(logits.device), logits.shape[1])
+    seen = counts > 0
+    rep = sampling.repetition_penalty[:, None]
+    penalised = torch.where(logits > 0, logits / rep, logits * rep)
+    logits = torch.where(seen, penalised, logits)
+    logits = logits - sampling.frequency_penalty[:, None] * counts
+    return logits - sampling.presence_penalty[:, None] * seen.to(logits.dtype)
+
+
+def mask_stop_tokens(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
+    """Rows that have not reached min_new_tokens may not produce a stop token."""
+    if sampling.min_new_tokens_mask is None or sampling.stop_token_ids is None:
+        return logits
+    vocab = logits.shape[1]
+    ids = sampling.stop_token_ids.to(logits.device)
+    index = torch.where((ids < 0) | (ids >= vocab), vocab, ids)
+    banned = torch.zeros(logits.shape[0], vocab + 1, device=logits.device, dtype=torch.bool)
+    banned.scatter_(1, index, True)
+    banned = banned[:, :vocab] & sampling.min_new_tokens_mask.to(logits.device)[:, None]
+    return logits.masked_fill(banned, float("-inf"))
+
+
+def _filter(scaled: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
+    """Top-k, top-p and min-p masks on temperature-scaled logits (rows independent)."""
+    vocab = scaled.shape[1]
+    top_k = sampling.top_k.to(scaled.device)
+    top_k = torch.where((top_k <= 0) | (top_k > vocab), vocab, top_k)
+    top_p = sampling.top_p.to(scaled.device)
+    min_p = sampling.min_p.to(scaled.device)
+    need_k, need_p, need_min_p = bool((top_k < vocab).any()), bool((top_p < 1.0).any()), bool((min_p > 0).any())
+    if need_p:
+        sorted_logits, order = scaled.sort(dim=1, descending=True)
+        rank = torch.arange(vocab, device=scaled.device)[None, :]
+        drop = rank >= top_k[:, None]
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        probs = sorted_logits.softmax(dim=1)
+        # drop a token when the tokens strictly before it already reach top_p
+        before = probs.cumsum(dim=1) - probs
+        drop = drop | (before >= top_p[:, None])
+        drop[:, 0] = False
+        keep = torch.empty_like(drop).scatter_(1, order, ~drop)
+        scaled = scaled.masked_fill(~keep, float("-inf"))
+    elif need_k:
+        kmax = int(top_k.max())
+        kth = scaled.topk(kmax, dim=1).values.gather(1, (top_k - 1).clamp(max=kmax - 1)[:, None])
+        kth = kth.masked_fill(top_k[:, None] >= vocab, float("-inf"))  # rows with top-k off
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if need_min_p:
+        probs = scaled.softmax(dim=1)
+        threshold = probs.max(dim=1, keepdim=True).values * min_p[:, None]
+        scaled = scaled.masked_fill(probs < threshold, float("-inf"))
+    return scaled
+
+
+def _logprobs(logits: torch.Tensor, next_tokens: torch.Tensor, sampling: SamplingBatch, result: ForwardResult) -> None:
+    logprobs = logits.float().log_softmax(dim=1)
+    result.logprobs = logprobs.gather(1, next_tokens[:, None]).squeeze(1)
+    if sampling.top_logprobs > 0:
+        top = logprobs.topk(min(sampling.top_logprobs, logprobs.shape[1]), dim=1)
+        result.top_logprob_values, result.top_logprob_ids = top.values, top.indices
+
+
+def sample(logits: torch.Tensor, sampling: SamplingBatch) -> ForwardResult:
+    """Next token per row of `logits` [S, V] under each row's parameters."""
+    raw = logits
+    processed = logits.float()
+    if sampling.needs_penalties:
+        processed = apply_penalties(processed, sampling)
+    processed = mask_stop_tokens(processed, sampling)
+    if sampling.all_greedy:
+        next_tokens = processed.argmax(dim=1)
+    else:
+        temperature = sampling.temperature.to(processed.device)
+        greedy_rows = (temperature <= 0) | (sampling.top_k.to(processed.device) == 1)
+        scaled = processed / torch.where(greedy_rows, 1.0, temperature)[:, None]
+        scaled = _filter(scaled, sampling)
+        drawn = (scaled + _gumbel(sampling, scaled.shape, scaled.device)).argmax(dim=1)
+        next_tokens = torch.where(greedy_rows, processed.argmax(dim=1), drawn)
+    result = ForwardResult(next_tokens=next_tokens)
+    if sampling.want_logprobs or sampling.top_logprobs > 0:
+        _logprobs(raw, next_tokens, sampling, result)
+    return result
