@@ -59,11 +59,20 @@ FromEngine = Union[EngineReady, StepOutputs, EngineReply, EngineFatal]
 CALLABLE_METHODS = frozenset({"metrics", "warm", "flush_cache", "prefix_match_len", "check_invariants"})
 
 
+def _plain(obj: Any) -> Any:
+    """Engine call results may hold numpy/torch scalars or paths: send plain values."""
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "__float__"):
+        return float(obj)
+    return str(obj)
+
+
 class FrameCodec:
     """One encoder and typed decoders, reused (msgspec's fast path)."""
 
     def __init__(self) -> None:
-        self._encoder = msgspec.msgpack.Encoder()
+        self._encoder = msgspec.msgpack.Encoder(enc_hook=_plain)
         self._to_engine = msgspec.msgpack.Decoder(ToEngine)
         self._from_engine = msgspec.msgpack.Decoder(FromEngine)
 

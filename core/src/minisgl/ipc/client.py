@@ -1,0 +1,220 @@
+"""The server's side of one engine replica: spawns the engine process, sends frames, and
+routes each step's outputs to the queue of the request they belong to.
+
+Engine death (crash, kill, failed start) is noticed through the process sentinel: every
+in-flight request then receives an error output at once and new work is refused, so no
+caller ever hangs on a dead engine."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ..engine.messages import AbortRequest, EngineOutput, EngineRequest
+from ..settings import Settings
+from .endpoints import ReplicaEndpoints
+from .engine_process import run_engine_process
+from .protocol import EngineCall, EngineFatal, EngineReady, EngineReply, FrameCodec, Shutdown, StepOutputs
+
+log = logging.getLogger("minisgl.ipc")
+
+
+class EngineUnavailable(RuntimeError):
+    """The replica is not running (still starting, dead, or stopped)."""
+
+
+class EngineClient:
+    def __init__(
+        self,
+        settings: Settings,
+        replica: int,
+        endpoints: ReplicaEndpoints,
+        ctx: zmq.asyncio.Context,
+        on_death: Callable[[EngineClient], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.replica = replica
+        self.ctx = ctx
+        self.codec = FrameCodec()
+        self.on_death = on_death
+        self.state = "created"  # created | starting | ready | dead | stopped
+        self.error: str | None = None
+        self.ready_info: EngineReady | None = None
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self._requests = ctx.socket(zmq.PUSH)
+        self._outputs = ctx.socket(zmq.PULL)
+        self._requests.setsockopt(zmq.LINGER, 0)
+        self._outputs.setsockopt(zmq.LINGER, 0)
+        self._requests.bind(endpoints.requests)
+        self._outputs.bind(endpoints.outputs)
+        self.endpoints = ReplicaEndpoints(
+            requests=self._requests.getsockopt_string(zmq.LAST_ENDPOINT),
+            outputs=self._outputs.getsockopt_string(zmq.LAST_ENDPOINT),
+        )
+        self._routes: dict[str, asyncio.Queue[EngineOutput]] = {}
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._call_ids = itertools.count()
+        self._ready: asyncio.Future[EngineReady] | None = None
+        self._recv_task: asyncio.Task[None] | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def start(self) -> EngineReady:
+        """Spawn the engine process and wait for its "ready" (model loaded and warmed)."""
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        self.state = "starting"
+        # spawn, not fork: torch and CUDA are not fork-safe
+        mp = multiprocessing.get_context("spawn")
+        self.process = mp.Process(
+            target=run_engine_process,
+            args=(self.settings, self.replica, self.endpoints),
+            name=f"minisgl-engine-{self.replica}",
+            daemon=True,
+        )
+        self.process.start()
+        log.info("engine replica %d: process %d started, loading %s", self.replica, self.process.pid, self.settings.model_path)
+        loop.add_reader(self.process.sentinel, self._on_process_exit)
+        self._recv_task = asyncio.create_task(self._receive_loop(), name=f"engine-{self.replica}-recv")
+        info = await self._ready
+        self.ready_info = info
+        self.state = "ready"
+        return info
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def inflight(self) -> int:
+        return len(self._routes)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.state in ("stopped",):
+            return
+        was_alive = self.process.is_alive()
+        self.state = "stopped"
+        if was_alive:
+            try:
+                await self._requests.send(self.codec.encode(Shutdown()))
+            except zmq.ZMQError:
+                pass
+            for _ in range(int(timeout * 10)):
+                if not self.process.is_alive():
+                    break
+                await asyncio.sleep(0.1)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(5)
+        self._detach()
+        self._fail_everything("engine stopped")
+        self._requests.close(linger=0)
+        self._outputs.close(linger=0)
+
+    def _detach(self) -> None:
+        if self.process is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self.process.sentinel)
+            except (RuntimeError, ValueError, OSError):
+                pass
+        if self._recv_task is not None:
+            self._recv_task.cancel()
+
+    def _on_process_exit(self) -> None:
+        assert self.process is not None
+        self.process.join(0)
+        code = self.process.exitcode
+        self._detach()
+        if self.state == "stopped":
+            return
+        self._die(self.error or f"engine process {self.process.pid} exited with code {code}")
+
+    def _die(self, error: str) -> None:
+        if self.state in ("dead", "stopped"):
+            return
+        self.state = "dead"
+        self.error = error
+        log.error("engine replica %d is down: %s", self.replica, error)
+        self._fail_everything(error)
+        if self.on_death is not None:
+            self.on_death(self)
+
+    def _fail_everything(self, error: str) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(EngineUnavailable(error))
+        for rid, queue in list(self._routes.items()):
+            queue.put_nowait(EngineOutput(rid=rid, finished=True, finish_reason="error", error=error))
+        self._routes.clear()
+        for fut in self._calls.values():
+            if not fut.done():
+                fut.set_exception(EngineUnavailable(error))
+        self._calls.clear()
+
+    # ---- the data plane ----------------------------------------------------------------
+    async def _receive_loop(self) -> None:
+        while True:
+            frame = await self._outputs.recv()
+            try:
+                msg = self.codec.decode_from_engine(frame)
+            except Exception as exc:
+                log.error("engine replica %d sent an undecodable frame: %s", self.replica, exc)
+                continue
+            if isinstance(msg, StepOutputs):
+                for out in msg.outputs:
+                    queue = self._routes.get(out.rid)
+                    if queue is None:
+                        continue  # aborted by the frontend; late outputs are dropped
+                    if out.finished:
+                        del self._routes[out.rid]
+                    queue.put_nowait(out)
+            elif isinstance(msg, EngineReply):
+                fut = self._calls.pop(msg.call_id, None)
+                if fut is not None and not fut.done():
+                    if msg.error is not None:
+                        fut.set_exception(RuntimeError(msg.error))
+                    else:
+                        fut.set_result(msg.result)
+            elif isinstance(msg, EngineReady):
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(msg)
+            elif isinstance(msg, EngineFatal):
+                self.error = msg.error  # the sentinel fires next; report this cause
+
+    def _check_alive(self) -> None:
+        if self.state != "ready":
+            raise EngineUnavailable(self.error or f"engine replica {self.replica} is {self.state}")
+
+    async def submit(self, request: EngineRequest, queue: asyncio.Queue[EngineOutput]) -> None:
+        """Send a request; its outputs (the last with finished=True) arrive on `queue`."""
+        self._check_alive()
+        self._routes[request.rid] = queue
+        await self._requests.send(self.codec.encode(request))
+
+    async def abort(self, rid: str, reason: str = "abort") -> None:
+        """Stop a request and free its KV. Later outputs for it are dropped."""
+        if self._routes.pop(rid, None) is None:
+            return  # already finished (or never sent): nothing is held for it
+        if self.state == "ready":
+            await self._requests.send(self.codec.encode(AbortRequest(rid=rid, reason=reason)))
+
+    async def call(self, method: str, timeout: float = 30.0, **args: Any) -> Any:
+        """Call one of the engine's synchronous methods (protocol.CALLABLE_METHODS)."""
+        self._check_alive()
+        call_id = next(self._call_ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = fut
+        await self._requests.send(self.codec.encode(EngineCall(call_id=call_id, method=method, args=args)))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._calls.pop(call_id, None)

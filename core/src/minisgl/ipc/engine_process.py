@@ -1,0 +1,176 @@
+"""The engine process: load the model, warm up, say "ready", then loop.
+
+The loop owns one Engine. It drains request/abort/call frames (without blocking while the
+engine has work, blocking while idle), runs one engine step, and sends that step's outputs
+as one frame. It never waits on the HTTP side: sends are to a local PUSH socket."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+import zmq
+
+from ..engine.messages import AbortRequest, EngineOutput, EngineRequest
+from ..sampling_params import SamplingParams
+from ..settings import Settings
+from .endpoints import ReplicaEndpoints
+from .protocol import (
+    CALLABLE_METHODS,
+    EngineCall,
+    EngineFatal,
+    EngineReady,
+    EngineReply,
+    FrameCodec,
+    Shutdown,
+    StepOutputs,
+)
+
+log = logging.getLogger("minisgl.engine_process")
+
+IDLE_POLL_MS = 500  # while idle, wake this often to notice a dead parent
+WARMUP_RID = "__warmup__"
+
+
+def warm_up(engine: Any) -> None:
+    """One short greedy request through prefill and decode, so the first user request does
+    not pay for lazy initialisation; then drop what it cached."""
+    engine.add_request(EngineRequest(
+        rid=WARMUP_RID,
+        input_ids=[engine.eos_token_ids[0] if engine.eos_token_ids else 0] * 4,
+        sampling=SamplingParams(max_new_tokens=2, temperature=0.0, ignore_eos=True),
+    ))
+    deadline = time.monotonic() + 600
+    while engine.has_work():
+        for out in engine.step():
+            if out.rid == WARMUP_RID and out.finish_reason == "error":
+                raise RuntimeError(f"warm-up request failed: {out.error}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("warm-up request did not finish within 600 s")
+    engine.flush_cache()
+
+
+class EngineLoop:
+    def __init__(self, engine: Any, requests: zmq.Socket, outputs: zmq.Socket) -> None:
+        self.engine = engine
+        self.requests = requests
+        self.outputs = outputs
+        self.codec = FrameCodec()
+        self.poller = zmq.Poller()
+        self.poller.register(requests, zmq.POLLIN)
+        self.running = True
+
+    def run(self) -> None:
+        parent = multiprocessing.parent_process()
+        while self.running:
+            timeout = 0 if self.engine.has_work() else IDLE_POLL_MS
+            if self.poller.poll(timeout):
+                self._drain()
+            if parent is not None and not parent.is_alive():
+                log.warning("server process is gone; engine process exits")
+                return
+            if self.running and self.engine.has_work():
+                outs = self.engine.step()
+                if outs:
+                    self.outputs.send(self.codec.encode(StepOutputs(outputs=outs)))
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                frame = self.requests.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = self.codec.decode_to_engine(frame)
+            except Exception as exc:  # a bad frame is the sender's bug; never our crash
+                log.error("dropping undecodable frame: %s", exc)
+                continue
+            self._handle(msg)
+
+    def _handle(self, msg: Any) -> None:
+        if isinstance(msg, EngineRequest):
+            try:
+                self.engine.add_request(msg)
+            except Exception as exc:
+                self._send_error(msg.rid, f"{type(exc).__name__}: {exc}")
+        elif isinstance(msg, AbortRequest):
+            try:
+                self.engine.abort_request(msg.rid, msg.reason)
+            except KeyError:
+                pass  # finished in the meantime
+        elif isinstance(msg, EngineCall):
+            self._call(msg)
+        elif isinstance(msg, Shutdown):
+            self.running = False
+
+    def _send_error(self, rid: str, error: str) -> None:
+        out = EngineOutput(rid=rid, finished=True, finish_reason="error", error=error)
+        self.outputs.send(self.codec.encode(StepOutputs(outputs=[out])))
+
+    def _call(self, call: EngineCall) -> None:
+        reply = EngineReply(call_id=call.call_id)
+        if call.method not in CALLABLE_METHODS:
+            reply.error = f"unknown engine method {call.method!r}"
+        else:
+            try:
+                reply.result = getattr(self.engine, call.method)(**call.args)
+            except Exception as exc:
+                reply.error = f"{type(exc).__name__}: {exc}"
+        self.outputs.send(self.codec.encode(reply))
+
+
+def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpoints) -> None:
+    """multiprocessing (spawn) target: one engine replica."""
+    from ..cli import setup_logging
+
+    setup_logging(settings.log_level)
+    codec = FrameCodec()
+    ctx = zmq.Context()
+    requests = ctx.socket(zmq.PULL)
+    requests.connect(endpoints.requests)
+    outputs = ctx.socket(zmq.PUSH)
+    outputs.connect(endpoints.outputs)
+    started = time.perf_counter()
+    try:
+        from ..engine.engine import Engine
+
+        engine = Engine(settings)
+        warm_up(engine)
+    except BaseException as exc:  # noqa: BLE001 - report anything, then exit non-zero
+        log.error("engine replica %d failed to start:\n%s", replica, traceback.format_exc())
+        outputs.send(codec.encode(EngineFatal(error=f"{type(exc).__name__}: {exc}")))
+        outputs.close(linger=2000)
+        ctx.term()
+        sys.exit(1)
+    ready = EngineReady(
+        replica=replica,
+        pid=os.getpid(),
+        model_name=engine.model.name,
+        model_path=str(engine.model.path),
+        backend=engine.backend_name,
+        backend_reason=engine.backend_reason,
+        max_context_len=int(engine.max_context_len),
+        eos_token_ids=list(engine.eos_token_ids),
+        load_seconds=time.perf_counter() - started,
+    )
+    outputs.send(codec.encode(ready))
+    log.info("engine replica %d ready in %.1fs (pid %d)", replica, ready.load_seconds, ready.pid)
+    try:
+        EngineLoop(engine, requests, outputs).run()
+    except BaseException as exc:  # noqa: BLE001
+        log.error("engine replica %d crashed:\n%s", replica, traceback.format_exc())
+        try:
+            outputs.send(codec.encode(EngineFatal(error=f"{type(exc).__name__}: {exc}")), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        outputs.close(linger=1000)
+        os._exit(1)
+    engine.shutdown()
+    requests.close(linger=0)
+    outputs.close(linger=500)
+    ctx.term()

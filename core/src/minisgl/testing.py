@@ -1,0 +1,96 @@
+"""Test helpers: tiny random transformers models, built offline in about a second.
+
+    >>> from minisgl.testing import make_tiny_model
+    >>> path = make_tiny_model(tmp_path / "tiny", arch="qwen3")
+    >>> AutoModelForCausalLM.from_pretrained(path).generate(...)
+
+The model is random (deterministic for a seed); the tokenizer is real enough for tests: a
+byte-level BPE trained in memory on a small English corpus (any text round-trips, common
+words are single tokens) with ChatML special tokens and chat template.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .models.tokenizer_builder import (
+    END_OF_TEXT,
+    IM_END,
+    build_byte_level_tokenizer,
+    save_hf_tokenizer,
+)
+
+TinyArch = Literal["qwen3", "llama"]
+TINY_ARCHS: tuple[str, ...] = ("qwen3", "llama")
+
+
+def _config(arch: str, *, vocab_size: int, num_layers: int, hidden_size: int, num_heads: int,
+            num_kv_heads: int, bos_id: int, eos_id: int, pad_id: int, dtype: torch.dtype):
+    from transformers import LlamaConfig, Qwen3Config
+
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads={num_heads} must be divisible by num_kv_heads={num_kv_heads}")
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,
+        max_position_embeddings=4096,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        dtype=dtype,
+    )
+    if arch == "qwen3":  # like the small Qwen3 models: tied embeddings, q/k norms
+        return Qwen3Config(**common, tie_word_embeddings=True, rope_theta=1_000_000.0)
+    if arch == "llama":  # like Llama 3: separate lm_head
+        return LlamaConfig(**common, tie_word_embeddings=False, rope_theta=500_000.0)
+    raise ValueError(f"arch={arch!r}: expected one of {', '.join(TINY_ARCHS)}")
+
+
+def make_tiny_model(
+    path: str | Path,
+    arch: TinyArch = "qwen3",
+    *,
+    vocab_size: int | None = None,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    seed: int = 0,
+    dtype: torch.dtype | str = torch.float32,
+) -> str:
+    """Write a tiny random `arch` model with a working tokenizer into `path`; return the path.
+
+    `vocab_size=None` sizes the vocabulary to the trained tokenizer (about a thousand
+    tokens); a larger value pads it with filler tokens. The same seed gives the same weights.
+    """
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = build_byte_level_tokenizer(vocab_size)
+    vocab = tokenizer.get_vocab_size()
+    bos_id = pad_id = tokenizer.token_to_id(END_OF_TEXT)
+    eos_id = tokenizer.token_to_id(IM_END)
+    config = _config(arch, vocab_size=vocab, num_layers=num_layers, hidden_size=hidden_size,
+                     num_heads=num_heads, num_kv_heads=num_kv_heads, bos_id=bos_id, eos_id=eos_id,
+                     pad_id=pad_id, dtype=dtype)
+    with torch.random.fork_rng(devices=[]):  # deterministic weights without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
+    model.save_pretrained(str(out))
+    save_hf_tokenizer(tokenizer, out, bos_token=END_OF_TEXT, eos_token=IM_END, pad_token=END_OF_TEXT)
+    return str(out)

@@ -1,0 +1,1 @@
+"""An example third-party minisgl scheduler plugin (see least_loaded.py)."""
