@@ -1,8 +1,7 @@
 """Test helpers: tiny random transformers models, built offline in about a second.
 
-    >>> from minisgl.testing import make_tiny_model
-    >>> path = make_tiny_model(tmp_path / "tiny", arch="qwen3")
-    >>> AutoModelForCausalLM.from_pretrained(path).generate(...)
+`make_tiny_model(tmp_path / "tiny", arch="qwen3")` returns a directory that
+`AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` load offline.
 
 The model is random (deterministic for a seed); the tokenizer is real enough for tests: a
 byte-level BPE trained in memory on a small English corpus (any text round-trips, common
@@ -27,8 +26,19 @@ TinyArch = Literal["qwen3", "llama"]
 TINY_ARCHS: tuple[str, ...] = ("qwen3", "llama")
 
 
-def _config(arch: str, *, vocab_size: int, num_layers: int, hidden_size: int, num_heads: int,
-            num_kv_heads: int, bos_id: int, eos_id: int, pad_id: int, dtype: torch.dtype):
+def _config(
+    arch: str,
+    *,
+    vocab_size: int,
+    num_layers: int,
+    hidden_size: int,
+    num_heads: int,
+    num_kv_heads: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    dtype: torch.dtype,
+):
     from transformers import LlamaConfig, Qwen3Config
 
     if hidden_size % num_heads:
@@ -84,9 +94,18 @@ def make_tiny_model(
     vocab = tokenizer.get_vocab_size()
     bos_id = pad_id = tokenizer.token_to_id(END_OF_TEXT)
     eos_id = tokenizer.token_to_id(IM_END)
-    config = _config(arch, vocab_size=vocab, num_layers=num_layers, hidden_size=hidden_size,
-                     num_heads=num_heads, num_kv_heads=num_kv_heads, bos_id=bos_id, eos_id=eos_id,
-                     pad_id=pad_id, dtype=dtype)
+    config = _config(
+        arch,
+        vocab_size=vocab,
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        dtype=dtype,
+    )
     with torch.random.fork_rng(devices=[]):  # deterministic weights without touching the caller's RNG
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)

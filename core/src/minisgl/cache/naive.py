@@ -16,6 +16,9 @@ class NaiveCache:
     def match_prefix(self, token_ids: Sequence[int]) -> MatchResult:
         return MatchResult(handle=None, slots=[], length=0)
 
+    def match_len(self, token_ids: Sequence[int]) -> int:
+        return 0
+
     def lock(self, handle: Any) -> None:
         pass
 

@@ -34,8 +34,10 @@ def list_command(as_json: bool) -> None:
         table.add_row(info.name, info.kind, info.description, status)
     console = Console()
     console.print(table)
-    console.print("`minisgl models path NAME` prepares a model and prints its directory; "
-                  "a local directory or a hub id also works wherever a model is asked for.")
+    console.print(
+        "`minisgl models path NAME` prepares a model and prints its directory; "
+        "a local directory or a hub id also works wherever a model is asked for."
+    )
 
 
 @models.command("path")

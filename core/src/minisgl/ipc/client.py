@@ -48,7 +48,10 @@ class EngineClient:
         self.error: str | None = None
         self.ready_info: EngineReady | None = None
         self.process: multiprocessing.process.BaseProcess | None = None
-        self._requests = ctx.socket(zmq.PUSH)
+        # Sends are plain non-blocking calls on a synchronous socket with no high-water
+        # mark, so an abort can be sent from any `finally`, even in a cancelled task.
+        self._requests = zmq.Context.instance().socket(zmq.PUSH)
+        self._requests.setsockopt(zmq.SNDHWM, 0)
         self._outputs = ctx.socket(zmq.PULL)
         self._requests.setsockopt(zmq.LINGER, 0)
         self._outputs.setsockopt(zmq.LINGER, 0)
@@ -105,10 +108,7 @@ class EngineClient:
         was_alive = self.process.is_alive()
         self.state = "stopped"
         if was_alive:
-            try:
-                await self._requests.send(self.codec.encode(Shutdown()))
-            except zmq.ZMQError:
-                pass
+            self._send(Shutdown())
             for _ in range(int(timeout * 10)):
                 if not self.process.is_alive():
                     break
@@ -194,18 +194,28 @@ class EngineClient:
         if self.state != "ready":
             raise EngineUnavailable(self.error or f"engine replica {self.replica} is {self.state}")
 
-    async def submit(self, request: EngineRequest, queue: asyncio.Queue[EngineOutput]) -> None:
+    def _send(self, msg: Any) -> bool:
+        try:
+            self._requests.send(self.codec.encode(msg), zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:  # no engine connected (it died): the sentinel reports it
+            log.warning("engine replica %d: frame not sent: %s", self.replica, exc)
+            return False
+
+    def submit(self, request: EngineRequest, queue: asyncio.Queue[EngineOutput]) -> None:
         """Send a request; its outputs (the last with finished=True) arrive on `queue`."""
         self._check_alive()
         self._routes[request.rid] = queue
-        await self._requests.send(self.codec.encode(request))
+        if not self._send(request):
+            del self._routes[request.rid]
+            raise EngineUnavailable(f"engine replica {self.replica} is not reachable")
 
-    async def abort(self, rid: str, reason: str = "abort") -> None:
+    def abort(self, rid: str, reason: str = "abort") -> None:
         """Stop a request and free its KV. Later outputs for it are dropped."""
         if self._routes.pop(rid, None) is None:
             return  # already finished (or never sent): nothing is held for it
         if self.state == "ready":
-            await self._requests.send(self.codec.encode(AbortRequest(rid=rid, reason=reason)))
+            self._send(AbortRequest(rid=rid, reason=reason))
 
     async def call(self, method: str, timeout: float = 30.0, **args: Any) -> Any:
         """Call one of the engine's synchronous methods (protocol.CALLABLE_METHODS)."""
@@ -213,7 +223,9 @@ class EngineClient:
         call_id = next(self._call_ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = fut
-        await self._requests.send(self.codec.encode(EngineCall(call_id=call_id, method=method, args=args)))
+        if not self._send(EngineCall(call_id=call_id, method=method, args=args)):
+            self._calls.pop(call_id, None)
+            raise EngineUnavailable(f"engine replica {self.replica} is not reachable")
         try:
             return await asyncio.wait_for(fut, timeout)
         finally:

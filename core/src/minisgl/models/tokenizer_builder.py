@@ -60,7 +60,9 @@ def build_byte_level_tokenizer(
         # leave room for the specials that are not pinned, and for the 256 byte symbols
         budget = vocab_size - len(special_tokens)
         if budget < 256:
-            raise ValueError(f"vocab_size={vocab_size} is too small for a byte-level tokenizer (min {256 + len(special_tokens)})")
+            raise ValueError(
+                f"vocab_size={vocab_size} is too small for a byte-level tokenizer (min {256 + len(special_tokens)})"
+            )
         trained_vocab_size = min(trained_vocab_size, budget)
 
     tok = Tokenizer(models.BPE())
@@ -98,7 +100,15 @@ def build_byte_level_tokenizer(
         if i not in taken:
             vocab[f"<filler_{i}>"] = i
     spec["added_tokens"] = [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
         for t, i in sorted(ids.items(), key=lambda kv: kv[1])
     ]
     return Tokenizer.from_str(json.dumps(spec))

@@ -28,8 +28,10 @@ class LeastLoaded:
 @hookimpl
 def minisgl_register_schedulers(register):
     # The factory is an import string: minisgl imports it only when the policy is used.
-    register(DispatchPolicySpec(
-        name="least_loaded",
-        description="the replica with the fewest requests in flight, then the least KV used",
-        factory="minisgl_scheduler_example.least_loaded:LeastLoaded",
-    ))
+    register(
+        DispatchPolicySpec(
+            name="least_loaded",
+            description="the replica with the fewest requests in flight, then the least KV used",
+            factory="minisgl_scheduler_example.least_loaded:LeastLoaded",
+        )
+    )

@@ -1,0 +1,93 @@
+"""Streaming detokenization for frontends (LLM, the server): token ids in, text deltas out.
+
+Two things make it more than `tokenizer.decode` per token:
+- multi-byte UTF-8: one character may span several byte-level tokens; decoding them one
+  at a time gives U+FFFD. We keep a short window of already-emitted tokens (the prefix,
+  so that merges and leading spaces decode as in the full text) and emit new text only
+  once it no longer ends in an incomplete character;
+- stop strings may straddle tokens: any tail of the text that could be the start of a
+  stop string is held back until it is disambiguated, so no stop text ever reaches the
+  caller. On a match the text is cut right before the stop string and `push` reports
+  `stop_hit`; the frontend then calls `Engine.abort_request(rid, "stop")`.
+
+`finish()` flushes what was held back (a partial stop string that never completed, or a
+trailing incomplete character, which decodes to U+FFFD as transformers would).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+# how many already-emitted tokens to re-decode as context (vLLM uses the same idea)
+_CONTEXT_TOKENS = 6
+
+
+class IncrementalDetokenizer:
+    def __init__(self, tokenizer: Any, *, skip_special_tokens: bool = True, stop: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.stop = [s for s in stop if s]
+        self.token_ids: list[int] = []
+        self._prefix_offset = 0  # start of the context window
+        self._read_offset = 0  # tokens before this are already turned into text
+        self._held = ""  # decoded text not yet emitted (could start a stop string)
+        self.text = ""  # everything emitted so far
+        self.stopped = False
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+    def _new_text(self) -> str:
+        """Text added by tokens after the read offset, or "" while a character is incomplete."""
+        prefix = self._decode(self.token_ids[self._prefix_offset : self._read_offset])
+        full = self._decode(self.token_ids[self._prefix_offset :])
+        if full.endswith("\ufffd") or len(full) < len(prefix):
+            return ""
+        self._prefix_offset = max(0, len(self.token_ids) - _CONTEXT_TOKENS)
+        self._read_offset = len(self.token_ids)
+        return full[len(prefix) :]
+
+    def push(self, token_ids: Iterable[int]) -> tuple[str, bool]:
+        """Add tokens; returns (text safe to show now, whether a stop string matched)."""
+        if self.stopped:
+            return "", True
+        self.token_ids.extend(int(t) for t in token_ids)
+        self._held += self._new_text()
+        if self.stop:
+            cut = min((i for i in (self._held.find(s) for s in self.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                delta, self._held, self.stopped = self._held[:cut], "", True
+                self.text += delta
+                return delta, True
+            keep = self._stop_prefix_len(self._held)
+        else:
+            keep = 0
+        delta = self._held[: len(self._held) - keep]
+        self._held = self._held[len(self._held) - keep :]
+        self.text += delta
+        return delta, False
+
+    def _stop_prefix_len(self, text: str) -> int:
+        """Length of the longest tail of `text` that is a proper prefix of a stop string."""
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(text)), best, -1):
+                if text.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+    def finish(self) -> str:
+        """Flush held-back text once no more tokens will come."""
+        if self.stopped:
+            return ""
+        tail = self._held
+        rest = self.token_ids[self._read_offset :]
+        if rest:
+            prefix = self._decode(self.token_ids[self._prefix_offset : self._read_offset])
+            tail += self._decode(self.token_ids[self._prefix_offset :])[len(prefix) :]
+            self._read_offset = len(self.token_ids)
+        self._held = ""
+        self.text += tail
+        return tail

@@ -1,0 +1,317 @@
+"""The in-process engine every frontend drives (`minisgl.LLM`, the server's engine process).
+
+It resolves the model, picks the backend (`--backend auto` logs its choice and why each
+other backend was skipped), builds the runner, the prefix cache and the queue policy from
+the plugin registry, and runs one scheduling step at a time. It deals only in token ids.
+
+`add_request` and `abort_request` may be called from any thread at any moment: they land
+in an inbox that the next `step()` drains. Everything else belongs to the thread that
+calls `step()`.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import platform
+import threading
+import time
+from typing import Any
+
+import torch
+
+from ..cache.base import PrefixCache
+from ..models import ResolvedModel, resolve_model
+from ..plugins import Registry, get_registry
+from ..sampling_params import SamplingParams
+from ..settings import Settings
+from ..specs import BackendSpec
+from .batch import ModelRunner
+from .messages import EngineOutput, EngineRequest
+from .queue_policy import QueuePolicy
+from .request import Req
+from .scheduler import Scheduler
+
+log = logging.getLogger("minisgl.engine")
+
+
+def detect_device(settings: Settings) -> str:
+    if settings.device != "auto":
+        return settings.device
+    if torch.cuda.is_available():
+        return "cuda"
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        return "mps"
+    return "cpu"
+
+
+# what `--backend auto` prefers on each device, best first
+AUTO_PREFERENCE = {"cuda": ("sgl", "hf"), "mps": ("mlx", "hf"), "cpu": ("hf",)}
+
+
+def select_backend(settings: Settings, registry: Registry) -> tuple[BackendSpec, str]:
+    """The backend spec to use and a sentence saying why."""
+    if settings.backend != "auto":
+        spec = registry.get("backend", settings.backend)
+        assert isinstance(spec, BackendSpec)
+        reason = spec.availability(settings)
+        if reason is not None:
+            raise RuntimeError(f"backend {spec.name!r} (--backend / BACKEND_IMPL) cannot run here: {reason}")
+        return spec, f"--backend {settings.backend}"
+    device = detect_device(settings)
+    preferred = AUTO_PREFERENCE.get(device, ("hf",))
+    specs = registry.backends()
+    rank = {name: i for i, name in enumerate(preferred)}
+    # preferred backends in order, then any other backend that runs on the device
+    candidates = sorted(
+        (s for s in specs if s.name in rank or device in s.devices),
+        key=lambda s: (rank.get(s.name, len(rank)), -s.priority, s.name),
+    )
+    skipped = []
+    for spec in candidates:
+        why_not = spec.availability(settings)
+        if why_not is None:
+            note = "; ".join(skipped)
+            reason = f"auto on {device}: {spec.name}" + (f" (skipped {note})" if note else "")
+            for other in specs:
+                if other.name not in rank and other is not spec and other not in candidates:
+                    log.debug("backend %s not considered: does not run on %s", other.name, device)
+            return spec, reason
+        skipped.append(f"{spec.name}: {why_not}")
+        log.info("backend %s skipped: %s", spec.name, why_not)
+    known = ", ".join(s.name for s in specs) or "none installed"
+    raise RuntimeError(f"no backend can run on {device} (installed: {known}); " + "; ".join(skipped))
+
+
+class Engine:
+    def __init__(self, settings: Settings, registry: Registry | None = None, *, runner: ModelRunner | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or get_registry()
+        self.model: ResolvedModel = resolve_model(settings.model_path, dummy_weight=settings.dummy_weight)
+        if runner is None:
+            spec, self.backend_reason = select_backend(settings, self.registry)
+            self.backend_name = spec.name
+            log.info("backend: %s (%s)", spec.name, self.backend_reason)
+            runner = spec.load()(settings, self.model)
+        else:  # an embedder's own runner
+            self.backend_name, self.backend_reason = type(runner).__name__, "runner passed in"
+        self.runner = runner
+        self.eos_token_ids: list[int] = list(runner.eos_token_ids)
+        self.max_context_len: int = settings.max_seq_len_override or runner.max_context_len
+        cache_spec = self.registry.get("cache", settings.cache_type)
+        self.cache_type = cache_spec.name
+        self.cache: PrefixCache = cache_spec.load()(page_size=settings.page_size, settings=settings)
+        policy_spec = self.registry.get("queue_policy", settings.queue_policy)
+        self.queue_policy_name = policy_spec.name
+        self.policy: QueuePolicy = policy_spec.load()()
+        self.scheduler = Scheduler(
+            runner,
+            self.cache,
+            self.policy,
+            page_size=settings.page_size,
+            max_running_requests=settings.max_running_requests,
+            max_prefill_length=settings.max_prefill_length,
+            max_context_len=self.max_context_len,
+            decode_log_stride=settings.decode_log_stride,
+        )
+        log.info(
+            "engine ready: model=%s device=%s eos=%s context=%d kv=%d tokens (page %d) cache=%s queue=%s",
+            self.model.name, runner.device, self.eos_token_ids, self.max_context_len,
+            self.scheduler.pool.num_slots, settings.page_size, self.cache_type, self.queue_policy_name,
+        )
+        self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self._errors: list[EngineOutput] = []
+        self._deferred: list[EngineOutput] = []
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+        self.requests_aborted_total = 0
+        self.requests_finished_total = 0
+
+    # ---- requests -----------------------------------------------------------------
+    def add_request(self, req: EngineRequest) -> None:
+        self._inbox.append(("add", req))
+
+    def abort_request(self, rid: str, reason: str = "abort") -> None:
+        self._inbox.append(("abort", (rid, reason)))
+
+    def _error(self, rid: str, message: str, prompt_tokens: int = 0) -> None:
+        log.warning("request %s rejected: %s", rid, message)
+        self._errors.append(
+            EngineOutput(rid=rid, finished=True, finish_reason="error", error=message, prompt_tokens=prompt_tokens)
+        )
+
+    def _known(self, rid: str) -> Req | None:
+        s = self.scheduler
+        return s.waiting.get(rid) or next((r for r in s.running if r.rid == rid), None)
+
+    def _new_req(self, er: EngineRequest, warm_only: bool = False) -> Req | None:
+        ids = er.input_ids
+        try:
+            er.sampling.validate()
+        except ValueError as exc:
+            self._error(er.rid, str(exc), len(ids))
+            return None
+        if self._known(er.rid) is not None:
+            self._error(er.rid, f"request id {er.rid!r} is already in use")
+            return None
+        if not ids:
+            self._error(er.rid, "prompt is empty: at least one input token is needed")
+            return None
+        vocab = getattr(self.runner, "vocab_size", None)
+        if vocab and any(t < 0 or t >= vocab for t in ids):
+            bad = next(t for t in ids if t < 0 or t >= vocab)
+            self._error(er.rid, f"input_ids contains token id {bad}, outside the vocabulary [0, {vocab})", len(ids))
+            return None
+        pool_tokens = self.scheduler.pool.num_slots
+        if len(ids) >= self.max_context_len:
+            self._error(
+                er.rid,
+                f"prompt of {len(ids)} tokens does not fit the model context of {self.max_context_len} tokens "
+                "(one more token must be generated)",
+                len(ids),
+            )
+            return None
+        if len(ids) >= pool_tokens:
+            self._error(
+                er.rid,
+                f"prompt of {len(ids)} tokens can never fit the KV pool of {pool_tokens} tokens "
+                "(raise --num-pages or --memory-ratio)",
+                len(ids),
+            )
+            return None
+        p = er.sampling
+        wanted = p.max_new_tokens or self.settings.max_new_tokens_default
+        max_new = max(1, min(wanted, self.max_context_len - len(ids), pool_tokens - len(ids)))
+        stop_ids = set(p.stop_token_ids)
+        if not p.ignore_eos:
+            stop_ids.update(self.eos_token_ids)
+        return Req(
+            rid=er.rid,
+            prompt_ids=list(ids),
+            params=p,
+            max_new_tokens=max_new,
+            stop_ids=frozenset(stop_ids),
+            priority=er.priority,
+            arrival_time=er.arrival_time or time.time(),
+            seq=next(self._seq),
+            warm_only=warm_only,
+        )
+
+    def _drain_inbox(self) -> list[EngineOutput]:
+        outputs: list[EngineOutput] = []
+        while self._inbox:
+            kind, payload = self._inbox.popleft()
+            if kind == "add":
+                req = self._new_req(payload)
+                if req is not None:
+                    self.scheduler.add(req)
+            else:
+                rid, reason = payload
+                req = self._known(rid)
+                if req is None or req.warm_only:
+                    continue  # already finished: nothing to free
+                self.scheduler.finish(req, reason)
+                self.requests_aborted_total += reason == "abort"
+                self.requests_finished_total += 1
+                outputs.append(
+                    EngineOutput(
+                        rid=rid,
+                        finished=True,
+                        finish_reason=reason,
+                        prompt_tokens=len(req.prompt_ids),
+                        cached_tokens=max(req.prompt_cached_tokens, 0),
+                        completion_tokens=req.num_output,
+                    )
+                )
+        return outputs
+
+    # ---- the loop -----------------------------------------------------------------
+    def step(self) -> list[EngineOutput]:
+        with self._lock:
+            outputs = self._deferred + self._drain_inbox()
+            self._deferred = []
+            outputs += self._errors
+            self._errors = []
+            scheduled = self.scheduler.schedule()
+            if scheduled is not None:
+                result = self.runner.forward(scheduled.batch)
+                produced = self.scheduler.process(scheduled, result)
+                self.requests_finished_total += sum(o.finished for o in produced)
+                outputs += produced
+            return outputs
+
+    def has_work(self) -> bool:
+        s = self.scheduler
+        return bool(self._inbox or self._errors or self._deferred or s.waiting or s.running)
+
+    # ---- cache --------------------------------------------------------------------
+    def prefix_match_len(self, token_ids: list[int]) -> int:
+        return self.cache.match_len(token_ids)
+
+    def warm(self, token_id_lists: list[list[int]]) -> int:
+        """insert_prefix: prefill each list and keep its KV in the prefix cache. Outputs that
+        other requests produce meanwhile are handed out by the next step()."""
+        if self.cache_type == "naive":
+            return 0
+        before = self.scheduler.counters["warm_tokens_total"]
+        pending = set()
+        for i, ids in enumerate(token_id_lists):
+            if not ids:
+                continue
+            rid = f"__warm-{next(self._seq)}-{i}"
+            # a one-token greedy request: its prefill puts all of `ids` in the KV, and its
+            # release inserts them into the cache; the sampled token is never emitted
+            er = EngineRequest(rid=rid, input_ids=list(ids), sampling=SamplingParams(temperature=0.0, max_new_tokens=1))
+            req = self._new_req(er, warm_only=True)
+            if req is None:
+                continue
+            self.scheduler.add(req)
+            pending.add(req)
+        while any(r.finished_reason is None for r in pending):
+            outputs = self.step()
+            self._deferred.extend(outputs)
+        return self.scheduler.counters["warm_tokens_total"] - before
+
+    def flush_cache(self) -> int:
+        with self._lock:
+            freed = self.cache.flush()
+            self.scheduler.pool.free_slots(freed)
+            log.info("prefix cache flushed: %d tokens freed", len(freed))
+            return len(freed)
+
+    # ---- observability ------------------------------------------------------------
+    def metrics(self) -> dict:
+        s = self.scheduler
+        c = s.counters
+        return {
+            "backend": self.backend_name,
+            "cache_type": self.cache_type,
+            "queue_policy": self.queue_policy_name,
+            "num_running_reqs": len(s.running),
+            "num_waiting_reqs": len(s.waiting),
+            "kv_total_tokens": s.pool.num_slots,
+            "kv_used_tokens": s.kv_used_tokens(),
+            "kv_cached_tokens": self.cache.total_tokens,
+            "kv_free_tokens": s.pool.free_pages * s.P,
+            "prompt_tokens_total": c["prompt_tokens_total"],
+            "generation_tokens_total": c["generation_tokens_total"],
+            "cached_tokens_total": c["cached_tokens_total"],
+            "cache_hits": c["cache_hits"],
+            "cache_misses": c["cache_misses"],
+            "retractions_total": c["retractions_total"],
+            "evicted_tokens_total": c["evicted_tokens_total"],
+            "requests_aborted_total": self.requests_aborted_total,
+            "requests_finished_total": self.requests_finished_total,
+            "steps_total": s.steps,
+            "cache": self.cache.stats(),
+        }
+
+    def check_invariants(self) -> None:
+        self.scheduler.check_invariants()
+
+    def shutdown(self) -> None:
+        runner = getattr(self, "runner", None)
+        if runner is not None:
+            runner.shutdown()
+            self.runner = None  # type: ignore[assignment]

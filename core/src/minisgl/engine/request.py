@@ -1,0 +1,70 @@
+"""One request inside the engine: its tokens, its sampling parameters and the KV it holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..sampling_params import SamplingParams
+from .queue_policy import WaitingRequest
+
+
+@dataclass
+class Req:
+    rid: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_new_tokens: int  # already capped to the context and the pool
+    stop_ids: frozenset[int]  # EOS (unless ignore_eos) and stop_token_ids
+    priority: int = 0
+    arrival_time: float = 0.0
+    seq: int = 0
+    warm_only: bool = False  # a warm() prefill: fills the cache, emits nothing
+    # tokens: prompt + generated; the last generated one has no KV yet while decoding
+    all_ids: list[int] = field(default_factory=list)
+    num_output: int = 0
+    # KV held while running: positions [0, cached_len) are the locked cache prefix, the
+    # rest are private pages; `slots` maps every allocated position to its slot
+    row: int = -1  # row of the page table
+    slots: list[int] = field(default_factory=list)
+    private_pages: list[int] = field(default_factory=list)
+    cache_handle: Any = None
+    cached_len: int = 0
+    kv_len: int = 0  # positions whose K/V is in the pool
+    prompt_cached_tokens: int = -1  # cache hit of the first admission (reported to the user)
+    num_retractions: int = 0
+    finished_reason: str | None = None
+    # sampling row, fixed for the request's life
+    temperature: float = 1.0
+    seed: int = -1
+
+    def __post_init__(self) -> None:
+        if not self.all_ids:
+            self.all_ids = list(self.prompt_ids)
+        p = self.params
+        self.temperature = 0.0 if p.greedy else float(p.temperature)
+        self.seed = -1 if p.seed is None else int(p.seed) & ((1 << 63) - 1)
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.all_ids[len(self.prompt_ids) :]
+
+    @property
+    def pending(self) -> int:
+        """Tokens still to run through the model before the next sample."""
+        return len(self.all_ids) - self.kv_len
+
+    @property
+    def needs_penalties(self) -> bool:
+        p = self.params
+        return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+
+    def waiting_view(self) -> WaitingRequest:
+        return WaitingRequest(
+            rid=self.rid,
+            token_ids=tuple(self.all_ids),
+            priority=self.priority,
+            arrival_time=self.arrival_time,
+            seq=self.seq,
+            retracted=self.num_retractions > 0,
+        )

@@ -1,0 +1,111 @@
+"""What every attention layer of one forward needs, computed once per forward, not per layer.
+
+A batch mixes decode rows (one new token) and extend rows (a prefill chunk, maybe after a
+cached prefix). Decode rows are attended together as one padded batch over their page-table
+rows; each extend row is attended on its own (it is compute bound, so a Python loop over a
+handful of chunks costs nothing next to the matmuls). The index tensors and masks built here
+are shared by all layers of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from minisgl.engine.batch import ForwardBatch
+
+
+@dataclass
+class DecodeGroup:
+    """Rows that add one token each, attended as one padded batch."""
+
+    token_index: torch.Tensor | None  # [Bd] positions in T; None when every row of the batch decodes
+    slots: torch.Tensor  # [Bd * Ld] slots of each row's context, row-major (pad slots are masked)
+    width: int  # Ld: the longest context among the rows
+    key_valid: torch.Tensor  # bool [Bd, 1, 1, Ld]: key j is inside row b's context
+    query_positions: torch.Tensor  # int64 [Bd]: position of each row's new token
+    _window_masks: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def mask(self, sliding_window: int | None) -> torch.Tensor:
+        """Key mask for the layer, narrowed to the last `sliding_window` keys where the layer has one."""
+        if sliding_window is None:
+            return self.key_valid
+        if sliding_window not in self._window_masks:
+            key_pos = torch.arange(self.width, device=self.slots.device)
+            inside = key_pos[None, :] > (self.query_positions[:, None] - sliding_window)
+            self._window_masks[sliding_window] = self.key_valid & inside[:, None, None, :]
+        return self._window_masks[sliding_window]
+
+
+@dataclass
+class ExtendSegment:
+    """One request's chunk of new tokens, T[start:end], after `prefix_len` tokens in the pool."""
+
+    start: int
+    end: int
+    prefix_len: int
+    slots: torch.Tensor | None  # [seq_len] slots of prefix + chunk; None when there is no prefix
+    _masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)
+
+    @property
+    def extend_len(self) -> int:
+        return self.end - self.start
+
+    def mask(self, sliding_window: int | None, device: torch.device) -> torch.Tensor | None:
+        """Bool [extend_len, seq_len] causal mask; None means plain causal over the chunk alone."""
+        if sliding_window is None and self.prefix_len == 0:
+            return None
+        if sliding_window not in self._masks:
+            seq_len = self.prefix_len + self.extend_len
+            q_pos = torch.arange(self.prefix_len, seq_len, device=device)[:, None]
+            k_pos = torch.arange(seq_len, device=device)[None, :]
+            allowed = k_pos <= q_pos
+            if sliding_window is not None:
+                allowed &= k_pos > q_pos - sliding_window
+            self._masks[sliding_window] = allowed
+        return self._masks[sliding_window]
+
+
+@dataclass
+class AttentionPlan:
+    out_slots: torch.Tensor  # [T]
+    num_tokens: int
+    decode: DecodeGroup | None
+    extends: list[ExtendSegment]
+
+    @classmethod
+    def build(cls, batch: ForwardBatch) -> AttentionPlan:
+        device = batch.page_table.device
+        extend_lens, prefix_lens, seq_lens = batch.extend_lens, batch.prefix_lens, batch.seq_lens
+        decode_rows: list[int] = []
+        decode_tokens: list[int] = []
+        extends: list[ExtendSegment] = []
+        start = 0
+        for row, (ext, prefix) in enumerate(zip(extend_lens, prefix_lens)):
+            if ext == 1:
+                decode_rows.append(row)
+                decode_tokens.append(start)
+            elif ext > 1:
+                slots = batch.page_table[row, : prefix + ext] if prefix > 0 else None
+                extends.append(ExtendSegment(start, start + ext, prefix, slots))
+            start += ext
+        if start != batch.num_tokens:
+            raise ValueError(f"ForwardBatch: sum(extend_lens)={start} but input_ids has {batch.num_tokens} tokens")
+
+        decode = None
+        if decode_rows:
+            rows_seq = [seq_lens[r] for r in decode_rows]
+            width = max(rows_seq)
+            if len(decode_rows) == batch.batch_size:
+                table = batch.page_table[:, :width]
+                token_index = None
+            else:
+                rows = torch.tensor(decode_rows, dtype=torch.long, device=device)
+                table = batch.page_table.index_select(0, rows)[:, :width]
+                token_index = torch.tensor(decode_tokens, dtype=torch.long, device=device)
+            lens = torch.tensor(rows_seq, dtype=torch.long, device=device)
+            key_valid = torch.arange(width, device=device)[None, :] < lens[:, None]
+            slots = table.reshape(-1)  # one copy per forward, reused by every layer's gather
+            decode = DecodeGroup(token_index, slots, width, key_valid[:, None, None, :], lens - 1)
+        return cls(batch.out_slots, batch.num_tokens, decode, extends)

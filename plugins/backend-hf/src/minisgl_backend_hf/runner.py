@@ -1,0 +1,186 @@
+"""The backend-hf model runner: a transformers causal LM whose attention reads and writes
+minisgl's paged KV pool.
+
+Each step the scheduler hands over one ForwardBatch; the runner calls the model once on all
+of its tokens flattened into a single [1, T] sequence (with their true positions, so rotary
+embeddings are right), lets the registered paged attention route each token to its request,
+projects only the sampled rows through the LM head, and samples them on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+
+from minisgl.engine.batch import ForwardBatch, ForwardResult
+from minisgl.engine.sampler import sample
+
+from .attention import CONTEXT_ATTR, PagedAttentionContext, register
+from .attention_plan import AttentionPlan
+from .device import configure_torch, cpu_cores, pick_device, pick_dtype
+from .kv_pool import KVPool, KVShape, plan_num_pages
+
+logger = logging.getLogger(__name__)
+
+DUMMY_WEIGHT_SEED = 0  # random weights are the same on every run and in every process
+
+
+def _eos_token_ids(path: str, config: Any) -> list[int]:
+    """EOS ids from generation_config.json (chat models list several there), else the config."""
+    eos: Any = None
+    try:
+        eos = GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:
+        pass
+    if eos is None:
+        eos = getattr(config, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def _context_length(text_config: Any, override: int | None) -> int:
+    if override is not None:
+        return override
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError("the model config names no context length; set --max-seq-len-override")
+
+
+def _kv_shape(text_config: Any, dtype: torch.dtype) -> tuple[KVShape, int]:
+    heads = text_config.num_attention_heads
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    return KVShape(text_config.num_hidden_layers, kv_heads, head_dim, dtype), heads
+
+
+class HFModelRunner:
+    """ModelRunner for any transformers causal LM (see minisgl.engine.batch.ModelRunner)."""
+
+    def __init__(self, settings: Any, model: Any) -> None:
+        self.device = pick_device(settings.device)
+        configure_torch(self.device, settings.matmul_precision)
+        config = AutoConfig.from_pretrained(model.path, trust_remote_code=settings.trust_remote_code)
+        self.dtype = pick_dtype(settings.dtype, config, self.device)
+        self.model = self._load(model, config, settings.trust_remote_code)
+        text_config = self.model.config.get_text_config()
+
+        self.name: str = model.name
+        self.vocab_size: int = int(text_config.vocab_size)
+        self.max_context_len = _context_length(text_config, settings.max_seq_len_override)
+        self.eos_token_ids = _eos_token_ids(model.path, text_config)
+        threads = f", {torch.get_num_threads()} threads of {cpu_cores()} cores" if self.device.type == "cpu" else ""
+        logger.info(
+            "Model %s (%s) on %s%s, dtype %s, context %d tokens, EOS token id(s) %s",
+            self.name,
+            type(self.model).__name__,
+            self.device,
+            threads,
+            str(self.dtype).removeprefix("torch."),
+            self.max_context_len,
+            self.eos_token_ids,
+        )
+
+        shape, num_heads = _kv_shape(text_config, self.dtype)
+        num_pages = plan_num_pages(
+            shape,
+            self.device,
+            settings.page_size,
+            settings.num_pages,
+            settings.memory_ratio,
+            max_tokens_useful=settings.max_running_requests * self.max_context_len,
+        )
+        self.pool = KVPool(shape, num_pages, settings.page_size, self.device)
+        self.context = PagedAttentionContext(self.pool, num_heads, use_sdpa=settings.enable_sdp)
+        self._attach_context(shape.num_layers)
+        self._no_rows = torch.empty(0, dtype=torch.long, device=self.device)
+
+    def _load(self, model: Any, config: Any, trust_remote_code: bool) -> PreTrainedModel:
+        attn = register()
+        common = dict(dtype=self.dtype, attn_implementation=attn, trust_remote_code=trust_remote_code)
+        try:
+            if model.dummy:
+                logger.info("Building %s with random weights (seed %d)", model.name, DUMMY_WEIGHT_SEED)
+                with torch.random.fork_rng(devices=[]), torch.device(self.device):
+                    torch.manual_seed(DUMMY_WEIGHT_SEED)
+                    lm = AutoModelForCausalLM.from_config(config, **common)
+            else:
+                logger.info("Loading %s weights from %s", model.name, model.path)
+                lm = AutoModelForCausalLM.from_pretrained(model.path, config=config, **common)
+        except ValueError as exc:
+            if attn in str(exc) or "attention" in str(exc).lower():
+                raise ValueError(
+                    f"backend hf: {type(config).__name__} models cannot route attention through a custom "
+                    f"AttentionInterface function ({exc}); try another --backend"
+                ) from exc
+            raise
+        lm = lm.to(self.device).eval().requires_grad_(False)
+        return lm
+
+    def _attach_context(self, num_layers: int) -> None:
+        """Every attention module finds this runner's pool and plan through an attribute."""
+        layers = 0
+        for module in self.model.modules():
+            layer_idx = getattr(module, "layer_idx", None)
+            if isinstance(layer_idx, int):
+                if not 0 <= layer_idx < num_layers:
+                    raise ValueError(f"{type(module).__name__}.layer_idx={layer_idx} outside the {num_layers} KV layers")
+                setattr(module, CONTEXT_ATTR, self.context)
+                layers += 1
+        if layers == 0:
+            raise ValueError(f"{type(self.model).__name__}: found no attention modules with a layer_idx")
+
+    def kv_capacity(self) -> int:
+        return self.pool.capacity
+
+    def _to_device(self, batch: ForwardBatch) -> ForwardBatch:
+        if batch.input_ids.device == self.device:
+            return batch
+        move = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
+        batch.input_ids, batch.positions, batch.out_slots = map(move, (batch.input_ids, batch.positions, batch.out_slots))
+        batch.page_table, batch.sample_indices = move(batch.page_table), move(batch.sample_indices)
+        return batch
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch) -> ForwardResult:
+        batch = self._to_device(batch)
+        self.context.plan = AttentionPlan.build(batch)
+        try:
+            out = self.model(
+                input_ids=batch.input_ids[None],
+                position_ids=batch.positions[None],
+                use_cache=False,
+                # the LM head runs only for the rows that are sampled (none for a mid-prompt chunk)
+                logits_to_keep=batch.sample_indices if batch.sampling is not None else self._no_rows,
+            )
+        finally:
+            self.context.plan = None
+        if batch.sampling is None:
+            return ForwardResult(next_tokens=self._no_rows)
+        result = sample(out.logits[0], batch.sampling)
+        if self.device.type == "cuda":  # let the scheduler prepare the next step meanwhile
+            result.next_tokens = result.next_tokens.to("cpu", non_blocking=True)
+            if result.logprobs is not None:
+                result.logprobs = result.logprobs.to("cpu", non_blocking=True)
+            result.ready = torch.cuda.Event()
+            result.ready.record()
+        return result
+
+    def shutdown(self) -> None:
+        """Drop the weights and the pool so their memory goes back to the device."""
+        self.context.plan = None
+        for name in ("model", "pool", "context"):
+            if hasattr(self, name):
+                delattr(self, name)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def create_runner(settings: Any, model: Any) -> HFModelRunner:
+    """BackendSpec factory: `create_runner(settings, resolved_model)`."""
+    return HFModelRunner(settings, model)

@@ -1,0 +1,112 @@
+"""Which kernels the model runs: a KernelSet of callables, picked once per runner.
+
+- CUDA: Triton kernels of this package; where an ABI-compatible `sgl_kernel` imports and
+  agrees with them on a smoke test, its RMSNorm and SiLU-mul are used instead.
+- CPU: the torch references (for tests; backend-sgl serves on CUDA only).
+The choice is logged, so a user sees which path runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import reference
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    name: str
+    rmsnorm: Callable[..., torch.Tensor]
+    silu_mul: Callable[[torch.Tensor], torch.Tensor]
+    rope_and_store_kv: Callable[..., None]
+    extend_attention: Callable[..., torch.Tensor]
+    decode_attention: Callable[..., torch.Tensor]
+
+
+REFERENCE = KernelSet(
+    name="torch reference",
+    rmsnorm=reference.rmsnorm,
+    silu_mul=reference.silu_mul,
+    rope_and_store_kv=reference.rope_and_store_kv,
+    extend_attention=reference.extend_attention,
+    decode_attention=reference.decode_attention,
+)
+
+
+def triton_kernels() -> KernelSet:
+    from . import activation, attention, norm, rope_store
+
+    return KernelSet(
+        name="triton",
+        rmsnorm=norm.rmsnorm,
+        silu_mul=activation.silu_mul,
+        rope_and_store_kv=rope_store.rope_and_store_kv,
+        extend_attention=attention.extend_attention,
+        decode_attention=attention.decode_attention,
+    )
+
+
+def _sgl_kernel_ops(device: torch.device, dtype: torch.dtype) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] | str:
+    """sgl_kernel's RMSNorm and SiLU-mul wrapped to our signatures, or why they cannot be used."""
+    try:
+        import sgl_kernel  # type: ignore[import-not-found]
+    except Exception as exc:  # missing, or built for another torch/CUDA ABI
+        return f"sgl_kernel not importable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+
+    def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if residual is None:
+            return sgl_kernel.rmsnorm(x, weight, eps)
+        x = x.clone()  # fused_add_rmsnorm works in place on both
+        sgl_kernel.fused_add_rmsnorm(x, residual, weight, eps)
+        return x
+
+    def silu_mul(x: torch.Tensor) -> torch.Tensor:
+        return sgl_kernel.silu_and_mul(x)
+
+    try:  # a smoke test against the references: an ABI mismatch shows up here, not mid-serving
+        x = torch.randn(4, 256, device=device, dtype=dtype)
+        w = torch.rand(256, device=device, dtype=dtype) + 0.5
+        r1, r2 = torch.randn_like(x), None
+        r2 = r1.clone()
+        ok = torch.allclose(rmsnorm(x, w, 1e-6, r1).float(), reference.rmsnorm(x, w, 1e-6, r2).float(), atol=2e-2, rtol=2e-2)
+        g = torch.randn(4, 512, device=device, dtype=dtype)
+        ok = ok and torch.allclose(silu_mul(g).float(), reference.silu_mul(g).float(), atol=2e-2, rtol=2e-2)
+    except Exception as exc:
+        return f"sgl_kernel imported but failed its smoke test ({type(exc).__name__}: {exc})"
+    if not ok:
+        return "sgl_kernel imported but disagrees with the reference RMSNorm/SiLU-mul"
+    return rmsnorm, silu_mul
+
+
+def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: str = "auto") -> KernelSet:
+    if device.type != "cuda":
+        logger.info("backend-sgl kernels: torch reference (device %s has no Triton path)", device)
+        return REFERENCE
+    if attention_backend in ("fa", "fi"):
+        logger.warning("--attention-backend %s: FlashAttention/FlashInfer paged kernels are not wired in backend-sgl; using Triton", attention_backend)
+    kernels = triton_kernels()
+    sgl = _sgl_kernel_ops(device, dtype)
+    if isinstance(sgl, str):
+        logger.info("backend-sgl kernels: Triton attention, RMSNorm, RoPE+KV store, SiLU-mul; %s", sgl)
+        return kernels
+    rmsnorm, silu_mul = sgl
+    logger.info("backend-sgl kernels: Triton attention and RoPE+KV store; sgl_kernel RMSNorm and SiLU-mul")
+    return KernelSet(
+        name="triton+sgl_kernel",
+        rmsnorm=rmsnorm,
+        silu_mul=silu_mul,
+        rope_and_store_kv=kernels.rope_and_store_kv,
+        extend_attention=kernels.extend_attention,
+        decode_attention=kernels.decode_attention,
+    )
+
+
+def describe(kernels: KernelSet) -> dict[str, Any]:
+    return {"kernels": kernels.name}

@@ -1,0 +1,112 @@
+"""The example third-party scheduler distribution builds, installs with pip into a fresh
+venv, shows up in `minisgl plugins`, and routes when selected by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minisgl-scheduler-example"
+
+ROUTE_SCRIPT = textwrap.dedent(
+    """
+    from minisgl.dispatch import DispatchRequest, ReplicaView, load_dispatch_policy
+    policy = load_dispatch_policy("least_loaded")
+    replicas = [
+        ReplicaView(index=0, inflight=3, max_inflight=0),
+        ReplicaView(index=2, inflight=1, max_inflight=0, kv_total_tokens=100, kv_used_tokens=80),
+        ReplicaView(index=5, inflight=1, max_inflight=0, kv_total_tokens=100, kv_used_tokens=20),
+    ]
+    print(type(policy).__module__, policy.choose(DispatchRequest(rid="a", token_ids=[1, 2]), replicas))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def venv_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv that sees this environment's packages (torch, our editable installs)
+    and has the example installed from a built wheel, as a user's `pip install` would."""
+    root = tmp_path_factory.mktemp("example-plugin")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    # --system-site-packages reaches the base interpreter, not the venv running the tests;
+    # a .pth line adds this environment's site-packages (its own .pth files included).
+    target_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    parent_sites = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+    lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in dict.fromkeys(parent_sites))
+    Path(target_site, "_minisgl_parent_env.pth").write_text(lines)
+    source = root / "src"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            str(source),
+        ],
+        check=True,
+    )
+    return python
+
+
+def run(python: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("MINISGL_PLUGINS", "MINISGL_DISABLE_PLUGINS")}
+    env["PYTHONPATH"] = ""
+    result = subprocess.run([str(python), *args], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_example_is_installed_as_a_regular_distribution(venv_python: Path):
+    out = run(venv_python, "-c", "import importlib.metadata as m; print(m.version('minisgl-scheduler-example'))")
+    assert out.strip() == "0.1.0"
+    with pytest.raises(ModuleNotFoundError):  # installed in the venv only
+        __import__("minisgl_scheduler_example")
+
+
+def test_minisgl_plugins_lists_the_example(venv_python: Path):
+    plugins = {p["name"]: p for p in json.loads(run(venv_python, "-m", "minisgl", "plugins", "--json"))["plugins"]}
+    example = plugins["scheduler_example"]
+    assert example["distribution"] == "minisgl-scheduler-example"
+    assert example["version"] == "0.1.0"
+    assert example["error"] is None
+    assert example["registered"] == {"dispatch_policy": ["least_loaded"]}
+    assert "core" in plugins  # the core's own defaults are still there
+
+
+def test_selected_by_name_it_routes_to_the_least_loaded_replica(venv_python: Path):
+    module, chosen = run(venv_python, "-c", ROUTE_SCRIPT).split()
+    assert module == "minisgl_scheduler_example.least_loaded"
+    assert chosen == "5"  # fewest inflight (1, tied with 2), then the lower KV share
+
+
+def test_scheduler_mode_names_it_in_that_venv(venv_python: Path):
+    script = (
+        "from minisgl.settings import load_settings\n"
+        "from minisgl.dispatch import load_dispatch_policy\n"
+        "s, _ = load_settings(flags={'scheduler': 'least_loaded'})\n"
+        "print(type(load_dispatch_policy(s.scheduler, settings=s)).__name__)\n"
+    )
+    assert run(venv_python, "-c", script).strip() == "LeastLoaded"
