@@ -59,6 +59,7 @@ def _response(err: APIError) -> Response[ErrorResponse]:
     return Response(err.body(), status_code=err.status, headers=err.headers, media_type="application/json")
 
 
+_MISSING = re.compile(r"missing required field `(\w+)`")
 _MSGSPEC_PATH = re.compile(r"`\$\.?([^`]*)`")
 
 
@@ -76,6 +77,13 @@ def _validation_error(exc: ValidationException) -> APIError:
     message = message or str(exc.detail)
     if "JSON is malformed" in message or "malformed" in message.lower() or "Expected JSON" in message:
         return APIError(400, f"request body is not valid JSON: {message}", code="invalid_json")
+    if param == "data":  # Litestar's name for the whole body
+        param = None
+    missing = _MISSING.search(message)
+    if missing:
+        path = _MSGSPEC_PATH.search(message)
+        param = (path.group(1).split("[")[0].split(".")[0] if path and path.group(1) else None) or missing.group(1)
+        return APIError(400, f"missing required field '{missing.group(1)}'", param=param, code="missing_field")
     match = _MSGSPEC_PATH.search(message)
     if match:
         param = param or match.group(1).split("[")[0].split(".")[0] or None
@@ -99,6 +107,8 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
         message = f"method {request.method} is not allowed on {request.url.path}"
     else:
         message = str(exc.detail)
+    if status == 400 and "malformed" in message.lower():
+        return _response(APIError(400, f"request body is not valid JSON: {message}", code="invalid_json"))
     headers = dict(exc.headers or {})
     return _response(APIError(status, message, headers=headers))
 

@@ -34,7 +34,9 @@ class SamplingExtensions(msgspec.Struct, kw_only=True):
 
 
 class CompletionRequest(SamplingExtensions, kw_only=True):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    # a string, a list of strings, a list of token ids, or a list of token-id lists
+    # (msgspec takes one array type in a union; prompts.py checks the items)
+    prompt: Union[str, list[Any]]
     model: str | None = None
     max_tokens: PositiveInt | None = 16
     temperature: float | None = None

@@ -43,7 +43,12 @@ def completion_prompts(state: Any, prompt: str | list[Any]) -> list[list[int]]:
         raise bad_request("'prompt' is empty", param="prompt")
     out = []
     for item in items:
-        ids = state.tokenizer.encode(item) if isinstance(item, str) else check_token_ids(state, list(item), "prompt")
+        if isinstance(item, str):
+            ids = state.tokenizer.encode(item)
+        elif isinstance(item, list):
+            ids = check_token_ids(state, item, "prompt")
+        else:
+            raise bad_request("'prompt' must be a string, a list of strings, a list of token ids or a list of token-id lists", param="prompt")
         if not ids:
             raise bad_request("'prompt' is empty", param="prompt")
         out.append(ids)

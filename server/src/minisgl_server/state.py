@@ -4,6 +4,7 @@ the tokenizer (once the engines are ready), stats, and the startup sequence."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -55,8 +56,11 @@ class ServerState:
     async def start(self) -> None:
         """Start the engines, load the tokenizer, warm WARM_PREFIXES, then say ready.
         A failure is logged and shuts the server down (exit status 1)."""
+        # import transformers while the engine loads, so the tokenizer is quick after "ready"
+        preload = asyncio.create_task(asyncio.to_thread(importlib.import_module, "transformers"))
         try:
             infos = await self.pool.start(on_death=self._on_engine_death)
+            await preload
             self.info = infos[0]
             log.info(
                 "model %s (%s) on backend %r: %s; context %d tokens; %d replica(s), loaded in %.1fs",
@@ -64,14 +68,17 @@ class ServerState:
                 self.info.max_context_len, len(infos), max(i.load_seconds for i in infos),
             )
             self.tokenizer = await asyncio.to_thread(TokenizerService, self.info.model_path, self.settings.trust_remote_code)
-            if self.settings.warm_prefixes:
-                result = await self.warm(self.settings.warm_prefixes)
-                log.info("WARM_PREFIXES: %d prefixes, %s tokens cached", len(self.settings.warm_prefixes), result["cached_tokens"])
         except Exception as exc:
             self.startup_error = f"{type(exc).__name__}: {exc}"
             log.error("server startup failed: %s", self.startup_error)
             self.request_shutdown()
             return
+        if self.settings.warm_prefixes:
+            try:
+                result = await self.warm(self.settings.warm_prefixes)
+                log.info("WARM_PREFIXES: %d prefixes, %s tokens cached", len(self.settings.warm_prefixes), result["cached_tokens"])
+            except Exception as exc:  # a cold cache is slower, not broken
+                log.warning("WARM_PREFIXES failed: %s: %s", type(exc).__name__, exc)
         self.ready = True
         log.info("ready: /health answers 200 (scheduler %s)", self.pool.policy_name)
 

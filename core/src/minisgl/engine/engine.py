@@ -68,18 +68,26 @@ def select_backend(settings: Settings, registry: Registry) -> tuple[BackendSpec,
         (s for s in specs if s.name in rank or device in s.devices),
         key=lambda s: (rank.get(s.name, len(rank)), -s.priority, s.name),
     )
-    skipped = []
+    chosen: BackendSpec | None = None
+    skipped: list[str] = []
     for spec in candidates:
         why_not = spec.availability(settings)
         if why_not is None:
-            note = "; ".join(skipped)
-            reason = f"auto on {device}: {spec.name}" + (f" (skipped {note})" if note else "")
-            for other in specs:
-                if other.name not in rank and other is not spec and other not in candidates:
-                    log.debug("backend %s not considered: does not run on %s", other.name, device)
-            return spec, reason
+            chosen = spec
+            break
         skipped.append(f"{spec.name}: {why_not}")
-        log.info("backend %s skipped: %s", spec.name, why_not)
+    if chosen is not None:
+        # say why every other installed backend was not taken
+        for other in specs:
+            if other is chosen or any(x.startswith(other.name + ":") for x in skipped):
+                continue
+            why_not = other.availability(settings)
+            skipped.append(f"{other.name}: {why_not or f'available, but auto prefers {chosen.name} on {device}'}")
+        for line in skipped:
+            name, _, why = line.partition(": ")
+            log.info("backend %s skipped: %s", name, why)
+        note = "; ".join(skipped)
+        return chosen, f"auto on {device}: {chosen.name}" + (f" (skipped {note})" if note else "")
     known = ", ".join(s.name for s in specs) or "none installed"
     raise RuntimeError(f"no backend can run on {device} (installed: {known}); " + "; ".join(skipped))
 
@@ -255,7 +263,7 @@ class Engine:
         if self.cache_type == "naive":
             return 0
         before = self.scheduler.counters["warm_tokens_total"]
-        pending = set()
+        pending: list[Req] = []
         for i, ids in enumerate(token_id_lists):
             if not ids:
                 continue
@@ -267,7 +275,7 @@ class Engine:
             if req is None:
                 continue
             self.scheduler.add(req)
-            pending.add(req)
+            pending.append(req)
         while any(r.finished_reason is None for r in pending):
             outputs = self.step()
             self._deferred.extend(outputs)

@@ -3,8 +3,8 @@
 A batch mixes decode rows (one new token) and extend rows (a prefill chunk, maybe after a
 cached prefix). Decode rows are attended together as one padded batch over their page-table
 rows; each extend row is attended on its own (it is compute bound, so a Python loop over a
-handful of chunks costs nothing next to the matmuls). The index tensors and masks built here
-are shared by all layers of the model.
+handful of chunks costs nothing next to the matmuls). The index tensors, masks and additive
+biases built here are shared by all layers of the model (built on first use, then cached).
 """
 
 from __future__ import annotations
@@ -15,6 +15,15 @@ import torch
 
 from minisgl.engine.batch import ForwardBatch
 
+# Extend chunks are attended in blocks of queries: a block's scores stay small enough for the
+# CPU caches, and keys after the block's last query (all masked) are never touched.
+QUERY_BLOCK = 128
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where attention is allowed, -inf elsewhere, ready to add to the scores."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
 
 @dataclass
 class DecodeGroup:
@@ -23,19 +32,31 @@ class DecodeGroup:
     token_index: torch.Tensor | None  # [Bd] positions in T; None when every row of the batch decodes
     slots: torch.Tensor  # [Bd * Ld] slots of each row's context, row-major (pad slots are masked)
     width: int  # Ld: the longest context among the rows
-    key_valid: torch.Tensor  # bool [Bd, 1, 1, Ld]: key j is inside row b's context
+    key_valid: torch.Tensor  # bool [Bd, Ld]: key j is inside row b's context
     query_positions: torch.Tensor  # int64 [Bd]: position of each row's new token
-    _window_masks: dict[int, torch.Tensor] = field(default_factory=dict)
+    _cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return self.key_valid.shape[0]
 
     def mask(self, sliding_window: int | None) -> torch.Tensor:
-        """Key mask for the layer, narrowed to the last `sliding_window` keys where the layer has one."""
-        if sliding_window is None:
-            return self.key_valid
-        if sliding_window not in self._window_masks:
-            key_pos = torch.arange(self.width, device=self.slots.device)
-            inside = key_pos[None, :] > (self.query_positions[:, None] - sliding_window)
-            self._window_masks[sliding_window] = self.key_valid & inside[:, None, None, :]
-        return self._window_masks[sliding_window]
+        """bool [Bd, 1, Ld], narrowed to the last `sliding_window` keys where the layer has one."""
+        key = ("mask", sliding_window)
+        if key not in self._cache:
+            allowed = self.key_valid
+            if sliding_window is not None:
+                key_pos = torch.arange(self.width, device=self.slots.device)
+                allowed = allowed & (key_pos[None, :] > self.query_positions[:, None] - sliding_window)
+            self._cache[key] = allowed[:, None, :]
+        return self._cache[key]
+
+    def bias(self, sliding_window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """The same mask as an additive bias [Bd, 1, Ld] in the scores' dtype."""
+        key = ("bias", sliding_window, dtype)
+        if key not in self._cache:
+            self._cache[key] = _additive(self.mask(sliding_window), dtype)
+        return self._cache[key]
 
 
 @dataclass
@@ -46,25 +67,45 @@ class ExtendSegment:
     end: int
     prefix_len: int
     slots: torch.Tensor | None  # [seq_len] slots of prefix + chunk; None when there is no prefix
-    _masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)
+    _cache: dict[tuple, object] = field(default_factory=dict)
 
     @property
     def extend_len(self) -> int:
         return self.end - self.start
 
+    @property
+    def seq_len(self) -> int:
+        return self.prefix_len + self.extend_len
+
+    def _allowed(self, q_lo: int, q_hi: int, keys: int, sliding_window: int | None, device: torch.device) -> torch.Tensor:
+        q_pos = torch.arange(self.prefix_len + q_lo, self.prefix_len + q_hi, device=device)[:, None]
+        k_pos = torch.arange(keys, device=device)[None, :]
+        allowed = k_pos <= q_pos
+        if sliding_window is not None:
+            allowed &= k_pos > q_pos - sliding_window
+        return allowed
+
     def mask(self, sliding_window: int | None, device: torch.device) -> torch.Tensor | None:
-        """Bool [extend_len, seq_len] causal mask; None means plain causal over the chunk alone."""
+        """bool [extend_len, seq_len]; None means plain causal over the chunk alone (SDPA's is_causal)."""
         if sliding_window is None and self.prefix_len == 0:
             return None
-        if sliding_window not in self._masks:
-            seq_len = self.prefix_len + self.extend_len
-            q_pos = torch.arange(self.prefix_len, seq_len, device=device)[:, None]
-            k_pos = torch.arange(seq_len, device=device)[None, :]
-            allowed = k_pos <= q_pos
-            if sliding_window is not None:
-                allowed &= k_pos > q_pos - sliding_window
-            self._masks[sliding_window] = allowed
-        return self._masks[sliding_window]
+        key = ("mask", sliding_window)
+        if key not in self._cache:
+            self._cache[key] = self._allowed(0, self.extend_len, self.seq_len, sliding_window, device)
+        return self._cache[key]  # type: ignore[return-value]
+
+    def blocks(self, sliding_window: int | None, dtype: torch.dtype, device: torch.device) -> list[tuple[int, int, int, torch.Tensor]]:
+        """Query blocks (lo, hi, visible_keys, additive bias [hi - lo, visible_keys])."""
+        key = ("blocks", sliding_window, dtype)
+        if key not in self._cache:
+            blocks = []
+            for lo in range(0, self.extend_len, QUERY_BLOCK):
+                hi = min(lo + QUERY_BLOCK, self.extend_len)
+                visible = self.prefix_len + hi  # keys after the block's last query are masked for all of it
+                bias = _additive(self._allowed(lo, hi, visible, sliding_window, device), dtype)
+                blocks.append((lo, hi, visible, bias))
+            self._cache[key] = blocks
+        return self._cache[key]  # type: ignore[return-value]
 
 
 @dataclass
@@ -107,5 +148,5 @@ class AttentionPlan:
             lens = torch.tensor(rows_seq, dtype=torch.long, device=device)
             key_valid = torch.arange(width, device=device)[None, :] < lens[:, None]
             slots = table.reshape(-1)  # one copy per forward, reused by every layer's gather
-            decode = DecodeGroup(token_index, slots, width, key_valid[:, None, None, :], lens - 1)
+            decode = DecodeGroup(token_index, slots, width, key_valid, lens - 1)
         return cls(batch.out_slots, batch.num_tokens, decode, extends)

@@ -1,8 +1,8 @@
-"""The paged KV pool: one K and one V tensor per model, [layers, slots, kv_heads, head_dim].
+"""The paged KV pool: one K and one V tensor per model, [layers, kv_heads, slots, head_dim].
 
-The core owns slot indices, this pool owns the memory behind them. Slot-major rows keep the
-K (or V) of one token of one layer contiguous, so writing new tokens is one index_copy_ per
-layer and reading a request's context is one gather by its page-table row.
+The core owns slot indices, this pool owns the memory behind them. Head-major storage makes
+a gather by page-table rows come out as [kv_heads, tokens, head_dim], the layout batched
+matmuls want, with no transpose copy; writing new tokens is one index_copy_ per layer.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class KVPool:
         self.page_size = page_size
         self.num_pages = num_pages
         self.capacity = num_pages * page_size
-        dims = (shape.num_layers, self.capacity, shape.num_kv_heads, shape.head_dim)
+        dims = (shape.num_layers, shape.num_kv_heads, self.capacity, shape.head_dim)
         # zeros, not empty: padded gathers read masked slots, and 0 * NaN garbage would be NaN
         self.k = torch.zeros(dims, dtype=shape.dtype, device=device)
         self.v = torch.zeros(dims, dtype=shape.dtype, device=device)
@@ -94,6 +94,10 @@ class KVPool:
         return self.k.numel() * self.k.element_size() * 2
 
     def write(self, layer: int, slots: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
-        """Store the new tokens' K/V ([T, kv_heads, head_dim]) of one layer at `slots` [T]."""
-        self.k[layer].index_copy_(0, slots, key)
-        self.v[layer].index_copy_(0, slots, value)
+        """Store the new tokens' K/V ([kv_heads, T, head_dim]) of one layer at `slots` [T]."""
+        self.k[layer].index_copy_(1, slots, key)
+        self.v[layer].index_copy_(1, slots, value)
+
+    def gather(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of one layer at `slots` [N], each [kv_heads, N, head_dim]."""
+        return self.k[layer].index_select(1, slots), self.v[layer].index_select(1, slots)

@@ -52,11 +52,11 @@ def _context_length(text_config: Any, override: int | None) -> int:
     raise ValueError("the model config names no context length; set --max-seq-len-override")
 
 
-def _kv_shape(text_config: Any, dtype: torch.dtype) -> tuple[KVShape, int]:
+def _kv_shape(text_config: Any, dtype: torch.dtype) -> KVShape:
     heads = text_config.num_attention_heads
     kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
-    return KVShape(text_config.num_hidden_layers, kv_heads, head_dim, dtype), heads
+    return KVShape(text_config.num_hidden_layers, kv_heads, head_dim, dtype)
 
 
 class HFModelRunner:
@@ -86,7 +86,7 @@ class HFModelRunner:
             self.eos_token_ids,
         )
 
-        shape, num_heads = _kv_shape(text_config, self.dtype)
+        shape = _kv_shape(text_config, self.dtype)
         num_pages = plan_num_pages(
             shape,
             self.device,
@@ -96,7 +96,10 @@ class HFModelRunner:
             max_tokens_useful=settings.max_running_requests * self.max_context_len,
         )
         self.pool = KVPool(shape, num_pages, settings.page_size, self.device)
-        self.context = PagedAttentionContext(self.pool, num_heads, use_sdpa=settings.enable_sdp)
+        # SDPA's fused kernels win on CUDA/MPS; on a CPU plain bf16 matmuls beat its CPU kernel
+        use_sdpa = settings.enable_sdp and self.device.type != "cpu"
+        self.context = PagedAttentionContext(self.pool, use_sdpa=use_sdpa)
+        logger.info("Attention: paged KV pool, %s", "torch SDPA" if use_sdpa else "batched matmuls")
         self._attach_context(shape.num_layers)
         self._no_rows = torch.empty(0, dtype=torch.long, device=self.device)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -107,6 +106,3 @@ def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: 
         decode_attention=kernels.decode_attention,
     )
 
-
-def describe(kernels: KernelSet) -> dict[str, Any]:
-    return {"kernels": kernels.name}

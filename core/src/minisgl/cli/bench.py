@@ -1,0 +1,331 @@
+"""`minisgl bench`: benchmarks against transformers peers.
+
+`minisgl bench offline` runs one seeded workload (N requests, input and output lengths
+drawn uniformly from ranges, random token ids, EOS ignored so every request produces its
+full output) through minisgl's offline engine and, in the same process, through:
+- `hf-sequential`: `model.generate` one request after another;
+- `hf-streaming`: the seed's baseline, BENCH_HF_CONCURRENCY threads each running
+  `generate` with a TextIteratorStreamer (default 1);
+- `hf-cb`: transformers' own continuous batching (`init_continuous_batching`, sdpa
+  attention, per-request max_new_tokens, KV blocks sized to the workload).
+Throughput is output tokens / wall seconds of the generation phase (model loading and a
+short warm-up excluded). The compute floor is the time one forward pass over all the
+workload's tokens at once would take at the device's measured matmul speed: model FLOPs
+(2 x parameters per token + attention) divided by the FLOP/s of a large bf16/fp32 matmul
+timed here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import click
+
+PEERS = ("hf-sequential", "hf-streaming", "hf-cb")
+
+
+@dataclass
+class Workload:
+    prompts: list[list[int]]
+    output_lens: list[int]
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(self.output_lens)
+
+
+@dataclass
+class Result:
+    system: str
+    seconds: float
+    output_tokens: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def _range(text: str, flag: str) -> tuple[int, int]:
+    try:
+        lo, _, hi = text.partition("-")
+        a, b = int(lo), int(hi or lo)
+    except ValueError:
+        raise click.BadParameter(f"expected MIN-MAX, e.g. 50-300, got {text!r}", param_hint=flag) from None
+    if a < 1 or b < a:
+        raise click.BadParameter(f"need 1 <= MIN <= MAX, got {text!r}", param_hint=flag)
+    return a, b
+
+
+def make_workload(n: int, input_len: tuple[int, int], output_len: tuple[int, int], seed: int, vocab_size: int, special_below: int) -> Workload:
+    rng = random.Random(seed)
+    lo = min(special_below, vocab_size - 1)
+    prompts = [[rng.randrange(lo, vocab_size) for _ in range(rng.randint(*input_len))] for _ in range(n)]
+    outs = [rng.randint(*output_len) for _ in range(n)]
+    return Workload(prompts, outs)
+
+
+def _timed(fn: Callable[[], int], name: str) -> Result:
+    t0 = time.perf_counter()
+    tokens = fn()
+    return Result(name, time.perf_counter() - t0, tokens)
+
+
+# ---- systems -----------------------------------------------------------------------
+def run_minisgl(model: str, dtype: str, wl: Workload, settings: dict) -> tuple[Result, dict]:
+    from minisgl import LLM, SamplingParams
+
+    with LLM(model=model, dtype=dtype, **settings) as llm:
+        llm.generate([wl.prompts[0][:16]], SamplingParams(max_new_tokens=4, temperature=0.0))  # warm-up
+        llm.flush_cache()
+        params = [SamplingParams(temperature=0.0, max_new_tokens=n, ignore_eos=True) for n in wl.output_lens]
+
+        def go() -> int:
+            outs = llm.generate(wl.prompts, params)
+            return sum(len(o.token_ids) for o in outs)
+
+        result = _timed(go, "minisgl")
+        return result, llm.metrics()
+
+
+def _load_hf(path: str, dtype: str, attn: str | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    kwargs = {"dtype": torch_dtype}
+    if attn:
+        kwargs["attn_implementation"] = attn
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+
+
+def run_hf_sequential(path: str, dtype: str, wl: Workload) -> Result:
+    import torch
+
+    model = _load_hf(path, dtype)
+
+    def go() -> int:
+        total = 0
+        with torch.inference_mode():
+            for ids, n in zip(wl.prompts, wl.output_lens):
+                out = model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                total += out.shape[1] - len(ids)
+        return total
+
+    model.generate(torch.tensor([wl.prompts[0][:16]]), max_new_tokens=2, do_sample=False)
+    return _timed(go, "hf-sequential")
+
+
+def run_hf_streaming(path: str, dtype: str, wl: Workload, concurrency: int) -> Result:
+    """The seed's baseline: threads each running generate() with a TextIteratorStreamer."""
+    import torch
+    from transformers import AutoTokenizer, TextIteratorStreamer
+
+    model = _load_hf(path, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    work = list(zip(wl.prompts, wl.output_lens))
+    lock = threading.Lock()
+    produced = [0]
+
+    def one(ids: list[int], n: int) -> None:
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
+        kwargs = dict(input_ids=torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=streamer)
+        t = threading.Thread(target=lambda: model.generate(**kwargs))
+        t.start()
+        for _ in streamer:
+            pass
+        t.join()
+        with lock:
+            produced[0] += n
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not work:
+                    return
+                ids, n = work.pop(0)
+            one(ids, n)
+
+    def go() -> int:
+        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return produced[0]
+
+    return _timed(go, f"hf-streaming(x{concurrency})")
+
+
+def run_hf_cb(path: str, dtype: str, wl: Workload) -> Result:
+    """transformers' continuous batching, its paged KV sized to hold the whole workload."""
+    from transformers import ContinuousBatchingConfig, GenerationConfig
+    from transformers.generation.continuous_batching.utils import WorkloadHints
+
+    model = _load_hf(path, dtype, attn="sdpa")
+    page = 32
+    blocks = sum(-(-(len(p) + n) // page) for p, n in zip(wl.prompts, wl.output_lens)) + 8
+    gen = GenerationConfig(do_sample=False, max_new_tokens=max(wl.output_lens), eos_token_id=-1, pad_token_id=0)
+    cb = ContinuousBatchingConfig(page_size=page, num_blocks=blocks, max_batch_tokens=512)
+    hints = WorkloadHints(
+        max_prompt_length=max(map(len, wl.prompts)), max_generated_length=max(wl.output_lens), num_requests=len(wl.prompts)
+    )
+    manager = model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb, workload_hints=hints)
+    manager.start()
+    try:
+
+        def go() -> int:
+            ids = [manager.add_request(p, max_new_tokens=n) for p, n in zip(wl.prompts, wl.output_lens)]
+            pending, total = set(ids), 0
+            while pending:
+                res = manager.get_result(timeout=1.0)
+                if res is None:
+                    if not manager.is_running():
+                        raise RuntimeError("transformers continuous batching stopped early")
+                    continue
+                if res.is_finished() and res.request_id in pending:
+                    pending.discard(res.request_id)
+                    total += len(res.generated_tokens)
+            return total
+
+        return _timed(go, "hf-cb")
+    finally:
+        manager.stop(block=True)
+
+
+# ---- compute floor -------------------------------------------------------------------
+def compute_floor(path: str, dtype: str, wl: Workload) -> tuple[float, str]:
+    """Seconds the workload's FLOPs take at the matmul speed measured on this device."""
+    import torch
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path).get_text_config()
+    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    inter = getattr(cfg, "intermediate_size", 4 * h)
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", heads) or heads
+    head_dim = getattr(cfg, "head_dim", None) or h // heads
+    per_token_params = layers * (h * head_dim * (heads + 2 * kv_heads) + heads * head_dim * h + 3 * h * inter)
+    flops = 0.0
+    for p, n in zip(wl.prompts, wl.output_lens):
+        tokens = len(p) + n
+        flops += 2 * per_token_params * tokens + 2 * vocab * h * n  # LM head only for sampled rows
+        flops += layers * 4 * heads * head_dim * tokens * tokens / 2  # causal attention scores + values
+    a = torch.randn(1024, h, dtype=torch_dtype)
+    b = torch.randn(h, inter, dtype=torch_dtype)
+    for _ in range(3):
+        a @ b
+    reps, t0 = 20, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    rate = 2 * 1024 * h * inter * reps / (time.perf_counter() - t0)
+    how = f"{flops / 1e12:.2f} TFLOP of model math at {rate / 1e9:.1f} GFLOP/s ({str(torch_dtype)[6:]} 1024x{h}x{inter} matmul timed here)"
+    return flops / rate, how
+
+
+# ---- command -------------------------------------------------------------------------
+@click.group()
+def bench() -> None:
+    """Benchmarks against transformers peers."""
+
+
+@bench.command()
+@click.option("--model", default="smollm2-135m", show_default=True, help="model name or path")
+@click.option("--num-requests", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--input-len", default="50-300", show_default=True, help="prompt length range MIN-MAX")
+@click.option("--output-len", default="50-200", show_default=True, help="output length range MIN-MAX")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
+@click.option("--peers", default="all", show_default=True, help="all | none | comma list of " + ",".join(PEERS))
+@click.option("--max-running-requests", type=click.IntRange(min=1), default=None, help="minisgl scheduler limit")
+@click.option("--max-prefill-length", type=click.IntRange(min=1), default=None, help="minisgl prefill chunk budget")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="write results JSON here")
+def offline(model, num_requests, input_len, output_len, seed, dtype, peers, max_running_requests, max_prefill_length, output) -> None:
+    """Offline throughput: minisgl vs transformers on one seeded workload."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..models import resolve_model
+
+    logging.getLogger("minisgl").setLevel(os.environ.get("BENCH_LOG_LEVEL", "WARNING").upper())
+    logging.getLogger("minisgl_backend_hf").setLevel(os.environ.get("BENCH_LOG_LEVEL", "WARNING").upper())
+    console = Console()
+    in_rng, out_rng = _range(input_len, "--input-len"), _range(output_len, "--output-len")
+    if peers == "all":
+        chosen = list(PEERS)
+    elif peers == "none":
+        chosen = []
+    else:
+        chosen = [p.strip() for p in peers.split(",") if p.strip()]
+        bad = [p for p in chosen if p not in PEERS]
+        if bad:
+            raise click.BadParameter(f"unknown peer(s) {bad}; choose from {', '.join(PEERS)}", param_hint="--peers")
+    concurrency = int(os.environ.get("BENCH_HF_CONCURRENCY", "1"))
+    if concurrency < 1:
+        raise click.BadParameter("BENCH_HF_CONCURRENCY must be >= 1")
+
+    if dtype == "auto":  # one dtype for every system: bf16 matmuls are slow on most CPUs
+        import torch
+
+        dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    path = resolve_model(model, progress=True).path
+    from transformers import AutoConfig, AutoTokenizer
+
+    vocab = AutoConfig.from_pretrained(path).get_text_config().vocab_size
+    specials = max(AutoTokenizer.from_pretrained(path).all_special_ids or [0]) + 1
+    wl = make_workload(num_requests, in_rng, out_rng, seed, vocab, specials)
+    console.print(
+        f"workload: {num_requests} requests, input {input_len} ({sum(map(len, wl.prompts))} tokens), "
+        f"output {output_len} ({wl.output_tokens} tokens), seed {seed}, EOS ignored"
+    )
+    settings = {k: v for k, v in {"max_running_requests": max_running_requests, "max_prefill_length": max_prefill_length}.items() if v}
+    results: list[Result] = []
+    mini, metrics = run_minisgl(model, dtype, wl, settings)
+    results.append(mini)
+    console.print(f"minisgl: {mini.tokens_per_s:.1f} tok/s ({mini.seconds:.1f} s)")
+    runners = {
+        "hf-sequential": lambda: run_hf_sequential(path, dtype, wl),
+        "hf-streaming": lambda: run_hf_streaming(path, dtype, wl, concurrency),
+        "hf-cb": lambda: run_hf_cb(path, dtype, wl),
+    }
+    for peer in chosen:
+        try:
+            r = runners[peer]()
+        except Exception as exc:  # a peer failing must not lose the others' numbers
+            console.print(f"[red]{peer} failed: {type(exc).__name__}: {exc}[/red]")
+            continue
+        results.append(r)
+        console.print(f"{r.system}: {r.tokens_per_s:.1f} tok/s ({r.seconds:.1f} s)")
+    floor_s, floor_how = compute_floor(path, dtype, wl)
+
+    table = Table(title=f"offline throughput, {model}, dtype {dtype}")
+    for col in ("system", "seconds", "output tokens", "tok/s", "minisgl speed-up"):
+        table.add_column(col, justify="right" if col != "system" else "left")
+    for r in results:
+        ratio = mini.tokens_per_s / r.tokens_per_s if r.tokens_per_s else float("inf")
+        table.add_row(r.system, f"{r.seconds:.1f}", str(r.output_tokens), f"{r.tokens_per_s:.1f}", "-" if r is mini else f"{ratio:.2f}x")
+    table.add_row("compute floor", f"{floor_s:.1f}", str(wl.output_tokens), f"{wl.output_tokens / floor_s:.1f}", "")
+    console.print(table)
+    console.print(f"compute floor: {floor_how}")
+    if output:
+        data = {
+            "model": model,
+            "dtype": dtype,
+            "workload": {"num_requests": num_requests, "input_len": input_len, "output_len": output_len, "seed": seed,
+                         "input_tokens": sum(map(len, wl.prompts)), "output_tokens": wl.output_tokens},
+            "results": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in results],
+            "ratios": {r.system: mini.tokens_per_s / r.tokens_per_s for r in results if r is not mini and r.tokens_per_s},
+            "compute_floor": {"seconds": floor_s, "tokens_per_s": wl.output_tokens / floor_s, "how": floor_how},
+            "minisgl_metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)},
+            "hf_concurrency": concurrency,
+        }
+        with open(output, "w") as fh:
+            json.dump(data, fh, indent=2)
+        console.print(f"results written to {output}")

@@ -1,0 +1,168 @@
+"""backend-sgl's ModelRunner: our decoder on CUDA with Triton kernels, a paged KV pool sized
+from --memory-ratio, and CUDA graphs for decode batches.
+
+A step: copy the batch's indices to the device, run the model (replaying a CUDA graph for
+decode batches that fit one), sample on the device, queue the copies of the sampled tokens
+to pinned host memory and record an event. `forward` returns without waiting, so the
+scheduler can prepare the next step while this one runs (overlap scheduling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import torch
+
+from minisgl.engine.batch import ForwardBatch, ForwardResult, SamplingBatch
+from minisgl.engine.sampler import sample
+
+from .config import ModelConfig, load_model_config, pick_dtype
+from .cuda_graph import DecodeGraphs, graph_batch_sizes, resolve_max_bs
+from .forward_meta import build_meta, validate_batch
+from .kernels.attention import decode_splits
+from .kernels.select import select_kernels
+from .kv_cache import GIB, KVCache, KVLayout, plan_num_pages
+from .model import CausalLM
+from .rope import cos_sin_table
+from .weights import init_dummy_weights, iter_checkpoint, load_weights
+
+logger = logging.getLogger(__name__)
+
+SLACK_BYTES = 1 * GIB  # allocator fragmentation, cuBLAS workspaces, Triton and NCCL buffers
+
+
+def activation_reserve_bytes(config: ModelConfig, dtype: torch.dtype, max_prefill_tokens: int, max_running: int) -> int:
+    """Device memory a step needs beyond weights and KV: the largest prefill chunk's
+    activations (qkv, gate_up, attention out, residual) and the sampler's float32 work on
+    up to max_running rows of logits (top-p sorts a copy)."""
+    item = torch.empty((), dtype=dtype).element_size()
+    per_token = config.q_size + 2 * config.kv_size + 3 * config.intermediate_size + 4 * config.hidden_size + config.q_size
+    sampler = 6 * max_running * config.vocab_size * 4
+    return max_prefill_tokens * per_token * item + sampler + SLACK_BYTES
+
+
+def _to_device(sampling: SamplingBatch, device: torch.device) -> SamplingBatch:
+    updates = {
+        f.name: value.to(device, non_blocking=True)
+        for f in dataclasses.fields(sampling)
+        if isinstance(value := getattr(sampling, f.name), torch.Tensor) and value.device != device
+    }
+    return dataclasses.replace(sampling, **updates) if updates else sampling
+
+
+def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
+    if t is None:
+        return None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
+class SglModelRunner:
+    def __init__(self, settings: Any, model_path: str, dummy: bool, *, graph_batch_sizes_override: list[int] | None = None,
+                 device: torch.device | None = None) -> None:
+        if settings.tp_size > 1:
+            raise ValueError(f"--tp-size {settings.tp_size}: backend-sgl runs tp_size=1 for now (tensor parallelism is not built yet)")
+        if not torch.cuda.is_available():
+            raise RuntimeError("backend-sgl needs a CUDA GPU: torch.cuda.is_available() is False")
+        self.device = device or torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(self.device)
+        self.config = config = load_model_config(model_path)
+        self.dtype = dtype = pick_dtype(settings.dtype, config)
+        self.eos_token_ids = list(config.eos_token_ids)
+        self.vocab_size = config.vocab_size
+        logger.info(
+            "backend-sgl: %s, %d layers, hidden %d, %d query / %d KV heads of %d, vocab %d, %.2f B params, %s on %s",
+            config.architecture, config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads,
+            config.head_dim, config.vocab_size, config.num_params() / 1e9, str(dtype).removeprefix("torch."), self.device,
+        )
+
+        start = time.perf_counter()
+        self.model = CausalLM(config, dtype=dtype, device=self.device)
+        if dummy or settings.dummy_weight:
+            init_dummy_weights(self.model)
+        else:
+            load_weights(self.model, iter_checkpoint(model_path), config.tie_word_embeddings)
+        torch.cuda.synchronize(self.device)
+        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        logger.info("Model ready in %.1f s: %.2f GiB of weights", time.perf_counter() - start, weight_bytes / GIB)
+
+        self.kernels = select_kernels(self.device, dtype, settings.attention_backend)
+        props = torch.cuda.get_device_properties(self.device)
+        self.num_sms = props.multi_processor_count
+
+        max_context = config.max_position_embeddings
+        if settings.max_seq_len_override:
+            max_context = settings.max_seq_len_override
+        free, total = torch.cuda.mem_get_info(self.device)
+        layout = KVLayout(config.num_layers, config.num_kv_heads, config.head_dim, dtype)
+        num_pages = plan_num_pages(
+            layout, settings.page_size, free_bytes=free, total_bytes=total, memory_ratio=settings.memory_ratio,
+            reserve_bytes=activation_reserve_bytes(config, dtype, settings.max_prefill_length, settings.max_running_requests),
+            num_pages=settings.num_pages, max_useful_tokens=settings.max_running_requests * max_context,
+        )
+        self.kv = KVCache(layout, num_pages, settings.page_size, self.device)
+        self.max_context_len = min(max_context, self.kv.capacity)
+        self.cos_sin = cos_sin_table(config.head_dim, config.rope, self.max_context_len, self.device)
+
+        if graph_batch_sizes_override is not None:
+            sizes = graph_batch_sizes_override
+        else:
+            sizes = graph_batch_sizes(resolve_max_bs(settings.cuda_graph_max_bs, settings.max_running_requests, total))
+        self.graphs: DecodeGraphs | None = None
+        if sizes:
+            with torch.inference_mode():
+                self.graphs = DecodeGraphs(self.model, self.kv, self.cos_sin, self.kernels, sizes,
+                                           self.max_context_len, self.num_sms, self.device)
+        else:
+            logger.info("CUDA graphs disabled (--cuda-graph-max-bs 0): decode runs eagerly")
+        free_after = torch.cuda.mem_get_info(self.device)[0]
+        logger.info("Free device memory after initialisation: %.2f GiB", free_after / GIB)
+
+    def kv_capacity(self) -> int:
+        return self.kv.capacity
+
+    @torch.inference_mode()
+    def logits(self, batch: ForwardBatch) -> torch.Tensor:
+        """Logits [S, V] of the batch's sampled rows (no sampling): for tests and scoring."""
+        validate_batch(batch)
+        sample_indices = batch.sample_indices.to(self.device, non_blocking=True)
+        if self.graphs is not None and self.graphs.can_run(batch):
+            return self.graphs.run(batch).index_select(0, sample_indices)
+        splits = decode_splits(batch.batch_size, self.config.num_kv_heads, self.num_sms)
+        meta = build_meta(batch, self.device, splits)
+        input_ids = batch.input_ids.to(self.device, non_blocking=True)
+        return self.model(input_ids, meta, self.kv, self.cos_sin, self.kernels, sample_indices)
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch) -> ForwardResult:
+        if batch.num_tokens == 0:
+            return ForwardResult(next_tokens=torch.empty(0, dtype=torch.int64))
+        logits = self.logits(batch)
+        if batch.sampling is None or logits.shape[0] == 0:
+            return ForwardResult(next_tokens=torch.empty(0, dtype=torch.int64))
+        result = sample(logits, _to_device(batch.sampling, self.device))
+        host = ForwardResult(
+            next_tokens=_to_host(result.next_tokens),
+            logprobs=_to_host(result.logprobs),
+            top_logprob_ids=_to_host(result.top_logprob_ids),
+            top_logprob_values=_to_host(result.top_logprob_values),
+            ready=torch.cuda.Event(),
+        )
+        host.ready.record()
+        return host
+
+    def shutdown(self) -> None:
+        self.graphs = None
+        self.kv = None  # type: ignore[assignment]
+        self.model = None  # type: ignore[assignment]
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+
+
+def create_runner(settings: Any, model: Any) -> SglModelRunner:
+    """BackendSpec factory: `model` is a ResolvedModel (path + whether weights are random)."""
+    return SglModelRunner(settings, model.path, bool(getattr(model, "dummy", False)))

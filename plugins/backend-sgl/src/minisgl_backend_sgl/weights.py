@@ -1,0 +1,115 @@
+"""Weights: streamed from safetensors one tensor at a time, or random (--dummy-weight).
+
+Checkpoint names are transformers'; ours differ only where layers are fused:
+q_proj/k_proj/v_proj -> qkv_proj (shards 'q', 'k', 'v'), gate_proj/up_proj -> gate_up_proj
+(shards 0, 1). Each parameter's `weight_loader` keeps its tensor-parallel slice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+_FUSED: tuple[tuple[str, str, str | int], ...] = (
+    (".q_proj.", ".qkv_proj.", "q"),
+    (".k_proj.", ".qkv_proj.", "k"),
+    (".v_proj.", ".qkv_proj.", "v"),
+    (".gate_proj.", ".gate_up_proj.", 0),
+    (".up_proj.", ".gate_up_proj.", 1),
+)
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
+
+
+def map_weight_name(name: str, tie_word_embeddings: bool) -> tuple[str, str | int | None] | None:
+    """Checkpoint tensor name -> (our parameter name, shard id), or None for tensors we skip."""
+    if name.endswith(_IGNORED_SUFFIXES):
+        return None
+    if name == "lm_head.weight" and tie_word_embeddings:
+        return None  # tied: the LM head is the embedding matrix
+    for old, new, shard in _FUSED:
+        if old in name:
+            return name.replace(old, new), shard
+    return name, None
+
+
+def expected_loads(model: nn.Module) -> set[tuple[str, str | int | None]]:
+    """Every (parameter, shard) a complete checkpoint must provide."""
+    needed: set[tuple[str, str | int | None]] = set()
+    for name, _ in model.named_parameters():
+        if ".qkv_proj." in name:
+            needed.update((name, s) for s in ("q", "k", "v"))
+        elif ".gate_up_proj." in name:
+            needed.update((name, s) for s in (0, 1))
+        else:
+            needed.add((name, None))
+    return needed
+
+
+def safetensors_files(model_dir: str | Path) -> list[Path]:
+    path = Path(model_dir)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [path / n for n in names]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(
+            f"no *.safetensors weights in {str(path)!r}; backend-sgl reads safetensors only "
+            "(use --dummy-weight for random weights, or --backend hf for other formats)"
+        )
+    return files
+
+
+def iter_checkpoint(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    for file in safetensors_files(model_dir):
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def load_weights(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], tie_word_embeddings: bool) -> None:
+    """Copy each checkpoint tensor into its parameter (slice); fail on unknown or missing ones."""
+    params = dict(model.named_parameters())
+    dtype = next(iter(params.values())).dtype
+    loaded: set[tuple[str, str | int | None]] = set()
+    start = time.perf_counter()
+    total_bytes = 0
+    for ckpt_name, tensor in tensors:
+        mapped = map_weight_name(ckpt_name, tie_word_embeddings)
+        if mapped is None:
+            continue
+        name, shard = mapped
+        param = params.get(name)
+        if param is None:
+            raise KeyError(f"checkpoint tensor {ckpt_name!r} (as {name!r}) has no parameter in backend-sgl's model")
+        param.weight_loader(tensor.to(dtype), shard)
+        loaded.add((name, shard))
+        total_bytes += tensor.numel() * tensor.element_size()
+    missing = expected_loads(model) - loaded
+    if missing:
+        shown = ", ".join(sorted(f"{n}[{s}]" if s is not None else n for n, s in missing)[:8])
+        raise KeyError(f"checkpoint is missing {len(missing)} tensors: {shown}")
+    logger.info("Loaded %.2f GiB of weights in %.1f s", total_bytes / 1024**3, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
+    """Random weights for speed work: small uniform values (norm weights near 1), deterministic."""
+    gen_device = next(model.parameters()).device
+    generator = torch.Generator(device=gen_device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.uniform_(0.9, 1.1, generator=generator)
+        else:
+            param.uniform_(-0.02, 0.02, generator=generator)
+    logger.info("Initialised random weights (--dummy-weight, seed %d)", seed)

@@ -1,0 +1,126 @@
+"""Triton kernels against the torch references, on fresh random inputs and scattered slots.
+
+Runs on a CUDA GPU, or on the CPU in Triton's interpreter (TRITON_INTERPRET=1, float32);
+skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from minisgl_backend_sgl.kernels import reference
+
+
+@pytest.fixture(scope="module")
+def device() -> torch.device:
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("needs Triton (pip install triton)")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return torch.device("cpu")
+    pytest.skip("needs a CUDA GPU, or TRITON_INTERPRET=1 to run the kernels in Triton's interpreter")
+
+
+def dtypes(device: torch.device) -> list[torch.dtype]:
+    return [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32]
+
+
+def tol(dtype: torch.dtype) -> dict:
+    return dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+
+
+def test_rmsnorm_and_fused_residual(device):
+    from minisgl_backend_sgl.kernels import norm
+
+    for dtype in dtypes(device):
+        x = torch.randn(5, 300, device=device, dtype=dtype)
+        w = (torch.rand(300, device=device) + 0.5).to(dtype)
+        torch.testing.assert_close(norm.rmsnorm(x, w, 1e-6), reference.rmsnorm(x, w, 1e-6), **tol(dtype))
+        r1 = torch.randn_like(x)
+        r2 = r1.clone()
+        torch.testing.assert_close(norm.rmsnorm(x, w, 1e-6, r1), reference.rmsnorm(x, w, 1e-6, r2), **tol(dtype))
+        torch.testing.assert_close(r1, r2, **tol(dtype))
+
+
+def test_silu_mul(device):
+    from minisgl_backend_sgl.kernels import activation
+
+    for dtype in dtypes(device):
+        x = torch.randn(3, 2 * 200, device=device, dtype=dtype)
+        torch.testing.assert_close(activation.silu_mul(x), reference.silu_mul(x), **tol(dtype))
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_rope_and_store(device, qk_norm):
+    from minisgl_backend_sgl.config import RopeConfig
+    from minisgl_backend_sgl.kernels import rope_store
+    from minisgl_backend_sgl.rope import cos_sin_table
+
+    heads, kv_heads, dim, n = 6, 2, 32, 9
+    table = cos_sin_table(dim, RopeConfig(theta=10000.0), 64, device)
+    for dtype in dtypes(device):
+        qkv = torch.randn(n, (heads + 2 * kv_heads) * dim, device=device, dtype=dtype)
+        positions = torch.randint(0, 64, (n,), device=device)
+        slots = torch.randperm(40, device=device)[:n]
+        qn = (torch.rand(dim, device=device) + 0.5).to(dtype) if qk_norm else None
+        kn = (torch.rand(dim, device=device) + 0.5).to(dtype) if qk_norm else None
+        outs = []
+        for impl in (rope_store.rope_and_store_kv, reference.rope_and_store_kv):
+            q = qkv.clone()
+            k_cache = torch.full((41, kv_heads, dim), 7.0, device=device, dtype=dtype)
+            v_cache = torch.full((41, kv_heads, dim), 7.0, device=device, dtype=dtype)
+            impl(q, positions, slots, table, k_cache, v_cache, heads, kv_heads, dim, qn, kn, 1e-6)
+            outs.append((q, k_cache, v_cache))
+        for a, b in zip(*outs, strict=False):
+            torch.testing.assert_close(a, b, **tol(dtype))
+
+
+def _paged(device, dtype, kv_heads, dim, capacity=300):
+    k = torch.randn(capacity, kv_heads, dim, device=device, dtype=dtype)
+    v = torch.randn(capacity, kv_heads, dim, device=device, dtype=dtype)
+    return k, v, torch.randperm(capacity, device=device)
+
+
+@pytest.mark.parametrize("heads,kv_heads,dim", [(4, 2, 16), (8, 1, 64)])
+def test_extend_attention(device, heads, kv_heads, dim):
+    from minisgl_backend_sgl.kernels import attention
+
+    extend, prefix = [70, 1, 5], [0, 33, 90]
+    for dtype in dtypes(device):
+        k, v, perm = _paged(device, dtype, kv_heads, dim)
+        seq = [p + e for p, e in zip(prefix, extend, strict=False)]
+        table = torch.zeros(3, max(seq) + 5, dtype=torch.int64, device=device)
+        used = 0
+        for b, s in enumerate(seq):
+            table[b, :s] = perm[used : used + s]
+            used += s
+        q = torch.randn(sum(extend), heads, dim, device=device, dtype=dtype)
+        i32 = lambda x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
+        starts = i32([0, extend[0], extend[0] + extend[1]])
+        args = (q, k, v, table, starts, i32(extend), i32(prefix), max(extend))
+        out = attention.extend_attention(*args, out=torch.full_like(q, float("nan")))
+        torch.testing.assert_close(out, reference.extend_attention(*args), **tol(dtype))
+
+
+@pytest.mark.parametrize("splits", [1, 3, 16])
+def test_decode_attention(device, splits):
+    from minisgl_backend_sgl.kernels import attention
+
+    heads, kv_heads, dim = 8, 2, 32
+    seq = [1, 64, 130, 7]
+    for dtype in dtypes(device):
+        k, v, perm = _paged(device, dtype, kv_heads, dim)
+        table = torch.zeros(len(seq), 200, dtype=torch.int32, device=device)
+        used = 0
+        for b, s in enumerate(seq):
+            table[b, :s] = perm[used : used + s].to(torch.int32)
+            used += s
+        q = torch.randn(len(seq), heads, dim, device=device, dtype=dtype)
+        lens = torch.tensor(seq, dtype=torch.int32, device=device)
+        out = attention.decode_attention(q, k, v, table, lens, splits, out=torch.full_like(q, float("nan")))
+        torch.testing.assert_close(out, reference.decode_attention(q, k, v, table, lens, splits), **tol(dtype))

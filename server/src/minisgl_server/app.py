@@ -1,0 +1,52 @@
+"""The Litestar application: routes, OpenAI-shaped errors, OpenAPI at /schema, and the
+lifespan that starts the engines (in the background, so /health can say 503 meanwhile)
+and the optional ZeroMQ control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+
+from minisgl import __version__
+
+from .errors import EXCEPTION_HANDLERS
+from .routes_generate import generate
+from .routes_openai import chat_completions, completions
+from .routes_system import get_model, health, list_models, metrics
+from .state import ServerState
+
+log = logging.getLogger("minisgl.server")
+
+
+def create_app(state: ServerState) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if state.settings.zmq_control:
+            from minisgl.control.server import ControlServer
+
+            from .control_context import ServerControlContext
+
+            state.control = ControlServer(state.settings.zmq_control_endpoint, ServerControlContext(state), state.registry)
+            await state.control.start()
+        starting = asyncio.create_task(state.start(), name="engine-startup")
+        try:
+            yield
+        finally:
+            starting.cancel()
+            await state.stop()
+
+    app = Litestar(
+        route_handlers=[generate, completions, chat_completions, list_models, get_model, health, metrics],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(title="minisgl", version=__version__, path="/schema"),
+        request_max_body_size=64 * 1024 * 1024,
+        logging_config=None,  # keep the process's logging setup (minisgl.cli.setup_logging)
+    )
+    app.state.server = state
+    return app

@@ -1,0 +1,42 @@
+"""What the control plane's commands can do to this server (minisgl.control.commands)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minisgl.plugins import Registry
+
+from .metrics import collect_metrics
+
+
+class ServerControlContext:
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    @property
+    def registry(self) -> Registry:
+        return self.state.registry
+
+    @property
+    def settings(self) -> Any:
+        return self.state.settings
+
+    async def metrics(self) -> dict[str, Any]:
+        return await collect_metrics(self.state)
+
+    async def warm(self, prefixes: list[str]) -> dict[str, Any]:
+        return await self.state.warm(prefixes)
+
+    async def flush_cache(self) -> dict[str, Any]:
+        return await self.state.flush_cache()
+
+    def set_scheduler(self, name: str) -> dict[str, Any]:
+        from .errors import APIError
+
+        try:
+            return self.state.pool.set_policy(name)
+        except APIError as exc:
+            raise ValueError(exc.message) from None
+
+    async def drain(self, timeout: float) -> dict[str, Any]:
+        return await self.state.pool.drain(timeout)

@@ -1,0 +1,47 @@
+"""`minisgl serve`: run the Litestar app on uvicorn; engines start in the app's lifespan."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from minisgl.cli import setup_logging
+from minisgl.plugins import get_registry
+from minisgl.settings import Settings
+
+from .app import create_app
+from .state import ServerState
+
+log = logging.getLogger("minisgl.server")
+
+
+def run_server(settings: Settings, sources: dict[str, str] | None = None) -> None:
+    setup_logging(settings.log_level)
+    registry = get_registry()
+    state = ServerState(settings, sources or {}, registry)
+    app = create_app(state)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=settings.log_level == "DEBUG",
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+
+    def shutdown() -> None:
+        server.should_exit = True
+
+    state.request_shutdown = shutdown
+    log.info(
+        "minisgl server: http://%s:%d (OpenAPI at /schema), model %s, backend %s (from %s), %d engine replica(s)",
+        settings.host, settings.port, settings.model_path, settings.backend,
+        (sources or {}).get("backend", "default"), settings.dp_size,
+    )
+    server.run()
+    if state.startup_error:
+        sys.exit(1)

@@ -1,0 +1,54 @@
+"""GET /health, GET /v1/models, GET /metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, get
+
+from .errors import APIError
+from .metrics import collect_metrics, prometheus_text
+from .openai_types import ModelCard, ModelList
+
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@get("/health", summary="200 once the model is loaded and warmed; 503 while loading or after an engine died")
+async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    healthy, body = request.app.state.server.health()
+    return Response(body, status_code=200 if healthy else 503)
+
+
+@get("/v1/models", summary="the served model")
+async def list_models(request: Request[Any, Any, Any]) -> ModelList:
+    state = request.app.state.server
+    ctx = state.max_context_len if state.info else 0
+    return ModelList(data=[ModelCard(id=state.model_id, root=state.info.model_path if state.info else state.settings.model_path, max_model_len=ctx)])
+
+
+@get("/v1/models/{model_id:path}", summary="one model")
+async def get_model(request: Request[Any, Any, Any], model_id: str) -> ModelCard:
+    state = request.app.state.server
+    name = model_id.lstrip("/")
+    if not (state.accepts_model(name) or state.accepts_model("/" + name)):
+        raise APIError(404, f"the model `{name}` does not exist", param="model", code="model_not_found")
+    ctx = state.max_context_len if state.info else 0
+    return ModelCard(id=state.model_id, root=state.info.model_path if state.info else state.settings.model_path, max_model_len=ctx)
+
+
+def _wants_prometheus(request: Request[Any, Any, Any]) -> bool:
+    fmt = request.query_params.get("format")
+    if fmt:
+        if fmt not in ("json", "prometheus"):
+            raise APIError(400, f"format must be 'json' or 'prometheus', got {fmt!r}", param="format")
+        return fmt == "prometheus"
+    accept = request.headers.get("accept", "")
+    return "text/plain" in accept and "application/json" not in accept
+
+
+@get("/metrics", summary="engine and server metrics: JSON, or Prometheus text (Accept: text/plain or ?format=prometheus)")
+async def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
+    data = await collect_metrics(request.app.state.server)
+    if _wants_prometheus(request):
+        return Response(prometheus_text(data), media_type=PROMETHEUS_TYPE)
+    return Response(data)

@@ -1,0 +1,36 @@
+from transformers import AutoTokenizer
+
+from minisgl.engine.detokenizer import IncrementalDetokenizer
+
+
+def stream(tok, ids, stop=()):
+    d = IncrementalDetokenizer(tok, stop=stop)
+    parts, hit = [], False
+    for t in ids:
+        text, hit = d.push([t])
+        parts.append(text)
+        if hit:
+            break
+    if not hit:
+        parts.append(d.finish())
+    return parts, hit
+
+
+def test_multibyte_utf8_never_split(tiny_qwen3_path):
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3_path)
+    text = "héllo 世界 🙂 ok"
+    ids = tok(text, add_special_tokens=False).input_ids
+    parts, _ = stream(tok, ids)
+    assert "".join(parts) == tok.decode(ids)
+    assert all("\ufffd" not in p for p in parts)
+
+
+def test_stop_string_across_tokens_never_leaks(tiny_qwen3_path):
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3_path)
+    ids = tok("The answer is STOP here and more", add_special_tokens=False).input_ids
+    parts, hit = stream(tok, ids, stop=["STOP"])
+    assert hit and "".join(parts) == "The answer is "
+    assert not any("S" in p for p in parts)
+    # a partial match that never completes is released at the end
+    parts, hit = stream(tok, tok("ends with ST", add_special_tokens=False).input_ids, stop=["STOP"])
+    assert not hit and "".join(parts) == "ends with ST"

@@ -1,0 +1,85 @@
+import torch
+
+from minisgl.engine.batch import SamplingBatch
+from minisgl.engine.sampler import sample, seeded_uniform
+
+
+def batch(S, **kw):
+    d = dict(
+        temperature=torch.ones(S), top_p=torch.ones(S), top_k=torch.zeros(S, dtype=torch.long),
+        min_p=torch.zeros(S), repetition_penalty=torch.ones(S), frequency_penalty=torch.zeros(S),
+        presence_penalty=torch.zeros(S), seeds=torch.full((S,), -1, dtype=torch.long),
+        steps=torch.zeros(S, dtype=torch.long), all_greedy=False,
+    )
+    d.update(kw)
+    return SamplingBatch(**d)
+
+
+def test_greedy_fast_path_is_argmax():
+    logits = torch.randn(5, 100)
+    assert sample(logits, batch(5, all_greedy=True, temperature=torch.zeros(5))).next_tokens.tolist() == logits.argmax(1).tolist()
+
+
+def test_mixed_greedy_and_sampled_rows():
+    logits = torch.randn(4, 100)
+    out = sample(logits, batch(4, temperature=torch.tensor([0.0, 1.0, 0.0, 1.0]))).next_tokens
+    assert out[0] == logits[0].argmax() and out[2] == logits[2].argmax()
+
+
+def test_seeded_rows_reproducible_and_independent_of_batch():
+    logits = torch.randn(3, 1000)
+    a = sample(logits, batch(3, seeds=torch.tensor([7, 8, 9]), steps=torch.tensor([0, 0, 5]))).next_tokens
+    b = sample(logits[[2]], batch(1, seeds=torch.tensor([9]), steps=torch.tensor([5]))).next_tokens
+    assert a[2] == b[0]
+    c = sample(logits, batch(3, seeds=torch.tensor([7, 8, 9]), steps=torch.tensor([0, 0, 5]))).next_tokens
+    assert a.tolist() == c.tolist()
+    draws = {int(sample(logits[[0]], batch(1, seeds=torch.tensor([s]))).next_tokens) for s in range(20)}
+    assert len(draws) > 5
+
+
+def test_seeded_uniform_is_uniform():
+    u = seeded_uniform(torch.tensor([3]), torch.tensor([1]), 200_000)
+    assert 0 < float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01
+
+
+def test_sampling_matches_softmax():
+    n = 20_000
+    logits = torch.tensor([[0.0, 1.0, 2.0]]).repeat(n, 1)
+    t = sample(logits, batch(n, seeds=torch.arange(n), temperature=torch.full((n,), 2.0))).next_tokens
+    freq = torch.bincount(t, minlength=3) / n
+    assert torch.allclose(freq, (logits[0] / 2).softmax(0), atol=0.02)
+
+
+def test_top_k_top_p_min_p():
+    logits = torch.tensor([[5.0, 4.0, 3.0, -10.0, -10.0]]).repeat(300, 1)
+    seeds = torch.arange(300)
+    k2 = sample(logits, batch(300, seeds=seeds, top_k=torch.full((300,), 2))).next_tokens
+    assert set(k2.tolist()) == {0, 1}
+    p = sample(logits, batch(300, seeds=seeds, top_p=torch.full((300,), 0.5))).next_tokens
+    assert set(p.tolist()) == {0}
+    mp = sample(logits, batch(300, seeds=seeds, min_p=torch.full((300,), 0.3))).next_tokens
+    assert set(mp.tolist()) == {0, 1}
+
+
+def test_penalties_and_min_new_tokens():
+    logits = torch.tensor([[3.0, 2.0, 1.0]])
+    hist = torch.tensor([[0, 0, -1]])
+    out = sample(logits, batch(1, all_greedy=True, temperature=torch.zeros(1), history=hist, needs_penalties=True,
+                               repetition_penalty=torch.tensor([2.0]))).next_tokens
+    assert out.item() == 1  # 3/2 < 2
+    out = sample(logits, batch(1, all_greedy=True, temperature=torch.zeros(1), history=hist, needs_penalties=True,
+                               frequency_penalty=torch.tensor([0.8]))).next_tokens
+    assert out.item() == 1  # 3 - 1.6 < 2
+    out = sample(logits, batch(1, all_greedy=True, temperature=torch.zeros(1), min_new_tokens_mask=torch.tensor([True]),
+                               stop_token_ids=torch.tensor([[0, -1]]))).next_tokens
+    assert out.item() == 1
+
+
+def test_logprobs_are_raw_model_distribution():
+    logits = torch.randn(2, 50)
+    sb = batch(2, all_greedy=True, temperature=torch.zeros(2), want_logprobs=True, top_logprobs=3)
+    r = sample(logits, sb)
+    ref = logits.log_softmax(1)
+    assert torch.allclose(r.logprobs, ref.gather(1, r.next_tokens[:, None]).squeeze(1))
+    assert r.top_logprob_ids[:, 0].tolist() == logits.argmax(1).tolist()
