@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=2000, help="tokens of the long-prompt prefill")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no-hf", action="store_true", help="skip the plain transformers comparison")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -124,6 +125,8 @@ def main() -> None:
     resolved = resolve_model(args.model)
     settings = Settings(dtype=args.dtype, num_pages=32 * 1024)
     runner = create_runner(settings, SimpleNamespace(path=resolved.path, dummy=resolved.dummy, name=resolved.name))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     vocab, capacity = runner.vocab_size, runner.kv_capacity()
     gen = torch.Generator().manual_seed(0)
     print(f"model {resolved.name}  dtype {runner.dtype}  threads {torch.get_num_threads()}  device {runner.device}")

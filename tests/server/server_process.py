@@ -42,8 +42,11 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                health = httpx.get(self.url + "/health", timeout=2)
+                if health.status_code == 200:
                     return
+                if any(e["state"] == "dead" for e in health.json().get("engines", [])):
+                    raise RuntimeError(f"engine died while the server started:\n{self.log()}")
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)

@@ -174,3 +174,17 @@ def test_openapi_schema_lists_the_endpoints(server):
     schema = httpx.get(server.url + "/schema/openapi.json").json()
     for path in ("/generate", "/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"):
         assert path in schema["paths"], path
+
+
+def test_cli_generate_and_chat_against_the_server(server):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "minisgl", "generate", "Hello from mini-sglang", "--max-new-tokens", "8", "--url", server.url],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() and "chunks in" in out.stderr
+    chat = subprocess.run([sys.executable, "-m", "minisgl", "chat", "--multi-turn", "--max-new-tokens", "4", "--url", server.url],
+                          input="hello\nand again\n", capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stderr.count("POST " + server.url + "/v1/chat/completions") == 2

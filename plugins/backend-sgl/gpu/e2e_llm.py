@@ -45,7 +45,7 @@ def main() -> int:
                 print(f"E2E {arch} {dtype}: sgl generated {[len(x) for x in sgl]} tokens in {t_sgl:.2f}s; "
                       f"hf failed: {type(exc).__name__}: {exc}", flush=True)
                 continue
-            same = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x)) for x, y in zip(sgl, hf)]
+            same = [next((i for i, (a, b) in enumerate(zip(x, y, strict=False)) if a != b), len(x)) for x, y in zip(sgl, hf, strict=False)]
             total = sum(len(x) for x in sgl)
             print(f"E2E {arch} {dtype}: identical prefix per prompt {same} of {[len(x) for x in sgl]} "
                   f"({sum(same)}/{total}); sgl {t_sgl:.2f}s, hf {t_hf:.2f}s", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import threading
 import logging
 import time
 from collections.abc import Callable
@@ -57,10 +58,10 @@ class ServerState:
         """Start the engines, load the tokenizer, warm WARM_PREFIXES, then say ready.
         A failure is logged and shuts the server down (exit status 1)."""
         # import transformers while the engine loads, so the tokenizer is quick after "ready"
-        preload = asyncio.create_task(asyncio.to_thread(importlib.import_module, "transformers"))
+        # (a daemon thread: a failed start must not wait for it at exit)
+        threading.Thread(target=importlib.import_module, args=("transformers",), daemon=True).start()
         try:
             infos = await self.pool.start(on_death=self._on_engine_death)
-            await preload
             self.info = infos[0]
             log.info(
                 "model %s (%s) on backend %r: %s; context %d tokens; %d replica(s), loaded in %.1fs",

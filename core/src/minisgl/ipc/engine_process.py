@@ -144,6 +144,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
     except BaseException as exc:  # noqa: BLE001 - report anything, then exit non-zero
         log.error("engine replica %d failed to start:\n%s", replica, traceback.format_exc())
         outputs.send(codec.encode(EngineFatal(error=f"{type(exc).__name__}: {exc}")))
+        requests.close(linger=0)
         outputs.close(linger=2000)
         ctx.term()
         sys.exit(1)
@@ -168,6 +169,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
             outputs.send(codec.encode(EngineFatal(error=f"{type(exc).__name__}: {exc}")), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
+        requests.close(linger=0)
         outputs.close(linger=1000)
         os._exit(1)
     engine.shutdown()

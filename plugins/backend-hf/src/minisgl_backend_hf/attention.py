@@ -44,11 +44,11 @@ class PagedAttentionContext:
 
 
 def _probs(scores: torch.Tensor, softcap: float | None, bias: torch.Tensor) -> torch.Tensor:
-    """softmax(softcap(scores) + bias), computed in float32, returned in the scores' dtype."""
+    """softmax(softcap(scores) + bias) in the scores' dtype (torch accumulates bf16/fp16
+    softmax in float32 internally, so no float32 copy of the scores is materialised)."""
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.add_(bias)
-    return scores.softmax(-1, dtype=torch.float32).to(bias.dtype)
+    return scores.add_(bias).softmax(-1)
 
 
 def _decode(

@@ -17,8 +17,7 @@ import torch
 
 from minisgl.engine.batch import ForwardBatch
 
-from .forward_meta import ForwardMeta
-from .kernels.attention import decode_splits
+from .forward_meta import ForwardMeta, decode_splits
 from .kernels.select import KernelSet
 from .kv_cache import KVCache
 from .model import CausalLM

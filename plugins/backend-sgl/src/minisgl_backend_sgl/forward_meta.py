@@ -14,6 +14,15 @@ import torch
 
 from minisgl.engine.batch import ForwardBatch
 
+MAX_DECODE_SPLITS = 16
+
+
+def decode_splits(batch_size: int, num_kv_heads: int, num_sms: int) -> int:
+    """Key-range splits per request in decode attention: enough programs (batch x KV heads x
+    splits) to fill the GPU about twice, at most 16. Depends on the batch shape only, so a
+    CUDA graph captured for a batch size stays valid at every length."""
+    return max(1, min(MAX_DECODE_SPLITS, -(-2 * num_sms // max(batch_size * num_kv_heads, 1))))
+
 
 @dataclass
 class ForwardMeta:

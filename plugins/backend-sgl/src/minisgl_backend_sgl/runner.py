@@ -21,8 +21,7 @@ from minisgl.engine.sampler import sample
 
 from .config import ModelConfig, load_model_config, pick_dtype
 from .cuda_graph import DecodeGraphs, graph_batch_sizes, resolve_max_bs
-from .forward_meta import build_meta, validate_batch
-from .kernels.attention import decode_splits
+from .forward_meta import build_meta, decode_splits, validate_batch
 from .kernels.select import select_kernels
 from .kv_cache import GIB, KVCache, KVLayout, plan_num_pages
 from .model import CausalLM

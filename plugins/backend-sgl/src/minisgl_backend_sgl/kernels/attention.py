@@ -22,7 +22,6 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
-MAX_DECODE_SPLITS = 16
 
 
 @triton.jit
@@ -199,11 +198,6 @@ def _decode_merge_kernel(
                     mask=s_mask[:, None] & d_mask[None, :], other=0.0)
     out = tl.sum(weights[:, None] * parts, axis=0) / tl.sum(weights, axis=0)
     tl.store(o_ptr + b * stride_ot + h * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty), mask=d_mask)
-
-
-def decode_splits(batch_size: int, num_kv_heads: int, num_sms: int) -> int:
-    """Key-range splits per request: enough programs to fill the GPU about twice, at most 16."""
-    return max(1, min(MAX_DECODE_SPLITS, -(-2 * num_sms // max(batch_size * num_kv_heads, 1))))
 
 
 def decode_attention(
