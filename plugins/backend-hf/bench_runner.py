@@ -3,8 +3,8 @@
     python plugins/backend-hf/bench_runner.py                 # smollm2-135m, checkpoint dtype
     python plugins/backend-hf/bench_runner.py --dtype float32 --batch-sizes 1,32
 
-Decode steps at several batch sizes with ~200-token contexts scattered over the pool (the
-worst case for the gathers), then prefills: one long prompt, and many short ones in one
+Decode steps at several batch sizes with ~200-token contexts (each request on its own run of
+slots, or with --scatter on random slots, the worst case for the gathers), then prefills: one long prompt, and many short ones in one
 batch. The same shapes through transformers' own forward (SDPA attention, DynamicCache)
 show what the paged path costs or saves. Times are the median of --iters runs.
 """
@@ -47,11 +47,17 @@ def timed(fn: Callable[[], object], iters: int, warmup: int = 2) -> float:
     return statistics.median(samples)
 
 
-def decode_batch(batch_size: int, context: int, capacity: int, vocab: int, gen: torch.Generator) -> ForwardBatch:
-    """B requests, each with `context - 1` tokens already in the pool (on scattered slots) + 1 new."""
+def decode_batch(
+    batch_size: int, context: int, capacity: int, vocab: int, gen: torch.Generator, scatter: bool = False
+) -> ForwardBatch:
+    """B requests, each with `context - 1` tokens already in the pool + 1 new token."""
     lens = [context + int(torch.randint(-context // 4, context // 4 + 1, (1,), generator=gen)) for _ in range(batch_size)]
     width = max(lens)
-    slots = torch.randperm(capacity, generator=gen)[: batch_size * width].view(batch_size, width)
+    if scatter:  # every token on a random slot: the worst case for the gathers
+        slots = torch.randperm(capacity, generator=gen)[: batch_size * width].view(batch_size, width)
+    else:  # each request on its own run of slots, as a fresh pool hands them out
+        blocks = torch.randperm(capacity // width, generator=gen)[:batch_size]
+        slots = blocks[:, None] * width + torch.arange(width)[None, :]
     for row, length in enumerate(lens):
         slots[row, length:] = 0
     return ForwardBatch(
@@ -113,6 +119,7 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=2000, help="tokens of the long-prompt prefill")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no-hf", action="store_true", help="skip the plain transformers comparison")
+    parser.add_argument("--scatter", action="store_true", help="decode contexts on random slots (worst case)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -143,7 +150,7 @@ def main() -> None:
 
     with torch.inference_mode():
         for bs in (int(b) for b in args.batch_sizes.split(",")):
-            batch = decode_batch(bs, args.context, capacity, vocab, gen)
+            batch = decode_batch(bs, args.context, capacity, vocab, gen, args.scatter)
             ours = timed(lambda: runner.forward(batch), args.iters)
             theirs = hf_decode_seconds(hf, bs, args.context, vocab, args.iters) if hf else None
             row(f"decode B={bs} ctx~{args.context}", bs, ours, theirs)

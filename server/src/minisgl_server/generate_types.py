@@ -3,7 +3,7 @@ native fields (`text`, `input_ids`, `sampling_params`)."""
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -20,7 +20,7 @@ class GenerateSamplingParams(msgspec.Struct, kw_only=True):
     repetition_penalty: float | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
@@ -38,7 +38,7 @@ class GenerateRequest(msgspec.Struct, kw_only=True):
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     seed: int | None = None
     sampling_params: GenerateSamplingParams | None = None
     rid: str | None = None

@@ -181,7 +181,7 @@ class Generation:
         delta = ChoiceDelta(index=choice.spec.index, text=text, token_ids=ids)
         if out.logprobs is not None:
             tops = out.top_logprobs or [[] for _ in ids]
-            delta.logprobs = [TokenLogprobInfo(t, lp, list(top)) for t, lp, top in zip(ids, out.logprobs, tops)]
+            delta.logprobs = [TokenLogprobInfo(t, lp, list(top)) for t, lp, top in zip(ids, out.logprobs, tops, strict=False)]
         if stop_hit:
             client.abort(choice.rid, "stop")
             choice.finished = True

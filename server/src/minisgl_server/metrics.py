@@ -70,7 +70,7 @@ class _Snapshot:
     def __init__(self, metrics: dict[str, Any]) -> None:
         self.metrics = metrics
 
-    def collect(self):  # noqa: ANN201 - prometheus_client's protocol
+    def collect(self):
         labels = {"model": str(self.metrics.get("model", "")), "backend": str(self.metrics.get("backend", ""))}
         for key, value in self.metrics.items():
             if isinstance(value, bool):

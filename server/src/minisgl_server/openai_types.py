@@ -7,7 +7,7 @@ Range checks that need no context live here (msgspec Meta); the rest in sampling
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -36,7 +36,7 @@ class SamplingExtensions(msgspec.Struct, kw_only=True):
 class CompletionRequest(SamplingExtensions, kw_only=True):
     # a string, a list of strings, a list of token ids, or a list of token-id lists
     # (msgspec takes one array type in a union; prompts.py checks the items)
-    prompt: Union[str, list[Any]]
+    prompt: str | list[Any]
     model: str | None = None
     max_tokens: PositiveInt | None = 16
     temperature: float | None = None
@@ -44,7 +44,7 @@ class CompletionRequest(SamplingExtensions, kw_only=True):
     n: PositiveInt = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     seed: int | None = None
     logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     echo: bool = False
@@ -68,7 +68,7 @@ class ImagePart(msgspec.Struct, kw_only=True, tag_field="type", tag="image_url")
 
 class ChatMessage(msgspec.Struct, kw_only=True):
     role: str
-    content: Union[str, list[Union[TextPart, ImagePart]], None] = None
+    content: str | list[TextPart | ImagePart] | None = None
     name: str | None = None
     reasoning_content: str | None = None
 
@@ -83,7 +83,7 @@ class ChatCompletionRequest(SamplingExtensions, kw_only=True):
     n: PositiveInt = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None

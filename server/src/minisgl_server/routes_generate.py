@@ -42,7 +42,12 @@ def _input_ids(state: Any, data: GenerateRequest) -> list[int]:
 
 def _sampling(state: Any, data: GenerateRequest):
     sp = data.sampling_params
-    pick = (lambda name, flat=None: getattr(sp, name) if sp is not None and getattr(sp, name) is not None else flat)
+
+    def pick(name: str, flat: Any = None) -> Any:
+        """sampling_params wins over the seed's flat fields."""
+        value = getattr(sp, name) if sp is not None else None
+        return flat if value is None else value
+
     stop_ids = pick("stop_token_ids")
     if stop_ids:
         check_token_ids(state, stop_ids, "stop_token_ids")

@@ -141,7 +141,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
 
         engine = Engine(settings)
         warm_up(engine)
-    except BaseException as exc:  # noqa: BLE001 - report anything, then exit non-zero
+    except BaseException as exc:
         log.error("engine replica %d failed to start:\n%s", replica, traceback.format_exc())
         outputs.send(codec.encode(EngineFatal(error=f"{type(exc).__name__}: {exc}")))
         requests.close(linger=0)
@@ -163,7 +163,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
     log.info("engine replica %d ready in %.1fs (pid %d)", replica, ready.load_seconds, ready.pid)
     try:
         EngineLoop(engine, requests, outputs).run()
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         log.error("engine replica %d crashed:\n%s", replica, traceback.format_exc())
         try:
             outputs.send(codec.encode(EngineFatal(error=f"{type(exc).__name__}: {exc}")), zmq.NOBLOCK)

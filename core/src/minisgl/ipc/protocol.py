@@ -7,7 +7,7 @@ step), EngineReply (answers an EngineCall), EngineFatal (the engine loop is goin
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -52,8 +52,8 @@ class EngineFatal(msgspec.Struct, kw_only=True, tag="fatal"):
     error: str
 
 
-ToEngine = Union[EngineRequest, AbortRequest, EngineCall, Shutdown]
-FromEngine = Union[EngineReady, StepOutputs, EngineReply, EngineFatal]
+ToEngine = EngineRequest | AbortRequest | EngineCall | Shutdown
+FromEngine = EngineReady | StepOutputs | EngineReply | EngineFatal
 
 # Engine methods the server may call through EngineCall (nothing else is reachable).
 CALLABLE_METHODS = frozenset({"metrics", "warm", "flush_cache", "prefix_match_len", "check_invariants"})

@@ -150,7 +150,9 @@ class HFModelRunner:
         return batch
 
     @torch.inference_mode()
-    def forward(self, batch: ForwardBatch) -> ForwardResult:
+    def compute_logits(self, batch: ForwardBatch) -> torch.Tensor | None:
+        """Run the model on the batch (writing its K/V into the pool); logits [S, V] of the
+        sampled rows, or None when nothing is sampled (a mid-prompt chunk: no LM head at all)."""
         batch = self._to_device(batch)
         self.context.plan = AttentionPlan.build(batch)
         try:
@@ -158,18 +160,23 @@ class HFModelRunner:
                 input_ids=batch.input_ids[None],
                 position_ids=batch.positions[None],
                 use_cache=False,
-                # the LM head runs only for the rows that are sampled (none for a mid-prompt chunk)
                 logits_to_keep=batch.sample_indices if batch.sampling is not None else self._no_rows,
             )
         finally:
             self.context.plan = None
-        if batch.sampling is None:
+        return out.logits[0] if batch.sampling is not None else None
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch) -> ForwardResult:
+        logits = self.compute_logits(batch)
+        if logits is None or batch.sampling is None:
             return ForwardResult(next_tokens=self._no_rows)
-        result = sample(out.logits[0], batch.sampling)
+        result = sample(logits, batch.sampling)
         if self.device.type == "cuda":  # let the scheduler prepare the next step meanwhile
-            result.next_tokens = result.next_tokens.to("cpu", non_blocking=True)
-            if result.logprobs is not None:
-                result.logprobs = result.logprobs.to("cpu", non_blocking=True)
+            for name in ("next_tokens", "logprobs", "top_logprob_ids", "top_logprob_values"):
+                value = getattr(result, name)
+                if value is not None:
+                    setattr(result, name, value.to("cpu", non_blocking=True))
             result.ready = torch.cuda.Event()
             result.ready.record()
         return result
