@@ -115,7 +115,8 @@ class DiffusionRunner:
         if on_step is None:
             return {}
         params = inspect.signature(pipe.__call__).parameters
-        total = steps or params["num_inference_steps"].default if "num_inference_steps" in params else (steps or 0)
+        default_steps = params["num_inference_steps"].default if "num_inference_steps" in params else 0
+        total = steps or default_steps
 
         if "callback_on_step_end" in params:
             def on_step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
