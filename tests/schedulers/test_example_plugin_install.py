@@ -4,18 +4,12 @@ venv, shows up in `minisgl plugins`, and routes when selected by name."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import site
 import subprocess
-import sys
-import sysconfig
 import textwrap
 from pathlib import Path
 
 import pytest
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minisgl-scheduler-example"
+from example_plugin_venv import build_example_venv, venv_env
 
 ROUTE_SCRIPT = textwrap.dedent(
     """
@@ -34,47 +28,12 @@ ROUTE_SCRIPT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def venv_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv that sees this environment's packages (torch, our editable installs)
-    and has the example installed from a built wheel, as a user's `pip install` would."""
-    root = tmp_path_factory.mktemp("example-plugin")
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    # --system-site-packages reaches the base interpreter, not the venv running the tests;
-    # a .pth line adds this environment's site-packages (its own .pth files included).
-    target_site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    parent_sites = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
-    lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in dict.fromkeys(parent_sites))
-    Path(target_site, "_minisgl_parent_env.pth").write_text(lines)
-    source = root / "src"
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(python),
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            str(source),
-        ],
-        check=True,
-    )
-    return python
+    and has the example installed with pip, as a user's `pip install` would."""
+    return build_example_venv(tmp_path_factory.mktemp("example-plugin"))
 
 
 def run(python: Path, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("MINISGL_PLUGINS", "MINISGL_DISABLE_PLUGINS")}
-    env["PYTHONPATH"] = ""
-    result = subprocess.run([str(python), *args], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run([str(python), *args], capture_output=True, text=True, env=venv_env(), timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

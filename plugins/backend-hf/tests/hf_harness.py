@@ -13,8 +13,11 @@ from minisgl.settings import Settings
 from minisgl_backend_hf.runner import HFModelRunner, create_runner
 
 
-def make_runner(path: str, dtype: str = "float32", num_pages: int = 512, page_size: int = 1, **overrides) -> HFModelRunner:
-    settings = Settings(dtype=dtype, device="cpu", num_pages=num_pages, page_size=page_size, **overrides)
+def make_runner(
+    path: str, dtype: str = "float32", num_pages: int | None = 512, page_size: int = 1, **overrides
+) -> HFModelRunner:
+    overrides.setdefault("device", "cpu")
+    settings = Settings(dtype=dtype, num_pages=num_pages, page_size=page_size, **overrides)
     return create_runner(settings, SimpleNamespace(path=path, dummy=False, name=path.rstrip("/").split("/")[-1]))
 
 

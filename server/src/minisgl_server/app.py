@@ -17,6 +17,7 @@ from minisgl import __version__
 from .errors import EXCEPTION_HANDLERS
 from .routes_generate import generate
 from .routes_openai import chat_completions, completions
+from .routes_images import images_router
 from .routes_system import get_model, health, list_models, metrics
 from .state import ServerState
 
@@ -41,7 +42,7 @@ def create_app(state: ServerState) -> Litestar:
             await state.stop()
 
     app = Litestar(
-        route_handlers=[generate, completions, chat_completions, list_models, get_model, health, metrics],
+        route_handlers=[generate, completions, chat_completions, list_models, get_model, health, metrics, images_router()],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="minisgl", version=__version__, path="/schema"),

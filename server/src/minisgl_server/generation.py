@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from minisgl.engine.messages import EngineOutput, EngineRequest
 from minisgl.ipc.client import EngineUnavailable
 from minisgl.sampling_params import SamplingParams
@@ -117,6 +119,7 @@ class Generation:
                 self.state.stats.requests_rejected_total += 1
             raise
         self._client = self._lease.client
+        self._adapt_max_new_tokens()
         try:
             for c in self.choices:
                 self._client.submit(
@@ -126,6 +129,20 @@ class Generation:
         except EngineUnavailable as exc:
             self.close()
             raise APIError(503, str(exc), code="engine_unavailable") from None
+
+    def _adapt_max_new_tokens(self) -> None:
+        """ADAPTIVE_MAX_NEW_TOKENS: the pool may shorten each choice's budget under load."""
+        pool = self.state.pool
+        for c in self.choices:
+            budget = c.spec.sampling.max_new_tokens or self.state.settings.max_new_tokens_default
+            scaled = pool.adapt_max_new_tokens(self._lease, budget)
+            if scaled != budget:
+                log.info("request %s: %d requests in flight, max_new_tokens %d -> %d (ADAPTIVE_MAX_NEW_TOKENS)",
+                         self.request_id, self._lease.inflight_before, budget, scaled)
+                sampling = msgspec.structs.replace(c.spec.sampling, max_new_tokens=scaled)
+                if sampling.min_new_tokens > scaled:
+                    sampling = msgspec.structs.replace(sampling, min_new_tokens=scaled)
+                c.spec = ChoiceSpec(index=c.spec.index, input_ids=c.spec.input_ids, sampling=sampling)
 
     def close(self) -> None:
         """Abort what is unfinished and give the slots back; safe to call twice."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import click
 import uvicorn
 
 from minisgl.cli import setup_logging
@@ -12,6 +13,7 @@ from minisgl.plugins import get_registry
 from minisgl.settings import Settings
 
 from .app import create_app
+from .engine_pool import SchedulerError
 from .state import ServerState
 
 log = logging.getLogger("minisgl.server")
@@ -20,7 +22,11 @@ log = logging.getLogger("minisgl.server")
 def run_server(settings: Settings, sources: dict[str, str] | None = None) -> None:
     setup_logging(settings.log_level)
     registry = get_registry()
-    state = ServerState(settings, sources or {}, registry)
+    try:
+        state = ServerState(settings, sources or {}, registry)
+    except SchedulerError as exc:  # a usage error, like a bad flag: exit status 2
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
     app = create_app(state)
     config = uvicorn.Config(
         app,
@@ -38,9 +44,10 @@ def run_server(settings: Settings, sources: dict[str, str] | None = None) -> Non
 
     state.request_shutdown = shutdown
     log.info(
-        "minisgl server: http://%s:%d (OpenAPI at /schema), model %s, backend %s (from %s), %d engine replica(s)",
+        "minisgl server: http://%s:%d (OpenAPI at /schema), model %s, backend %s (from %s), %d engine replica(s), "
+        "scheduler %s",
         settings.host, settings.port, settings.model_path, settings.backend,
-        (sources or {}).get("backend", "default"), settings.dp_size,
+        (sources or {}).get("backend", "default"), len(state.pool.placements), state.pool.policy_name,
     )
     server.run()
     if state.startup_error:

@@ -1,5 +1,10 @@
-"""GET /metrics: engine counters summed over replicas, the server's rolling latency and
-throughput, as JSON (the seed's format) or Prometheus text with `minisgl:` names."""
+"""GET /metrics: each replica's engine counters and the pool's view of it (`replicas`),
+their totals at the top level, and the server's rolling latency and throughput; as JSON
+(the seed's format) or Prometheus text with `minisgl:` names and a `replica` label on the
+per-replica series (the totals have none).
+
+Totals: gauges (running, waiting, KV) sum the live replicas; counters (`*_total`) also
+keep what a dead replica had counted, so they never go backwards."""
 
 from __future__ import annotations
 
@@ -21,26 +26,34 @@ ENGINE_KEYS = (
     "generation_tokens_total",
     "cached_tokens_total",
 )
+# per-replica keys summed into the totals under another name (the server counts its own aborts)
+RENAMED = {"requests_aborted_total": "engine_requests_aborted_total"}
 COUNTERS = {"prompt_tokens_total", "generation_tokens_total", "cached_tokens_total", "requests_aborted_total",
-            "engine_requests_aborted_total", "requests_total", "requests_rejected_total"}
+            "engine_requests_aborted_total", "requests_total", "requests_rejected_total", "requests_dispatched",
+            "warmed_tokens", "adaptive_downscaled_total", "cache_hits", "cache_misses", "retractions_total",
+            "evicted_tokens_total", "requests_finished_total", "steps_total"}
+
+
+def _numbers(d: dict[str, Any]) -> dict[str, int | float]:
+    return {k: v for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 async def collect_metrics(state: Any) -> dict[str, Any]:
     settings = state.settings
     pool = state.pool
-    per_engine: list[dict[str, Any]] = []
-    if pool.alive:
-        try:
-            per_engine = await pool.call_all("metrics", timeout=5.0)
-        except Exception as exc:  # metrics must answer even when an engine misbehaves
-            log.warning("engine metrics unavailable: %s", exc)
+    try:
+        await pool.refresh_load()
+    except Exception as exc:  # metrics must answer even when an engine misbehaves
+        log.warning("engine metrics unavailable: %s", exc)
+    replicas: list[dict[str, Any]] = []
     merged: dict[str, Any] = {key: 0 for key in ENGINE_KEYS}
-    for m in per_engine:
-        for key, value in m.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                continue
+    for replica in pool.replicas:
+        # a dead replica keeps its last counters; its gauges (running, KV...) are gone
+        engine = {RENAMED.get(k, k): v for k, v in _numbers(replica.engine_metrics).items()
+                  if replica.alive or k in COUNTERS}
+        replicas.append({**engine, **replica.summary()})
+        for key, value in engine.items():
             merged[key] = merged.get(key, 0) + value
-    merged["engine_requests_aborted_total"] = merged.pop("requests_aborted_total", 0)
     stats = state.stats
     backend = state.info.backend if state.info else settings.backend
     merged.update({
@@ -50,40 +63,61 @@ async def collect_metrics(state: Any) -> dict[str, Any]:
         "num_inflight": pool.inflight_total,
         "max_inflight_total": settings.max_inflight_total,
         "max_inflight_per_engine": settings.max_inflight_per_engine,
+        "adaptive_downscaled_total": pool.adaptive_downscaled_total,
+        "warmed_tokens": sum(r.warmed_tokens for r in pool.replicas),
         "scheduler": pool.policy_name,
         "backend": backend,
         "model": state.model_id,
-        "dp_size": len(pool.clients),
+        "dp_size": len(pool.replicas),
         "engines_alive": len(pool.alive),
+        "degraded": pool.degraded,
         "ready": state.ready and pool.healthy,
         "uptime_s": state.uptime_s(),
         "metric_window": settings.metric_window,
         **stats.rolling(),
-        "engines": per_engine,
+        "replicas": replicas,
     })
     return merged
 
 
 class _Snapshot:
-    """A prometheus_client collector over one metrics dict."""
+    """A prometheus_client collector over one metrics dict: one family per key, with a
+    sample for the total and one per replica (label `replica`)."""
 
     def __init__(self, metrics: dict[str, Any]) -> None:
         self.metrics = metrics
 
     def collect(self):
-        labels = {"model": str(self.metrics.get("model", "")), "backend": str(self.metrics.get("backend", ""))}
+        base_labels = {"model": str(self.metrics.get("model", "")), "backend": str(self.metrics.get("backend", ""))}
+        families: dict[str, Any] = {}
+
+        def add(key: str, value: int | float, replica: str) -> None:
+            family = families.get(key)
+            if family is None:
+                names = [*base_labels, "replica"]
+                if key in COUNTERS:
+                    base = key[: -len("_total")] if key.endswith("_total") else key
+                    family = CounterMetricFamily(f"minisgl:{base}", key.replace("_", " "), labels=names)
+                else:
+                    family = GaugeMetricFamily(f"minisgl:{key}", key.replace("_", " "), labels=names)
+                families[key] = family
+            family.add_metric([*base_labels.values(), replica], value)
+
         for key, value in self.metrics.items():
             if isinstance(value, bool):
                 value = int(value)
-            if not isinstance(value, int | float):
-                continue
-            if key in COUNTERS:
-                base = key[: -len("_total")] if key.endswith("_total") else key
-                family = CounterMetricFamily(f"minisgl:{base}", key.replace("_", " "), labels=list(labels))
-            else:
-                family = GaugeMetricFamily(f"minisgl:{key}", key.replace("_", " "), labels=list(labels))
-            family.add_metric(list(labels.values()), value)
-            yield family
+            if isinstance(value, int | float):
+                add(key, value, "")
+        for section in self.metrics.get("replicas", []):
+            label = str(section.get("index", ""))
+            for key, value in section.items():
+                if key in ("index", "pid"):
+                    continue
+                if isinstance(value, bool):
+                    value = int(value)
+                if isinstance(value, int | float):
+                    add(key, value, label)
+        yield from families.values()
 
 
 def prometheus_text(metrics: dict[str, Any]) -> bytes:

@@ -36,6 +36,7 @@ class ServerState:
         self.startup_error: str | None = None
         self.request_shutdown: Callable[[], None] = lambda: None
         self.control: Any = None
+        self.warming: asyncio.Task[None] | None = None  # WARM_PREFIXES under ASYNC_PREFILL_QUEUE
 
     @property
     def model_id(self) -> str:
@@ -75,46 +76,69 @@ class ServerState:
             self.request_shutdown()
             return
         if self.settings.warm_prefixes:
-            try:
-                result = await self.warm(self.settings.warm_prefixes)
-                log.info("WARM_PREFIXES: %d prefixes, %s tokens cached", len(self.settings.warm_prefixes), result["cached_tokens"])
-            except Exception as exc:  # a cold cache is slower, not broken
-                log.warning("WARM_PREFIXES failed: %s: %s", type(exc).__name__, exc)
+            if self.settings.async_prefill_queue:
+                # ASYNC_PREFILL_QUEUE: /health turns 200 now; the caches fill in the background
+                self.warming = asyncio.create_task(self._warm_at_start(), name="warm-prefixes")
+            else:
+                await self._warm_at_start()
         self.ready = True
         log.info("ready: /health answers 200 (scheduler %s)", self.pool.policy_name)
 
+    async def _warm_at_start(self) -> None:
+        prefixes = self.settings.warm_prefixes
+        try:
+            result = await self.warm(prefixes)
+            log.info("WARM_PREFIXES: %d prefixes cached in %d replica(s): %s tokens per replica",
+                     len(prefixes), len(result["replicas"]), result["replicas"])
+        except Exception as exc:  # a cold cache is slower, not broken
+            log.warning("WARM_PREFIXES failed: %s: %s", type(exc).__name__, exc)
+
     def _on_engine_death(self, client: EngineClient) -> None:
-        log.error("engine replica %d died; /health answers 503 and its requests fail", client.replica)
+        if self.pool.alive:
+            log.error("engine replica %d died; /health stays 200 (degraded) while %d replica(s) serve",
+                      client.replica, len(self.pool.alive))
+        else:
+            log.error("engine replica %d died; no replica left: /health answers 503 and requests fail", client.replica)
 
     async def stop(self) -> None:
+        if self.warming is not None:
+            self.warming.cancel()
         if self.control is not None:
             await self.control.stop()
         await self.pool.stop()
 
     # ---- operations shared by HTTP routes and control commands ---------------------------
     async def warm(self, prefixes: list[str]) -> dict[str, Any]:
+        """Put each prefix in every live replica's prefix cache."""
         if self.tokenizer is None or not self.pool.alive:
             raise RuntimeError(self.pool.unavailable_reason())
         ids = [self.tokenizer.encode(p) for p in prefixes]
-        results = await self.pool.call_all("warm", token_id_lists=ids, timeout=300)
-        return {"prefixes": len(prefixes), "cached_tokens": sum(int(r or 0) for r in results)}
+        per_replica = await self.pool.warm(ids)
+        return {"prefixes": len(prefixes), "cached_tokens": sum(per_replica), "replicas": per_replica}
 
     async def flush_cache(self) -> dict[str, Any]:
-        results = await self.pool.call_all("flush_cache")
-        return {"flushed_tokens": sum(int(r or 0) for r in results)}
+        return {"flushed_tokens": await self.pool.flush_cache()}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """200 while at least one replica serves (`degraded` when some are down)."""
         healthy = self.ready and self.pool.healthy
         body: dict[str, Any] = {
             "status": "ok" if healthy else ("loading" if not self.ready and not self.startup_error else "unavailable"),
             "model": self.model_id,
+            "degraded": self.pool.degraded,
+            "replicas_alive": len(self.pool.alive),
+            "replicas_total": len(self.pool.replicas),
+            "warming": self.warming is not None and not self.warming.done(),
             "engines": [
-                {"replica": c.replica, "pid": c.pid, "state": c.state, "error": c.error, "inflight": c.inflight}
-                for c in self.pool.clients
+                {"replica": r.index, "pid": r.client.pid, "state": r.client.state, "error": r.client.error,
+                 "inflight": r.client.inflight, "device": r.placement.device}
+                for r in self.pool.replicas
             ],
         }
         if not healthy:
             body["reason"] = self.startup_error or self.pool.unavailable_reason()
+        elif self.pool.degraded:
+            body["reason"] = self.pool.unavailable_reason()
         return healthy, body
 
     def uptime_s(self) -> float:

@@ -11,7 +11,9 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import zmq
@@ -26,6 +28,20 @@ from .protocol import EngineCall, EngineFatal, EngineReady, EngineReply, FrameCo
 log = logging.getLogger("minisgl.ipc")
 
 
+@contextmanager
+def _environment(extra: Mapping[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 class EngineUnavailable(RuntimeError):
     """The replica is not running (still starting, dead, or stopped)."""
 
@@ -38,8 +54,11 @@ class EngineClient:
         endpoints: ReplicaEndpoints,
         ctx: zmq.asyncio.Context,
         on_death: Callable[[EngineClient], None] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        # extra environment for the engine process only (CUDA_VISIBLE_DEVICES: its GPU)
+        self.env = dict(env or {})
         self.replica = replica
         self.ctx = ctx
         self.codec = FrameCodec()
@@ -81,7 +100,8 @@ class EngineClient:
             name=f"minisgl-engine-{self.replica}",
             daemon=True,
         )
-        self.process.start()
+        with _environment(self.env):  # spawn copies os.environ when the child starts
+            self.process.start()
         log.info("engine replica %d: process %d started, loading %s", self.replica, self.process.pid, self.settings.model_path)
         loop.add_reader(self.process.sentinel, self._on_process_exit)
         self._recv_task = asyncio.create_task(self._receive_loop(), name=f"engine-{self.replica}-recv")

@@ -108,7 +108,7 @@ def load_pipeline(source: str, options: LoadOptions) -> Any:
     if options.cpu_offload and device != "cuda":
         raise InvalidDiffusionRequest("--cpu-offload works on CUDA only", param="cpu_offload")
     started = time.perf_counter()
-    pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
+    pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)  # callers draw their own progress
     if options.cpu_offload:
         pipe.enable_model_cpu_offload()

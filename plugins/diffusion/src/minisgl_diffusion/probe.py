@@ -1,13 +1,15 @@
-"""Can the diffusion runners run here? They need diffusers (and torch)."""
+"""Can the diffusion runners run here? They need torch, diffusers and Pillow."""
+
+from __future__ import annotations
 
 import importlib.util
+from typing import Any
+
+REQUIRED = {"torch": "torch", "diffusers": "diffusers", "PIL": "Pillow"}
 
 
-def probe(settings=None) -> str | None:
-    for module in ("torch", "diffusers"):
+def probe(settings: Any = None) -> str | None:
+    for module, package in REQUIRED.items():
         if importlib.util.find_spec(module) is None:
-            return f"needs {module}: pip install minisgl-diffusion[{module}] or pip install {module}"
-    for module in ("minisgl_diffusion.image", "minisgl_diffusion.video"):
-        if importlib.util.find_spec(module) is None:
-            return "the diffusers runners are not part of this release yet"
+            return f"needs {package}: pip install minisgl-diffusion (or pip install {package})"
     return None

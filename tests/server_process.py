@@ -1,4 +1,5 @@
-"""Run the real `minisgl serve` in a subprocess on a free loopback port, for tests."""
+"""Run the real `minisgl serve` in a subprocess on a free loopback port, for tests
+(shared by tests/server and tests/pool)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,19 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, model_path: str, *args: str, env: dict[str, str] | None = None, log_dir: Path) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        log_dir: Path,
+        python: str | Path = sys.executable,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"server-{self.port}.log"
         cmd = [
-            sys.executable, "-m", "minisgl", "serve",
+            str(python), "-m", "minisgl", "serve",
             "--model-path", model_path,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--num-pages", "16384",  # a small KV pool: the tests need little
@@ -67,8 +75,14 @@ class ServerProcess:
         self._log.close()
 
 
-def start_server(model_path: str, *args: str, log_dir: Path, env: dict[str, str] | None = None) -> ServerProcess:
-    server = ServerProcess(model_path, *args, env=env, log_dir=log_dir)
+def start_server(
+    model_path: str,
+    *args: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    python: str | Path = sys.executable,
+) -> ServerProcess:
+    server = ServerProcess(model_path, *args, env=env, log_dir=log_dir, python=python)
     try:
         server.wait_ready()
     except BaseException:

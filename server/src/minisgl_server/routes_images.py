@@ -1,0 +1,272 @@
+"""POST /v1/images/generations and POST /v1/videos/generations.
+
+The runners come from the plugin registry (`diffusers-image`, `diffusers-video`, plugin
+minisgl-diffusion), so the server imports no diffusion code unless a request needs it.
+Each runner is built once per router and keeps one pipeline per model, loaded lazily;
+generation runs in a worker thread so the event loop keeps serving other requests.
+
+Mount with `create_app(... route_handlers=[..., images_router()])`."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from typing import Any, Literal
+
+import msgspec
+from litestar import Request, Router, post
+
+from .errors import APIError, api_error_handler, bad_request
+
+IMAGE_RUNNER = "diffusers-image"
+VIDEO_RUNNER = "diffusers-video"
+MAX_IMAGES = 10
+MAX_FRAMES = 256
+SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+class ImageGenerationRequest(msgspec.Struct, kw_only=True):
+    prompt: str
+    model: str | None = None
+    n: int = 1
+    size: str | None = None  # "WxH"; default: the model's own size
+    response_format: str = "b64_json"
+    seed: int | None = None
+    steps: int | None = None
+    num_inference_steps: int | None = None  # diffusers' name for steps
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+    user: str | None = None
+
+
+class ImageData(msgspec.Struct, kw_only=True):
+    b64_json: str
+    seed: int  # regenerates this image alone
+
+
+class ImageGenerationResponse(msgspec.Struct, kw_only=True):
+    created: int
+    data: list[ImageData]
+
+
+class VideoGenerationRequest(msgspec.Struct, kw_only=True):
+    prompt: str
+    model: str | None = None
+    num_frames: int | None = None
+    size: str | None = None
+    fps: int = 8
+    response_format: str = "frames_b64_png"
+    seed: int | None = None
+    steps: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+
+
+class VideoData(msgspec.Struct, kw_only=True, omit_defaults=True):
+    b64_mp4: str | None = None
+    frames_b64_png: list[str] | None = None
+
+
+class VideoGenerationResponse(msgspec.Struct, kw_only=True):
+    created: int
+    model: str
+    num_frames: int
+    fps: int
+    seed: int
+    response_format: Literal["frames_b64_png", "b64_mp4"]
+    data: list[VideoData]
+
+
+# -- request checks (400s) ---------------------------------------------------------------
+
+def parse_size(size: str | None) -> tuple[int | None, int | None]:
+    if size is None:
+        return None, None
+    match = SIZE.match(size)
+    if not match:
+        raise bad_request(f"size must look like 'WIDTHxHEIGHT' (e.g. '1024x1024'), got {size!r}", param="size")
+    width, height = int(match.group(1)), int(match.group(2))
+    for side in (width, height):
+        if side < 8 or side > 4096 or side % 8:
+            raise bad_request(f"size sides must be multiples of 8 between 8 and 4096, got {size!r}", param="size")
+    return width, height
+
+
+def _check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise bad_request("prompt must be a non-empty string", param="prompt")
+
+
+def _steps(steps: int | None, num_inference_steps: int | None) -> int | None:
+    value = steps if steps is not None else num_inference_steps
+    if value is not None and not 1 <= value <= 1000:
+        raise bad_request(f"steps must be between 1 and 1000, got {value}", param="steps")
+    return value
+
+
+def _check_common(seed: int | None, guidance_scale: float | None) -> None:
+    if seed is not None and seed < 0:
+        raise bad_request(f"seed must be >= 0, got {seed}", param="seed")
+    if guidance_scale is not None and guidance_scale < 0:
+        raise bad_request(f"guidance_scale must be >= 0, got {guidance_scale}", param="guidance_scale")
+
+
+# -- runners -----------------------------------------------------------------------------
+
+class _Runners:
+    """One runner per kind, built on first use from the app's settings and registry."""
+
+    def __init__(self, settings: Any = None, registry: Any = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._runners: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _context(self, request: Request[Any, Any, Any]) -> tuple[Any, Any]:
+        server = getattr(request.app.state, "server", None)
+        settings = self.settings or getattr(server, "settings", None)
+        registry = self.registry or getattr(server, "registry", None)
+        if settings is None:
+            from minisgl.settings import load_settings
+
+            settings, _ = load_settings()
+        if registry is None:
+            from minisgl.plugins import get_registry
+
+            registry = get_registry()
+        return settings, registry
+
+    def get(self, name: str, request: Request[Any, Any, Any]) -> Any:
+        with self._lock:
+            if name in self._runners:
+                return self._runners[name]
+        settings, registry = self._context(request)
+        try:
+            spec = registry.get("runner", name)
+        except LookupError:
+            raise APIError(
+                503, f"{'image' if name == IMAGE_RUNNER else 'video'} generation is not installed: pip install minisgl-diffusion",
+                code="runner_unavailable",
+            ) from None
+        reason = spec.availability(settings)
+        if reason:
+            raise APIError(503, f"the {name} runner cannot run here: {reason}", code="runner_unavailable")
+        try:
+            runner = spec.load()(settings)
+        except Exception as exc:
+            raise _api_error(exc) from exc
+        with self._lock:
+            return self._runners.setdefault(name, runner)
+
+
+def _api_error(exc: Exception) -> APIError:
+    """A runner's error as an OpenAI error: its `status` and `param` when it carries them
+    (minisgl-diffusion's errors do), 400 for other ValueErrors (diffusers' input checks)."""
+    status = getattr(exc, "status", None)
+    message = getattr(exc, "message", None) or str(exc)
+    param = getattr(exc, "param", None)
+    if isinstance(status, int):
+        return APIError(status, message, param=param, code="invalid_value" if status == 400 and param else None)
+    if isinstance(exc, ValueError):
+        return APIError(400, message, param=param)
+    raise exc
+
+
+async def _run(fn: Any, **kwargs: Any) -> Any:
+    try:
+        return await asyncio.to_thread(fn, **kwargs)
+    except APIError:
+        raise
+    except Exception as exc:
+        raise _api_error(exc) from exc
+
+
+def _check_model(runner: Any, model: str | None) -> None:
+    """Requests may name only the model this server was configured with: letting a client
+    pick any local directory or hub id would let it make the server load arbitrary files."""
+    if model is None:
+        return
+    try:
+        configured = runner.default_model()
+    except Exception:
+        configured = None
+    if model != configured:
+        raise APIError(404, f"model {model!r} is not served here (configured: {configured!r})",
+                       param="model", code="model_not_found")
+
+
+def images_router(settings: Any = None, registry: Any = None) -> Router:
+    """The two routes. `settings`/`registry` default to the app's ServerState (app.state.server),
+    else to the environment and the global plugin registry."""
+    runners = _Runners(settings, registry)
+
+    @post("/v1/images/generations", status_code=200, summary="OpenAI-compatible text-to-image (diffusers)")
+    async def create_image(request: Request[Any, Any, Any], data: ImageGenerationRequest) -> ImageGenerationResponse:
+        _check_prompt(data.prompt)
+        if not 1 <= data.n <= MAX_IMAGES:
+            raise bad_request(f"n must be between 1 and {MAX_IMAGES}, got {data.n}", param="n")
+        if data.response_format == "url":
+            raise bad_request("response_format 'url' is not supported: use 'b64_json'", param="response_format")
+        if data.response_format != "b64_json":
+            raise bad_request(f"response_format must be 'b64_json', got {data.response_format!r}", param="response_format")
+        width, height = parse_size(data.size)
+        steps = _steps(data.steps, data.num_inference_steps)
+        _check_common(data.seed, data.guidance_scale)
+        runner = runners.get(IMAGE_RUNNER, request)
+        _check_model(runner, data.model)
+        result = await _run(
+            runner.generate, prompt=data.prompt, n=data.n, width=width, height=height, steps=steps,
+            guidance_scale=data.guidance_scale, seed=data.seed, negative_prompt=data.negative_prompt, model=data.model,
+        )
+        from minisgl_diffusion.encoding import b64_png
+
+        encoded = await asyncio.to_thread(lambda: [b64_png(image) for image in result.images])
+        return ImageGenerationResponse(
+            created=int(time.time()),
+            data=[ImageData(b64_json=b64, seed=seed) for b64, seed in zip(encoded, result.seeds, strict=True)],
+        )
+
+    @post("/v1/videos/generations", status_code=200, summary="text-to-video (diffusers): PNG frames or an MP4")
+    async def create_video(request: Request[Any, Any, Any], data: VideoGenerationRequest) -> VideoGenerationResponse:
+        _check_prompt(data.prompt)
+        if data.response_format not in ("frames_b64_png", "b64_mp4"):
+            raise bad_request(
+                f"response_format must be 'frames_b64_png' or 'b64_mp4', got {data.response_format!r}", param="response_format"
+            )
+        if data.num_frames is not None and not 1 <= data.num_frames <= MAX_FRAMES:
+            raise bad_request(f"num_frames must be between 1 and {MAX_FRAMES}, got {data.num_frames}", param="num_frames")
+        if not 1 <= data.fps <= 120:
+            raise bad_request(f"fps must be between 1 and 120, got {data.fps}", param="fps")
+        width, height = parse_size(data.size)
+        steps = _steps(data.steps, data.num_inference_steps)
+        _check_common(data.seed, data.guidance_scale)
+        runner = runners.get(VIDEO_RUNNER, request)
+        _check_model(runner, data.model)
+        from minisgl_diffusion import encoding
+
+        if data.response_format == "b64_mp4":
+            try:
+                encoding.require_mp4()  # before spending minutes on frames nobody can encode
+            except Exception as exc:
+                raise _api_error(exc) from exc
+        result = await _run(
+            runner.generate, prompt=data.prompt, num_frames=data.num_frames, width=width, height=height, steps=steps,
+            guidance_scale=data.guidance_scale, seed=data.seed, negative_prompt=data.negative_prompt, model=data.model,
+        )
+        if data.response_format == "b64_mp4":
+            video = VideoData(b64_mp4=await _run(encoding.b64_mp4, frames=result.frames, fps=data.fps))
+        else:
+            video = VideoData(frames_b64_png=await asyncio.to_thread(lambda: [encoding.b64_png(f) for f in result.frames]))
+        return VideoGenerationResponse(
+            created=int(time.time()), model=data.model or result.model, num_frames=len(result.frames), fps=data.fps,
+            seed=result.seed, response_format=data.response_format, data=[video],  # type: ignore[arg-type]
+        )
+
+    return Router(
+        path="/",
+        route_handlers=[create_image, create_video],
+        exception_handlers={APIError: api_error_handler},  # type: ignore[dict-item]
+    )
