@@ -20,9 +20,10 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
+
+import tomllib
 
 RESERVED = {"control", "server"}
 
@@ -137,7 +138,7 @@ def plan(data: dict[str, Any]) -> list[Instance]:
 
 def start(instance: Instance) -> subprocess.Popen:
     os.makedirs(os.path.dirname(instance.log_file) or ".", exist_ok=True)
-    log = open(instance.log_file, "ab")  # noqa: SIM115 - owned by the child from here on
+    log = open(instance.log_file, "ab")
     return subprocess.Popen(
         instance.argv,
         env={**os.environ, **instance.env},

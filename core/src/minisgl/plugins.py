@@ -123,7 +123,7 @@ class Registry:
                 continue
             try:
                 module = ep.load()
-            except BaseException as exc:  # noqa: BLE001 - SystemExit from a plugin too
+            except BaseException as exc:
                 self._fail(info, exc)
                 self.plugins[ep.name] = info
                 continue
@@ -146,7 +146,7 @@ class Registry:
                     continue
                 try:
                     impl.function(register=self._register_callback(info, kinds))
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:
                     self._fail(info, exc, where=hook_name)
         return info
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
-import tomllib
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
+import tomllib
 
 MAX_NEW_TOKENS_DEFAULT = 512  # seed 000: "a code constant in config.py"
 DEFAULT_MODEL = "rd211/Qwen3-0.6B-Instruct"  # seed 000's MODEL_NAME default

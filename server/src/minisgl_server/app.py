@@ -16,8 +16,8 @@ from minisgl import __version__
 
 from .errors import EXCEPTION_HANDLERS
 from .routes_generate import generate
-from .routes_openai import chat_completions, completions
 from .routes_images import images_router
+from .routes_openai import chat_completions, completions
 from .routes_system import get_model, health, list_models, metrics
 from .state import ServerState
 

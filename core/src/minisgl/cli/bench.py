@@ -230,6 +230,23 @@ def compute_floor(path: str, dtype: str, wl: Workload) -> tuple[float, str]:
     return flops / rate, how
 
 
+def _checkpoint_dtype(path: str) -> str:
+    """One dtype for every system: the checkpoint's own (bf16 for smollm2-135m), float32 when
+    it says nothing or bf16 has no native support on this CPU (then bf16 matmuls crawl)."""
+    import torch
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path)
+    name = str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "float32").replace("torch.", "")
+    if name not in ("float32", "bfloat16", "float16"):
+        name = "float32"
+    if name == "bfloat16" and not torch.cuda.is_available():
+        capability = torch.backends.cpu.get_cpu_capability()
+        if "AVX512" not in capability and "AMX" not in capability:
+            name = "float32"
+    return name
+
+
 # ---- command -------------------------------------------------------------------------
 @click.group()
 def bench() -> None:
@@ -271,12 +288,11 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, peers, max_
     if concurrency < 1:
         raise click.BadParameter("BENCH_HF_CONCURRENCY must be >= 1")
 
-    if dtype == "auto":  # one dtype for every system: bf16 matmuls are slow on most CPUs
-        import torch
-
-        dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     path = resolve_model(model, progress=True).path
     from transformers import AutoConfig, AutoTokenizer
+
+    if dtype == "auto":
+        dtype = _checkpoint_dtype(path)
 
     vocab = AutoConfig.from_pretrained(path).get_text_config().vocab_size
     specials = max(AutoTokenizer.from_pretrained(path).all_special_ids or [0]) + 1

@@ -152,7 +152,7 @@ class EngineClient:
 
     def _on_process_exit(self) -> None:
         assert self.process is not None
-        self.process.join(0)
+        self.process.join(1.0)  # the sentinel can fire before the exit status is there to reap
         code = self.process.exitcode
         self._detach()
         if self.state == "stopped":

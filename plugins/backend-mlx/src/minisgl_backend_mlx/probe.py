@@ -14,4 +14,10 @@ def probe(settings=None) -> str | None:
     if settings is not None and getattr(settings, "backend", "auto") == "auto":
         if not (platform.system() == "Darwin" and platform.machine() == "arm64"):
             return "auto picks mlx only on Apple silicon; ask for --backend mlx to use mlx-cpu"
+    # asked for (or on Apple silicon): the mlx package must come with a compute backend;
+    # on Linux plain `mlx` has none, `mlx[cpu]` (or `mlx[cuda]`) brings it
+    try:
+        import mlx.core  # noqa: F401
+    except (ImportError, OSError) as exc:
+        return f"mlx is installed but does not load ({exc}); on Linux: pip install 'mlx[cpu]'"
     return None
