@@ -30,8 +30,15 @@ def greedy(rows: int) -> SamplingBatch:
 
     f32, i64 = torch.float32, torch.long
     return SamplingBatch(
-        fill(0, f32), fill(1, f32), fill(0, i64), fill(0, f32), fill(1, f32), fill(0, f32), fill(0, f32),
-        fill(-1, i64), fill(0, i64),
+        fill(0, f32),
+        fill(1, f32),
+        fill(0, i64),
+        fill(0, f32),
+        fill(1, f32),
+        fill(0, f32),
+        fill(0, f32),
+        fill(-1, i64),
+        fill(0, i64),
     )
 
 
@@ -51,7 +58,9 @@ def decode_batch(
     batch_size: int, context: int, capacity: int, vocab: int, gen: torch.Generator, scatter: bool = False
 ) -> ForwardBatch:
     """B requests, each with `context - 1` tokens already in the pool + 1 new token."""
-    lens = [context + int(torch.randint(-context // 4, context // 4 + 1, (1,), generator=gen)) for _ in range(batch_size)]
+    lens = [
+        context + int(torch.randint(-context // 4, context // 4 + 1, (1,), generator=gen)) for _ in range(batch_size)
+    ]
     width = max(lens)
     if scatter:  # every token on a random slot: the worst case for the gathers
         slots = torch.randperm(capacity, generator=gen)[: batch_size * width].view(batch_size, width)
@@ -112,7 +121,9 @@ def hf_decode_seconds(model: torch.nn.Module, batch_size: int, context: int, voc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m", help="model name for minisgl.models.resolve_model, or a local dir")
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="model name for minisgl.models.resolve_model, or a local dir"
+    )
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--context", type=int, default=200, help="decode context length (rows vary by +-25%%)")
@@ -151,17 +162,21 @@ def main() -> None:
     with torch.inference_mode():
         for bs in (int(b) for b in args.batch_sizes.split(",")):
             batch = decode_batch(bs, args.context, capacity, vocab, gen, args.scatter)
-            ours = timed(lambda: runner.forward(batch), args.iters)
+            ours = timed(lambda b=batch: runner.forward(b), args.iters)
             theirs = hf_decode_seconds(hf, bs, args.context, vocab, args.iters) if hf else None
             row(f"decode B={bs} ctx~{args.context}", bs, ours, theirs)
 
         for lengths in ([args.prefill], [250] * 8):
             batch = prefill_batch(lengths, vocab, gen)
-            ours = timed(lambda: runner.forward(batch), max(2, args.iters // 4), warmup=1)
+            ours = timed(lambda b=batch: runner.forward(b), max(2, args.iters // 4), warmup=1)
             theirs = None
             if hf and len(set(lengths)) == 1:
                 ids = torch.randint(0, vocab, (len(lengths), lengths[0]))
-                theirs = timed(lambda: hf(input_ids=ids, use_cache=False, logits_to_keep=1), max(2, args.iters // 4), warmup=1)
+                theirs = timed(
+                    lambda ids=ids: hf(input_ids=ids, use_cache=False, logits_to_keep=1),
+                    max(2, args.iters // 4),
+                    warmup=1,
+                )
             row(f"prefill {len(lengths)}x{lengths[0]}", sum(lengths), ours, theirs)
 
 

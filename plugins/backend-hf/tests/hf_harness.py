@@ -49,13 +49,21 @@ def greedy_sampling(rows: int) -> SamplingBatch:
 
     f32, i64 = torch.float32, torch.long
     return SamplingBatch(
-        temperature=fill(0, f32), top_p=fill(1, f32), top_k=fill(0, i64), min_p=fill(0, f32),
-        repetition_penalty=fill(1, f32), frequency_penalty=fill(0, f32), presence_penalty=fill(0, f32),
-        seeds=fill(-1, i64), steps=fill(0, i64),
+        temperature=fill(0, f32),
+        top_p=fill(1, f32),
+        top_k=fill(0, i64),
+        min_p=fill(0, f32),
+        repetition_penalty=fill(1, f32),
+        frequency_penalty=fill(0, f32),
+        presence_penalty=fill(0, f32),
+        seeds=fill(-1, i64),
+        steps=fill(0, i64),
     )
 
 
-def make_batch(alloc: SlotAllocator, parts: list[tuple[Request, list[int]]], sample: list[bool] | None = None) -> ForwardBatch:
+def make_batch(
+    alloc: SlotAllocator, parts: list[tuple[Request, list[int]]], sample: list[bool] | None = None
+) -> ForwardBatch:
     """One step: each request gets its new tokens (slots allocated here). By default the last
     token of every request is sampled; `sample[i] = False` makes request i a mid-prompt chunk."""
     sample = sample if sample is not None else [True] * len(parts)

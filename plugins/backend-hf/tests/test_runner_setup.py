@@ -59,7 +59,9 @@ def test_dummy_weights_are_deterministic(tiny_qwen3_path):
     batches = [make_batch(SlotAllocator(64), [(Request(), [3, 4, 5, 6])]) for _ in range(2)]
     a, b = first.compute_logits(batches[0]), second.compute_logits(batches[1])
     assert torch.equal(a, b)
-    real = make_runner(tiny_qwen3_path, num_pages=64).compute_logits(make_batch(SlotAllocator(64), [(Request(), [3, 4, 5, 6])]))
+    real = make_runner(tiny_qwen3_path, num_pages=64).compute_logits(
+        make_batch(SlotAllocator(64), [(Request(), [3, 4, 5, 6])])
+    )
     assert not torch.allclose(a, real)  # random, not the checkpoint's weights
 
 

@@ -14,7 +14,9 @@ from minisgl.settings import Settings
 from minisgl_backend_mlx.runner import MLXModelRunner, create_runner
 
 
-def make_runner(path: str, dtype: str = "float32", num_pages: int | None = 512, dummy: bool = False, **overrides) -> MLXModelRunner:
+def make_runner(
+    path: str, dtype: str = "float32", num_pages: int | None = 512, dummy: bool = False, **overrides
+) -> MLXModelRunner:
     overrides.setdefault("device", "cpu")
     settings = Settings(backend="mlx", dtype=dtype, num_pages=num_pages, **overrides)
     return create_runner(settings, ResolvedModel(name=Path(path).name, path=path, dummy=dummy, kind="local"))
@@ -52,9 +54,15 @@ def greedy_sampling(rows: int) -> SamplingBatch:
 
     f32, i64 = torch.float32, torch.long
     return SamplingBatch(
-        temperature=fill(0, f32), top_p=fill(1, f32), top_k=fill(0, i64), min_p=fill(0, f32),
-        repetition_penalty=fill(1, f32), frequency_penalty=fill(0, f32), presence_penalty=fill(0, f32),
-        seeds=fill(-1, i64), steps=fill(0, i64),
+        temperature=fill(0, f32),
+        top_p=fill(1, f32),
+        top_k=fill(0, i64),
+        min_p=fill(0, f32),
+        repetition_penalty=fill(1, f32),
+        frequency_penalty=fill(0, f32),
+        presence_penalty=fill(0, f32),
+        seeds=fill(-1, i64),
+        steps=fill(0, i64),
     )
 
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from minisgl import LLM, SamplingParams
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):"]
-NEW_TOKENS = 12
+NEW_TOKENS = 8
 
 
 def transformers_greedy(path: str, prompt_ids: list[list[int]]) -> list[list[int]]:

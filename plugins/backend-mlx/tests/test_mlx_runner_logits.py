@@ -84,7 +84,9 @@ def test_mixed_step_of_decodes_a_new_prompt_and_a_continued_chunk(tiny):
     f_tokens = random_tokens(7, runner.vocab_size, seed=22)
     runner.compute_logits(make_batch(alloc, [(decoding, d_tokens[:8]), (chunked, c_tokens[:18])], sample=[True, False]))
     # one step: a decode, the rest of a chunked prompt (longer than a call), a whole new prompt
-    got = runner.compute_logits(make_batch(alloc, [(decoding, d_tokens[8:]), (chunked, c_tokens[18:]), (fresh, f_tokens)]))
+    got = runner.compute_logits(
+        make_batch(alloc, [(decoding, d_tokens[8:]), (chunked, c_tokens[18:]), (fresh, f_tokens)])
+    )
     for row, tokens in enumerate((d_tokens, c_tokens, f_tokens)):
         torch.testing.assert_close(got[row], reference_logits(ref, tokens)[-1], atol=FP32_ATOL, rtol=0)
 

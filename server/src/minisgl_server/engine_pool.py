@@ -16,7 +16,13 @@ from typing import Any
 
 import zmq.asyncio
 
-from minisgl.dispatch import DispatchPolicyError, DispatchRequest, choose_replica, load_dispatch_policy
+from minisgl.dispatch import (
+    DispatchPolicyError,
+    DispatchRequest,
+    PrefixTracker,
+    choose_replica,
+    load_dispatch_policy,
+)
 from minisgl.ipc.client import EngineClient, EngineUnavailable
 from minisgl.ipc.endpoints import EndpointAllocator
 from minisgl.ipc.protocol import EngineReady
@@ -104,7 +110,7 @@ class EnginePool:
             # the tracker remembers at most what the replica's KV pool can hold
             kv = int(r.engine_metrics.get("kv_total_tokens", 0) or 0)
             if kv:
-                r.tracker = type(r.tracker)(max_tokens=min(kv, budget))
+                r.tracker = PrefixTracker(max_tokens=min(kv, budget))
         self.state = "ready"
         self._refresher = asyncio.create_task(self._refresh_forever(), name="pool-load-refresh")
         return self.ready_infos

@@ -77,7 +77,9 @@ class ExtendSegment:
     def seq_len(self) -> int:
         return self.prefix_len + self.extend_len
 
-    def _allowed(self, q_lo: int, q_hi: int, keys: int, sliding_window: int | None, device: torch.device) -> torch.Tensor:
+    def _allowed(
+        self, q_lo: int, q_hi: int, keys: int, sliding_window: int | None, device: torch.device
+    ) -> torch.Tensor:
         q_pos = torch.arange(self.prefix_len + q_lo, self.prefix_len + q_hi, device=device)[:, None]
         k_pos = torch.arange(keys, device=device)[None, :]
         allowed = k_pos <= q_pos
@@ -94,7 +96,9 @@ class ExtendSegment:
             self._cache[key] = self._allowed(0, self.extend_len, self.seq_len, sliding_window, device)
         return self._cache[key]  # type: ignore[return-value]
 
-    def blocks(self, sliding_window: int | None, dtype: torch.dtype, device: torch.device) -> list[tuple[int, int, int, torch.Tensor]]:
+    def blocks(
+        self, sliding_window: int | None, dtype: torch.dtype, device: torch.device
+    ) -> list[tuple[int, int, int, torch.Tensor]]:
         """Query blocks (lo, hi, visible_keys, additive bias [hi - lo, visible_keys])."""
         key = ("blocks", sliding_window, dtype)
         if key not in self._cache:

@@ -132,7 +132,9 @@ class HFModelRunner:
             layer_idx = getattr(module, "layer_idx", None)
             if isinstance(layer_idx, int):
                 if not 0 <= layer_idx < num_layers:
-                    raise ValueError(f"{type(module).__name__}.layer_idx={layer_idx} outside the {num_layers} KV layers")
+                    raise ValueError(
+                        f"{type(module).__name__}.layer_idx={layer_idx} outside the {num_layers} KV layers"
+                    )
                 setattr(module, CONTEXT_ATTR, self.context)
                 layers += 1
         if layers == 0:
@@ -145,7 +147,9 @@ class HFModelRunner:
         if batch.input_ids.device == self.device:
             return batch
         move = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
-        batch.input_ids, batch.positions, batch.out_slots = map(move, (batch.input_ids, batch.positions, batch.out_slots))
+        batch.input_ids, batch.positions, batch.out_slots = map(
+            move, (batch.input_ids, batch.positions, batch.out_slots)
+        )
         batch.page_table, batch.sample_indices = move(batch.page_table), move(batch.sample_indices)
         return batch
 

@@ -98,7 +98,7 @@ class KVPool:
             shape.num_layers,
             shape.num_kv_heads,
             shape.head_dim,
-            shape.dtype,
+            str(shape.dtype).removeprefix("mlx.core."),
             self.nbytes / GIB,
         )
 

@@ -39,12 +39,12 @@ SPLIT_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "qwen2
 def pick_mlx_device(requested: str) -> mx.Device:
     """`auto` takes mlx's GPU where there is one (Metal on Apple silicon), else the CPU."""
     if requested == "cpu":
-        return mx.cpu
+        return mx.Device(mx.cpu)
     if requested in ("auto", "mps", "cuda"):
         if mx.is_available(mx.gpu):
-            return mx.gpu
+            return mx.Device(mx.gpu)
         if requested == "auto":
-            return mx.cpu
+            return mx.Device(mx.cpu)
     raise ValueError(f"--device {requested}: mlx has no GPU here (backend mlx runs on Apple silicon or the CPU)")
 
 
@@ -122,8 +122,8 @@ class MLXModelRunner:
             "prefill step %d tokens, LM head on %s",
             self.name,
             self.config.get("model_type"),
-            self.mlx_device,
-            shape.dtype,
+            self.mlx_device.type.name,
+            str(shape.dtype).removeprefix("mlx.core."),
             self.max_context_len,
             self.eos_token_ids,
             self.max_prefill_tokens,

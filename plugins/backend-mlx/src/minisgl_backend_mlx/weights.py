@@ -102,7 +102,9 @@ def load_mlx_model(
         logger.info("Building %s with random mlx weights (seed %d)", source.name, DUMMY_WEIGHT_SEED)
         model, config = _random_model(source, overrides)
     else:
-        weights_dir = source if _has_mlx_readable_weights(source) else converted_dir(source, cache_dir, trust_remote_code)
+        weights_dir = (
+            source if _has_mlx_readable_weights(source) else converted_dir(source, cache_dir, trust_remote_code)
+        )
         logger.info("Loading mlx-lm weights from %s", weights_dir)
         model, config = load_model(weights_dir, model_config=overrides, trust_remote_code=trust_remote_code)
     if dtype == "auto":  # the checkpoint's dtype, as mlx-lm does; random weights take the config's
