@@ -66,7 +66,7 @@ def demo(session: nox.Session) -> None:
     env = _env()
     session.run("minisgl", "plugins", env=env)
     session.run(
-        "minisgl", "generate", "--model-path", "smollm2-135m", "--max-new-tokens", "48",
+        "minisgl", "generate", "--chat", "--model-path", "smollm2-135m", "--max-new-tokens", "48",
         *(session.posargs or ["What is the capital of France?"]), env=env,
     )
 

@@ -53,3 +53,5 @@ def generate(prompt: str, max_new_tokens: int, temperature: float, top_p: float,
                 pieces += 1
     sys.stdout.write("\n")
     click.echo(f"[{pieces} chunks in {time.perf_counter() - started:.2f}s]", err=True)
+    if pieces == 0 and not chat:
+        click.echo("[the model stopped at once: instruct models answer better with --chat]", err=True)
