@@ -13,13 +13,15 @@ nox.options.default_venv_backend = "venv"
 
 CONSTRAINTS = ("-c", "constraints.txt")
 CORE = "./core[gguf]"
-PLUGINS = {
-    "hf": "./plugins/backend-hf",
-    "sgl": "./plugins/backend-sgl",
-    "mlx": "./plugins/backend-mlx",
-    "diffusion": "./plugins/diffusion",
-    "schedulers": "./plugins/schedulers",
+PLUGIN_DIRS = {
+    "hf": "plugins/backend-hf",
+    "sgl": "plugins/backend-sgl",
+    "mlx": "plugins/backend-mlx",
+    "diffusion": "plugins/diffusion",
+    "schedulers": "plugins/schedulers",
 }
+PLUGINS = {name: f"./{path}" for name, path in PLUGIN_DIRS.items()}
+PLUGINS["diffusion"] += "[video]"
 SERVER = "./server"
 TEST_DEPS = ("pytest", "pytest-timeout", "openai", "httpx")
 # Where the converted smollm2-135m lives between sessions (it is fetched from PyPI once).
@@ -48,9 +50,13 @@ def plugin(session: nox.Session, plugin: str) -> None:
     """One plugin with only the core: it registers through its entry point alone."""
     _install(session, CORE, PLUGINS[plugin], "pytest", "pytest-timeout")
     session.run("python", "tests/plugin_alone.py", plugin, env=_env())
-    own_tests = os.path.join(PLUGINS[plugin], "tests")
+    own_tests = os.path.join(PLUGIN_DIRS[plugin], "tests")
     if os.path.isdir(own_tests):
-        session.run("pytest", "-q", "-p", "no:cacheprovider", own_tests, "-m", "not needs_server", env=_env())
+        # its own tests, with only what they import besides the core (diffusion's routes: the server)
+        extra = [SERVER] if plugin == "diffusion" else []
+        if extra:
+            session.install(*CONSTRAINTS, *extra)
+        session.run("pytest", "-q", "-p", "no:cacheprovider", own_tests, env=_env())
 
 
 @nox.session
