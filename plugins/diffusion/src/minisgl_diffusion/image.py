@@ -7,8 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidDiffusionRequest
-from .runner import DiffusionRunner, StepCallback, check_positive, check_prompt, check_side, new_seed
+from .runner import DiffusionRunner, StepCallback, check_common, check_positive, check_prompt, check_side, new_seed
 
 log = logging.getLogger("minisgl.diffusion")
 
@@ -48,11 +47,7 @@ class ImageRunner(DiffusionRunner):
         9 steps, guidance 0 and 1024x1024 for Z-Image)."""
         check_prompt(prompt)
         check_positive("n", n, MAX_IMAGES)
-        check_positive("steps", steps, 1000)
-        check_side("width", width, 8)
-        check_side("height", height, 8)
-        if guidance_scale is not None and guidance_scale < 0:
-            raise InvalidDiffusionRequest(f"guidance_scale must be >= 0, got {guidance_scale}", param="guidance_scale")
+        check_common(steps, width, height, guidance_scale)
         loaded = self.pipeline(model)
         pipe = loaded.pipe
         if self.is_z_image(pipe):
@@ -62,16 +57,10 @@ class ImageRunner(DiffusionRunner):
             check_side("width", width, 16)
             check_side("height", height, 16)
         seed = new_seed() if seed is None else seed
-        kwargs: dict[str, Any] = {
-            "prompt": prompt,
-            "num_images_per_prompt": n,
-            "generator": self.generators(seed, n),
-            "output_type": "pil",
-        }
+        base = {"prompt": prompt, "num_images_per_prompt": n, "generator": self.generators(seed, n), "output_type": "pil"}
         optional = {"width": width, "height": height, "num_inference_steps": steps, "guidance_scale": guidance_scale,
                     "negative_prompt": negative_prompt}
-        kwargs.update({k: v for k, v in optional.items() if v is not None and self.accepts(pipe, k)})
-        kwargs.update(self.step_kwargs(pipe, steps, on_step))
+        kwargs = self.call_kwargs(pipe, base, optional, steps, on_step)
         log.info("image: %d x %s, %s steps, seed %d, model %s", n, f"{width or '?'}x{height or '?'}", steps or "default",
                  seed, loaded.source)
         started = time.perf_counter()

@@ -39,6 +39,15 @@ def check_side(name: str, value: int | None, multiple: int) -> None:
         )
 
 
+def check_common(steps: int | None, width: int | None, height: int | None, guidance_scale: float | None) -> None:
+    """The checks every generation request shares (images and videos)."""
+    check_positive("steps", steps, 1000)
+    check_side("width", width, 8)
+    check_side("height", height, 8)
+    if guidance_scale is not None and guidance_scale < 0:
+        raise InvalidDiffusionRequest(f"guidance_scale must be >= 0, got {guidance_scale}", param="guidance_scale")
+
+
 def new_seed() -> int:
     return secrets.randbits(31)
 
@@ -130,6 +139,15 @@ class DiffusionRunner:
 
             return {"callback": legacy, "callback_steps": 1}
         return {}
+
+    def call_kwargs(self, pipe: Any, base: dict[str, Any], optional: dict[str, Any], steps: int | None,
+                    on_step: StepCallback | None) -> dict[str, Any]:
+        """`base` plus the `optional` arguments this pipeline takes (unset ones left to its
+        defaults), plus the step callback."""
+        kwargs = dict(base)
+        kwargs.update({k: v for k, v in optional.items() if v is not None and self.accepts(pipe, k)})
+        kwargs.update(self.step_kwargs(pipe, steps, on_step))
+        return kwargs
 
     @staticmethod
     def accepts(pipe: Any, name: str) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidDiffusionRequest
-from .runner import DiffusionRunner, StepCallback, check_positive, check_prompt, check_side, new_seed
+from .runner import DiffusionRunner, StepCallback, check_common, check_positive, check_prompt, new_seed
 
 log = logging.getLogger("minisgl.diffusion")
 
@@ -61,11 +61,7 @@ class VideoRunner(DiffusionRunner):
     ) -> GeneratedVideo:
         check_prompt(prompt)
         check_positive("num_frames", num_frames, MAX_FRAMES)
-        check_positive("steps", steps, 1000)
-        check_side("width", width, 8)
-        check_side("height", height, 8)
-        if guidance_scale is not None and guidance_scale < 0:
-            raise InvalidDiffusionRequest(f"guidance_scale must be >= 0, got {guidance_scale}", param="guidance_scale")
+        check_common(steps, width, height, guidance_scale)
         loaded = self.pipeline(model)
         pipe = loaded.pipe
         if not self.accepts(pipe, "num_frames"):
@@ -74,11 +70,10 @@ class VideoRunner(DiffusionRunner):
                 param="model",
             )
         seed = new_seed() if seed is None else seed
-        kwargs: dict[str, Any] = {"prompt": prompt, "generator": self.generators(seed, 1)[0], "output_type": "pil"}
+        base = {"prompt": prompt, "generator": self.generators(seed, 1)[0], "output_type": "pil"}
         optional = {"num_frames": num_frames, "width": width, "height": height, "num_inference_steps": steps,
                     "guidance_scale": guidance_scale, "negative_prompt": negative_prompt}
-        kwargs.update({k: v for k, v in optional.items() if v is not None and self.accepts(pipe, k)})
-        kwargs.update(self.step_kwargs(pipe, steps, on_step))
+        kwargs = self.call_kwargs(pipe, base, optional, steps, on_step)
         log.info("video: %s frames %s, %s steps, seed %d, model %s", num_frames or "default",
                  f"{width or '?'}x{height or '?'}", steps or "default", seed, loaded.source)
         started = time.perf_counter()
