@@ -84,6 +84,14 @@ class ForwardResult:
     top_logprob_ids: torch.Tensor | None = None  # int64 [S, K]
     top_logprob_values: torch.Tensor | None = None  # float32 [S, K]
     ready: torch.cuda.Event | None = None  # recorded after the copies to host were queued
+    # next_tokens as the sampler left them on the runner's device, when next_tokens is a host
+    # copy still in flight: overlap scheduling feeds these to step N+1 without waiting
+    device_next_tokens: torch.Tensor | None = None
+
+    @property
+    def future_tokens(self) -> torch.Tensor:
+        """The sampled tokens, possibly not computed yet, for the device's stream to read."""
+        return self.device_next_tokens if self.device_next_tokens is not None else self.next_tokens
 
     def resolve(self) -> ForwardResult:
         if self.ready is not None:
@@ -111,3 +119,8 @@ class ModelRunner(Protocol):
         ...
 
     def shutdown(self) -> None: ...
+
+
+# A runner whose `forward` returns before the device is done (ForwardResult.ready set, and
+# device_next_tokens where next_tokens is a host copy) declares `supports_overlap = True`;
+# the engine then launches step N+1 before it reads step N's tokens (overlap scheduling).

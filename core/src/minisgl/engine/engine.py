@@ -31,7 +31,7 @@ from .batch import ModelRunner
 from .messages import EngineOutput, EngineRequest
 from .queue_policy import QueuePolicy
 from .request import Req
-from .scheduler import Scheduler
+from .scheduler import ScheduledBatch, Scheduler
 
 log = logging.getLogger("minisgl.engine")
 
@@ -123,10 +123,14 @@ class Engine:
             max_context_len=self.max_context_len,
             decode_log_stride=settings.decode_log_stride,
         )
+        # overlap scheduling when the runner's forward is asynchronous (see Scheduler)
+        self.overlap = bool(getattr(runner, "supports_overlap", False))
+        self._launched: ScheduledBatch | None = None  # launched, not processed (overlap only)
         log.info(
-            "engine ready: model=%s device=%s eos=%s context=%d kv=%d tokens (page %d) cache=%s queue=%s",
+            "engine ready: model=%s device=%s eos=%s context=%d kv=%d tokens (page %d) cache=%s queue=%s overlap=%s",
             self.model.name, runner.device, self.eos_token_ids, self.max_context_len,
             self.scheduler.pool.num_slots, settings.page_size, self.cache_type, self.queue_policy_name,
+            "on" if self.overlap else "off",
         )
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self._errors: list[EngineOutput] = []
@@ -241,17 +245,41 @@ class Engine:
             self._deferred = []
             outputs += self._errors
             self._errors = []
+            if self.overlap:
+                return outputs + self._overlap_step()
             scheduled = self.scheduler.schedule()
             if scheduled is not None:
-                result = self.runner.forward(scheduled.batch)
-                produced = self.scheduler.process(scheduled, result)
-                self.requests_finished_total += sum(o.finished for o in produced)
-                outputs += produced
+                scheduled.result = self.runner.forward(scheduled.batch)
+                outputs += self._process(scheduled)
             return outputs
+
+    def _process(self, scheduled: ScheduledBatch) -> list[EngineOutput]:
+        assert scheduled.result is not None
+        produced = self.scheduler.process(scheduled, scheduled.result)
+        self.requests_finished_total += sum(o.finished for o in produced)
+        return produced
+
+    def _overlap_step(self) -> list[EngineOutput]:
+        """Launch step N+1, then read step N's tokens: the CPU work of building N+1 hides
+        behind the device's work on N. Outputs (and finish detection) lag one step."""
+        outputs: list[EngineOutput] = []
+        previous = self._launched
+        if previous is not None and any(r.needs_penalties for r in previous.sampled):
+            # penalties read every earlier token on the host: resolve before building
+            outputs += self._process(previous)
+            previous = None
+        self._launched = None
+        scheduled = self.scheduler.schedule(previous)
+        if scheduled is not None:
+            scheduled.result = self.runner.forward(scheduled.batch)
+            self._launched = scheduled
+        if previous is not None:
+            outputs += self._process(previous)
+        return outputs
 
     def has_work(self) -> bool:
         s = self.scheduler
-        return bool(self._inbox or self._errors or self._deferred or s.waiting or s.running)
+        return bool(self._inbox or self._errors or self._deferred or s.waiting or s.running or self._launched)
 
     # ---- cache --------------------------------------------------------------------
     def prefix_match_len(self, token_ids: list[int]) -> int:

@@ -23,6 +23,10 @@ class Req:
     # tokens: prompt + generated; the last generated one has no KV yet while decoding
     all_ids: list[int] = field(default_factory=list)
     num_output: int = 0
+    # tokens sampled by launched steps whose results are not processed yet (overlap
+    # scheduling: at most 2 between launching step N+1 and processing step N)
+    inflight: int = 0
+    future_row: int = -1  # this request's row in the last launched step's next_tokens
     # KV held while running: positions [0, cached_len) are the locked cache prefix, the
     # rest are private pages; `slots` maps every allocated position to its slot
     row: int = -1  # row of the page table
@@ -51,8 +55,14 @@ class Req:
 
     @property
     def pending(self) -> int:
-        """Tokens still to run through the model before the next sample."""
-        return len(self.all_ids) - self.kv_len
+        """Tokens still to run through the model before the next sample (an in-flight
+        token counts: overlap scheduling feeds it to the model before its value is known)."""
+        return len(self.all_ids) + self.inflight - self.kv_len
+
+    @property
+    def computed_ids(self) -> int:
+        """Leading tokens whose K/V is in the pool and whose ids are known."""
+        return min(self.kv_len, len(self.all_ids))
 
     @property
     def needs_penalties(self) -> bool:

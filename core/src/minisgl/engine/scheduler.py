@@ -3,7 +3,9 @@
 Each step:
 1. every running request that decodes needs one more slot; when the pool is short, the
    prefix cache gives back unlocked LRU prefixes, and if that is not enough the newest
-   running requests are retracted (their KV freed, their tokens kept) and requeued;
+   running requests are retracted and requeued: their tokens are kept and their computed
+   K/V goes into the prefix cache (sglang does the same), so readmission reuses what the
+   pool can still hold;
 2. requests that are part way through a chunked prefill get their next chunk;
 3. waiting requests are admitted in the queue policy's order while the prefill token
    budget (--max-prefill-length), the running limit (--max-running-requests) and the pool
@@ -13,6 +15,13 @@ Each step:
    of their tokens are sampled;
 5. sampled tokens are appended, finished requests insert their KV into the cache and give
    back the rest.
+
+Overlap scheduling (runners with `supports_overlap`): step N+1 is built and launched
+before step N's tokens are read back. A decoding request's input token for N+1 is then a
+"future": its row in step N's device-side next_tokens, copied into input_ids on the device
+(`future_tokens`), so the CPU never waits. Requests that step N finishes (a stop token)
+ran one wasted row in N+1, which `process` discards. A request that step N certainly
+finishes (max_new_tokens, the context) is not scheduled again.
 
 Request lengths are capped on entry (prompt + max_new_tokens within the context and the
 pool), so a request running alone always fits: retraction can always make progress.
@@ -38,10 +47,11 @@ log = logging.getLogger("minisgl.engine")
 
 
 @dataclass
-class _Scheduled:
+class ScheduledBatch:
     batch: ForwardBatch
     reqs: list[Req]  # in batch order
     sampled: list[Req]  # rows of the sampling batch, in order
+    result: ForwardResult | None = None  # set once the runner has launched it
 
 
 class Scheduler:
@@ -67,7 +77,7 @@ class Scheduler:
         self.max_prefill = max_prefill_length
         self.max_context_len = max_context_len
         self.decode_log_stride = decode_log_stride
-        self.device = sampler_device or runner.device
+        self.device = torch.device(sampler_device or runner.device)
         width = min(max_context_len, self.pool.num_slots) + 1
         self.page_table = torch.zeros(max_running_requests, width, dtype=torch.int64, device=self.device)
         self._free_rows = list(range(max_running_requests - 1, -1, -1))
@@ -84,6 +94,7 @@ class Scheduler:
             "retractions_total": 0,
             "evicted_tokens_total": 0,
             "warm_tokens_total": 0,
+            "readmit_cached_tokens_total": 0,  # prefix hits of requests readmitted after a retraction
         }
         self.on_finish: Callable[[Req], None] | None = None
 
@@ -136,8 +147,9 @@ class Scheduler:
         first = req.prompt_cached_tokens < 0
         if first:
             req.prompt_cached_tokens = match.length
+        elif not req.warm_only:
+            self.counters["readmit_cached_tokens_total"] += match.length
         if first and not req.warm_only:
-            req.prompt_cached_tokens = match.length
             self.counters["prompt_tokens_total"] += len(req.prompt_ids)
             self.counters["cached_tokens_total"] += match.length
             self.counters["cache_hits" if match.length else "cache_misses"] += 1
@@ -155,7 +167,8 @@ class Scheduler:
             return
         self.cache.unlock(req.cache_handle)
         to_free: list[int] = []
-        aligned = req.kv_len // self.P * self.P
+        # an in-flight token's K/V may be in the pool while its id is not known yet
+        aligned = req.computed_ids // self.P * self.P
         if keep_in_cache and aligned > 0:
             present, to_free = self.cache.insert(req.all_ids[:aligned], req.slots[:aligned], prompt_len=len(req.prompt_ids))
             if req.warm_only:
@@ -170,12 +183,18 @@ class Scheduler:
         req.cache_handle, req.cached_len, req.kv_len = None, 0, 0
 
     def _retract(self, req: Req) -> None:
-        self._release_kv(req, keep_in_cache=False)
+        # its computed K/V goes to the cache, unlocked: pool pressure may still evict it (LRU,
+        # and it is the newest entry), but whatever survives is a prefix hit on readmission
+        kept = req.computed_ids // self.P * self.P
+        self._release_kv(req, keep_in_cache=True)
         self.running.remove(req)
         req.num_retractions += 1
         self.counters["retractions_total"] += 1
         self.waiting[req.rid] = req
-        log.info("retract rid=%s (KV pool full): requeued with %d tokens", req.rid, len(req.all_ids))
+        log.info(
+            "retract rid=%s (KV pool full): requeued with %d tokens, %d of them offered to the prefix cache",
+            req.rid, len(req.all_ids), kept,
+        )
 
     def finish(self, req: Req, reason: str) -> None:
         req.finished_reason = reason
@@ -186,12 +205,23 @@ class Scheduler:
             self.running.remove(req)
 
     # ---- one step -----------------------------------------------------------------
-    def schedule(self) -> _Scheduled | None:
+    def _will_finish(self, req: Req) -> bool:
+        """An in-flight token certainly ends the request (length): nothing more to schedule."""
+        if req.inflight == 0:
+            return False
+        n = req.num_output + req.inflight
+        return n >= req.max_new_tokens or len(req.all_ids) + req.inflight >= self.max_context_len
+
+    def schedule(self, previous: ScheduledBatch | None = None) -> ScheduledBatch | None:
+        """The next batch. `previous` is the launched, unprocessed step whose device-side
+        tokens feed this one's decode rows (overlap scheduling); None when all is processed."""
         writes: list[tuple[int, int, int]] = []
         retracted = self._reserve_decodes(writes)
         items: list[tuple[Req, int]] = []
         budget = self.max_prefill
         for req in self.running:
+            if self._will_finish(req):
+                continue
             if req.pending == 1:
                 items.append((req, 1))
             elif budget > 0:
@@ -199,7 +229,8 @@ class Scheduler:
                 budget -= n
                 items.append((req, n))
         if not retracted and self.waiting and budget > 0:
-            views = [r.waiting_view() for r in self.waiting.values()]
+            # a retracted request whose last token is still in flight waits for its value
+            views = [r.waiting_view() for r in self.waiting.values() if r.inflight == 0]
             for view in self.policy.order(views, self.cache.match_len):
                 if len(self.running) >= self.max_running or budget <= 0:
                     break
@@ -211,17 +242,16 @@ class Scheduler:
                 items.append((req, n))
         if writes:
             rows, cols, slots = zip(*writes)
-            idx = (torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device))
-            self.page_table.index_put_(idx, torch.tensor(slots, dtype=torch.int64, device=self.device))
+            self.page_table.index_put_((self._tensor(rows), self._tensor(cols)), self._tensor(slots))
         if not items:
             return None
-        return self._build(items)
+        return self._build(items, previous)
 
     def _reserve_decodes(self, writes: list[tuple[int, int, int]]) -> bool:
         """One slot for every decoding request; evict, then retract the newest, if short."""
         retracted = False
         while True:
-            decoding = [r for r in self.running if r.pending == 1]
+            decoding = [r for r in self.running if r.pending == 1 and not self._will_finish(r)]
             need = sum(1 for r in decoding if r.kv_len + 1 > len(r.slots))
             if self._ensure_free_pages(need):
                 break
@@ -232,68 +262,93 @@ class Scheduler:
             self._grow(req, 1, writes)
         return retracted
 
-    def _build(self, items: list[tuple[Req, int]]) -> _Scheduled:
+    def _build(self, items: list[tuple[Req, int]], previous: ScheduledBatch | None) -> ScheduledBatch:
         input_ids: list[int] = []
+        future_at: list[int] = []  # positions in T whose token is a future of `previous`
+        future_rows: list[int] = []
         positions: list[int] = []
         out_slots: list[int] = []
         extend_lens, prefix_lens, sample_indices = [], [], []
         sampled: list[Req] = []
         for req, n in items:
             start = req.kv_len
-            input_ids.extend(req.all_ids[start : start + n])
+            if start == len(req.all_ids):  # a decode of the token `previous` samples
+                future_at.append(len(input_ids))
+                future_rows.append(req.future_row)
+                input_ids.append(0)
+            else:
+                input_ids.extend(req.all_ids[start : start + n])
             positions.extend(range(start, start + n))
             out_slots.extend(req.slots[start : start + n])
             extend_lens.append(n)
             prefix_lens.append(start)
-            if start + n == len(req.all_ids):
+            if start + n == len(req.all_ids) + req.inflight:
                 sample_indices.append(len(input_ids) - 1)
                 sampled.append(req)
         reqs = [r for r, _ in items]
         seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
-        rows = torch.tensor([r.row for r in reqs], device=self.device)
-        dev = self.device
+        rows = self._tensor([r.row for r in reqs])
+        ids = self._tensor(input_ids)
+        if future_at:
+            if previous is None or previous.result is None:
+                raise AssertionError("a decode row needs the token of a step that was not launched")
+            # resolved on the device, in stream order after `previous`: the CPU never waits
+            future = previous.result.future_tokens.to(self.device).index_select(0, self._tensor(future_rows))
+            ids.index_copy_(0, self._tensor(future_at), future)
         batch = ForwardBatch(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=dev),
-            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
-            out_slots=torch.tensor(out_slots, dtype=torch.int64, device=dev),
+            input_ids=ids,
+            positions=self._tensor(positions),
+            out_slots=self._tensor(out_slots),
             page_table=self.page_table.index_select(0, rows)[:, : max(seq_lens)],
             extend_lens=extend_lens,
             prefix_lens=prefix_lens,
-            sample_indices=torch.tensor(sample_indices, dtype=torch.int64, device=dev),
+            sample_indices=self._tensor(sample_indices),
             sampling=self._sampling(sampled) if sampled else None,
             seq_lens=seq_lens,
         )
         for req, n in items:
             req.kv_len += n
-        return _Scheduled(batch, reqs, sampled)
+        for i, req in enumerate(sampled):
+            req.inflight += 1
+            req.future_row = i
+        return ScheduledBatch(batch, reqs, sampled)
+
+    def _tensor(self, values: list, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+        """A host list on the device; through pinned memory on CUDA, so the copy is queued
+        on the stream instead of waiting for the step in flight."""
+        if self.device.type != "cuda":
+            return torch.tensor(values, dtype=dtype, device=self.device)
+        return torch.tensor(values, dtype=dtype).pin_memory().to(self.device, non_blocking=True)
 
     def _sampling(self, reqs: Sequence[Req]) -> SamplingBatch:
-        dev = self.device
-        f32 = dict(dtype=torch.float32, device=dev)
-        i64 = dict(dtype=torch.int64, device=dev)
+        f32 = dict(dtype=torch.float32)
+        i64 = dict(dtype=torch.int64)
+        t = self._tensor
         ps = [r.params for r in reqs]
         needs_penalties = any(r.needs_penalties for r in reqs)
         history = None
         if needs_penalties:
             width = max(len(r.all_ids) for r in reqs)
-            history = torch.tensor([r.all_ids + [-1] * (width - len(r.all_ids)) for r in reqs], **i64)
-        under_min = [r.num_output < r.params.min_new_tokens for r in reqs]
+            history = t([r.all_ids + [-1] * (width - len(r.all_ids)) for r in reqs], **i64)
+        # tokens generated by the time each row samples, counting the ones still in flight
+        produced = [r.num_output + r.inflight for r in reqs]
+        under_min = [n < r.params.min_new_tokens for n, r in zip(produced, reqs)]
         min_mask = stop_ids = None
         if any(under_min):
             k = max(1, max(len(r.stop_ids) for r in reqs))
-            stop_ids = torch.tensor([sorted(r.stop_ids) + [-1] * (k - len(r.stop_ids)) for r in reqs], **i64)
-            min_mask = torch.tensor(under_min, dtype=torch.bool, device=dev)
+            stop_ids = t([sorted(r.stop_ids) + [-1] * (k - len(r.stop_ids)) for r in reqs], **i64)
+            min_mask = t(under_min, dtype=torch.bool)
         top_logprobs = max(p.top_logprobs for p in ps)
         return SamplingBatch(
-            temperature=torch.tensor([r.temperature for r in reqs], **f32),
-            top_p=torch.tensor([p.top_p for p in ps], **f32),
-            top_k=torch.tensor([max(p.top_k, 0) for p in ps], **i64),
-            min_p=torch.tensor([p.min_p for p in ps], **f32),
-            repetition_penalty=torch.tensor([p.repetition_penalty for p in ps], **f32),
-            frequency_penalty=torch.tensor([p.frequency_penalty for p in ps], **f32),
-            presence_penalty=torch.tensor([p.presence_penalty for p in ps], **f32),
-            seeds=torch.tensor([r.seed for r in reqs], **i64),
-            steps=torch.tensor([r.num_output for r in reqs], **i64),
+            temperature=t([r.temperature for r in reqs], **f32),
+            top_p=t([p.top_p for p in ps], **f32),
+            top_k=t([max(p.top_k, 0) for p in ps], **i64),
+            min_p=t([p.min_p for p in ps], **f32),
+            repetition_penalty=t([p.repetition_penalty for p in ps], **f32),
+            frequency_penalty=t([p.frequency_penalty for p in ps], **f32),
+            presence_penalty=t([p.presence_penalty for p in ps], **f32),
+            seeds=t([r.seed for r in reqs], **i64),
+            steps=t(produced, **i64),
             history=history,
             min_new_tokens_mask=min_mask,
             stop_token_ids=stop_ids,
@@ -303,18 +358,21 @@ class Scheduler:
             needs_penalties=needs_penalties,
         )
 
-    def process(self, scheduled: _Scheduled, result: ForwardResult) -> list[EngineOutput]:
+    def process(self, scheduled: ScheduledBatch, result: ForwardResult) -> list[EngineOutput]:
         """Append the sampled tokens, finish what is done, and say what each request got."""
         self.steps += 1
         if not scheduled.sampled:
             return []
-        result = result.resolve()
+        result = result.resolve()  # the only wait for the device
         tokens = result.next_tokens.tolist()
         logprobs = result.logprobs.tolist() if result.logprobs is not None else None
         top_ids = result.top_logprob_ids.tolist() if result.top_logprob_ids is not None else None
         top_vals = result.top_logprob_values.tolist() if result.top_logprob_values is not None else None
         outputs = []
         for i, req in enumerate(scheduled.sampled):
+            req.inflight -= 1
+            if req.finished_reason is not None:
+                continue  # finished (stop token, abort) after this step was launched: a wasted row
             tok = int(tokens[i])
             req.all_ids.append(tok)
             req.num_output += 1
