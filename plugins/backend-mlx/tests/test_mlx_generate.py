@@ -46,3 +46,18 @@ def test_tiny_model_serves_through_the_engine(tiny_qwen3_path):
     for prompt, out in zip(prompts, outs):
         generated = model.generate(torch.tensor([prompt]), max_new_tokens=5, do_sample=False, min_new_tokens=5)
         assert out.token_ids == generated[0, len(prompt) :].tolist()
+
+
+def test_engine_honours_the_mlx_knobs(tiny_qwen3_path):
+    """MLX_PREFILL_STEP_SIZE lowers the engine's prefill chunk; AGGRESSIVE_MAX_NEW_TOKENS caps
+    each request to its share of the pool (64 slots / 2 running = 32 - 10 prompt tokens)."""
+    settings = dict(backend="mlx", dtype="float32", num_pages=64, max_running_requests=2,
+                    mlx_prefill_step_size=4, aggressive_max_new_tokens=True)
+    with LLM(model=tiny_qwen3_path, **settings) as llm:
+        assert llm.engine.scheduler.max_prefill == 4
+        out = llm.generate([list(range(5, 15))], SamplingParams(temperature=0, max_new_tokens=50, ignore_eos=True))[0]
+        assert len(out.token_ids) == 22 and out.finish_reason == "length"
+        llm.engine.check_invariants()
+    with LLM(model=tiny_qwen3_path, **(settings | {"aggressive_max_new_tokens": False})) as llm:
+        out = llm.generate([list(range(5, 15))], SamplingParams(temperature=0, max_new_tokens=50, ignore_eos=True))[0]
+        assert len(out.token_ids) == 50

@@ -94,6 +94,13 @@ def run_minisgl(model: str, dtype: str, wl: Workload, settings: dict) -> tuple[R
         return result, llm.metrics()
 
 
+def _hf_device() -> str:
+    """The peers run where minisgl's auto backend would: the GPU when there is one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _load_hf(path: str, dtype: str, attn: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM
@@ -102,7 +109,7 @@ def _load_hf(path: str, dtype: str, attn: str | None = None):
     kwargs = {"dtype": torch_dtype}
     if attn:
         kwargs["attn_implementation"] = attn
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs).to(_hf_device()).eval()
 
 
 def run_hf_sequential(path: str, dtype: str, wl: Workload) -> Result:
@@ -114,11 +121,11 @@ def run_hf_sequential(path: str, dtype: str, wl: Workload) -> Result:
         total = 0
         with torch.inference_mode():
             for ids, n in zip(wl.prompts, wl.output_lens):
-                out = model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=n, min_new_tokens=n, do_sample=False)
                 total += out.shape[1] - len(ids)
         return total
 
-    model.generate(torch.tensor([wl.prompts[0][:16]]), max_new_tokens=2, do_sample=False)
+    model.generate(torch.tensor([wl.prompts[0][:16]], device=model.device), max_new_tokens=2, do_sample=False)
     return _timed(go, "hf-sequential")
 
 
@@ -135,12 +142,23 @@ def run_hf_streaming(path: str, dtype: str, wl: Workload, concurrency: int) -> R
 
     def one(ids: list[int], n: int) -> None:
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
-        kwargs = dict(input_ids=torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=streamer)
-        t = threading.Thread(target=lambda: model.generate(**kwargs))
+        kwargs = dict(input_ids=torch.tensor([ids], device=model.device), max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=streamer)
+        failed: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                model.generate(**kwargs)
+            except BaseException as exc:  # end the stream, or the reader below waits forever
+                failed.append(exc)
+                streamer.end()
+
+        t = threading.Thread(target=generate)
         t.start()
         for _ in streamer:
             pass
         t.join()
+        if failed:
+            raise failed[0]
         with lock:
             produced[0] += n
 
@@ -152,31 +170,57 @@ def run_hf_streaming(path: str, dtype: str, wl: Workload, concurrency: int) -> R
                 ids, n = work.pop(0)
             one(ids, n)
 
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            worker()
+        except BaseException as exc:
+            errors.append(exc)
+
     def go() -> int:
-        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+        threads = [threading.Thread(target=guarded) for _ in range(concurrency)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if errors:
+            raise errors[0]
         return produced[0]
 
-    return _timed(go, f"hf-streaming(x{concurrency})")
+    # cuDNN's fused attention fails under concurrent generate() threads on CUDA
+    # ("mha_graph.execute ... is_good()", torch 2.11 / H100): use the other SDPA kernels
+    cudnn_sdp = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        return _timed(go, f"hf-streaming(x{concurrency})")
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(cudnn_sdp)
 
 
 def run_hf_cb(path: str, dtype: str, wl: Workload) -> Result:
     """transformers' continuous batching, its paged KV sized to hold the whole workload."""
     from transformers import ContinuousBatchingConfig, GenerationConfig
-    from transformers.generation.continuous_batching.utils import WorkloadHints
+
+    try:
+        from transformers.generation.continuous_batching.utils import WorkloadHints
+    except ImportError:  # older transformers: no hints, the KV size comes from num_blocks alone
+        WorkloadHints = None
 
     model = _load_hf(path, dtype, attn="sdpa")
     page = 32
     blocks = sum(-(-(len(p) + n) // page) for p, n in zip(wl.prompts, wl.output_lens)) + 8
     gen = GenerationConfig(do_sample=False, max_new_tokens=max(wl.output_lens), eos_token_id=-1, pad_token_id=0)
-    cb = ContinuousBatchingConfig(page_size=page, num_blocks=blocks, max_batch_tokens=512)
-    hints = WorkloadHints(
-        max_prompt_length=max(map(len, wl.prompts)), max_generated_length=max(wl.output_lens), num_requests=len(wl.prompts)
-    )
-    manager = model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb, workload_hints=hints)
+    try:
+        cb = ContinuousBatchingConfig(page_size=page, num_blocks=blocks, max_batch_tokens=512)
+    except TypeError:  # transformers before 5.2x names the page `block_size`
+        cb = ContinuousBatchingConfig(block_size=page, num_blocks=blocks, max_batch_tokens=512)
+    extra = {}
+    if WorkloadHints is not None:
+        extra["workload_hints"] = WorkloadHints(
+            max_prompt_length=max(map(len, wl.prompts)), max_generated_length=max(wl.output_lens), num_requests=len(wl.prompts)
+        )
+    manager = model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb, **extra)
     manager.start()
     try:
 
@@ -218,15 +262,20 @@ def compute_floor(path: str, dtype: str, wl: Workload) -> tuple[float, str]:
         tokens = len(p) + n
         flops += 2 * per_token_params * tokens + 2 * vocab * h * n  # LM head only for sampled rows
         flops += layers * 4 * heads * head_dim * tokens * tokens / 2  # causal attention scores + values
-    a = torch.randn(1024, h, dtype=torch_dtype)
-    b = torch.randn(h, inter, dtype=torch_dtype)
+    device = _hf_device()
+    a = torch.randn(1024, h, dtype=torch_dtype, device=device)
+    b = torch.randn(h, inter, dtype=torch_dtype, device=device)
     for _ in range(3):
         a @ b
-    reps, t0 = 20, time.perf_counter()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    reps, t0 = 20 if device == "cpu" else 200, time.perf_counter()
     for _ in range(reps):
         a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
     rate = 2 * 1024 * h * inter * reps / (time.perf_counter() - t0)
-    how = f"{flops / 1e12:.2f} TFLOP of model math at {rate / 1e9:.1f} GFLOP/s ({str(torch_dtype)[6:]} 1024x{h}x{inter} matmul timed here)"
+    how = f"{flops / 1e12:.2f} TFLOP of model math at {rate / 1e9:.1f} GFLOP/s ({str(torch_dtype)[6:]} 1024x{h}x{inter} matmul timed here on {device})"
     return flops / rate, how
 
 
@@ -260,11 +309,12 @@ def bench() -> None:
 @click.option("--output-len", default="50-200", show_default=True, help="output length range MIN-MAX")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
+@click.option("--backend", default="auto", show_default=True, help="minisgl backend: auto | hf | torch | sgl | mlx | any registered one")
 @click.option("--peers", default="all", show_default=True, help="all | none | comma list of " + ",".join(PEERS))
 @click.option("--max-running-requests", type=click.IntRange(min=1), default=None, help="minisgl scheduler limit")
 @click.option("--max-prefill-length", type=click.IntRange(min=1), default=None, help="minisgl prefill chunk budget")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="write results JSON here")
-def offline(model, num_requests, input_len, output_len, seed, dtype, peers, max_running_requests, max_prefill_length, output) -> None:
+def offline(model, num_requests, input_len, output_len, seed, dtype, backend, peers, max_running_requests, max_prefill_length, output) -> None:
     """Offline throughput: minisgl vs transformers on one seeded workload."""
     from rich.console import Console
     from rich.table import Table
@@ -302,6 +352,7 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, peers, max_
         f"output {output_len} ({wl.output_tokens} tokens), seed {seed}, EOS ignored"
     )
     settings = {k: v for k, v in {"max_running_requests": max_running_requests, "max_prefill_length": max_prefill_length}.items() if v}
+    settings["backend"] = backend
     results: list[Result] = []
     mini, metrics = run_minisgl(model, dtype, wl, settings)
     results.append(mini)

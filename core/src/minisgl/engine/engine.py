@@ -119,7 +119,7 @@ class Engine:
             self.policy,
             page_size=settings.page_size,
             max_running_requests=settings.max_running_requests,
-            max_prefill_length=settings.max_prefill_length,
+            max_prefill_length=self._prefill_budget(settings, runner),
             max_context_len=self.max_context_len,
             decode_log_stride=settings.decode_log_stride,
         )
@@ -156,6 +156,26 @@ class Engine:
     def _known(self, rid: str) -> Req | None:
         s = self.scheduler
         return s.waiting.get(rid) or next((r for r in s.running if r.rid == rid), None)
+
+    @staticmethod
+    def _prefill_budget(settings: Settings, runner: ModelRunner) -> int:
+        """--max-prefill-length, lowered to the runner's own cap when it has one (backend-mlx's
+        MLX_PREFILL_STEP_SIZE), so chunked prefill splits where the backend wants it to."""
+        cap = getattr(runner, "max_prefill_tokens", None)
+        if cap and cap < settings.max_prefill_length:
+            log.info("prefill chunks of at most %d tokens (the backend's limit; --max-prefill-length is %d)",
+                     cap, settings.max_prefill_length)
+            return int(cap)
+        return settings.max_prefill_length
+
+    def _aggressive_cap(self, prompt_len: int) -> int | None:
+        """AGGRESSIVE_MAX_NEW_TOKENS (MLX only): a request may grow only to its fair share of
+        the KV pool, so a full batch never has to retract; on unified memory that is where
+        running out hurts most."""
+        if not (self.settings.aggressive_max_new_tokens and self.backend_name == "mlx"):
+            return None
+        share = self.scheduler.pool.num_slots // max(1, self.settings.max_running_requests)
+        return max(1, share - prompt_len)
 
     def _new_req(self, er: EngineRequest, warm_only: bool = False) -> Req | None:
         ids = er.input_ids
@@ -195,6 +215,10 @@ class Engine:
         p = er.sampling
         wanted = p.max_new_tokens or self.settings.max_new_tokens_default
         max_new = max(1, min(wanted, self.max_context_len - len(ids), pool_tokens - len(ids)))
+        aggressive = self._aggressive_cap(len(ids))
+        if aggressive is not None and aggressive < max_new:
+            log.info("rid=%s max_new_tokens %d -> %d (AGGRESSIVE_MAX_NEW_TOKENS)", er.rid, max_new, aggressive)
+            max_new = aggressive
         stop_ids = set(p.stop_token_ids)
         if not p.ignore_eos:
             stop_ids.update(self.eos_token_ids)

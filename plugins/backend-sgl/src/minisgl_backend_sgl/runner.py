@@ -4,7 +4,9 @@ from --memory-ratio, and CUDA graphs for decode batches.
 A step: copy the batch's indices to the device, run the model (replaying a CUDA graph for
 decode batches that fit one), sample on the device, queue the copies of the sampled tokens
 to pinned host memory and record an event. `forward` returns without waiting, so the
-scheduler can prepare the next step while this one runs (overlap scheduling).
+scheduler can prepare the next step while this one runs (overlap scheduling): the result
+also carries the sampled tokens still on the device, which the next step's decode rows
+read as their input in stream order.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class SglModelRunner:
+    # forward() returns before the GPU is done; the engine then launches step N+1 before it
+    # reads step N's tokens (set it False, on the class or an instance, before the Engine is built to turn it off)
+    supports_overlap = True
+
     def __init__(self, settings: Any, model_path: str, dummy: bool, *, graph_batch_sizes_override: list[int] | None = None,
                  device: torch.device | None = None) -> None:
         if settings.tp_size > 1:
@@ -150,6 +156,10 @@ class SglModelRunner:
             top_logprob_ids=_to_host(result.top_logprob_ids),
             top_logprob_values=_to_host(result.top_logprob_values),
             ready=torch.cuda.Event(),
+            # the sampler's own tensor, freshly allocated each step (logits are an index_select
+            # out of the graph's static buffer, never the buffer itself), so no later replay
+            # overwrites it; the result holds the reference until step N+1 has read it
+            device_next_tokens=result.next_tokens,
         )
         host.ready.record()
         return host
