@@ -3,7 +3,7 @@ page size 2, and retracted requests readmitted from the prefix cache."""
 
 import pytest
 import torch
-from conftest import run_all, tokens
+from engine_helpers import run_all, tokens
 from transformers import AutoModelForCausalLM
 
 from minisgl import SamplingParams

@@ -4,7 +4,7 @@ KV pool invariant holds after every step."""
 
 import pytest
 import torch
-from conftest import run_all, tokens
+from engine_helpers import run_all, tokens
 from transformers import AutoModelForCausalLM
 
 from minisgl import SamplingParams

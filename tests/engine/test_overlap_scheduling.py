@@ -4,7 +4,7 @@ Outputs must equal the synchronous engine's, with the pool invariant after every
 
 import pytest
 import torch
-from conftest import make_engine, run_all, tokens
+from engine_helpers import make_engine, run_all, tokens
 from lazy_runner import make_overlap_engine
 
 from minisgl import SamplingParams

@@ -13,4 +13,3 @@ if str(_SHARED) not in sys.path:
 
 from model_fixtures import smollm2_path, tiny_llama_path, tiny_qwen3_path  # noqa: E402, F401
 
-MLX_MISSING = "backend-mlx needs mlx and mlx-lm: pip install mlx mlx-lm (Linux: pip install 'mlx[cpu]' mlx-lm)"

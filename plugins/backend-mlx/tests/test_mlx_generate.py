@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import MLX_MISSING
+
+from minisgl_backend_mlx.probe import INSTALL_HINT as MLX_MISSING
 
 pytest.importorskip("mlx.core", reason=MLX_MISSING)
 pytest.importorskip("mlx_lm", reason=MLX_MISSING)

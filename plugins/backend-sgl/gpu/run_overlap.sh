@@ -19,6 +19,11 @@ fi
 if [[ $STAGES == *bench* ]]; then
   timeout ${BENCH_TIMEOUT:-300} python3 plugins/backend-sgl/gpu/bench_overlap.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_overlap.log" | grep -v "^INFO" | tail -40
 fi
+if [[ $STAGES == *small* ]]; then  # decode-heavy, small batches: where host overhead shows
+  timeout ${SMALL_TIMEOUT:-150} python3 plugins/backend-sgl/gpu/bench_overlap.py --num-requests 32 --input-len 100-200 \
+    --output-len 400-500 --repeats 4 --skip-hf-cb --streaming-requests 0 --output "$OUT/bench_small.json" \
+    2>&1 | tee "$OUT/bench_small.log" | grep -v "^INFO" | tail -20
+fi
 if [[ $STAGES == *cli* ]]; then
   timeout ${CLI_TIMEOUT:-80} python3 -m minisgl bench offline --model /tmp/bench_qwen3-0.6b --backend sgl --peers none \
     --num-requests 64 --input-len 100-1000 --output-len 100-500 --output "$OUT/cli_bench.json" 2>&1 | tee "$OUT/cli_bench.log" | tail -15

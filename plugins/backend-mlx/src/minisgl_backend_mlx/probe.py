@@ -3,14 +3,14 @@
 import importlib.util
 import platform
 
+INSTALL_HINT = "backend-mlx needs mlx and mlx-lm: pip install mlx mlx-lm (Linux: pip install 'mlx[cpu]' mlx-lm)"
+
 
 def probe(settings=None) -> str | None:
     if importlib.util.find_spec("mlx") is None:
         return "needs mlx: pip install mlx mlx-lm (Linux: pip install 'mlx[cpu]' mlx-lm)"
     if importlib.util.find_spec("mlx_lm") is None:
         return "needs mlx-lm: pip install mlx-lm"
-    if importlib.util.find_spec("minisgl_backend_mlx.runner") is None:
-        return "the mlx model runner is not part of this release yet"
     if settings is not None and getattr(settings, "backend", "auto") == "auto":
         if not (platform.system() == "Darwin" and platform.machine() == "arm64"):
             return "auto picks mlx only on Apple silicon; ask for --backend mlx to use mlx-cpu"

@@ -1,0 +1,27 @@
+"""Engine-test helpers: build engines on the real backend-hf runner, step them to idle."""
+
+from __future__ import annotations
+
+
+def make_engine(model_path: str, **settings):
+    from minisgl.engine.engine import Engine
+    from minisgl.settings import settings_from_kwargs
+
+    settings.setdefault("dtype", "float32")
+    settings.setdefault("backend", "hf")
+    return Engine(settings_from_kwargs(model=model_path, **settings))
+
+
+def run_all(engine, check: bool = True) -> dict[str, list]:
+    """Step until idle; returns rid -> list of outputs; checks the pool after every step."""
+    outs: dict[str, list] = {}
+    while engine.has_work():
+        for o in engine.step():
+            outs.setdefault(o.rid, []).append(o)
+        if check:
+            engine.check_invariants()
+    return outs
+
+
+def tokens(outs: list) -> list[int]:
+    return [t for o in outs for t in o.new_token_ids]
