@@ -12,7 +12,7 @@ nox.options.sessions = ["lint", "tests"]
 nox.options.default_venv_backend = "venv"
 
 CONSTRAINTS = ("-c", "constraints.txt")
-CORE = "./core[gguf]"
+CORE = "./core[gguf,plot]"
 PLUGIN_DIRS = {
     "hf": "plugins/backend-hf",
     "sgl": "plugins/backend-sgl",

@@ -314,7 +314,8 @@ def bench() -> None:
 @click.option("--max-running-requests", type=click.IntRange(min=1), default=None, help="minisgl scheduler limit")
 @click.option("--max-prefill-length", type=click.IntRange(min=1), default=None, help="minisgl prefill chunk budget")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="write results JSON here")
-def offline(model, num_requests, input_len, output_len, seed, dtype, backend, peers, max_running_requests, max_prefill_length, output) -> None:
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="draw tok/s per system (PNG, needs matplotlib)")
+def offline(model, num_requests, input_len, output_len, seed, dtype, backend, peers, max_running_requests, max_prefill_length, output, plot) -> None:
     """Offline throughput: minisgl vs transformers on one seeded workload."""
     from rich.console import Console
     from rich.table import Table
@@ -396,3 +397,29 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, pe
         with open(output, "w") as fh:
             json.dump(data, fh, indent=2)
         console.print(f"results written to {output}")
+    if plot:
+        draw_plot(plot, results, wl.output_tokens / floor_s, f"{model}, {dtype}, {num_requests} requests")
+        console.print(f"plot written to {plot}")
+
+def draw_plot(path: str, results: list[Result], floor_tokens_per_s: float, title: str) -> None:
+    """Horizontal bars of tok/s per system, with the compute floor as a dashed line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise click.ClickException("--plot needs matplotlib: pip install matplotlib") from None
+    names = [r.system for r in results][::-1]
+    rates = [r.tokens_per_s for r in results][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(results) + 1.5))
+    bars = ax.barh(names, rates, color=["#4c72b0" if n != "minisgl" else "#dd8452" for n in names])
+    ax.bar_label(bars, labels=[f"{v:.1f}" for v in rates], padding=3)
+    ax.axvline(floor_tokens_per_s, linestyle="--", color="gray")
+    ax.text(floor_tokens_per_s, -0.45, "compute floor ", color="gray", va="bottom", ha="right")
+    ax.set_xlabel("output tokens / s (higher is better)")
+    ax.set_xlim(0, max(max(rates), floor_tokens_per_s) * 1.15)
+    ax.set_title(f"minisgl bench offline\n{title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
