@@ -25,3 +25,22 @@ def run_all(engine, check: bool = True) -> dict[str, list]:
 
 def tokens(outs: list) -> list[int]:
     return [t for o in outs for t in o.new_token_ids]
+
+
+GREEDY = dict(temperature=0.0, ignore_eos=True)
+
+
+def reference(model, prompt: list[int], n: int) -> list[int]:
+    """transformers' greedy continuation of `prompt`, exactly n tokens."""
+    import torch
+
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return out[0, len(prompt):].tolist()
+
+
+def prompts(vocab: int, lengths: list[int], seed: int = 0) -> list[list[int]]:
+    """Random prompts of the given lengths, clear of the special ids at both ends."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(5, vocab - 5, (n,), generator=g).tolist() for n in lengths]

@@ -4,28 +4,16 @@ KV pool invariant holds after every step."""
 
 import pytest
 import torch
-from engine_helpers import run_all, tokens
+from engine_helpers import GREEDY, prompts, reference, run_all, tokens
 from transformers import AutoModelForCausalLM
 
 from minisgl import SamplingParams
 from minisgl.engine.messages import EngineRequest
 
-GREEDY = dict(temperature=0.0, ignore_eos=True)
-
 
 @pytest.fixture(scope="module")
 def hf_model(tiny_qwen3_path):
     return AutoModelForCausalLM.from_pretrained(tiny_qwen3_path, dtype=torch.float32).eval()
-
-
-def reference(model, prompt, n):
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    return out[0, len(prompt):].tolist()
-
-
-def prompts(vocab, lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(5, vocab - 5, (n,), generator=g).tolist() for n in lengths]
 
 
 @pytest.mark.parametrize(

@@ -3,19 +3,11 @@ resolve lazily (lazy_runner.py), so step N+1 is launched before step N's tokens 
 Outputs must equal the synchronous engine's, with the pool invariant after every step."""
 
 import pytest
-import torch
-from engine_helpers import make_engine, run_all, tokens
+from engine_helpers import GREEDY, make_engine, prompts, run_all, tokens
 from lazy_runner import make_overlap_engine
 
 from minisgl import SamplingParams
 from minisgl.engine.messages import EngineRequest
-
-GREEDY = dict(temperature=0.0, ignore_eos=True)
-
-
-def prompts(vocab, lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(5, vocab - 5, (n,), generator=g).tolist() for n in lengths]
 
 
 def run(eng, requests):

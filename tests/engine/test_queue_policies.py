@@ -2,7 +2,7 @@
 Engine where max_running_requests=1 makes the admission order the completion order."""
 
 import pytest
-import torch
+from engine_helpers import prompts
 
 from minisgl import SamplingParams
 from minisgl.engine.messages import EngineRequest
@@ -52,11 +52,6 @@ def admission_order(eng, requests) -> list[str]:
                 first.append(o.rid)
         eng.check_invariants()
     return first
-
-
-def prompts(vocab, lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(5, vocab - 5, (n,), generator=g).tolist() for n in lengths]
 
 
 GREEDY = SamplingParams(max_new_tokens=3, temperature=0.0, ignore_eos=True)
