@@ -100,3 +100,12 @@ def test_cli_errors_exit_2_and_name_the_problem():
     assert bad_flag.returncode == 2 and "--max-runing-requests" in bad_flag.stderr
     bad_cmd = _cli("frobnicate")
     assert bad_cmd.returncode == 2 and "frobnicate" in bad_cmd.stderr
+
+
+def test_generate_with_a_missing_model_or_backend_says_so_without_a_traceback(tmp_path, tiny_qwen3_path):
+    result = _cli("generate", "--model-path", str(tmp_path / "nowhere"), "hi")
+    assert result.returncode == 1
+    assert "no such directory" in result.stderr and "Traceback" not in result.stderr
+    bad_backend = _cli("generate", "--model-path", tiny_qwen3_path, "--backend", "tpu", "hi")
+    assert bad_backend.returncode == 1 and "Traceback" not in bad_backend.stderr
+    assert "unknown backend 'tpu'" in bad_backend.stderr and "hf" in bad_backend.stderr

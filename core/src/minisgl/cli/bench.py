@@ -339,7 +339,10 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, pe
     if concurrency < 1:
         raise click.BadParameter("BENCH_HF_CONCURRENCY must be >= 1")
 
-    path = resolve_model(model, progress=True).path
+    try:
+        path = resolve_model(model, progress=True).path
+    except ValueError as exc:  # unknown model or hub unreachable: the message names the alternatives
+        raise click.ClickException(str(exc)) from None
     from transformers import AutoConfig, AutoTokenizer
 
     if dtype == "auto":

@@ -25,7 +25,11 @@ def start_llm(settings: Settings) -> Any:
         for name, value in msgspec.structs.asdict(settings).items()
         if name not in ("model_path", "backend", "dtype", "model_local_dir") and value != getattr(defaults, name)
     }
-    return LLM(model=settings.model_path, backend=settings.backend, dtype=settings.dtype, **overrides)
+    try:
+        return LLM(model=settings.model_path, backend=settings.backend, dtype=settings.dtype, **overrides)
+    except (ValueError, LookupError, RuntimeError) as exc:
+        # an unknown model, an unavailable backend, a missing package: a message, not a traceback
+        raise click.ClickException(str(exc)) from None
 
 
 def stream_local(llm: Any, prompt: str | list[int], sampling: SamplingParams) -> Iterator[str]:
