@@ -1,6 +1,8 @@
 """Run by `nox -s plugin`: with only the core and ONE plugin distribution installed, the
-plugin must register through its entry point alone, and its availability probes must answer
-(an available backend, or a reason naming what to install)."""
+plugin must register through its entry point alone, its availability probes must answer
+(an available backend, or a reason naming what to install), its settings must load with
+their defaults, and `minisgl --help` must list its commands (and `serve` only when the
+plugin is the server)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,20 @@ import subprocess
 import sys
 
 EXPECTED = {
-    "hf": {"backend": ["hf"]},
-    "sgl": {"backend": ["sgl"]},
-    "mlx": {"backend": ["mlx"]},
-    "diffusion": {"runner": ["diffusers-image", "diffusers-video"]},
+    "hf": {"backend": ["hf"], "setting": ["matmul_precision", "enable_sdp"]},
+    "sgl": {"backend": ["sgl"], "setting": ["attention_backend", "cuda_graph_max_bs", "moe_backend", "disable_pynccl"]},
+    "mlx": {
+        "backend": ["mlx"],
+        "setting": ["mlx_cache_dir", "mlx_trust_remote_code", "mlx_prefill_step_size", "mlx_max_kv_size",
+                    "aggressive_max_new_tokens"],
+    },
+    "diffusion": {
+        "runner": ["diffusers-image", "diffusers-video"],
+        "setting": ["image_model_id", "video_model_id", "z_image_model_id", "z_image_model_dir", "z_image_cache_dir"],
+        "command": ["image"],
+    },
     "schedulers": {"queue_policy": ["lpm", "priority"], "dispatch_policy": ["fsfs", "random", "cache_aware"]},
+    "server": {"command": ["serve"]},
 }
 
 
@@ -27,13 +38,23 @@ def main(name: str) -> None:
     assert got["error"] is None, got["error"]
     assert got["registered"] == EXPECTED[name], got["registered"]
     from minisgl.plugins import get_registry
+    from minisgl.settings import load_settings
 
     registry = get_registry()
+    settings, _ = load_settings(environ={}, registry=registry)
+    help_text = subprocess.run(["minisgl", "--help"], check=True, capture_output=True, text=True).stdout
+    commands = [line.split()[0] for line in help_text.split("Commands:")[1].splitlines() if line.strip()]
+    assert ("serve" in commands) == (name == "server"), commands
     for kind, names in EXPECTED[name].items():
         for spec_name in names:
             spec = registry.get(kind, spec_name)
-            reason = spec.availability(None) if hasattr(spec, "availability") else None
-            print(f"{kind} {spec_name}: {'available' if reason is None else 'unavailable: ' + reason}")
+            if kind == "setting":
+                assert getattr(settings, spec_name) == spec.default, spec_name
+            elif kind == "command":
+                assert spec_name in commands, commands
+            else:
+                reason = spec.availability(None) if hasattr(spec, "availability") else None
+                print(f"{kind} {spec_name}: {'available' if reason is None else 'unavailable: ' + reason}")
     print(f"plugin {name!r} registers through its entry point alone: ok")
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
+from typing import Annotated
 
+import msgspec
 import pytest
 
-from minisgl.settings import SettingsError, load_settings
+from minisgl.hookspecs import hookimpl
+from minisgl.plugins import Registry
+from minisgl.settings import Settings, SettingsError, load_settings, settings_from_kwargs
+from minisgl.specs import SettingSpec
 
 
 def test_precedence_and_sources(tmp_path):
@@ -51,8 +57,89 @@ def test_model_local_dir_overrides_and_prefix_cache_off_means_naive():
 
 def test_shell_mode_forces_one_request():
     settings, sources = load_settings(flags={"shell_mode": True})
-    assert settings.max_running_requests == 1 and settings.cuda_graph_max_bs == 1
+    assert settings.max_running_requests == 1  # backend-sgl caps its CUDA graphs at this
     assert sources["max_running_requests"] == "--shell-mode"
+
+
+class _Toy:
+    """A plugin that declares its own knobs, as backend-mlx or a third party does."""
+
+    @hookimpl
+    def minisgl_register_settings(self, register):
+        register(SettingSpec(name="toy_steps", type=Annotated[int, msgspec.Meta(ge=1)], default=4,
+                             env=("TOY_STEPS",), flags=("--toy-steps",), help="toy steps"))
+        register(SettingSpec(name="toy_turbo", type=bool, default=False, env=("TOY_TURBO",),
+                             unsupported="turbo is not built yet"))
+
+
+def _toy_registry() -> Registry:
+    registry = Registry()
+    registry.add_plugin(_Toy(), "toy")
+    return registry
+
+
+def test_a_plugin_setting_loads_from_env_and_flags_and_reads_as_an_attribute():
+    registry = _toy_registry()
+    settings, sources = load_settings(environ={"TOY_STEPS": "8"}, registry=registry)
+    assert settings.toy_steps == 8 and sources["toy_steps"] == "env TOY_STEPS"
+    settings, sources = load_settings(environ={"TOY_STEPS": "8"}, flags={"toy_steps": "16"}, registry=registry)
+    assert settings.toy_steps == 16 and sources["toy_steps"] == "flag --toy-steps"
+    assert settings_from_kwargs(model="x", toy_steps=2, registry=registry).toy_steps == 2
+    with pytest.raises(SettingsError) as info:
+        load_settings(environ={"TOY_STEPS": "0"}, registry=registry)
+    assert (info.value.name, info.value.source) == ("toy_steps", "env TOY_STEPS")
+    # plugin values travel with the settings to engine processes (spawn pickles them)
+    assert pickle.loads(pickle.dumps(settings)).toy_steps == 16
+    with pytest.raises(AttributeError, match="no setting 'toy_stpes'"):
+        settings.toy_stpes  # noqa: B018
+
+
+def test_real_plugin_settings_keep_the_seed_names():
+    settings = settings_from_kwargs(model="x", mlx_prefill_step_size=4)
+    assert settings.mlx_prefill_step_size == 4 and settings.plugin_values["mlx_prefill_step_size"] == 4
+    settings, sources = load_settings(environ={"IMAGE_MODEL_ID": "a/b", "CUDA_GRAPH_MAX_BS": "0"})
+    assert settings.image_model_id == "a/b" and settings.cuda_graph_max_bs == 0
+    assert "mlx_prefill_step_size" not in Settings.__struct_fields__  # the core carries no plugin knob
+    assert Settings().mlx_prefill_step_size == 2048  # built by hand: the declared default
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name", "source"),
+    [
+        ({"environ": {"TOY_TURBO": "1"}}, "toy_turbo", "env TOY_TURBO"),
+        ({"environ": {"MOE_BACKEND": "fused"}}, "moe_backend", "env MOE_BACKEND"),
+        ({"flags": {"disable_pynccl": True}}, "disable_pynccl", "flag --disable-pynccl"),
+        ({"environ": {"VLM_BACKEND": "hf"}}, "vlm_backend", "env VLM_BACKEND"),
+        ({"environ": {"ALLOW_FILE_IMAGE_URL": "1"}}, "allow_file_image_url", "env ALLOW_FILE_IMAGE_URL"),
+    ],
+)
+def test_an_unsupported_setting_is_refused_naming_itself_its_source_and_why(kwargs, name, source):
+    registry = _toy_registry() if name.startswith("toy") else None  # else the installed plugins
+    with pytest.raises(SettingsError) as info:
+        load_settings(registry=registry, **kwargs)
+    assert info.value.name == name and info.value.source == source
+    assert "not supported" in str(info.value) and name in str(info.value)
+    # the default is accepted from anywhere
+    load_settings(environ={"TOY_TURBO": "0", "MOE_BACKEND": "auto", "DISABLE_PYNCCL": "0"}, registry=registry)
+
+
+def test_a_setting_declared_twice_is_the_second_plugins_error():
+    class Again:
+        @hookimpl
+        def minisgl_register_settings(self, register):
+            register(SettingSpec(name="toy_steps", type=int, default=1))
+
+    class ShadowsCore:
+        @hookimpl
+        def minisgl_register_settings(self, register):
+            register(SettingSpec(name="port", type=int, default=1))
+
+    registry = _toy_registry()
+    again = registry.add_plugin(Again(), "again")
+    shadow = registry.add_plugin(ShadowsCore(), "shadow")
+    assert "setting 'toy_steps' is already registered by plugin 'toy'" in again.error
+    assert "setting 'port' is already registered by plugin 'core'" in shadow.error
+    assert registry.plugins["toy"].ok and registry.owner[("setting", "toy_steps")] == "toy"
 
 
 @pytest.mark.parametrize(
@@ -83,13 +170,34 @@ def _cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "minisgl", *args], capture_output=True, text=True, env=full, timeout=60)
 
 
-def test_print_config_shows_value_and_source():
-    result = _cli("serve", "--print-config", "--tp-size", "2", "--attn", "triton", env={"SCHEDULER_MODE": "random"})
+def test_print_config_shows_value_owner_and_source():
+    result = _cli("serve", "--print-config", "--tp-size", "2", "--attn", "triton",
+                  env={"SCHEDULER_MODE": "random", "MLX_MAX_KV_SIZE": "64"})
     assert result.returncode == 0, result.stderr
-    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
-    assert "2" in lines["tp_size"] and "flag" in lines["tp_size"]
-    assert "'triton'" in lines["attention_backend"]
-    assert "env SCHEDULER_MODE" in lines["scheduler"]
+    rows = {line.split()[0]: line.split(maxsplit=3)[1:] for line in result.stdout.splitlines()}
+    assert rows["tp_size"] == ["2", "core", "flag --tensor-parallel-size"]
+    assert rows["attention_backend"] == ["'triton'", "sgl", "flag --attention-backend"]
+    assert rows["scheduler"] == ["'random'", "core", "env SCHEDULER_MODE"]
+    assert rows["mlx_max_kv_size"] == ["64", "mlx", "env MLX_MAX_KV_SIZE"]
+    assert rows["image_model_id"] == ["None", "diffusion", "default"]
+
+
+def test_help_lists_plugin_commands_without_importing_torch():
+    code = (
+        "import sys; from click.testing import CliRunner; from minisgl.cli import cli; "
+        "names = [line.split()[0] for line in CliRunner().invoke(cli, ['--help']).output.splitlines() if line.strip()]; "
+        "print('serve' in names, 'image' in names, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True", "False"]
+
+
+def test_a_command_whose_plugin_is_missing_says_what_to_install():
+    result = _cli("serve", "--port", "1", env={"MINISGL_PLUGINS": "core,hf"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "Error: minisgl serve needs the server: pip install minisgl-server"
+    listed = [line.split()[0] for line in _cli("--help", env={"MINISGL_PLUGINS": "core,hf"}).stdout.splitlines() if line.strip()]
+    assert "generate" in listed and "serve" not in listed
 
 
 def test_cli_errors_exit_2_and_name_the_problem():

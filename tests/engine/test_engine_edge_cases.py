@@ -53,18 +53,17 @@ def test_abort_mid_decode_with_radix_cache(engine_factory, tiny_llama_path):
     assert eng.prefix_match_len(ps[1]) == 14  # the aborted request's prompt stayed cached
 
 
-def test_prompt_beyond_the_context_is_an_error(engine_factory, tiny_llama_path):
+def test_request_beyond_the_context_is_an_error(engine_factory, tiny_llama_path):
+    # the request layer fits requests to the context; the engine refuses what was not fitted
     eng = engine_factory(tiny_llama_path, max_seq_len_override=32)
     eng.add_request(EngineRequest(rid="over", input_ids=[9] * 40, sampling=SamplingParams(max_new_tokens=4)))
-    eng.add_request(EngineRequest(rid="full", input_ids=[9] * 32, sampling=SamplingParams(max_new_tokens=4)))
-    eng.add_request(EngineRequest(rid="fits", input_ids=[9] * 31, sampling=SamplingParams(max_new_tokens=4, **GREEDY)))
+    eng.add_request(EngineRequest(rid="full", input_ids=[9] * 31, sampling=SamplingParams(max_new_tokens=4)))
+    eng.add_request(EngineRequest(rid="fits", input_ids=[9] * 31, sampling=SamplingParams(max_new_tokens=1, **GREEDY)))
     outs = run_all(eng)
-    for rid, n in (("over", 40), ("full", 32)):
+    for rid, n in (("over", 40), ("full", 31)):
         (o,) = outs[rid]
         assert o.finished and o.finish_reason == "error" and o.new_token_ids == []
-        assert o.error == (
-            f"prompt of {n} tokens does not fit the model context of 32 tokens (one more token must be generated)"
-        )
+        assert o.error_kind == "context_length_exceeded" and "the context is 32 tokens" in o.error
         assert o.prompt_tokens == n
     assert len(tokens(outs["fits"])) == 1 and outs["fits"][-1].finish_reason == "length"
 

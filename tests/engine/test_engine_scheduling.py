@@ -92,7 +92,10 @@ def test_finish_reasons_and_errors(engine_factory, tiny_qwen3_path, hf_model):
     assert "context" in outs["long"][-1].error and outs["long"][-1].finish_reason == "error"
     assert "KV pool" in outs["pool"][-1].error
     assert "vocabulary" in outs["vocab"][-1].error
-    assert "top_p" in outs["bad"][-1].error
+    assert "no max_new_tokens" in outs["bad"][-1].error
+    kinds = {rid: outs[rid][-1].error_kind for rid in ("long", "pool", "vocab", "bad")}
+    assert kinds == {"long": "context_length_exceeded", "pool": "context_length_exceeded",
+                     "vocab": "invalid_request", "bad": "invalid_request"}
 
 
 def test_seeded_sampling_survives_retraction(engine_factory, tiny_qwen3_path):

@@ -35,6 +35,6 @@ def test_n_sequences_use_seed_plus_i_and_count_usage(llm):
 
 def test_prompt_longer_than_context_raises(llm):
     too_long = [7] * (llm.engine.max_context_len + 3)
-    with pytest.raises(ValueError, match="does not fit the model context"):
+    with pytest.raises(ValueError, match="maximum context length"):
         llm.generate(too_long, SamplingParams(max_new_tokens=2))
     assert not llm.engine.has_work()

@@ -35,3 +35,14 @@ def minisgl_register_runners(register):
 @hookspec
 def minisgl_register_control_commands(register):
     """Register control-plane commands: register(ControlCommandSpec(...))."""
+
+
+@hookspec
+def minisgl_register_settings(register):
+    """Declare the plugin's own settings: register(SettingSpec(...)). They load like the
+    core's (defaults < TOML < env < flags) and are read as `settings.<name>`."""
+
+
+@hookspec
+def minisgl_register_commands(register):
+    """Add `minisgl` subcommands: register(CommandSpec(name, description, factory="pkg.mod:cmd"))."""

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .engine.engine import Engine
-from .engine.messages import EngineRequest
-from .engine.output_processor import SequenceStream, fan_out
+from .frontend.generation import Frontend, Generation
+from .frontend.tokenizer import Tokenizer, encode_chat, encode_prompts, prompt_items
 from .sampling_params import SamplingParams
 from .settings import Settings, settings_from_kwargs
 
@@ -79,28 +79,20 @@ class StreamDelta:
     logprobs: list[float] | None = None
 
 
-@dataclass
-class _Seq:
-    prompt_index: int
-    index: int
-    stream: SequenceStream
-
-
-@dataclass
-class _Call:
-    prompts: list[str | None]
-    prompt_ids: list[list[int]]
-    seqs: dict[str, _Seq] = field(default_factory=dict)
-
-
 class LLM:
     def __init__(self, model: str, backend: str = "auto", dtype: str = "auto", **settings: Any) -> None:
         self.settings: Settings = settings_from_kwargs(model=model, backend=backend, dtype=dtype, **settings)
         self.engine = Engine(self.settings)
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.engine.model.path)
+        tokenizer = Tokenizer(str(self.engine.model.path), self.settings.trust_remote_code, self.settings.token_cache_size)
+        self.frontend = Frontend(tokenizer, max_context_len=self.engine.max_context_len,
+                                 eos_token_ids=self.engine.eos_token_ids,
+                                 max_new_tokens_default=self.settings.max_new_tokens_default)
         self._ids = itertools.count()
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's transformers tokenizer."""
+        return self.frontend.tokenizer.tokenizer
 
     def __enter__(self) -> LLM:
         return self
@@ -114,75 +106,53 @@ class LLM:
             self.engine = None  # type: ignore[assignment]
 
     # ---- inputs -------------------------------------------------------------------
-    def _normalise(self, prompts: Prompt | Sequence[Prompt]) -> tuple[list[str | None], list[list[int]]]:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        elif isinstance(prompts, Sequence) and prompts and all(isinstance(t, int) for t in prompts):
-            prompts = [prompts]  # one prompt given as token ids
-        texts: list[str | None] = []
-        ids: list[list[int]] = []
-        for i, p in enumerate(prompts):
-            if isinstance(p, str):
-                texts.append(p)
-                ids.append(list(self.tokenizer(p).input_ids))
-            elif isinstance(p, Sequence) and all(isinstance(t, int) for t in p):
-                texts.append(None)
-                ids.append(list(p))
-            else:
-                raise TypeError(f"prompts[{i}] must be a str or a list of token ids, got {type(p).__name__}")
-        return texts, ids
+    def encode_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
+        """A conversation as prompt token ids, through the model's chat template."""
+        return encode_chat(self.frontend.tokenizer, messages, template_kwargs=template_kwargs,
+                           max_context_len=self.frontend.max_context_len)
 
-    def _params(self, sampling_params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
-        if sampling_params is None:
-            return [SamplingParams()] * n
-        if isinstance(sampling_params, SamplingParams):
-            return [sampling_params.validate()] * n
-        params = list(sampling_params)
-        if len(params) != n:
-            raise ValueError(f"sampling_params has {len(params)} entries for {n} prompts; give one, or one per prompt")
-        return [p.validate() for p in params]
+    def _submit(self, prompts: Prompt | Sequence[Prompt], sampling_params: Any) -> list[Generation]:
+        ids = encode_prompts(self.frontend.tokenizer, prompts, "prompts", self.frontend.max_context_len)
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            params = [sampling_params or SamplingParams()] * len(ids)
+        else:
+            params = list(sampling_params)
+            if len(params) != len(ids):
+                raise ValueError(f"sampling_params has {len(params)} entries for {len(ids)} prompts; "
+                                 "give one, or one per prompt")
+        # each prompt is its own request (its own parameters); the engine batches them all
+        gens = [self.frontend.generation(f"llm-{next(self._ids)}", [p], sp) for p, sp in zip(ids, params)]
+        for gen in gens:
+            for er in gen.engine_requests():
+                self.engine.add_request(er)
+        return gens
 
-    # ---- running ------------------------------------------------------------------
-    def _submit(self, prompts: Prompt | Sequence[Prompt], sampling_params: Any) -> _Call:
-        texts, ids = self._normalise(prompts)
-        params = self._params(sampling_params, len(ids))
-        call = _Call(texts, ids)
-        for i, (prompt_ids, p) in enumerate(zip(ids, params)):
-            base = f"llm-{next(self._ids)}"
-            for j, (rid, sub) in enumerate(fan_out(base, p)):
-                stream = SequenceStream(rid, self.tokenizer, sub, self.engine.eos_token_ids)
-                call.seqs[rid] = _Seq(i, j, stream)
-                self.engine.add_request(EngineRequest(rid=rid, input_ids=prompt_ids, sampling=sub))
-        return call
-
-    def _run(self, call: _Call) -> Iterator[StreamDelta]:
-        open_rids = set(call.seqs)
+    def _run(self, gens: list[Generation]) -> Iterator[StreamDelta]:
+        owner = {s.rid: (i, gen) for i, gen in enumerate(gens) for s in gen.sequences}
         try:
-            while open_rids:
+            while any(not g.finished for g in gens):
                 if not self.engine.has_work():
-                    raise RuntimeError(f"engine went idle with {len(open_rids)} requests unfinished")
+                    raise RuntimeError("engine went idle with requests unfinished")
                 for out in self.engine.step():
-                    seq = call.seqs.get(out.rid)
-                    if seq is None or out.rid not in open_rids:
+                    if out.rid not in owner:
                         continue
-                    delta = seq.stream.update(out)
+                    prompt_index, gen = owner[out.rid]
+                    delta = gen.update(out)
                     if delta is None:
                         continue
-                    if delta.error:
-                        raise ValueError(f"prompt {seq.prompt_index}: {delta.error}")
+                    if delta.error is not None:
+                        raise delta.error
                     if delta.stop_hit:
                         self.engine.abort_request(out.rid, "stop")
-                    if delta.finished:
-                        open_rids.discard(out.rid)
-                    if delta.text or delta.token_ids or delta.finished:
-                        yield StreamDelta(
-                            seq.prompt_index, seq.index, delta.text, delta.token_ids,
-                            delta.finished, delta.finish_reason, delta.logprobs,
-                        )
+                    yield StreamDelta(
+                        prompt_index, delta.index, delta.text, delta.token_ids, delta.finish_reason is not None,
+                        delta.finish_reason, [lp.logprob for lp in delta.logprobs] if delta.logprobs else None,
+                    )
         finally:
-            for rid in open_rids:  # an error or a caller that stopped iterating
+            unfinished = [s.rid for g in gens for s in g.unfinished()]
+            for rid in unfinished:  # an error or a caller that stopped iterating
                 self.engine.abort_request(rid)
-            if open_rids and self.engine is not None:
+            if unfinished and self.engine is not None:
                 self.engine.step()  # frees what they held now
 
     def stream(self, prompts: Prompt | Sequence[Prompt], sampling_params: Any = None) -> Iterator[StreamDelta]:
@@ -190,41 +160,33 @@ class LLM:
         yield from self._run(self._submit(prompts, sampling_params))
 
     def generate(self, prompts: Prompt | Sequence[Prompt], sampling_params: Any = None) -> list[RequestOutput]:
-        call = self._submit(prompts, sampling_params)
-        for _ in self._run(call):
+        gens = self._submit(prompts, sampling_params)
+        for _ in self._run(gens):
             pass
-        results: list[RequestOutput] = []
-        for i, (text, ids) in enumerate(zip(call.prompts, call.prompt_ids)):
-            seqs = sorted((s for s in call.seqs.values() if s.prompt_index == i), key=lambda s: s.index)
-            outputs = [
-                CompletionOutput(
-                    index=s.index,
-                    text=s.stream.text,
-                    token_ids=s.stream.token_ids,
-                    finish_reason=s.stream.finish_reason,
-                    logprobs=s.stream.logprobs if s.stream.params.logprobs or s.stream.params.top_logprobs else None,
-                    top_logprobs=s.stream.top_logprobs if s.stream.params.top_logprobs else None,
-                )
-                for s in seqs
-            ]
-            first = seqs[0].stream
-            results.append(
-                RequestOutput(
-                    request_id=first.rid.rsplit("-", 1)[0] if len(seqs) > 1 else first.rid,
-                    prompt=text,
-                    prompt_token_ids=ids,
-                    outputs=outputs,
-                    prompt_tokens=first.prompt_tokens or len(ids),
-                    cached_tokens=first.cached_tokens,
-                )
-            )
-        return results
+        texts = [p if isinstance(p, str) else None for p in prompt_items(prompts)]
+        return [self._output(gen, text) for gen, text in zip(gens, texts)]
+
+    def chat(self, messages: list[dict[str, Any]], sampling_params: SamplingParams | None = None) -> RequestOutput:
+        """One conversation's answer (the model's chat template, as /v1/chat/completions)."""
+        return self.generate([self.encode_chat(messages)], sampling_params)[0]
+
+    @staticmethod
+    def _output(gen: Generation, prompt: str | None) -> RequestOutput:
+        def logprobs(s: Any) -> tuple[list[float] | None, list[list[tuple[int, float]]] | None]:
+            if not s.wants_logprobs:
+                return None, None
+            tops = [lp.top for lp in s.logprobs] if s.params.top_logprobs else None
+            return [lp.logprob for lp in s.logprobs], tops
+
+        outputs = [CompletionOutput(s.index, s.text, s.token_ids, s.finish_reason, *logprobs(s)) for s in gen.sequences]
+        first = gen.sequences[0]
+        return RequestOutput(request_id=gen.rid, prompt=prompt, prompt_token_ids=first.prompt_ids, outputs=outputs,
+                             prompt_tokens=gen.prompt_tokens, cached_tokens=gen.cached_tokens)
 
     # ---- cache and introspection ----------------------------------------------------
     def warm(self, prompts: Prompt | Sequence[Prompt]) -> int:
         """insert_prefix: put these prompts' KV into the prefix cache; returns tokens inserted."""
-        _, ids = self._normalise(prompts)
-        return self.engine.warm(ids)
+        return self.engine.warm(encode_prompts(self.frontend.tokenizer, prompts, param="prompts"))
 
     def flush_cache(self) -> int:
         return self.engine.flush_cache()

@@ -22,10 +22,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pluggy
 
 from . import hookspecs
-from .specs import KINDS, SPEC_TYPES, BackendSpec, Kind, Spec
+from .specs import KINDS, SPEC_TYPES, BackendSpec, Kind, SettingSpec, Spec
 
 if sys.version_info >= (3, 12):
     from importlib.metadata import entry_points
@@ -41,7 +42,10 @@ HOOK_KINDS: dict[str, tuple[Kind, ...]] = {
     "minisgl_register_caches": ("cache",),
     "minisgl_register_runners": ("runner",),
     "minisgl_register_control_commands": ("control_command",),
+    "minisgl_register_settings": ("setting",),
+    "minisgl_register_commands": ("command",),
 }
+CORE = "core"  # the owner of what the core declares itself
 
 
 class PluginError(LookupError):
@@ -103,6 +107,18 @@ class Registry:
         self.specs: dict[Kind, dict[str, Spec]] = {k: {} for k in KINDS}
         self.owner: dict[tuple[Kind, str], str] = {}
         self.aliases: dict[Kind, dict[str, str]] = {k: {} for k in KINDS}
+        self._declare_core()
+
+    def _declare_core(self) -> None:
+        """The core's own settings and subcommands, present even when every plugin is
+        blocked; a plugin declaring one of these names again is reported, as for any clash."""
+        from .cli import CORE_COMMANDS
+        from .settings import CORE_SETTINGS
+
+        for kind, specs in (("setting", CORE_SETTINGS), ("command", CORE_COMMANDS)):
+            for spec in specs:
+                self.specs[kind][spec.name] = spec
+                self.owner[(kind, spec.name)] = CORE
 
     # ---- loading -------------------------------------------------------------------
     def load_entry_points(self, allow: set[str] | None = None, block: Iterable[str] = ()) -> None:
@@ -162,6 +178,8 @@ class Registry:
             if existing is not None:
                 # First registration wins; the later one is reported, not silently dropped.
                 raise ValueError(f"{kind} {spec.name!r} is already registered by plugin {existing!r}")
+            if kind == "setting":
+                self._check_setting(spec)
             self.specs[kind][spec.name] = spec
             self.owner[(kind, spec.name)] = info.name
             for alias in getattr(spec, "aliases", ()):
@@ -169,6 +187,20 @@ class Registry:
             info.registered.setdefault(kind, []).append(spec.name)
 
         return register
+
+    def _check_setting(self, spec: SettingSpec) -> None:
+        if spec.name != spec.name.lower() or not spec.name.isidentifier():
+            raise ValueError(f"setting name {spec.name!r} must be snake_case")
+        try:
+            msgspec.convert(spec.default, spec.type)
+        except (msgspec.ValidationError, TypeError) as exc:
+            raise ValueError(f"setting {spec.name!r}: default {spec.default!r} does not fit its type: {exc}") from None
+        for other in self.specs["setting"].values():
+            taken = set(spec.env + spec.flags) & set(other.env + other.flags)
+            if taken:
+                owner = self.owner[("setting", other.name)]
+                raise ValueError(f"setting {spec.name!r}: {', '.join(sorted(taken))} already reach setting "
+                                 f"{other.name!r} of plugin {owner!r}")
 
     @staticmethod
     def _fail(info: PluginInfo, exc: BaseException, where: str | None = None) -> None:
@@ -191,6 +223,10 @@ class Registry:
 
     def backends(self) -> list[BackendSpec]:
         return list(self.specs["backend"].values())  # type: ignore[arg-type]
+
+    def settings(self) -> list[SettingSpec]:
+        """Every declared setting, the core's first (the order of --help and --print-config)."""
+        return list(self.specs["setting"].values())  # type: ignore[arg-type]
 
     def failed(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if not p.ok]

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import msgspec
+
+from .frontend.errors import invalid
+
+SEED_RANGE = (-(1 << 63), 1 << 64)  # what msgpack carries; derived seeds wrap modulo 2**64
 
 
 class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -24,12 +30,16 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     top_logprobs: int = 0
     skip_special_tokens: bool = True
 
-    def validate(self) -> SamplingParams:
-        """Raise ValueError naming the first out-of-range field."""
+    def validate(self, names: Mapping[str, str] | None = None) -> SamplingParams:
+        """Raise RequestError (a ValueError) naming the first out-of-range field, by the
+        name the caller knows it by (`names` maps ours to a front door's)."""
 
         def bad(field: str, why: str) -> None:
-            value = getattr(self, field)
-            raise ValueError(f"invalid sampling parameter '{field}' = {value!r}: {why}")
+            name = (names or {}).get(field, field)
+            value = repr(getattr(self, field))
+            if len(value) > 200:
+                value = value[:200] + "..."
+            raise invalid(f"invalid sampling parameter '{name}' = {value}: {why}", param=name)
 
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             bad("max_new_tokens", "must be >= 1")
@@ -61,7 +71,15 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             bad("stop", "at most 16 stop strings")
         if any(t < 0 for t in self.stop_token_ids):
             bad("stop_token_ids", "must be non-negative token ids")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
+            bad("seed", "must be in [-2**63, 2**64)")
         return self
+
+    def for_sequence(self, index: int, max_new_tokens: int) -> SamplingParams:
+        """Sequence `index` of an n-way request: n = 1, its own seed (seed + index, vLLM's
+        convention, so the set is reproducible and the sequences differ)."""
+        seed = None if self.seed is None else (self.seed + index) % SEED_RANGE[1]
+        return msgspec.structs.replace(self, n=1, seed=seed, max_new_tokens=max_new_tokens)
 
     @property
     def greedy(self) -> bool:

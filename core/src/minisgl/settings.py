@@ -1,19 +1,30 @@
 """One settings object for every process.
 
-Filled in this order, later wins: defaults < TOML file (`--config`) < environment
-variables (seed 000's names) < command-line flags (seed 003's names and aliases).
-Every effective value remembers where it came from (`minisgl serve --print-config`).
+The core declares its own settings (the fields of `Settings`, reached as `CORE_OPTIONS`
+says); each plugin declares its own as `SettingSpec`s through `minisgl_register_settings`,
+stored in `Settings.plugin_values` and read as attributes (`settings.mlx_prefill_step_size`).
+Both are filled the same way, later wins: defaults < TOML file (`--config`) < environment
+variables (seed 000's names) < command-line flags (seed 003's names and aliases). Every
+effective value remembers where it came from (`minisgl serve --print-config`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
+import msgspec.inspect as mi
 import tomllib
+
+from .specs import SettingSpec
+
+if TYPE_CHECKING:
+    from .plugins import Registry
+
+log = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS_DEFAULT = 512  # seed 000: "a code constant in config.py"
 DEFAULT_MODEL = "rd211/Qwen3-0.6B-Instruct"  # seed 000's MODEL_NAME default
@@ -37,7 +48,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # parallelism
     tp_size: Positive = 1
     dp_size: Positive = 1
-    disable_pynccl: bool = False
     enable_multi_device: bool = True
     # requests and scheduling
     max_running_requests: Positive = 256
@@ -49,9 +59,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cache_type: str = "radix"
     queue_policy: str = "fcfs"
     scheduler: str = "rr"
-    attention_backend: Literal["auto", "fa", "fi", "triton", "sdpa", "torch"] = "auto"
-    cuda_graph_max_bs: NonNegative | None = None
-    moe_backend: Literal["auto", "fused"] = "auto"
     num_tokenizer: NonNegative = 0
     shell_mode: bool = False
     max_new_tokens_default: Positive = MAX_NEW_TOKENS_DEFAULT
@@ -82,13 +89,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prefix_cache_size: NonNegative = 8
     prefix_cache_max_tokens: NonNegative = 2048
     prefix_cache_token_budget: NonNegative = 32768
-    # MLX
-    mlx_cache_dir: str = "~/.cache/mini_sglang/mlx"
-    mlx_trust_remote_code: bool = False
-    mlx_prefill_step_size: Positive = 2048
-    mlx_max_kv_size: NonNegative = 0
-    aggressive_max_new_tokens: bool = False
-    # vision-language
+    # vision-language (the request layer will own image fetching; refused until then)
     vlm_backend: Literal["auto", "hf", "mlx"] = "auto"
     vlm_model_name: str | None = None
     vlm_image_token: str = "<image>"
@@ -96,34 +97,44 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     vlm_max_image_bytes: Positive = 10485760
     allow_file_image_url: bool = False
     vlm_stream_log_stride: NonNegative = 32
-    # image and video generation
-    image_model_id: str | None = None
-    video_model_id: str | None = None
-    z_image_model_id: str = "Tongyi-MAI/Z-Image-Turbo"
-    z_image_model_dir: str | None = None
-    z_image_cache_dir: str = "~/.cache/mini-sglang"
     # runtime
-    matmul_precision: Literal["highest", "high", "medium"] | None = None
-    enable_sdp: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # the settings plugins declare, by name; read them as attributes (see __getattr__)
+    plugin_values: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when no field matches: a plugin's setting. A Settings built by hand
+        # (tests, embedders) has no plugin values, so the declared default answers.
+        if name.startswith("__") or name == "plugin_values":
+            raise AttributeError(name)
+        if name in self.plugin_values:
+            return self.plugin_values[name]
+        from .plugins import get_registry
+
+        spec = get_registry().specs["setting"].get(name)
+        if spec is None:
+            raise AttributeError(
+                f"no setting {name!r}: neither the core nor an installed plugin declares it (see `minisgl plugins`)"
+            )
+        return spec.default
+
+    def values(self) -> dict[str, Any]:
+        """Every setting by name: the core's fields, then the plugins' values."""
+        core = {name: getattr(self, name) for name in self.__struct_fields__ if name != "plugin_values"}
+        return core | self.plugin_values
 
 
-@dataclass(frozen=True)
-class Option:
-    """How a setting is reached from the outside."""
-
-    env: tuple[str, ...] = ()
-    flags: tuple[str, ...] = ()
-    help: str = ""
-
-
-def _o(env: str | tuple[str, ...] = (), flags: str | tuple[str, ...] = (), help: str = "") -> Option:
+def _o(env: str | tuple[str, ...] = (), flags: str | tuple[str, ...] = (), help: str = "",
+       unsupported: str | None = None) -> dict[str, Any]:
     env_t = (env,) if isinstance(env, str) else env
     flags_t = (flags,) if isinstance(flags, str) else flags
-    return Option(env_t, flags_t, help)
+    return {"env": env_t, "flags": flags_t, "help": help, "unsupported": unsupported}
 
 
-OPTIONS: dict[str, Option] = {
+VLM_UNSUPPORTED = "vision-language chat is not available yet: image_url parts are answered 400"
+
+# How each core setting is reached from the outside (its type and default are the field's).
+CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "model_path": _o("MODEL_NAME", ("--model-path", "--model"), "model: local dir, built-in name (see `minisgl models list`) or hub id"),
     "model_local_dir": _o("MODEL_LOCAL_DIR", (), "local path that overrides --model-path"),
     "trust_remote_code": _o("TRUST_REMOTE_CODE", "--trust-remote-code", "pass trust_remote_code=True to transformers"),
@@ -133,7 +144,6 @@ OPTIONS: dict[str, Option] = {
     "device": _o("DEVICE", "--device", "device for the model runner"),
     "tp_size": _o("TP_SIZE", ("--tensor-parallel-size", "--tp-size"), "tensor-parallel degree (GPUs per replica)"),
     "dp_size": _o("DP_SIZE", ("--data-parallel-size", "--dp-size"), "engine replicas behind one server"),
-    "disable_pynccl": _o("DISABLE_PYNCCL", "--disable-pynccl", "use torch.distributed instead of PyNCCL for TP"),
     "enable_multi_device": _o("ENABLE_MULTI_DEVICE", "--enable-multi-device", "one replica per GPU when several exist"),
     "max_running_requests": _o("MAX_RUNNING_REQUESTS", "--max-running-requests", "max requests decoding at once"),
     "max_seq_len_override": _o("MAX_SEQ_LEN_OVERRIDE", "--max-seq-len-override", "override the model's context length"),
@@ -144,9 +154,6 @@ OPTIONS: dict[str, Option] = {
     "cache_type": _o("CACHE_TYPE", "--cache-type", "prefix cache plugin: radix|naive|..."),
     "queue_policy": _o("QUEUE_POLICY", "--queue-policy", "waiting-queue order plugin: fcfs|lpm|priority|..."),
     "scheduler": _o("SCHEDULER_MODE", ("--scheduler", "--scheduler-mode"), "replica dispatch policy: rr|fsfs|random|cache_aware|..."),
-    "attention_backend": _o("ATTENTION_BACKEND", ("--attention-backend", "--attn"), "attention kernels"),
-    "cuda_graph_max_bs": _o("CUDA_GRAPH_MAX_BS", ("--cuda-graph-max-bs", "--graph"), "largest decode batch captured in a CUDA graph (0 disables)"),
-    "moe_backend": _o("MOE_BACKEND", "--moe-backend", "MoE kernels"),
     "num_tokenizer": _o("NUM_TOKENIZER", ("--num-tokenizer", "--tokenizer-count"), "tokenizer processes (0 = in the server)"),
     "shell_mode": _o("SHELL_MODE", "--shell-mode", "interactive shell: one request at a time"),
     "max_new_tokens_default": _o("MAX_NEW_TOKENS_DEFAULT", "--max-new-tokens-default", "max_new_tokens when a request sets none"),
@@ -164,7 +171,9 @@ OPTIONS: dict[str, Option] = {
     "adaptive_max_new_tokens_factor": _o("ADAPTIVE_MAX_NEW_TOKENS_FACTOR", "--adaptive-max-new-tokens-factor", "downscale factor"),
     "async_prefill_queue": _o("ASYNC_PREFILL_QUEUE", "--async-prefill-queue", "warm prefixes in the background"),
     "metric_window": _o("METRIC_WINDOW", "--metric-window", "requests in the rolling latency/throughput window"),
-    "fast_stream_decode": _o("FAST_STREAM_DECODE", "--fast-stream-decode", "stream per-token deltas, decode full text at the end"),
+    "fast_stream_decode": _o("FAST_STREAM_DECODE", "--fast-stream-decode",
+                             "subsumed, no effect: the incremental detokenizer always streams per-token deltas and "
+                             "their text equals a full decode"),
     "decode_log_stride": _o("DECODE_LOG_STRIDE", "--decode-log-stride", "log every N decode steps"),
     "token_cache_size": _o("TOKEN_CACHE_SIZE", (), "tokenizer decode cache size"),
     "prefill_cache_size": _o("PREFILL_CACHE_SIZE", (), "exact-match prompt entries kept by the prefix cache"),
@@ -173,30 +182,24 @@ OPTIONS: dict[str, Option] = {
     "prefix_cache_size": _o("PREFIX_CACHE_SIZE", (), "cached prefixes (leaves) kept"),
     "prefix_cache_max_tokens": _o("PREFIX_CACHE_MAX_TOKENS", (), "longest prompt inserted into the prefix cache"),
     "prefix_cache_token_budget": _o("PREFIX_CACHE_TOKEN_BUDGET", (), "tokens the prefix cache may hold"),
-    "mlx_cache_dir": _o("MLX_CACHE_DIR"),
-    "mlx_trust_remote_code": _o("MLX_TRUST_REMOTE_CODE"),
-    "mlx_prefill_step_size": _o("MLX_PREFILL_STEP_SIZE"),
-    "mlx_max_kv_size": _o("MLX_MAX_KV_SIZE"),
-    "aggressive_max_new_tokens": _o("AGGRESSIVE_MAX_NEW_TOKENS"),
-    "vlm_backend": _o("VLM_BACKEND"),
-    "vlm_model_name": _o("VLM_MODEL_NAME"),
-    "vlm_image_token": _o("VLM_IMAGE_TOKEN"),
-    "vlm_image_http_timeout_s": _o("VLM_IMAGE_HTTP_TIMEOUT_S"),
-    "vlm_max_image_bytes": _o("VLM_MAX_IMAGE_BYTES"),
-    "allow_file_image_url": _o("ALLOW_FILE_IMAGE_URL"),
-    "vlm_stream_log_stride": _o("VLM_STREAM_LOG_STRIDE"),
-    "image_model_id": _o("IMAGE_MODEL_ID", "--image-model"),
-    "video_model_id": _o("VIDEO_MODEL_ID", "--video-model"),
-    "z_image_model_id": _o("Z_IMAGE_MODEL_ID"),
-    "z_image_model_dir": _o("Z_IMAGE_MODEL_DIR"),
-    "z_image_cache_dir": _o("Z_IMAGE_CACHE_DIR"),
-    "matmul_precision": _o("MATMUL_PRECISION"),
-    "enable_sdp": _o("ENABLE_SDP"),
+    "vlm_backend": _o("VLM_BACKEND", (), "vision-language backend", VLM_UNSUPPORTED),
+    "vlm_model_name": _o("VLM_MODEL_NAME", (), "vision-language model", VLM_UNSUPPORTED),
+    "vlm_image_token": _o("VLM_IMAGE_TOKEN", (), "image placeholder token", VLM_UNSUPPORTED),
+    "vlm_image_http_timeout_s": _o("VLM_IMAGE_HTTP_TIMEOUT_S", (), "image download timeout", VLM_UNSUPPORTED),
+    "vlm_max_image_bytes": _o("VLM_MAX_IMAGE_BYTES", (), "largest image accepted", VLM_UNSUPPORTED),
+    "allow_file_image_url": _o("ALLOW_FILE_IMAGE_URL", (), "accept file:// image URLs", VLM_UNSUPPORTED),
+    "vlm_stream_log_stride": _o("VLM_STREAM_LOG_STRIDE", (), "log every N streamed VLM chunks", VLM_UNSUPPORTED),
     "log_level": _o(("MINISGL_LOG_LEVEL", "LOG_LEVEL"), "--log-level", "logging level"),
 }
 
-FIELD_NAMES = tuple(Settings.__struct_fields__)
-assert set(OPTIONS) == set(FIELD_NAMES), set(OPTIONS) ^ set(FIELD_NAMES)
+CORE_SETTINGS: tuple[SettingSpec, ...] = tuple(
+    SettingSpec(name=f.name, type=f.type, default=f.default_factory() if f.default is msgspec.NODEFAULT else f.default,
+                **CORE_OPTIONS[f.name])
+    for f in msgspec.structs.fields(Settings)
+    if f.name != "plugin_values"
+)
+CORE_NAMES = frozenset(CORE_OPTIONS)
+assert CORE_NAMES == {s.name for s in CORE_SETTINGS}, CORE_NAMES ^ {s.name for s in CORE_SETTINGS}
 
 
 class SettingsError(ValueError):
@@ -211,50 +214,47 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def _from_string(name: str, raw: str) -> Any:
-    """Environment values are strings; turn them into what the field expects."""
-    field_type = Settings.__annotations__[name]
-    if "list[str]" in str(field_type):
+def _from_string(spec: SettingSpec, raw: str) -> Any:
+    """Environment values (and string flags) are strings; shape them for the declared type."""
+    info = mi.type_info(spec.type)
+    kinds = {type(m) for m in (info.types if isinstance(info, mi.UnionType) else (info,))}
+    low = raw.strip().lower()
+    if mi.ListType in kinds:
         return [p.strip() for p in raw.split("||") if p.strip()]
-    if "bool" in str(field_type) and "str" not in str(field_type):
-        low = raw.strip().lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        return raw
-    if raw.strip().lower() in ("", "none", "null") and "None" in str(field_type):
+    if mi.BoolType in kinds and mi.StrType not in kinds:
+        return True if low in _TRUE else False if low in _FALSE else raw
+    if low in ("", "none", "null") and mi.NoneType in kinds:
         return None
     return raw
 
 
-def _flag_name(name: str) -> str:
-    flags = OPTIONS[name].flags
-    return flags[0] if flags else name
-
-
-def _check(name: str, value: Any, source: str) -> Any:
-    """Validate one value against its field's type and constraints."""
-    probe = {name: value}
+def _check(spec: SettingSpec, value: Any, source: str) -> Any:
+    """Validate one value against its declared type, constraints and support."""
     try:
-        return getattr(msgspec.convert(probe, Settings, strict=False), name)
+        converted = msgspec.convert(value, spec.type, strict=False)
     except msgspec.ValidationError as exc:
-        reason = str(exc).split(" - at ")[0]
-        raise SettingsError(name, value, source, reason) from None
+        raise SettingsError(spec.name, value, source, str(exc).split(" - at ")[0]) from None
+    if spec.unsupported and converted != spec.default:
+        raise SettingsError(spec.name, value, source, f"not supported: {spec.unsupported}")
+    return converted
 
 
 class SettingsLoader:
-    """Builds a Settings and records each value's source."""
+    """Builds a Settings from the declared settings (the core's and the registry's) and
+    records each value's source."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry: Registry) -> None:
+        self.declared: dict[str, SettingSpec] = {s.name: s for s in registry.settings()}
         self.values: dict[str, Any] = {}
-        self.sources: dict[str, str] = {name: "default" for name in FIELD_NAMES}
+        self.sources: dict[str, str] = {name: "default" for name in self.declared}
 
     def apply(self, values: dict[str, Any], source: str) -> None:
         for name, value in values.items():
-            if name not in OPTIONS:
-                raise SettingsError(name, value, source, "unknown setting; see `minisgl serve --help`")
-            self.values[name] = _check(name, value, source)
+            spec = self.declared.get(name)
+            if spec is None:
+                raise SettingsError(name, value, source, "unknown setting: neither the core nor an installed plugin "
+                                    "declares it; see `minisgl serve --help` and `minisgl plugins`")
+            self.values[name] = _check(spec, value, source)
             self.sources[name] = source
 
     def apply_toml(self, path: str) -> None:
@@ -272,24 +272,34 @@ class SettingsLoader:
 
     def apply_env(self, environ: dict[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
-        for name, opt in OPTIONS.items():
-            for var in opt.env:
-                if var in env:
-                    self.apply({name: _from_string(name, env[var])}, f"env {var}")
-                    break
+        for spec in self.declared.values():
+            var = next((v for v in spec.env if v in env), None)
+            if var is not None:
+                self.apply({spec.name: _from_string(spec, env[var])}, f"env {var}")
 
     def apply_flags(self, flags: dict[str, Any]) -> None:
         for name, value in flags.items():
             if value is None:
                 continue
-            if isinstance(value, str) and name in OPTIONS:
-                value = _from_string(name, value)
-            self.apply({name: value}, f"flag {_flag_name(name)}")
+            spec = self.declared.get(name)
+            if isinstance(value, str) and spec is not None:
+                value = _from_string(spec, value)
+            self.apply({name: value}, f"flag {spec.flags[0] if spec and spec.flags else name}")
 
     def build(self) -> Settings:
-        settings = Settings(**self.values)
+        core = {name: value for name, value in self.values.items() if name in CORE_NAMES}
+        plugin_values = {
+            name: self.values.get(name, spec.default) for name, spec in self.declared.items() if name not in CORE_NAMES
+        }
+        settings = Settings(**core, plugin_values=plugin_values)
         _finalize(settings, self.sources)
         return settings
+
+
+FAST_STREAM_DECODE_NOTE = (
+    "FAST_STREAM_DECODE has no further effect: the incremental detokenizer always streams "
+    "per-token deltas, and their text equals a full decode"
+)
 
 
 def _finalize(s: Settings, sources: dict[str, str]) -> None:
@@ -298,22 +308,36 @@ def _finalize(s: Settings, sources: dict[str, str]) -> None:
         s.model_path = s.model_local_dir
         sources["model_path"] = sources["model_local_dir"]
     if s.shell_mode:
+        # one request at a time (backend-sgl caps its CUDA graphs at this too)
         s.max_running_requests = 1
-        s.cuda_graph_max_bs = 1
-        sources["max_running_requests"] = sources["cuda_graph_max_bs"] = "--shell-mode"
+        sources["max_running_requests"] = "--shell-mode"
     if not s.prefix_cache and s.cache_type == "radix":
         s.cache_type = "naive"
         sources["cache_type"] = sources["prefix_cache"]
     if s.backend == "torch":
         s.backend = "hf"  # seed 000: torch is the HF/torch backend
+    if s.fast_stream_decode:
+        log.info(FAST_STREAM_DECODE_NOTE)
+
+
+
+def _registry(registry: Registry | None) -> Registry:
+    if registry is not None:
+        return registry
+    from .plugins import get_registry
+
+    return get_registry()
 
 
 def load_settings(
     flags: dict[str, Any] | None = None,
     config: str | None = None,
     environ: dict[str, str] | None = None,
+    registry: Registry | None = None,
 ) -> tuple[Settings, dict[str, str]]:
-    loader = SettingsLoader()
+    """The effective settings and each one's source. `registry` (default: this process's,
+    `minisgl.plugins.get_registry()`) says which plugin settings exist."""
+    loader = SettingsLoader(_registry(registry))
     if config:
         loader.apply_toml(config)
     loader.apply_env(environ)
@@ -321,20 +345,24 @@ def load_settings(
     return loader.build(), loader.sources
 
 
-def format_config(settings: Settings, sources: dict[str, str]) -> str:
-    width = max(len(n) for n in FIELD_NAMES)
-    lines = []
-    for name in FIELD_NAMES:
-        value = getattr(settings, name)
-        lines.append(f"{name:<{width}}  {value!r:<40}  {sources.get(name, 'default')}")
+def format_config(settings: Settings, sources: dict[str, str], registry: Registry | None = None) -> str:
+    """One line per setting: name, effective value, owner (`core` or a plugin), source."""
+    owners = _registry(registry).owner
+    values = settings.values()
+    width = max(len(n) for n in values)
+    lines = [f"{'setting':<{width}}  {'value':<40}  {'owner':<12}  source"]
+    for name, value in values.items():
+        owner = owners.get(("setting", name), "?")
+        lines.append(f"{name:<{width}}  {value!r:<40}  {owner:<12}  {sources.get(name, 'default')}")
     return "\n".join(lines)
 
 
-def settings_from_kwargs(**kwargs: Any) -> Settings:
-    """For the offline API: `LLM(model=..., max_running_requests=...)`; env still applies."""
+def settings_from_kwargs(*, registry: Registry | None = None, **kwargs: Any) -> Settings:
+    """For the offline API: `LLM(model=..., max_running_requests=..., mlx_prefill_step_size=...)`;
+    env still applies."""
     if "model" in kwargs:
         kwargs["model_path"] = kwargs.pop("model")
-    settings, _ = load_settings(flags=kwargs)
+    settings, _ = load_settings(flags=kwargs, registry=registry)
     return settings
 
 

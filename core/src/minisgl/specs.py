@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
-Kind = Literal["backend", "dispatch_policy", "queue_policy", "cache", "runner", "control_command"]
+Kind = Literal["backend", "dispatch_policy", "queue_policy", "cache", "runner", "control_command", "setting", "command"]
 KINDS: tuple[Kind, ...] = (
     "backend",
     "dispatch_policy",
@@ -21,6 +21,8 @@ KINDS: tuple[Kind, ...] = (
     "cache",
     "runner",
     "control_command",
+    "setting",
+    "command",
 )
 
 
@@ -58,11 +60,14 @@ class Spec(msgspec.Struct, kw_only=True, frozen=True):
 class BackendSpec(Spec, frozen=True):
     """A model-runner backend. `probe` is an import string of a function
     `probe(settings) -> str | None` returning None when the backend can run here, else the
-    reason it cannot (e.g. "needs CUDA: torch.cuda.is_available() is False")."""
+    reason it cannot (e.g. "needs CUDA: torch.cuda.is_available() is False").
+
+    `auto_rank` is the backend's own claim for `--backend auto`, per device ("cuda", "mps",
+    "cpu"): the highest-ranked available backend wins; a device it does not rank never
+    auto-picks it (it still runs there when asked for by name)."""
 
     probe: Any = None
-    devices: tuple[str, ...] = ("cpu",)
-    priority: int = 0  # higher wins in --backend auto among available backends
+    auto_rank: dict[str, int] = {}
     aliases: tuple[str, ...] = ()
 
     def availability(self, settings: Any = None) -> str | None:
@@ -105,11 +110,35 @@ class ControlCommandSpec(Spec, frozen=True):
     """A control-plane command. The factory is `handler(context, **args) -> dict`."""
 
 
-SPEC_TYPES: dict[Kind, type[Spec]] = {
+class CommandSpec(Spec, frozen=True):
+    """A `minisgl` subcommand. The factory is a click command ("pkg.mod:click_command"),
+    imported only when the subcommand runs."""
+
+
+class SettingSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """A setting its owner declares (the core for its own, a plugin for its knobs).
+
+    `type` is what msgspec validates against: a Python type, `Annotated[...,
+    msgspec.Meta(...)]` or a `Literal`. `env` and `flags` are how it is reached from the
+    outside (first env var found wins). When `unsupported` says why, any value other than
+    `default` is refused with that reason, so a knob never silently does nothing."""
+
+    name: str  # snake_case; also the TOML key and the attribute on Settings
+    type: Any
+    default: Any
+    env: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    help: str = ""
+    unsupported: str | None = None
+
+
+SPEC_TYPES: dict[Kind, type] = {
     "backend": BackendSpec,
     "dispatch_policy": DispatchPolicySpec,
     "queue_policy": QueuePolicySpec,
     "cache": CacheSpec,
     "runner": RunnerSpec,
     "control_command": ControlCommandSpec,
+    "setting": SettingSpec,
+    "command": CommandSpec,
 }

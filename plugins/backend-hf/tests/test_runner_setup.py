@@ -11,7 +11,8 @@ from transformers import AutoConfig
 
 from minisgl.engine.batch import ModelRunner
 from minisgl.settings import Settings
-from minisgl_backend_hf.runner import create_runner
+from minisgl.testing import make_tiny_model
+from minisgl_backend_hf.runner import DUMMY_WEIGHT_SEED, create_runner
 
 
 def test_runner_attributes(tiny_qwen3_path):
@@ -50,18 +51,20 @@ def test_greedy_forward_returns_the_argmax(tiny_llama_path):
     assert result.next_tokens.tolist() == logits.argmax(-1).tolist()
 
 
-def test_dummy_weights_are_deterministic(tiny_qwen3_path):
+def test_dummy_weights_are_deterministic(tmp_path):
+    # a checkpoint drawn with another seed than the dummy weights, so "not the checkpoint's
+    # weights" cannot hold by coincidence
+    checkpoint = make_tiny_model(tmp_path, arch="qwen3", seed=DUMMY_WEIGHT_SEED + 1)
+
     def dummy_runner():
         settings = Settings(device="cpu", num_pages=64, dtype="float32")
-        return create_runner(settings, SimpleNamespace(path=tiny_qwen3_path, dummy=True, name="tiny-dummy"))
+        return create_runner(settings, SimpleNamespace(path=checkpoint, dummy=True, name="tiny-dummy"))
 
     first, second = dummy_runner(), dummy_runner()
     batches = [make_batch(SlotAllocator(64), [(Request(), [3, 4, 5, 6])]) for _ in range(2)]
     a, b = first.compute_logits(batches[0]), second.compute_logits(batches[1])
     assert torch.equal(a, b)
-    real = make_runner(tiny_qwen3_path, num_pages=64).compute_logits(
-        make_batch(SlotAllocator(64), [(Request(), [3, 4, 5, 6])])
-    )
+    real = make_runner(checkpoint, num_pages=64).compute_logits(make_batch(SlotAllocator(64), [(Request(), [3, 4, 5, 6])]))
     assert not torch.allclose(a, real)  # random, not the checkpoint's weights
 
 

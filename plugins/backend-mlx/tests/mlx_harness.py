@@ -9,7 +9,7 @@ import torch
 
 from minisgl.models import ResolvedModel
 from minisgl.runner_testing import Request, SlotAllocator, greedy_sampling, make_batch  # noqa: F401 - re-exported
-from minisgl.settings import Settings
+from minisgl.settings import settings_from_kwargs
 from minisgl_backend_mlx.runner import MLXModelRunner, create_runner
 
 
@@ -17,7 +17,7 @@ def make_runner(
     path: str, dtype: str = "float32", num_pages: int | None = 512, dummy: bool = False, **overrides
 ) -> MLXModelRunner:
     overrides.setdefault("device", "cpu")
-    settings = Settings(backend="mlx", dtype=dtype, num_pages=num_pages, **overrides)
+    settings = settings_from_kwargs(backend="mlx", dtype=dtype, num_pages=num_pages, **overrides)
     return create_runner(settings, ResolvedModel(name=Path(path).name, path=path, dummy=dummy, kind="local"))
 
 

@@ -21,7 +21,7 @@ import time
 import torch
 from batches import SlotPlanner, make_batch  # plugins/backend-sgl/tests
 
-from minisgl.settings import Settings
+from minisgl.settings import settings_from_kwargs
 from minisgl_backend_sgl.runner import SglModelRunner
 
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -79,7 +79,7 @@ def run_arch(arch: str) -> None:
 
     for dtype_name, limit in (("float32", 1e-4), ("bfloat16", 3e-2)):
         print(f"[{arch} {dtype_name}]", flush=True)
-        settings = Settings(dtype=dtype_name, num_pages=8192, cuda_graph_max_bs=16, max_running_requests=16)
+        settings = settings_from_kwargs(dtype=dtype_name, num_pages=8192, cuda_graph_max_bs=16, max_running_requests=16)
         runner = SglModelRunner(settings, path, dummy=False)
         planner = SlotPlanner(runner.kv_capacity(), seed=2)
         # 1) prefill of 3 prompts, every row's logits

@@ -7,7 +7,7 @@ import pytest
 import torch
 from batches import SlotPlanner, make_batch
 
-from minisgl.settings import Settings
+from minisgl.settings import settings_from_kwargs
 from minisgl.testing import make_tiny_model
 
 pytestmark = pytest.mark.gpu
@@ -19,7 +19,7 @@ def runner(tmp_path_factory):
     from minisgl_backend_sgl.runner import create_runner
 
     path = make_tiny_model(tmp_path_factory.mktemp("tiny"), arch="qwen3", seed=1)
-    settings = Settings(dtype="float32", num_pages=512, page_size=4, cuda_graph_max_bs=4, max_running_requests=8)
+    settings = settings_from_kwargs(dtype="float32", num_pages=512, page_size=4, cuda_graph_max_bs=4, max_running_requests=8)
     r = create_runner(settings, ResolvedModel(name="tiny", path=path, dummy=False, kind="local"))
     yield r
     r.shutdown()

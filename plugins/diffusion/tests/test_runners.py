@@ -54,7 +54,7 @@ def test_bad_input_names_the_field(image_runner: ImageRunner, kwargs, param):
     with pytest.raises(InvalidDiffusionRequest) as info:
         image_runner.generate(args.pop("prompt"), **args)
     assert info.value.param == param
-    assert info.value.status == 400
+    assert info.value.kind.value == "invalid_request"
 
 
 def test_a_missing_model_directory_is_a_clear_error(image_runner: ImageRunner, tmp_path):

@@ -23,19 +23,18 @@ from minisgl.dispatch import (
     choose_replica,
     load_dispatch_policy,
 )
+from minisgl.frontend.errors import ErrorKind, RequestError
 from minisgl.ipc.client import EngineClient, EngineUnavailable
 from minisgl.ipc.endpoints import EndpointAllocator
 from minisgl.ipc.protocol import EngineReady
 from minisgl.plugins import PluginError, Registry
 from minisgl.settings import Settings
 
-from .errors import APIError
 from .replica import Replica
 from .replica_layout import ReplicaPlacement, describe, plan_replicas
 
 log = logging.getLogger("minisgl.server")
 
-RETRY_AFTER_S = "1"
 LOAD_REFRESH_S = 1.0  # how often policies' view of engine load (running, waiting, KV) is refreshed
 
 
@@ -192,45 +191,27 @@ class EnginePool:
     def lease(self, count: int, input_ids: Sequence[int], rid: str = "") -> Lease:
         """Reserve `count` engine requests on one replica, or raise 503 / 429."""
         if self.state != "ready" or not self.alive:
-            raise APIError(503, self.unavailable_reason(), code="engine_unavailable")
+            kind = ErrorKind.NOT_READY if self.state in ("created", "starting", "draining") else ErrorKind.ENGINE_DEAD
+            raise RequestError(kind, self.unavailable_reason())
         inflight = self.inflight_total
         cap_total = self.settings.max_inflight_total
         if cap_total and inflight + count > cap_total:
-            raise APIError(
-                429,
-                f"too many requests in flight ({inflight}/{cap_total}, MAX_INFLIGHT_TOTAL); retry later",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": RETRY_AFTER_S},
-            )
+            raise RequestError(ErrorKind.CAPACITY,
+                               f"too many requests in flight ({inflight}/{cap_total}, MAX_INFLIGHT_TOTAL); retry later")
         cap_engine = self.settings.max_inflight_per_engine
         candidates = [r.view(cap_engine) for r in self.alive if not cap_engine or r.inflight + count <= cap_engine]
         if not candidates:
-            raise APIError(
-                429,
-                f"every engine replica is at its inflight cap ({cap_engine}, MAX_INFLIGHT_PER_ENGINE); retry later",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": RETRY_AFTER_S},
-            )
+            raise RequestError(ErrorKind.CAPACITY,
+                               f"every engine replica is at its inflight cap ({cap_engine}, MAX_INFLIGHT_PER_ENGINE); "
+                               "retry later")
         try:
             index = choose_replica(self.policy, DispatchRequest(rid=rid, token_ids=input_ids), candidates)
         except Exception as exc:  # a faulty policy: say which, do not crash the request handler
             log.error("dispatch policy %r failed: %s: %s", self.policy_name, type(exc).__name__, exc)
-            raise APIError(500, f"dispatch policy {self.policy_name!r} failed: {exc}", code="dispatch_policy_error") from None
+            raise RequestError(ErrorKind.INTERNAL, f"dispatch policy {self.policy_name!r} failed: {exc}") from None
         replica = self.replicas[index]
         replica.record_dispatch(count, input_ids)
         return Lease(replica, count, inflight)
-
-    def adapt_max_new_tokens(self, lease: Lease, max_new_tokens: int) -> int:
-        """ADAPTIVE_MAX_NEW_TOKENS: under load (the pool's inflight count, when the request
-        was admitted, at least ADAPTIVE_MAX_INFLIGHT_THRESHOLD) shorten the request's budget
-        by ADAPTIVE_MAX_NEW_TOKENS_FACTOR, to at least one token."""
-        s = self.settings
-        if not s.adaptive_max_new_tokens or lease.inflight_before < s.adaptive_max_inflight_threshold:
-            return max_new_tokens
-        scaled = max(1, int(max_new_tokens * s.adaptive_max_new_tokens_factor))
-        if scaled != max_new_tokens:
-            self.adaptive_downscaled_total += 1
-        return scaled
 
     # ---- engine calls ----------------------------------------------------------------
     async def call_all(self, method: str, timeout: float = 30.0, **args: Any) -> list[Any]:

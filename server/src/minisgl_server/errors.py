@@ -9,61 +9,58 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from minisgl.frontend.errors import ErrorKind, RequestError, invalid
 
 from .openai_types import ErrorInfo, ErrorResponse
 
 log = logging.getLogger("minisgl.server")
 
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "internal_server_error",
-    503: "service_unavailable",
+# One table: each error kind's HTTP status, OpenAI error type and code.
+KINDS: dict[ErrorKind, tuple[int, str, str | None]] = {
+    ErrorKind.INVALID_REQUEST: (400, "invalid_request_error", None),
+    ErrorKind.CONTEXT_LENGTH_EXCEEDED: (400, "invalid_request_error", "context_length_exceeded"),
+    ErrorKind.MODEL_NOT_FOUND: (404, "not_found_error", "model_not_found"),
+    ErrorKind.CAPACITY: (429, "rate_limit_error", "rate_limit_exceeded"),
+    ErrorKind.NOT_READY: (503, "service_unavailable", "not_ready"),
+    ErrorKind.ENGINE_DEAD: (503, "service_unavailable", "engine_unavailable"),
+    ErrorKind.UNAVAILABLE: (503, "service_unavailable", "unavailable"),
+    ErrorKind.INTERNAL: (500, "internal_server_error", None),
 }
+RETRY_AFTER = {ErrorKind.CAPACITY: "1", ErrorKind.NOT_READY: "1"}
+# Litestar's own exceptions carry a status: their OpenAI error type
+STATUS_TYPES = {404: "not_found_error", 429: "rate_limit_error", 500: "internal_server_error", 503: "service_unavailable"}
+MAX_MESSAGE_CHARS = 2000  # an error never echoes a huge value back
 
 
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        type: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-        self.type = type or ERROR_TYPES.get(status, "invalid_request_error")
-        self.headers = headers or {}
-
-    def body(self) -> ErrorResponse:
-        return ErrorResponse(error=ErrorInfo(message=self.message, type=self.type, param=self.param, code=self.code))
+def error_body(exc: BaseException) -> tuple[int, ErrorResponse, dict[str, str]]:
+    """Status, OpenAI error body and headers for any exception."""
+    if isinstance(exc, RequestError):
+        status, type_, code = KINDS[exc.kind]
+        message, param = exc.message, exc.param
+        headers = {"Retry-After": RETRY_AFTER[exc.kind]} if exc.kind in RETRY_AFTER else {}
+    elif isinstance(exc, HTTPException):
+        status, param, code = exc.status_code, None, None
+        type_ = STATUS_TYPES.get(status, "invalid_request_error")
+        message, headers = str(exc.detail), dict(exc.headers or {})
+    else:
+        status, type_, code, param, headers = 500, "internal_server_error", None, None, {}
+        message = f"internal error: {type(exc).__name__}: {exc}"
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "... (truncated)"
+    return status, ErrorResponse(error=ErrorInfo(message=message, type=type_, param=param, code=code)), headers
 
 
-def bad_request(message: str, param: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code="invalid_value" if param else None)
-
-
-def _response(err: APIError) -> Response[ErrorResponse]:
-    return Response(err.body(), status_code=err.status, headers=err.headers, media_type="application/json")
+def _response(exc: BaseException) -> Response[ErrorResponse]:
+    status, body, headers = error_body(exc)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 _MISSING = re.compile(r"missing required field `(\w+)`")
 _MSGSPEC_PATH = re.compile(r"`\$\.?([^`]*)`")
 
 
-def _validation_error(exc: ValidationException) -> APIError:
+def _validation_error(exc: ValidationException) -> RequestError:
     """Litestar wraps msgspec's decode error; name the field like OpenAI's `param`."""
     extra = exc.extra if isinstance(exc.extra, list) else []
     message = ""
@@ -76,24 +73,26 @@ def _validation_error(exc: ValidationException) -> APIError:
             break
     message = message or str(exc.detail)
     if "JSON is malformed" in message or "malformed" in message.lower() or "Expected JSON" in message:
-        return APIError(400, f"request body is not valid JSON: {message}", code="invalid_json")
+        return invalid(f"request body is not valid JSON: {message}")
     if param == "data":  # Litestar's name for the whole body
         param = None
     missing = _MISSING.search(message)
     if missing:
         path = _MSGSPEC_PATH.search(message)
         param = (path.group(1).split("[")[0].split(".")[0] if path and path.group(1) else None) or missing.group(1)
-        return APIError(400, f"missing required field '{missing.group(1)}'", param=param, code="missing_field")
+        return invalid(f"missing required field '{missing.group(1)}'", param)
     match = _MSGSPEC_PATH.search(message)
     if match:
         param = param or match.group(1).split("[")[0].split(".")[0] or None
         message = _MSGSPEC_PATH.sub(lambda m: f"`{m.group(1) or 'body'}`", message)
     if param:
         message = f"invalid value for '{param}': {message}"
-    return APIError(400, message, param=param, code="invalid_value")
+    return invalid(message, param)
 
 
-def api_error_handler(request: Request[Any, Any, Any], exc: APIError) -> Response[ErrorResponse]:
+def request_error_handler(request: Request[Any, Any, Any], exc: RequestError) -> Response[ErrorResponse]:
+    if exc.kind is ErrorKind.INTERNAL:
+        log.error("internal error on %s %s: %s", request.method, request.url.path, exc.message)
     return _response(exc)
 
 
@@ -102,24 +101,21 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
         return _response(_validation_error(exc))
     status = exc.status_code
     if status == 404:
-        message = f"no route for {request.method} {request.url.path}"
+        exc = HTTPException(status_code=404, detail=f"no route for {request.method} {request.url.path}")
     elif status == 405:
-        message = f"method {request.method} is not allowed on {request.url.path}"
-    else:
-        message = str(exc.detail)
-    if status == 400 and "malformed" in message.lower():
-        return _response(APIError(400, f"request body is not valid JSON: {message}", code="invalid_json"))
-    headers = dict(exc.headers or {})
-    return _response(APIError(status, message, headers=headers))
+        exc = HTTPException(status_code=405, detail=f"method {request.method} is not allowed on {request.url.path}")
+    elif status == 400 and "malformed" in str(exc.detail).lower():
+        return _response(invalid(f"request body is not valid JSON: {exc.detail}"))
+    return _response(exc)
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _response(APIError(HTTP_500_INTERNAL_SERVER_ERROR, f"internal error: {type(exc).__name__}: {exc}"))
+    return _response(exc)
 
 
 EXCEPTION_HANDLERS = {
-    APIError: api_error_handler,
+    RequestError: request_error_handler,
     HTTPException: http_exception_handler,
     Exception: internal_error_handler,
 }

@@ -10,7 +10,7 @@ import uvicorn
 
 from minisgl.cli import setup_logging
 from minisgl.plugins import get_registry
-from minisgl.settings import Settings
+from minisgl.settings import FAST_STREAM_DECODE_NOTE, Settings
 
 from .app import create_app
 from .engine_pool import SchedulerError
@@ -21,6 +21,8 @@ log = logging.getLogger("minisgl.server")
 
 def run_server(settings: Settings, sources: dict[str, str] | None = None) -> None:
     setup_logging(settings.log_level)
+    if settings.fast_stream_decode:
+        log.info(FAST_STREAM_DECODE_NOTE)  # loading logged it too, before logging was set up
     registry = get_registry()
     try:
         state = ServerState(settings, sources or {}, registry)

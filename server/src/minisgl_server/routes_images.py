@@ -18,7 +18,9 @@ from typing import Any, Literal
 import msgspec
 from litestar import Request, Router, post
 
-from .errors import APIError, api_error_handler, bad_request
+from minisgl.frontend.errors import ErrorKind, RequestError, invalid
+
+from .errors import request_error_handler
 
 IMAGE_RUNNER = "diffusers-image"
 VIDEO_RUNNER = "diffusers-video"
@@ -87,31 +89,31 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
         return None, None
     match = SIZE.match(size)
     if not match:
-        raise bad_request(f"size must look like 'WIDTHxHEIGHT' (e.g. '1024x1024'), got {size!r}", param="size")
+        raise invalid(f"size must look like 'WIDTHxHEIGHT' (e.g. '1024x1024'), got {size!r}", "size")
     width, height = int(match.group(1)), int(match.group(2))
     for side in (width, height):
         if side < 8 or side > 4096 or side % 8:
-            raise bad_request(f"size sides must be multiples of 8 between 8 and 4096, got {size!r}", param="size")
+            raise invalid(f"size sides must be multiples of 8 between 8 and 4096, got {size!r}", "size")
     return width, height
 
 
 def _check_prompt(prompt: str) -> None:
     if not prompt.strip():
-        raise bad_request("prompt must be a non-empty string", param="prompt")
+        raise invalid("prompt must be a non-empty string", "prompt")
 
 
 def _steps(steps: int | None, num_inference_steps: int | None) -> int | None:
     value = steps if steps is not None else num_inference_steps
     if value is not None and not 1 <= value <= 1000:
-        raise bad_request(f"steps must be between 1 and 1000, got {value}", param="steps")
+        raise invalid(f"steps must be between 1 and 1000, got {value}", "steps")
     return value
 
 
 def _check_common(seed: int | None, guidance_scale: float | None) -> None:
     if seed is not None and seed < 0:
-        raise bad_request(f"seed must be >= 0, got {seed}", param="seed")
+        raise invalid(f"seed must be >= 0, got {seed}", "seed")
     if guidance_scale is not None and guidance_scale < 0:
-        raise bad_request(f"guidance_scale must be >= 0, got {guidance_scale}", param="guidance_scale")
+        raise invalid(f"guidance_scale must be >= 0, got {guidance_scale}", "guidance_scale")
 
 
 # -- runners -----------------------------------------------------------------------------
@@ -147,13 +149,11 @@ class _Runners:
         try:
             spec = registry.get("runner", name)
         except LookupError:
-            raise APIError(
-                503, f"{'image' if name == IMAGE_RUNNER else 'video'} generation is not installed: pip install minisgl-diffusion",
-                code="runner_unavailable",
-            ) from None
+            raise RequestError(ErrorKind.UNAVAILABLE, f"{'image' if name == IMAGE_RUNNER else 'video'} generation is "
+                               "not installed: pip install minisgl-diffusion") from None
         reason = spec.availability(settings)
         if reason:
-            raise APIError(503, f"the {name} runner cannot run here: {reason}", code="runner_unavailable")
+            raise RequestError(ErrorKind.UNAVAILABLE, f"the {name} runner cannot run here: {reason}")
         try:
             runner = spec.load()(settings)
         except Exception as exc:
@@ -162,23 +162,20 @@ class _Runners:
             return self._runners.setdefault(name, runner)
 
 
-def _api_error(exc: Exception) -> APIError:
-    """A runner's error as an OpenAI error: its `status` and `param` when it carries them
-    (minisgl-diffusion's errors do), 400 for other ValueErrors (diffusers' input checks)."""
-    status = getattr(exc, "status", None)
-    message = getattr(exc, "message", None) or str(exc)
-    param = getattr(exc, "param", None)
-    if isinstance(status, int):
-        return APIError(status, message, param=param, code="invalid_value" if status == 400 and param else None)
+def _api_error(exc: Exception) -> RequestError:
+    """A runner's error as ours: minisgl-diffusion raises RequestErrors; other ValueErrors
+    are diffusers' input checks (400); anything else is a bug and propagates (500)."""
+    if isinstance(exc, RequestError):
+        return exc
     if isinstance(exc, ValueError):
-        return APIError(400, message, param=param)
+        return invalid(str(exc))
     raise exc
 
 
 async def _run(fn: Any, **kwargs: Any) -> Any:
     try:
         return await asyncio.to_thread(fn, **kwargs)
-    except APIError:
+    except RequestError:
         raise
     except Exception as exc:
         raise _api_error(exc) from exc
@@ -194,8 +191,8 @@ def _check_model(runner: Any, model: str | None) -> None:
     except Exception:
         configured = None
     if model != configured:
-        raise APIError(404, f"model {model!r} is not served here (configured: {configured!r})",
-                       param="model", code="model_not_found")
+        raise RequestError(ErrorKind.MODEL_NOT_FOUND, f"model {model!r} is not served here (configured: {configured!r})",
+                           "model")
 
 
 def images_router(settings: Any = None, registry: Any = None) -> Router:
@@ -207,11 +204,11 @@ def images_router(settings: Any = None, registry: Any = None) -> Router:
     async def create_image(request: Request[Any, Any, Any], data: ImageGenerationRequest) -> ImageGenerationResponse:
         _check_prompt(data.prompt)
         if not 1 <= data.n <= MAX_IMAGES:
-            raise bad_request(f"n must be between 1 and {MAX_IMAGES}, got {data.n}", param="n")
+            raise invalid(f"n must be between 1 and {MAX_IMAGES}, got {data.n}", "n")
         if data.response_format == "url":
-            raise bad_request("response_format 'url' is not supported: use 'b64_json'", param="response_format")
+            raise invalid("response_format 'url' is not supported: use 'b64_json'", "response_format")
         if data.response_format != "b64_json":
-            raise bad_request(f"response_format must be 'b64_json', got {data.response_format!r}", param="response_format")
+            raise invalid(f"response_format must be 'b64_json', got {data.response_format!r}", "response_format")
         width, height = parse_size(data.size)
         steps = _steps(data.steps, data.num_inference_steps)
         _check_common(data.seed, data.guidance_scale)
@@ -233,13 +230,12 @@ def images_router(settings: Any = None, registry: Any = None) -> Router:
     async def create_video(request: Request[Any, Any, Any], data: VideoGenerationRequest) -> VideoGenerationResponse:
         _check_prompt(data.prompt)
         if data.response_format not in ("frames_b64_png", "b64_mp4"):
-            raise bad_request(
-                f"response_format must be 'frames_b64_png' or 'b64_mp4', got {data.response_format!r}", param="response_format"
-            )
+            raise invalid(f"response_format must be 'frames_b64_png' or 'b64_mp4', got {data.response_format!r}",
+                          "response_format")
         if data.num_frames is not None and not 1 <= data.num_frames <= MAX_FRAMES:
-            raise bad_request(f"num_frames must be between 1 and {MAX_FRAMES}, got {data.num_frames}", param="num_frames")
+            raise invalid(f"num_frames must be between 1 and {MAX_FRAMES}, got {data.num_frames}", "num_frames")
         if not 1 <= data.fps <= 120:
-            raise bad_request(f"fps must be between 1 and 120, got {data.fps}", param="fps")
+            raise invalid(f"fps must be between 1 and 120, got {data.fps}", "fps")
         width, height = parse_size(data.size)
         steps = _steps(data.steps, data.num_inference_steps)
         _check_common(data.seed, data.guidance_scale)
@@ -268,5 +264,5 @@ def images_router(settings: Any = None, registry: Any = None) -> Router:
     return Router(
         path="/",
         route_handlers=[create_image, create_video],
-        exception_handlers={APIError: api_error_handler},  # type: ignore[dict-item]
+        exception_handlers={RequestError: request_error_handler},  # type: ignore[dict-item]
     )

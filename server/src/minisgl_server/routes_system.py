@@ -6,7 +6,8 @@ from typing import Any
 
 from litestar import Request, Response, get
 
-from .errors import APIError
+from minisgl.frontend.errors import ErrorKind, RequestError, invalid
+
 from .metrics import collect_metrics, prometheus_text
 from .openai_types import ModelCard, ModelList
 
@@ -31,7 +32,7 @@ async def get_model(request: Request[Any, Any, Any], model_id: str) -> ModelCard
     state = request.app.state.server
     name = model_id.lstrip("/")
     if not (state.accepts_model(name) or state.accepts_model("/" + name)):
-        raise APIError(404, f"the model `{name}` does not exist", param="model", code="model_not_found")
+        raise RequestError(ErrorKind.MODEL_NOT_FOUND, f"the model `{name}` does not exist", "model")
     ctx = state.max_context_len if state.info else 0
     return ModelCard(id=state.model_id, root=state.info.model_path if state.info else state.settings.model_path, max_model_len=ctx)
 
@@ -40,7 +41,7 @@ def _wants_prometheus(request: Request[Any, Any, Any]) -> bool:
     fmt = request.query_params.get("format")
     if fmt:
         if fmt not in ("json", "prometheus"):
-            raise APIError(400, f"format must be 'json' or 'prometheus', got {fmt!r}", param="format")
+            raise invalid(f"format must be 'json' or 'prometheus', got {fmt!r}", "format")
         return fmt == "prometheus"
     accept = request.headers.get("accept", "")
     return "text/plain" in accept and "application/json" not in accept

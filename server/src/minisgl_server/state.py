@@ -1,5 +1,6 @@
 """Everything one server process holds: settings, the plugin registry, the engine pool,
-the tokenizer (once the engines are ready), stats, and the startup sequence."""
+the request layer and its tokenizers (once the engines are ready), stats, and the startup
+sequence."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from minisgl.frontend.errors import ErrorKind, RequestError
+from minisgl.frontend.generation import Frontend
+from minisgl.frontend.tokenizer import Tokenizer, encode_prompts
+from minisgl.frontend.tokenizer_pool import TokenizerPool
 from minisgl.ipc.client import EngineClient
 from minisgl.ipc.protocol import EngineReady
 from minisgl.plugins import Registry
@@ -18,7 +23,6 @@ from minisgl.settings import Settings
 
 from .engine_pool import EnginePool
 from .stats import ServerStats
-from .tokenization import TokenizerService
 
 log = logging.getLogger("minisgl.server")
 
@@ -30,7 +34,8 @@ class ServerState:
         self.registry = registry
         self.pool = EnginePool(settings, registry)
         self.stats = ServerStats(settings.metric_window)
-        self.tokenizer: TokenizerService | None = None
+        self.frontend: Frontend | None = None  # the request layer, once the engines are ready
+        self.tokenizers: TokenizerPool | None = None
         self.info: EngineReady | None = None
         self.ready = False
         self.startup_error: str | None = None
@@ -55,6 +60,15 @@ class ServerState:
     def accepts_model(self, name: str | None) -> bool:
         return name in (None, "", self.model_id, self.settings.model_path, self.info.model_name if self.info else None)
 
+    def ready_frontend(self, model: str | None = None) -> Frontend:
+        """The request layer, once this server serves; NOT_READY or MODEL_NOT_FOUND otherwise."""
+        if not self.ready or not self.pool.healthy or self.frontend is None:
+            raise RequestError(ErrorKind.NOT_READY, self.health()[1].get("reason", "not ready"))
+        if not self.accepts_model(model):
+            raise RequestError(ErrorKind.MODEL_NOT_FOUND, f"the model `{model}` does not exist; this server serves "
+                               f"`{self.model_id}` (GET /v1/models)", "model")
+        return self.frontend
+
     async def start(self) -> None:
         """Start the engines, load the tokenizer, warm WARM_PREFIXES, then say ready.
         A failure is logged and shuts the server down (exit status 1)."""
@@ -69,7 +83,13 @@ class ServerState:
                 self.info.model_name, self.info.model_path, self.info.backend, self.info.backend_reason,
                 self.info.max_context_len, len(infos), max(i.load_seconds for i in infos),
             )
-            self.tokenizer = await asyncio.to_thread(TokenizerService, self.info.model_path, self.settings.trust_remote_code)
+            s = self.settings
+            tokenizer = await asyncio.to_thread(Tokenizer, self.info.model_path, s.trust_remote_code, s.token_cache_size)
+            self.tokenizers = TokenizerPool(tokenizer, self.info.model_path, workers=s.num_tokenizer,
+                                            trust_remote_code=s.trust_remote_code)
+            await self.tokenizers.start()
+            self.frontend = Frontend(tokenizer, max_context_len=self.max_context_len,
+                                     eos_token_ids=self.info.eos_token_ids, max_new_tokens_default=s.max_new_tokens_default)
         except Exception as exc:
             self.startup_error = f"{type(exc).__name__}: {exc}"
             log.error("server startup failed: %s", self.startup_error)
@@ -106,13 +126,15 @@ class ServerState:
         if self.control is not None:
             await self.control.stop()
         await self.pool.stop()
+        if self.tokenizers is not None:
+            self.tokenizers.shutdown()
 
     # ---- operations shared by HTTP routes and control commands ---------------------------
     async def warm(self, prefixes: list[str]) -> dict[str, Any]:
         """Put each prefix in every live replica's prefix cache."""
-        if self.tokenizer is None or not self.pool.alive:
+        if self.tokenizers is None or not self.pool.alive:
             raise RuntimeError(self.pool.unavailable_reason())
-        ids = [self.tokenizer.encode(p) for p in prefixes]
+        ids = await self.tokenizers.run(encode_prompts, prefixes, "prefixes")
         per_replica = await self.pool.warm(ids)
         return {"prefixes": len(prefixes), "cached_tokens": sum(per_replica), "replicas": per_replica}
 

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request
 
-from .errors import APIError
+from .errors import error_body
 
 T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
@@ -28,9 +29,12 @@ def json_line(payload: Any) -> bytes:
 
 
 def error_payload(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, APIError):
-        return msgspec.to_builtins(exc.body())
-    return {"error": {"message": f"{type(exc).__name__}: {exc}", "type": "internal_server_error", "param": None, "code": None}}
+    """The OpenAI error body of an error that happened after the 200 went out."""
+    return msgspec.to_builtins(error_body(exc)[1])
+
+
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 class ClientDisconnected(Exception):

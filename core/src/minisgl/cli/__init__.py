@@ -1,54 +1,69 @@
-"""The `minisgl` command line (click). Each subcommand lives in its own module here."""
+"""The `minisgl` command line (click). The core's subcommands live in this package; plugins
+add theirs through `minisgl_register_commands` (minisgl-server: `serve`, minisgl-diffusion:
+`image`). A subcommand is imported only when it runs, so listing never pays for torch."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 
 import click
 
-# subcommand -> "module:attr"; imported only when that subcommand runs, so `minisgl plugins`
-# never pays for torch.
-SUBCOMMANDS = {
-    "serve": ("minisgl.cli.serve:serve", "start the HTTP server and its engine processes"),
-    "generate": ("minisgl.cli.generate:generate", "stream one completion to stdout (smoke test)"),
-    "chat": ("minisgl.cli.chat:chat", "interactive chat in the terminal (CLI demo)"),
-    "bench": ("minisgl.cli.bench:bench", "benchmarks against transformers peers"),
-    "plugins": ("minisgl.cli.plugins:plugins", "list installed plugins and what they registered"),
-    "models": ("minisgl.cli.models:models", "built-in models and where they live on disk"),
-    "launch": ("minisgl.cli.launch:launch", "launch several servers from a TOML file"),
-    "image": ("minisgl.cli.image:image", "generate an image with a diffusion runner"),
-    "control": ("minisgl.cli.control:control", "send a command to a running server's control plane"),
+from ..specs import CommandSpec
+
+CORE_COMMANDS = tuple(
+    CommandSpec(name=name, description=description, factory=f"minisgl.cli.{name}:{name}")
+    for name, description in [
+        ("generate", "stream one completion to stdout (smoke test)"),
+        ("chat", "interactive chat in the terminal (CLI demo)"),
+        ("bench", "benchmarks against transformers peers"),
+        ("plugins", "list installed plugins and what they registered"),
+        ("models", "built-in models and where they live on disk"),
+        ("launch", "launch several servers from a TOML file"),
+        ("control", "send a command to a running server's control plane"),
+    ]
+)
+# what to install for a well-known subcommand that no installed plugin provides
+INSTALL_HINTS = {
+    "serve": "the server: pip install minisgl-server",
+    "image": "the diffusion plugin: pip install minisgl-diffusion",
 }
+
+
+def _commands() -> dict[str, CommandSpec]:
+    from ..plugins import get_registry
+
+    return get_registry().specs["command"]  # type: ignore[return-value]
 
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(SUBCOMMANDS)
+        return list(_commands())
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in SUBCOMMANDS:
+        spec = _commands().get(name)
+        if spec is None and name in INSTALL_HINTS:
+            return _missing(name, f"minisgl {name} needs {INSTALL_HINTS[name]}")
+        if spec is None:
             return None
-        target, _ = SUBCOMMANDS[name]
-        module_name, attr = target.split(":")
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-
-            @click.command(name=name, help=SUBCOMMANDS[name][1])
-            def unavailable() -> None:
-                raise click.ClickException(f"'minisgl {name}' is not available in this build")
-
-            return unavailable
-        return getattr(module, attr)
+            return spec.load()
+        except ImportError as exc:  # e.g. the server without its optional packages
+            return _missing(name, f"minisgl {name} cannot load ({spec.factory_name}): {exc}")
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, help_) for name, (_, help_) in SUBCOMMANDS.items()]
         with formatter.section("Commands"):
-            formatter.write_dl(rows)
+            formatter.write_dl([(name, spec.description) for name, spec in _commands().items()])
+
+
+def _missing(name: str, message: str) -> click.Command:
+    """A stand-in that accepts any arguments and says, in one line, what is missing."""
+
+    def fail() -> None:
+        raise click.ClickException(message)
+
+    settings = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+    return click.Command(name, callback=fail, help=message, context_settings=settings)
 
 
 def setup_logging(level: str = "INFO") -> None:

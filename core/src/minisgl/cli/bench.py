@@ -321,9 +321,11 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, pe
     from rich.table import Table
 
     from ..models import resolve_model
+    from ..plugins import get_registry
 
-    logging.getLogger("minisgl").setLevel(os.environ.get("BENCH_LOG_LEVEL", "WARNING").upper())
-    logging.getLogger("minisgl_backend_hf").setLevel(os.environ.get("BENCH_LOG_LEVEL", "WARNING").upper())
+    # quiet the core's and every plugin's loggers (a backend logs from its own package)
+    for logger in {"minisgl", *(p.module.split(".")[0] for p in get_registry().loaded())}:
+        logging.getLogger(logger).setLevel(os.environ.get("BENCH_LOG_LEVEL", "WARNING").upper())
     console = Console()
     in_rng, out_rng = _range(input_len, "--input-len"), _range(output_len, "--output-len")
     if peers == "all":

@@ -36,13 +36,13 @@ def chat(multi_turn: bool, system: str | None, max_new_tokens: int, temperature:
         def answer(messages: list[dict[str, str]]):
             return stream_chat_url(url, messages, body)
     else:
-        from .local_engine import chat_prompt_ids, start_llm, stream_local
+        from .local_engine import start_llm, stream_local
 
         llm = start_llm(settings)
         sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
 
         def answer(messages: list[dict[str, str]]):
-            return stream_local(llm, chat_prompt_ids(llm, messages), sampling)
+            return stream_local(llm, llm.encode_chat(messages), sampling)
 
     if interactive:
         click.echo(f"minisgl chat ({'multi-turn' if multi_turn else 'single-turn'}); Ctrl-D to quit", err=True)

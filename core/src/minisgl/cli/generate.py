@@ -43,10 +43,10 @@ def generate(prompt: str, max_new_tokens: int, temperature: float, top_p: float,
             sys.stdout.flush()
             pieces += 1
     else:
-        from .local_engine import chat_prompt_ids, start_llm, stream_local
+        from .local_engine import start_llm, stream_local
 
         with start_llm(settings) as llm:
-            source = chat_prompt_ids(llm, [{"role": "user", "content": prompt}]) if chat else prompt
+            source = llm.encode_chat([{"role": "user", "content": prompt}]) if chat else prompt
             for text in stream_local(llm, source, sampling):
                 sys.stdout.write(text)
                 sys.stdout.flush()

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import click
-import msgspec
 
 from ..sampling_params import SamplingParams
 from ..settings import Settings
@@ -18,12 +17,13 @@ def start_llm(settings: Settings) -> Any:
     """minisgl.LLM from an already-loaded Settings (only the values that differ from the
     defaults are passed, so the environment still fills the rest the same way)."""
     from ..llm import LLM
+    from ..plugins import get_registry
 
-    defaults = Settings()
+    defaults = {spec.name: spec.default for spec in get_registry().settings()}
     overrides = {
         name: value
-        for name, value in msgspec.structs.asdict(settings).items()
-        if name not in ("model_path", "backend", "dtype", "model_local_dir") and value != getattr(defaults, name)
+        for name, value in settings.values().items()
+        if name not in ("model_path", "backend", "dtype", "model_local_dir") and value != defaults.get(name)
     }
     try:
         return LLM(model=settings.model_path, backend=settings.backend, dtype=settings.dtype, **overrides)
@@ -36,11 +36,6 @@ def stream_local(llm: Any, prompt: str | list[int], sampling: SamplingParams) ->
     for delta in llm.stream(prompt, sampling):
         if delta.text:
             yield delta.text
-
-
-def chat_prompt_ids(llm: Any, messages: list[dict[str, str]]) -> list[int]:
-    text = llm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return list(llm.tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def _http_error(response: Any) -> click.ClickException:

@@ -1,4 +1,5 @@
-"""Click options generated from the settings table, shared by serve, generate, chat, bench.
+"""Click options generated from the declared settings (the core's and every installed
+plugin's), shared by serve, generate, chat, bench.
 
 Each setting with flags becomes an option whose default is None, so only flags the user
 actually gave override the TOML file and environment (see settings.py for the order)."""
@@ -11,45 +12,37 @@ from typing import Any
 
 import click
 
-from ..settings import OPTIONS, Settings, SettingsError, format_config, load_settings
-
-
-def _is_bool(name: str) -> bool:
-    t = str(Settings.__annotations__[name])
-    return t == "bool"
+from ..plugins import get_registry
+from ..settings import SettingsError, format_config, load_settings
 
 
 def settings_options(func):
     """Add every settings flag plus --config and --print-config to a click command. The
     command receives `settings: Settings` (and `settings_sources`) instead of the raw flags."""
+    registry = get_registry()
+    specs = [s for s in registry.settings() if s.flags]
 
     @functools.wraps(func)
     def wrapper(*args: Any, config: str | None, print_config: bool, **kwargs: Any):
-        flags = {name: kwargs.pop(name) for name in list(kwargs) if name in OPTIONS}
+        flags = {s.name: kwargs.pop(s.name) for s in specs}
         try:
-            settings, sources = load_settings(flags=flags, config=config)
+            settings, sources = load_settings(flags=flags, config=config, registry=registry)
         except SettingsError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2)
         if print_config:
-            click.echo(format_config(settings, sources))
+            click.echo(format_config(settings, sources, registry))
             sys.exit(0)
         return func(*args, settings=settings, settings_sources=sources, **kwargs)
 
-    for name, opt in reversed(list(OPTIONS.items())):
-        if not opt.flags:
-            continue
-        decls = list(opt.flags)
-        if _is_bool(name):
-            primary = decls[0][2:]
-            decls = [f"{d}/--no-{d[2:]}" if d == decls[0] else d for d in decls]
-            wrapper = click.option(*decls, name, default=None, help=opt.help + (f" [env {opt.env[0]}]" if opt.env else ""))(wrapper)
-            del primary
+    for spec in reversed(specs):
+        decls = list(spec.flags)
+        help_ = spec.help + (f" [env {spec.env[0]}]" if spec.env else "")
+        if spec.type is bool:
+            decls[0] = f"{decls[0]}/--no-{decls[0][2:]}"
+            wrapper = click.option(*decls, spec.name, default=None, help=help_)(wrapper)
         else:
-            wrapper = click.option(
-                *decls, name, default=None, type=str, metavar="VALUE",
-                help=opt.help + (f" [env {opt.env[0]}]" if opt.env else ""),
-            )(wrapper)
-    wrapper = click.option("--print-config", is_flag=True, help="print each effective setting and its source, then exit")(wrapper)
+            wrapper = click.option(*decls, spec.name, default=None, type=str, metavar="VALUE", help=help_)(wrapper)
+    wrapper = click.option("--print-config", is_flag=True, help="print each effective setting, its owner and source, then exit")(wrapper)
     wrapper = click.option("--config", type=click.Path(dir_okay=False), default=None, help="TOML settings file")(wrapper)
     return wrapper

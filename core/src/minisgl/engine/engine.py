@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..cache.base import PrefixCache
+from ..frontend.errors import ErrorKind
 from ..models import ResolvedModel, resolve_model
 from ..plugins import Registry, get_registry
 from ..sampling_params import SamplingParams
@@ -46,12 +47,9 @@ def detect_device(settings: Settings) -> str:
     return "cpu"
 
 
-# what `--backend auto` prefers on each device, best first
-AUTO_PREFERENCE = {"cuda": ("sgl", "hf"), "mps": ("mlx", "hf"), "cpu": ("hf",)}
-
-
 def select_backend(settings: Settings, registry: Registry) -> tuple[BackendSpec, str]:
-    """The backend spec to use and a sentence saying why."""
+    """The backend spec to use and a sentence saying why. `--backend auto` takes the
+    available backend that ranks itself highest on the device (BackendSpec.auto_rank)."""
     if settings.backend != "auto":
         spec = registry.get("backend", settings.backend)
         assert isinstance(spec, BackendSpec)
@@ -60,36 +58,33 @@ def select_backend(settings: Settings, registry: Registry) -> tuple[BackendSpec,
             raise RuntimeError(f"backend {spec.name!r} (--backend / BACKEND_IMPL) cannot run here: {reason}")
         return spec, f"--backend {settings.backend}"
     device = detect_device(settings)
-    preferred = AUTO_PREFERENCE.get(device, ("hf",))
     specs = registry.backends()
-    rank = {name: i for i, name in enumerate(preferred)}
-    # preferred backends in order, then any other backend that runs on the device
-    candidates = sorted(
-        (s for s in specs if s.name in rank or device in s.devices),
-        key=lambda s: (rank.get(s.name, len(rank)), -s.priority, s.name),
-    )
+    ranked = sorted((s for s in specs if device in s.auto_rank), key=lambda s: (-s.auto_rank[device], s.name))
     chosen: BackendSpec | None = None
-    skipped: list[str] = []
-    for spec in candidates:
+    skipped: dict[str, str] = {}
+    for spec in ranked:
         why_not = spec.availability(settings)
         if why_not is None:
             chosen = spec
             break
-        skipped.append(f"{spec.name}: {why_not}")
-    if chosen is not None:
-        # say why every other installed backend was not taken
-        for other in specs:
-            if other is chosen or any(x.startswith(other.name + ":") for x in skipped):
-                continue
-            why_not = other.availability(settings)
-            skipped.append(f"{other.name}: {why_not or f'available, but auto prefers {chosen.name} on {device}'}")
-        for line in skipped:
-            name, _, why = line.partition(": ")
-            log.info("backend %s skipped: %s", name, why)
-        note = "; ".join(skipped)
-        return chosen, f"auto on {device}: {chosen.name}" + (f" (skipped {note})" if note else "")
-    known = ", ".join(s.name for s in specs) or "none installed"
-    raise RuntimeError(f"no backend can run on {device} (installed: {known}); " + "; ".join(skipped))
+        skipped[spec.name] = why_not
+    # say why every other installed backend was not taken
+    for other in specs:
+        if other is chosen or other.name in skipped:
+            continue
+        why_not = other.availability(settings)
+        if why_not is None and device not in other.auto_rank:
+            why_not = f"available, but not ranked for --backend auto on {device} (ask for --backend {other.name})"
+        elif why_not is None:
+            why_not = f"available, but auto prefers {chosen.name} on {device}"
+        skipped[other.name] = why_not
+    note = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+    if chosen is None:
+        known = ", ".join(s.name for s in specs) or "none installed"
+        raise RuntimeError(f"no backend can run on {device} (installed: {known}); {note}")
+    for name, why in skipped.items():
+        log.info("backend %s skipped: %s", name, why)
+    return chosen, f"auto on {device}: {chosen.name}" + (f" (skipped {note})" if note else "")
 
 
 class Engine:
@@ -147,11 +142,10 @@ class Engine:
     def abort_request(self, rid: str, reason: str = "abort") -> None:
         self._inbox.append(("abort", (rid, reason)))
 
-    def _error(self, rid: str, message: str, prompt_tokens: int = 0) -> None:
+    def _error(self, rid: str, kind: ErrorKind, message: str, prompt_tokens: int = 0) -> None:
         log.warning("request %s rejected: %s", rid, message)
-        self._errors.append(
-            EngineOutput(rid=rid, finished=True, finish_reason="error", error=message, prompt_tokens=prompt_tokens)
-        )
+        self._errors.append(EngineOutput(rid=rid, finished=True, finish_reason="error", error=message,
+                                         error_kind=kind.value, prompt_tokens=prompt_tokens))
 
     def _known(self, rid: str) -> Req | None:
         s = self.scheduler
@@ -169,52 +163,37 @@ class Engine:
         return settings.max_prefill_length
 
     def _aggressive_cap(self, prompt_len: int) -> int | None:
-        """AGGRESSIVE_MAX_NEW_TOKENS (MLX only): a request may grow only to its fair share of
-        the KV pool, so a full batch never has to retract; on unified memory that is where
-        running out hurts most."""
-        if not (self.settings.aggressive_max_new_tokens and self.backend_name == "mlx"):
+        """When the runner asks for it (`kv_fair_share`, backend-mlx's AGGRESSIVE_MAX_NEW_TOKENS),
+        a request may grow only to its fair share of the KV pool, so a full batch never has
+        to retract; on unified memory that is where running out hurts most."""
+        if not getattr(self.runner, "kv_fair_share", False):
             return None
         share = self.scheduler.pool.num_slots // max(1, self.settings.max_running_requests)
         return max(1, share - prompt_len)
 
     def _new_req(self, er: EngineRequest, warm_only: bool = False) -> Req | None:
-        ids = er.input_ids
-        try:
-            er.sampling.validate()
-        except ValueError as exc:
-            self._error(er.rid, str(exc), len(ids))
-            return None
+        """Admit a request the request layer has already validated and fitted to the
+        context (minisgl.frontend); what is checked here is what only the engine knows
+        (its pool, its request ids) and what a malformed frame could break."""
+        ids, p = er.input_ids, er.sampling
         if self._known(er.rid) is not None:
-            self._error(er.rid, f"request id {er.rid!r} is already in use")
-            return None
-        if not ids:
-            self._error(er.rid, "prompt is empty: at least one input token is needed")
+            self._error(er.rid, ErrorKind.INVALID_REQUEST, f"request id {er.rid!r} is already in use")
             return None
         vocab = getattr(self.runner, "vocab_size", None)
-        if vocab and any(t < 0 or t >= vocab for t in ids):
-            bad = next(t for t in ids if t < 0 or t >= vocab)
-            self._error(er.rid, f"input_ids contains token id {bad}, outside the vocabulary [0, {vocab})", len(ids))
+        bad = next((t for t in ids if t < 0 or (vocab and t >= vocab)), None)
+        if not ids or bad is not None or p.max_new_tokens is None:
+            why = ("an empty prompt" if not ids else "no max_new_tokens" if bad is None
+                   else f"token id {bad} is outside the vocabulary [0, {vocab})")
+            self._error(er.rid, ErrorKind.INVALID_REQUEST, f"malformed engine request: {why}", len(ids))
             return None
         pool_tokens = self.scheduler.pool.num_slots
-        if len(ids) >= self.max_context_len:
-            self._error(
-                er.rid,
-                f"prompt of {len(ids)} tokens does not fit the model context of {self.max_context_len} tokens "
-                "(one more token must be generated)",
-                len(ids),
-            )
+        if len(ids) + p.max_new_tokens > self.max_context_len or len(ids) >= pool_tokens:
+            self._error(er.rid, ErrorKind.CONTEXT_LENGTH_EXCEEDED,
+                        f"{len(ids)} prompt tokens + {p.max_new_tokens} new tokens do not fit: the context is "
+                        f"{self.max_context_len} tokens and the KV pool {pool_tokens} (raise --num-pages or "
+                        "--memory-ratio)", len(ids))
             return None
-        if len(ids) >= pool_tokens:
-            self._error(
-                er.rid,
-                f"prompt of {len(ids)} tokens can never fit the KV pool of {pool_tokens} tokens "
-                "(raise --num-pages or --memory-ratio)",
-                len(ids),
-            )
-            return None
-        p = er.sampling
-        wanted = p.max_new_tokens or self.settings.max_new_tokens_default
-        max_new = max(1, min(wanted, self.max_context_len - len(ids), pool_tokens - len(ids)))
+        max_new = min(p.max_new_tokens, pool_tokens - len(ids))
         aggressive = self._aggressive_cap(len(ids))
         if aggressive is not None and aggressive < max_new:
             log.info("rid=%s max_new_tokens %d -> %d (AGGRESSIVE_MAX_NEW_TOKENS)", er.rid, max_new, aggressive)

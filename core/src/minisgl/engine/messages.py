@@ -1,6 +1,6 @@
 """Messages between a frontend (LLM, server) and an engine. msgspec Structs, so they cross
 ZeroMQ as msgpack frames unchanged. The engine deals only in token ids: detokenizing and
-stop strings live in the frontend (see detokenizer.py), off the engine's critical path."""
+stop strings live in the request layer (minisgl.frontend), off the engine's critical path."""
 
 from __future__ import annotations
 
@@ -32,4 +32,5 @@ class EngineOutput(msgspec.Struct, kw_only=True, tag="out", omit_defaults=True):
     completion_tokens: int = 0
     logprobs: list[float] | None = None  # one per new token
     top_logprobs: list[list[tuple[int, float]]] | None = None  # per new token: (id, logprob)
-    error: str | None = None  # set with finish_reason "error" (e.g. prompt longer than the context)
+    error: str | None = None  # set with finish_reason "error"
+    error_kind: str | None = None  # a minisgl.frontend.errors.ErrorKind value, with error

@@ -20,6 +20,7 @@ import zmq
 import zmq.asyncio
 
 from ..engine.messages import AbortRequest, EngineOutput, EngineRequest
+from ..frontend.errors import ErrorKind, RequestError
 from ..settings import Settings
 from .endpoints import ReplicaEndpoints
 from .engine_process import run_engine_process
@@ -173,7 +174,8 @@ class EngineClient:
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(EngineUnavailable(error))
         for rid, queue in list(self._routes.items()):
-            queue.put_nowait(EngineOutput(rid=rid, finished=True, finish_reason="error", error=error))
+            queue.put_nowait(EngineOutput(rid=rid, finished=True, finish_reason="error", error=error,
+                                          error_kind=ErrorKind.ENGINE_DEAD.value))
         self._routes.clear()
         for fut in self._calls.values():
             if not fut.done():
@@ -225,6 +227,8 @@ class EngineClient:
     def submit(self, request: EngineRequest, queue: asyncio.Queue[EngineOutput]) -> None:
         """Send a request; its outputs (the last with finished=True) arrive on `queue`."""
         self._check_alive()
+        if request.rid in self._routes:  # another request's stream must never be taken over
+            raise RequestError(ErrorKind.INVALID_REQUEST, f"request id {request.rid!r} is already in use", "rid")
         self._routes[request.rid] = queue
         if not self._send(request):
             del self._routes[request.rid]

@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 
 from ..engine.messages import AbortRequest, EngineOutput, EngineRequest
+from ..frontend.errors import ErrorKind
 from ..sampling_params import SamplingParams
 from ..settings import Settings
 from .endpoints import ReplicaEndpoints
@@ -109,7 +110,7 @@ class EngineLoop:
             self.running = False
 
     def _send_error(self, rid: str, error: str) -> None:
-        out = EngineOutput(rid=rid, finished=True, finish_reason="error", error=error)
+        out = EngineOutput(rid=rid, finished=True, finish_reason="error", error=error, error_kind=ErrorKind.INTERNAL.value)
         self.outputs.send(self.codec.encode(StepOutputs(outputs=[out])))
 
     def _call(self, call: EngineCall) -> None:

@@ -1,5 +1,7 @@
+from typing import Literal
+
 from minisgl.hookspecs import hookimpl
-from minisgl.specs import BackendSpec
+from minisgl.specs import BackendSpec, SettingSpec
 
 
 @hookimpl
@@ -10,8 +12,19 @@ def minisgl_register_backends(register):
             description="any transformers causal LM on CPU, MPS or CUDA; the reference for correctness",
             factory="minisgl_backend_hf.runner:create_runner",
             probe="minisgl_backend_hf.probe:probe",
-            devices=("cpu", "mps", "cuda"),
-            priority=0,
+            auto_rank={"cuda": 10, "mps": 10, "cpu": 10},  # below the device's own fast path
             aliases=("torch",),
         )
     )
+
+
+@hookimpl
+def minisgl_register_settings(register):
+    register(SettingSpec(
+        name="matmul_precision", type=Literal["highest", "high", "medium"] | None, default=None,
+        env=("MATMUL_PRECISION",), help="torch.set_float32_matmul_precision (default: leave torch's)",
+    ))
+    register(SettingSpec(
+        name="enable_sdp", type=bool, default=True, env=("ENABLE_SDP",),
+        help="use torch's scaled_dot_product_attention off CPU",
+    ))

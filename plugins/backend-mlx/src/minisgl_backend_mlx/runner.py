@@ -105,6 +105,9 @@ class MLXModelRunner:
         # MLX_PREFILL_STEP_SIZE: the most new tokens (padding included) one model call takes;
         # also offered to the scheduler, which may use it as this backend's prefill budget
         self.max_prefill_tokens: int = settings.mlx_prefill_step_size
+        # AGGRESSIVE_MAX_NEW_TOKENS: ask the engine to cap each request at its fair share of
+        # the pool, so a full batch never retracts (on unified memory that hurts most)
+        self.kv_fair_share: bool = settings.aggressive_max_new_tokens
         self._body, self._head = self._split_head(self.config.get("model_type", ""))
 
         shape = _kv_shape(self.model, self.config)

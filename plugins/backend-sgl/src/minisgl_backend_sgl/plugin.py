@@ -1,5 +1,9 @@
+from typing import Annotated, Literal
+
+import msgspec
+
 from minisgl.hookspecs import hookimpl
-from minisgl.specs import BackendSpec
+from minisgl.specs import BackendSpec, SettingSpec
 
 
 @hookimpl
@@ -9,6 +13,30 @@ def minisgl_register_backends(register):
         description="own Qwen3/Qwen2/Llama code on CUDA: Triton paged attention, CUDA graphs, TP",
         factory="minisgl_backend_sgl.runner:create_runner",
         probe="minisgl_backend_sgl.probe:probe",
-        devices=("cuda",),
-        priority=100,
+        auto_rank={"cuda": 100},
+    ))
+
+
+@hookimpl
+def minisgl_register_settings(register):
+    register(SettingSpec(
+        name="attention_backend", type=Literal["auto", "fa", "fi", "triton", "sdpa", "torch"], default="auto",
+        env=("ATTENTION_BACKEND",), flags=("--attention-backend", "--attn"),
+        help="attention kernels (backend-sgl runs its Triton kernels for every choice today)",
+    ))
+    register(SettingSpec(
+        name="cuda_graph_max_bs", type=Annotated[int, msgspec.Meta(ge=0)] | None, default=None,
+        env=("CUDA_GRAPH_MAX_BS",), flags=("--cuda-graph-max-bs", "--graph"),
+        help="largest decode batch captured in a CUDA graph (0 disables; never above --max-running-requests)",
+    ))
+    register(SettingSpec(
+        name="moe_backend", type=Literal["auto", "fused"], default="auto", env=("MOE_BACKEND",),
+        flags=("--moe-backend",), help="MoE kernels",
+        unsupported="MoE models are not supported yet; only the default 'auto' is accepted",
+    ))
+    register(SettingSpec(
+        name="disable_pynccl", type=bool, default=False, env=("DISABLE_PYNCCL",), flags=("--disable-pynccl",),
+        help="use torch.distributed instead of PyNCCL for TP",
+        unsupported="tensor parallelism is not built yet (--tp-size > 1 is refused), so there is no PyNCCL "
+                    "communicator to disable",
     ))

@@ -1,29 +1,27 @@
-"""Errors the diffusion runners raise. Each carries the HTTP status the server answers with
-(duck-typed there, so the server never imports this plugin) and, for bad input, the name
-of the field at fault."""
+"""Errors the diffusion runners raise: request-layer errors with their kind, so the server
+answers them from its one table (400 for bad input naming the field, 503 for a missing
+package or model) without importing this plugin."""
 
 from __future__ import annotations
 
-
-class DiffusionError(Exception):
-    status = 500
-
-    def __init__(self, message: str, *, param: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        if status is not None:
-            self.status = status
+from minisgl.frontend.errors import ErrorKind, RequestError
 
 
-class InvalidDiffusionRequest(DiffusionError, ValueError):
+class DiffusionError(RequestError):
+    kind_default = ErrorKind.INTERNAL
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(self.kind_default, message, param)
+
+
+class InvalidDiffusionRequest(DiffusionError):
     """The request asks for something the runner cannot do (bad size, empty prompt...)."""
 
-    status = 400
+    kind_default = ErrorKind.INVALID_REQUEST
 
 
 class DiffusionUnavailable(DiffusionError):
     """A package or a model this runner needs is missing here; the message says what to install
     or where to point."""
 
-    status = 503
+    kind_default = ErrorKind.UNAVAILABLE

@@ -1,5 +1,5 @@
-"""`minisgl image -p "prompt"`: the seed's z_image_mps.py CLI. Generates images with the
-`diffusers-image` runner (plugin minisgl-diffusion), saves PNGs and prints their paths."""
+"""`minisgl image -p "prompt"`: the seed's z_image_mps.py CLI (registered in plugin.py).
+Generates images with the ImageRunner, saves PNGs and prints their paths."""
 
 from __future__ import annotations
 
@@ -22,23 +22,17 @@ ASPECT_RATIOS = {
     "4:3": (1088, 816),
     "3:4": (816, 1088),
 }
-RUNNER = "diffusers-image"
 
 
 def _load_runner_class():
-    from ..plugins import PluginError, get_registry
+    from .probe import probe
 
-    registry = get_registry()
-    try:
-        spec = registry.get("runner", RUNNER)
-    except (PluginError, LookupError):
-        raise click.ClickException(
-            f"no '{RUNNER}' runner is installed: pip install minisgl-diffusion (see `minisgl plugins`)"
-        ) from None
-    reason = spec.availability()
+    reason = probe()
     if reason:
-        raise click.ClickException(f"the '{RUNNER}' runner cannot run here: {reason}")
-    return spec.load()
+        raise click.ClickException(f"the diffusers-image runner cannot run here: {reason}")
+    from .image import ImageRunner
+
+    return ImageRunner
 
 
 def _slug(model: str) -> str:
@@ -71,8 +65,8 @@ def image(prompt: str, negative_prompt: str | None, aspect: str, height: int | N
     """Generate images from a prompt and save them as PNGs (paths go to stdout)."""
     import msgspec
 
-    from ..settings import SettingsError, load_settings
-    from . import setup_logging
+    from minisgl.cli import setup_logging
+    from minisgl.settings import SettingsError, load_settings
 
     try:
         settings, _ = load_settings()
@@ -81,16 +75,16 @@ def image(prompt: str, negative_prompt: str | None, aspect: str, height: int | N
     setup_logging(log_level or settings.log_level)
     chosen = model or settings.image_model_id or settings.z_image_model_id
     # the runner applies --model-dir (Z_IMAGE_MODEL_DIR) to its Z-Image model: make that the chosen one
-    settings = msgspec.structs.replace(
-        settings, image_model_id=None, z_image_model_id=chosen, z_image_model_dir=model_dir or settings.z_image_model_dir
-    )
+    settings = msgspec.structs.replace(settings, plugin_values=settings.plugin_values | {
+        "image_model_id": None, "z_image_model_id": chosen, "z_image_model_dir": model_dir or settings.z_image_model_dir,
+    })
     preset_width, preset_height = ASPECT_RATIOS[aspect]
     runner_class = _load_runner_class()
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from minisgl_diffusion.errors import DiffusionError  # the runner's package, present once it loaded
+    from .errors import DiffusionError
 
     console = Console(stderr=True)
     try:

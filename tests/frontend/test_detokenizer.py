@@ -1,6 +1,6 @@
 from transformers import AutoTokenizer
 
-from minisgl.engine.detokenizer import IncrementalDetokenizer
+from minisgl.frontend.detokenizer import IncrementalDetokenizer
 
 
 def stream(tok, ids, stop=()):

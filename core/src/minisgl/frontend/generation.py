@@ -1,0 +1,247 @@
+"""One front-door request on its way to the engine and back.
+
+`Frontend.generation(rid, prompts, params)` is where a request is checked and shaped, once
+for every door: the sampling values are validated, each prompt is fitted to the context
+(a prompt that cannot fit is refused, like vLLM, never clamped; an unset max_new_tokens
+becomes what fits, at most the default), and n > 1 fans out into n sequences with seeds
+seed + i. The result is a `Generation`: one `Sequence` per engine request.
+
+Back from the engine, `Generation.update(output)` folds each EngineOutput into a `Delta`:
+incremental detokenization, stop strings (the caller then aborts that engine request with
+reason "stop"), stop tokens (they count as completion tokens and stay in token_ids, but
+their text is never part of the output, as in OpenAI and vLLM), logprobs, finish reasons,
+typed errors, and usage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from ..engine.messages import EngineOutput, EngineRequest
+from ..sampling_params import SamplingParams
+from .errors import ErrorKind, RequestError, invalid
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # the most likely tokens at this position, with their logprobs
+
+
+@dataclass
+class Delta:
+    """What one engine output adds to one sequence."""
+
+    index: int  # the sequence's place in its request (prompt i, sample j: i * n + j)
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None  # when the request asked for them
+    finish_reason: str | None = None  # set on the sequence's last delta: stop | length | abort | error
+    error: RequestError | None = None  # with finish_reason "error"
+    stop_hit: bool = False  # a stop string matched: abort this sequence's engine request with "stop"
+
+
+@dataclass
+class Sequence:
+    """One engine request: one prompt, one of its n samples, and what came back so far."""
+
+    rid: str
+    index: int
+    prompt_index: int
+    prompt_ids: list[int]
+    params: SamplingParams  # n = 1, its own seed, max_new_tokens set
+    detok: Any
+    stop_ids: frozenset[int]
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    error: RequestError | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    first_token_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.params.logprobs or self.params.top_logprobs > 0
+
+    def update(self, out: EngineOutput) -> Delta | None:
+        if self.finished:
+            return None
+        self.prompt_tokens = out.prompt_tokens or self.prompt_tokens
+        self.cached_tokens = max(self.cached_tokens, out.cached_tokens)
+        if out.finish_reason == "error":
+            self.finish_reason = "error"
+            self.error = RequestError(out.error_kind or ErrorKind.INTERNAL, out.error or "engine error")
+            return Delta(self.index, finish_reason="error", error=self.error)
+        new = list(out.new_token_ids)
+        if new and self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.token_ids.extend(new)
+        delta = Delta(self.index, token_ids=new)
+        if self.wants_logprobs and out.logprobs is not None:
+            tops = out.top_logprobs or [[] for _ in new]
+            delta.logprobs = [TokenLogprob(t, lp, [tuple(x) for x in top])
+                              for t, lp, top in zip(new, out.logprobs, tops, strict=False)]
+            self.logprobs.extend(delta.logprobs)
+        visible = new
+        if out.finished and out.finish_reason == "stop" and new and new[-1] in self.stop_ids:
+            visible = new[:-1]
+        delta.text, delta.stop_hit = self.detok.push(visible)
+        if delta.stop_hit:
+            delta.finish_reason = "stop"
+        elif out.finished:
+            delta.text += self.detok.finish()
+            delta.finish_reason = out.finish_reason or "stop"
+        self.text += delta.text
+        self.finish_reason = delta.finish_reason
+        if not (delta.text or delta.token_ids or delta.finish_reason):
+            return None
+        return delta
+
+
+class Generation:
+    """The sequences of one front-door request and their usage."""
+
+    def __init__(self, rid: str, sequences: list[Sequence], priority: int = 0) -> None:
+        self.rid = rid
+        self.sequences = sequences
+        self.priority = priority
+        self.started_at = time.perf_counter()
+        self._by_rid = {s.rid: s for s in sequences}
+
+    def engine_requests(self) -> list[EngineRequest]:
+        now = time.time()
+        return [EngineRequest(rid=s.rid, input_ids=s.prompt_ids, sampling=s.params, priority=self.priority,
+                              arrival_time=now) for s in self.sequences]
+
+    def update(self, out: EngineOutput) -> Delta | None:
+        """Fold one engine output in; None when it adds nothing (or is not ours)."""
+        seq = self._by_rid.get(out.rid)
+        return None if seq is None else seq.update(out)
+
+    def scale_max_new_tokens(self, factor: float) -> bool:
+        """Shrink every sequence's budget by `factor`, to at least one token (before it is
+        sent: ADAPTIVE_MAX_NEW_TOKENS). True when some budget changed."""
+        changed = False
+        for s in self.sequences:
+            cap = max(1, int(s.params.max_new_tokens * factor))
+            if cap < s.params.max_new_tokens:
+                s.params = _replace(s.params, max_new_tokens=cap, min_new_tokens=min(s.params.min_new_tokens, cap))
+                changed = True
+        return changed
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finished for s in self.sequences)
+
+    def unfinished(self) -> list[Sequence]:
+        return [s for s in self.sequences if not s.finished]
+
+    @property
+    def error(self) -> RequestError | None:
+        return next((s.error for s in self.sequences if s.error is not None), None)
+
+    # ---- usage (OpenAI's: n samples of one prompt count that prompt once) ------------------
+    @property
+    def prompt_tokens(self) -> int:
+        seen: dict[int, int] = {}
+        for s in self.sequences:
+            seen.setdefault(s.prompt_index, s.prompt_tokens or len(s.prompt_ids))
+        return sum(seen.values())
+
+    @property
+    def cached_tokens(self) -> int:
+        seen: dict[int, int] = {}
+        for s in self.sequences:
+            seen[s.prompt_index] = max(seen.get(s.prompt_index, 0), s.cached_tokens)
+        return sum(seen.values())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.sequences)
+
+    @property
+    def first_token_at(self) -> float | None:
+        return min((s.first_token_at for s in self.sequences if s.first_token_at is not None), default=None)
+
+
+def _replace(params: SamplingParams, **changes: Any) -> SamplingParams:
+    return msgspec.structs.replace(params, **changes)
+
+
+class Frontend:
+    """The request layer for one model: its tokenizer and context, the server's defaults."""
+
+    def __init__(self, tokenizer: Any, *, max_context_len: int, eos_token_ids: Seq[int], max_new_tokens_default: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_context_len = max_context_len
+        self.eos_token_ids = list(eos_token_ids)
+        self.max_new_tokens_default = max_new_tokens_default
+
+    def generation(self, rid: str, prompts: list[list[int]], params: SamplingParams, *,
+                   names: Mapping[str, str] | None = None, priority: int = 0) -> Generation:
+        """Validate, fit each prompt, fan out n. `names` maps SamplingParams fields to the
+        front door's own names, so errors name what the client sent."""
+        names = names or {}
+        params.validate(names)
+        if params.stop_token_ids:
+            vocab = self.tokenizer.vocab_size
+            bad = next((t for t in params.stop_token_ids if t >= vocab), None)
+            if bad is not None:
+                name = names.get("stop_token_ids", "stop_token_ids")
+                raise invalid(f"'{name}' holds token id {bad}, outside this tokenizer's vocabulary [0, {vocab})", name)
+        stop_ids = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            stop_ids.update(self.eos_token_ids)
+        sequences = []
+        for p, ids in enumerate(prompts):
+            max_new = self.fit_context(len(ids), params, names)
+            for j in range(params.n):
+                sequences.append(Sequence(
+                    rid=f"{rid}-{p * params.n + j}", index=p * params.n + j, prompt_index=p, prompt_ids=ids,
+                    params=params.for_sequence(j, max_new), stop_ids=frozenset(stop_ids),
+                    detok=self.tokenizer.detokenizer(skip_special_tokens=params.skip_special_tokens, stop=params.stop),
+                ))
+        return Generation(rid, sequences, priority)
+
+    def fit_context(self, prompt_len: int, params: SamplingParams, names: Mapping[str, str]) -> int:
+        """The completion budget of one prompt, or CONTEXT_LENGTH_EXCEEDED."""
+        ctx = self.max_context_len
+        if prompt_len >= ctx:
+            raise RequestError(ErrorKind.CONTEXT_LENGTH_EXCEEDED,
+                               f"the prompt has {prompt_len} tokens; this model's maximum context length is {ctx} "
+                               "tokens (at least one more must be generated)", names.get("prompt", "prompt"))
+        room = ctx - prompt_len
+        if params.max_new_tokens is None:
+            max_new = min(self.max_new_tokens_default, room)
+        elif params.max_new_tokens > room:
+            name = names.get("max_new_tokens", "max_new_tokens")
+            raise RequestError(ErrorKind.CONTEXT_LENGTH_EXCEEDED,
+                               f"this model's maximum context length is {ctx} tokens; you requested "
+                               f"{prompt_len + params.max_new_tokens} tokens ({prompt_len} in the prompt, "
+                               f"{params.max_new_tokens} for the completion); reduce the prompt or '{name}'", name)
+        else:
+            max_new = params.max_new_tokens
+        if params.min_new_tokens > max_new:
+            name = names.get("min_new_tokens", "min_new_tokens")
+            raise invalid(f"'{name}' ({params.min_new_tokens}) exceeds the completion budget ({max_new})", name)
+        return max_new
+
+
+def adaptive_factor(inflight: int, settings: Any) -> float | None:
+    """ADAPTIVE_MAX_NEW_TOKENS: with at least ADAPTIVE_MAX_INFLIGHT_THRESHOLD requests in
+    flight, budgets shrink by ADAPTIVE_MAX_NEW_TOKENS_FACTOR. None when no cap applies."""
+    if not settings.adaptive_max_new_tokens or inflight < settings.adaptive_max_inflight_threshold:
+        return None
+    return settings.adaptive_max_new_tokens_factor

@@ -1,0 +1,114 @@
+"""One HTTP request's engine work in flight: a lease on one replica (its inflight slots),
+its engine requests, and their outputs, folded into deltas by the request layer.
+
+Whatever was leased is given back on every way out: the last delta, an error, a client
+that leaves (the stream is closed or the task cancelled), which also aborts every
+unfinished engine request and so frees its KV at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from minisgl.engine.messages import EngineOutput
+from minisgl.frontend.errors import ErrorKind, RequestError
+from minisgl.frontend.generation import Delta, Generation, adaptive_factor
+from minisgl.ipc.client import EngineUnavailable
+
+log = logging.getLogger("minisgl.server")
+
+
+class InflightRequest:
+    def __init__(self, state: Any, gen: Generation) -> None:
+        self.state = state
+        self.gen = gen
+        self._queue: asyncio.Queue[EngineOutput] = asyncio.Queue()
+        self._lease: Any = None
+        self._closed = False
+        self.chunks_sent = 0
+        self.aborted = False
+
+    def start(self) -> None:
+        """Take inflight slots on a replica and send the engine requests (429/503 here,
+        before any response starts)."""
+        gen, pool = self.gen, self.state.pool
+        first = gen.sequences[0].prompt_ids if gen.sequences else []
+        try:
+            self._lease = pool.lease(len(gen.sequences), first, rid=gen.rid)
+        except RequestError as exc:
+            if exc.kind is ErrorKind.CAPACITY:
+                self.state.stats.requests_rejected_total += 1
+            raise
+        factor = adaptive_factor(self._lease.inflight_before, self.state.settings)
+        if factor is not None and gen.scale_max_new_tokens(factor):
+            pool.adaptive_downscaled_total += 1
+            log.info("request %s: %d requests in flight, max_new_tokens scaled by %.2f (ADAPTIVE_MAX_NEW_TOKENS)",
+                     gen.rid, self._lease.inflight_before, factor)
+        try:
+            for er in gen.engine_requests():
+                self._lease.client.submit(er, self._queue)
+        except (EngineUnavailable, RequestError) as exc:
+            self.close()
+            if isinstance(exc, RequestError):
+                raise
+            raise RequestError(ErrorKind.ENGINE_DEAD, str(exc)) from None
+
+    def close(self) -> None:
+        """Abort what is unfinished and give the slots back; safe to call twice."""
+        if self._lease is None or self._closed:
+            return
+        self._closed = True
+        unfinished = self.gen.unfinished()
+        for s in unfinished:
+            self._lease.client.abort(s.rid, "abort")
+        if unfinished:
+            self.aborted = True
+            self.state.stats.record_abort()
+            log.info("request %s: client gone, aborted %d engine request(s)", self.gen.rid, len(unfinished))
+        self._lease.release()
+        self._record()
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        """Deltas of all sequences, interleaved as the engine produces them; exactly one per
+        sequence carries its finish_reason."""
+        if self._lease is None:
+            self.start()
+        try:
+            while not self.gen.finished:
+                out = await self._queue.get()
+                delta = self.gen.update(out)
+                if delta is None:
+                    continue
+                if delta.stop_hit:
+                    self._lease.client.abort(out.rid, "stop")
+                self.chunks_sent += 1
+                self._log_chunk(delta)
+                yield delta
+        finally:
+            self.close()
+
+    async def collect(self) -> Generation:
+        """Run to the end; raise the first sequence's error, if any."""
+        async for _ in self.deltas():
+            pass
+        if self.gen.error is not None:
+            raise self.gen.error
+        return self.gen
+
+    def _log_chunk(self, delta: Delta) -> None:
+        stride = self.state.settings.server_stream_log_stride
+        if stride and (self.chunks_sent % stride == 0 or delta.finish_reason):
+            log.info("stream %s sequence %d chunk %d: %r%s", self.gen.rid, delta.index, self.chunks_sent, delta.text,
+                     f" (finish: {delta.finish_reason})" if delta.finish_reason else "")
+
+    def _record(self) -> None:
+        gen = self.gen
+        first = gen.first_token_at
+        self.state.stats.record_request(
+            latency_s=time.perf_counter() - gen.started_at, ttft_s=None if first is None else first - gen.started_at,
+            completion_tokens=gen.completion_tokens, prompt_tokens=gen.prompt_tokens, cached_tokens=gen.cached_tokens,
+            aborted=self.aborted,
+        )
