@@ -7,6 +7,7 @@ request layer."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -151,3 +152,27 @@ def test_a_huge_prompt_is_refused_before_tokenizing(llm, server):
     r = httpx.post(server.url + "/v1/chat/completions", timeout=60,
                    json={"messages": [{"role": "user", "content": prompt}], "max_tokens": 1})
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_a_request_id_in_use_is_refused_without_touching_the_first(server):
+    import threading
+
+    first: dict = {}
+
+    def run_first() -> None:
+        r = httpx.post(server.url + "/generate", timeout=120, json={
+            "rid": "same-id", "text": "Once upon a time",
+            "sampling_params": {"max_new_tokens": 64, "temperature": 0, "ignore_eos": True}})
+        first.update(status=r.status_code, body=r.json())
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until the first one runs
+        if httpx.get(server.url + "/metrics", timeout=10).json().get("num_running_reqs"):
+            break
+        time.sleep(0.02)
+    second = httpx.post(server.url + "/generate", timeout=30, json={"rid": "same-id", "text": "Hello"})
+    thread.join(120)
+    assert second.status_code == 400 and "already in use" in second.json()["error"]["message"]
+    assert first["status"] == 200 and len(first["body"]["output_ids"]) == 64

@@ -27,6 +27,7 @@ class InflightRequest:
         self.gen = gen
         self._queue: asyncio.Queue[EngineOutput] = asyncio.Queue()
         self._lease: Any = None
+        self._sent: set[str] = set()  # engine requests this request submitted (and may abort)
         self._closed = False
         self.chunks_sent = 0
         self.aborted = False
@@ -50,18 +51,19 @@ class InflightRequest:
         try:
             for er in gen.engine_requests():
                 self._lease.client.submit(er, self._queue)
-        except (EngineUnavailable, RequestError) as exc:
+                self._sent.add(er.rid)
+        except BaseException as exc:  # nothing leased may stay behind
             self.close()
-            if isinstance(exc, RequestError):
-                raise
-            raise RequestError(ErrorKind.ENGINE_DEAD, str(exc)) from None
+            if isinstance(exc, EngineUnavailable):
+                raise RequestError(ErrorKind.ENGINE_DEAD, str(exc)) from None
+            raise
 
     def close(self) -> None:
         """Abort what is unfinished and give the slots back; safe to call twice."""
         if self._lease is None or self._closed:
             return
         self._closed = True
-        unfinished = self.gen.unfinished()
+        unfinished = [s for s in self.gen.unfinished() if s.rid in self._sent]
         for s in unfinished:
             self._lease.client.abort(s.rid, "abort")
         if unfinished:
