@@ -67,13 +67,17 @@ def _assert_error(r, status, param=None):
         ("/generate", {"prompt": "hi", "input_ids": [1, 2]}, "prompt"),
         ("/generate", {}, "prompt"),
         ("/generate", {"input_ids": [3] * 5000}, "prompt"),
+        ("/generate", {"text": "hi", "sampling_params": {"n": 2, "seed": 2**64 - 1 + 1}}, "seed"),
+        ("/generate", {"text": "hi", "rid": "forged\nlog line"}, "rid"),
+        ("/v1/completions", {"prompt": ["hi"] * 1025, "max_tokens": 1}, "prompt"),
     ],
 )
 def test_invalid_input_is_a_400_naming_the_field(server, path, body, param):
     _assert_error(_post(server, path, body), 400, param)
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2", b"null", b"[]", b"42", b'"text"', b"\xff\xfe"])
+@pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2", b"null", b"[]", b"42", b'"text"', b"\xff\xfe",
+                                     b"[" * 100_000 + b"]" * 100_000])
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/generate"])
 def test_malformed_bodies_are_400(server, path, content):
     _assert_error(_post(server, path, content=content), 400)
@@ -95,6 +99,19 @@ def test_openai_client_raises_bad_request(server):
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=client.models.list().data[0].id, messages=MSG, max_tokens=0)
     assert info.value.status_code == 400
+
+
+def test_a_seed_at_the_edge_wraps_and_leaks_nothing(server):
+    # n = 2 from the largest seed: the second sequence's seed wraps to 0 instead of failing
+    r = _post(server, "/generate", {"text": "hi", "sampling_params": {"n": 2, "seed": 2**64 - 1, "max_new_tokens": 2}})
+    assert r.status_code == 200, r.text
+    assert httpx.get(server.url + "/metrics", timeout=10).json()["num_inflight"] == 0
+
+
+def test_an_error_body_never_echoes_a_huge_value(server):
+    r = _post(server, "/v1/completions", {"prompt": "hi", "stop": ["x" * 100_000] * 17})
+    _assert_error(r, 400, "stop")
+    assert len(r.content) < 5000
 
 
 def test_server_still_serves_after_all_that(server):

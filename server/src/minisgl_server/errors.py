@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 
 from minisgl.frontend.errors import ErrorKind, RequestError, invalid
 
@@ -57,37 +57,23 @@ def _response(exc: BaseException) -> Response[ErrorResponse]:
 
 
 _MISSING = re.compile(r"missing required field `(\w+)`")
-_MSGSPEC_PATH = re.compile(r"`\$\.?([^`]*)`")
+_MSGSPEC_PATH = re.compile(r"`\$\.?([^`]*)`")  # msgspec names a field by its path: `$.messages[0].role`
 
 
 def _validation_error(exc: ValidationException) -> RequestError:
-    """Litestar wraps msgspec's decode error; name the field like OpenAI's `param`."""
-    extra = exc.extra if isinstance(exc.extra, list) else []
-    message = ""
-    param = None
-    for item in extra:
-        if isinstance(item, dict):
-            message = str(item.get("message", ""))
-            key = item.get("key")
-            param = str(key) if key else None
-            break
-    message = message or str(exc.detail)
-    if "JSON is malformed" in message or "malformed" in message.lower() or "Expected JSON" in message:
-        return invalid(f"request body is not valid JSON: {message}")
-    if param == "data":  # Litestar's name for the whole body
-        param = None
+    """A body that decoded but does not fit its schema: name the top-level field at fault,
+    as OpenAI's `param` does (Litestar says "data" for the whole body)."""
+    item = next((i for i in exc.extra if isinstance(i, dict)), {}) if isinstance(exc.extra, list) else {}
+    message = str(item.get("message") or exc.detail)
+    param = item.get("key") if item.get("key") != "data" else None
+    path = _MSGSPEC_PATH.search(message)
+    field = path.group(1).split("[")[0].split(".")[0] if path else ""
     missing = _MISSING.search(message)
     if missing:
-        path = _MSGSPEC_PATH.search(message)
-        param = (path.group(1).split("[")[0].split(".")[0] if path and path.group(1) else None) or missing.group(1)
-        return invalid(f"missing required field '{missing.group(1)}'", param)
-    match = _MSGSPEC_PATH.search(message)
-    if match:
-        param = param or match.group(1).split("[")[0].split(".")[0] or None
-        message = _MSGSPEC_PATH.sub(lambda m: f"`{m.group(1) or 'body'}`", message)
-    if param:
-        message = f"invalid value for '{param}': {message}"
-    return invalid(message, param)
+        return invalid(f"missing required field '{missing.group(1)}'", field or missing.group(1))
+    param = param or field or None
+    message = _MSGSPEC_PATH.sub(lambda m: f"`{m.group(1) or 'body'}`", message)
+    return invalid(f"invalid value for '{param}': {message}" if param else message, param)
 
 
 def request_error_handler(request: Request[Any, Any, Any], exc: RequestError) -> Response[ErrorResponse]:
@@ -101,15 +87,19 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
         return _response(_validation_error(exc))
     status = exc.status_code
     if status == 404:
-        exc = HTTPException(status_code=404, detail=f"no route for {request.method} {request.url.path}")
+        exc = HTTPException(status_code=404, detail=f"no route for {request.method} {request.url.path}",
+                            headers=exc.headers)
     elif status == 405:
-        exc = HTTPException(status_code=405, detail=f"method {request.method} is not allowed on {request.url.path}")
-    elif status == 400 and "malformed" in str(exc.detail).lower():
+        exc = HTTPException(status_code=405, detail=f"method {request.method} is not allowed on {request.url.path}",
+                            headers=exc.headers)
+    elif isinstance(exc.__cause__, SerializationException):  # the body is not JSON at all
         return _response(invalid(f"request body is not valid JSON: {exc.detail}"))
     return _response(exc)
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
+    if isinstance(exc, RecursionError):  # a body nested deeper than any decoder goes
+        return _response(invalid("request body is nested too deeply"))
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _response(exc)
 
