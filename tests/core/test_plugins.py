@@ -53,7 +53,8 @@ def test_json_lists_the_five_plugin_distributions():
     assert BUILTIN_DISTS <= dists
     by_name = {p["name"]: p for p in plugins}
     assert by_name["hf"]["registered"] == {"backend": ["hf"], "setting": ["matmul_precision", "enable_sdp"]}
-    assert by_name["server"]["registered"] == {"command": ["serve"]}
+    assert by_name["server"]["registered"]["command"] == ["serve"]
+    assert {"host", "port", "dp_size", "warm_prefixes"} <= set(by_name["server"]["registered"]["setting"])
     assert by_name["diffusion"]["registered"]["command"] == ["image"]
     assert by_name["hf"]["version"] == "0.1.0"
     assert all(p["error"] is None for p in plugins)

@@ -100,6 +100,7 @@ def test_real_plugin_settings_keep_the_seed_names():
     settings, sources = load_settings(environ={"IMAGE_MODEL_ID": "a/b", "CUDA_GRAPH_MAX_BS": "0"})
     assert settings.image_model_id == "a/b" and settings.cuda_graph_max_bs == 0
     assert "mlx_prefill_step_size" not in Settings.__struct_fields__  # the core carries no plugin knob
+    assert "port" not in Settings.__struct_fields__ and Settings().port == 1919  # the server's
     assert Settings().mlx_prefill_step_size == 2048  # built by hand: the declared default
 
 
@@ -132,13 +133,13 @@ def test_a_setting_declared_twice_is_the_second_plugins_error():
     class ShadowsCore:
         @hookimpl
         def minisgl_register_settings(self, register):
-            register(SettingSpec(name="port", type=int, default=1))
+            register(SettingSpec(name="tp_size", type=int, default=1))
 
     registry = _toy_registry()
     again = registry.add_plugin(Again(), "again")
     shadow = registry.add_plugin(ShadowsCore(), "shadow")
     assert "setting 'toy_steps' is already registered by plugin 'toy'" in again.error
-    assert "setting 'port' is already registered by plugin 'core'" in shadow.error
+    assert "setting 'tp_size' is already registered by plugin 'core'" in shadow.error
     assert registry.plugins["toy"].ok and registry.owner[("setting", "toy_steps")] == "toy"
 
 
@@ -171,8 +172,8 @@ def _cli(*args, env=None):
 
 
 def test_print_config_shows_value_owner_and_source():
-    result = _cli("serve", "--print-config", "--tp-size", "2", "--attn", "triton",
-                  env={"SCHEDULER_MODE": "random", "MLX_MAX_KV_SIZE": "64"})
+    result = _cli("serve", "--print-config", "--tp-size", "2", "--attn", "triton", "--dp-size", "3",
+                  env={"SCHEDULER_MODE": "random", "MLX_MAX_KV_SIZE": "64", "WARM_PREFIXES": "a||b"})
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split(maxsplit=3)[1:] for line in result.stdout.splitlines()}
     assert rows["tp_size"] == ["2", "core", "flag --tensor-parallel-size"]
@@ -180,6 +181,10 @@ def test_print_config_shows_value_owner_and_source():
     assert rows["scheduler"] == ["'random'", "core", "env SCHEDULER_MODE"]
     assert rows["mlx_max_kv_size"] == ["64", "mlx", "env MLX_MAX_KV_SIZE"]
     assert rows["image_model_id"] == ["None", "diffusion", "default"]
+    assert rows["dp_size"] == ["3", "server", "flag --data-parallel-size"]
+    assert rows["port"] == ["1919", "server", "default"]
+    warm = next(line for line in result.stdout.splitlines() if line.startswith("warm_prefixes"))
+    assert "['a', 'b']" in warm and warm.split()[-3:] == ["server", "env", "WARM_PREFIXES"]
 
 
 def test_help_lists_plugin_commands_without_importing_torch():

@@ -32,7 +32,6 @@ DEFAULT_MODEL = "rd211/Qwen3-0.6B-Instruct"  # seed 000's MODEL_NAME default
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Ratio = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
-Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -47,8 +46,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # parallelism
     tp_size: Positive = 1
-    dp_size: Positive = 1
-    enable_multi_device: bool = True
     # requests and scheduling
     max_running_requests: Positive = 256
     max_seq_len_override: Positive | None = None
@@ -62,22 +59,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     num_tokenizer: NonNegative = 0
     shell_mode: bool = False
     max_new_tokens_default: Positive = MAX_NEW_TOKENS_DEFAULT
-    # server
-    host: str = "127.0.0.1"
-    port: Port = 1919
-    served_model_name: str | None = None
-    server_stream_log_stride: NonNegative = 0
-    warm_prefixes: list[str] = []
-    zmq_control: bool = False
-    zmq_control_endpoint: str = "tcp://127.0.0.1:5557"
-    # engine pool and backpressure
-    max_inflight_total: NonNegative = 0
-    max_inflight_per_engine: NonNegative = 0
-    adaptive_max_new_tokens: bool = False
-    adaptive_max_inflight_threshold: NonNegative = 0
-    adaptive_max_new_tokens_factor: Ratio = 0.8
-    async_prefill_queue: bool = False
-    metric_window: Positive = 128
     # streaming and logs
     fast_stream_decode: bool = False
     decode_log_stride: NonNegative = 256
@@ -143,8 +124,6 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "backend": _o("BACKEND_IMPL", "--backend", "model runner backend: auto|hf|torch|sgl|mlx (torch = hf)"),
     "device": _o("DEVICE", "--device", "device for the model runner"),
     "tp_size": _o("TP_SIZE", ("--tensor-parallel-size", "--tp-size"), "tensor-parallel degree (GPUs per replica)"),
-    "dp_size": _o("DP_SIZE", ("--data-parallel-size", "--dp-size"), "engine replicas behind one server"),
-    "enable_multi_device": _o("ENABLE_MULTI_DEVICE", "--enable-multi-device", "one replica per GPU when several exist"),
     "max_running_requests": _o("MAX_RUNNING_REQUESTS", "--max-running-requests", "max requests decoding at once"),
     "max_seq_len_override": _o("MAX_SEQ_LEN_OVERRIDE", "--max-seq-len-override", "override the model's context length"),
     "memory_ratio": _o("MEMORY_RATIO", "--memory-ratio", "fraction of device memory for weights + KV pool"),
@@ -154,28 +133,14 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "cache_type": _o("CACHE_TYPE", "--cache-type", "prefix cache plugin: radix|naive|..."),
     "queue_policy": _o("QUEUE_POLICY", "--queue-policy", "waiting-queue order plugin: fcfs|lpm|priority|..."),
     "scheduler": _o("SCHEDULER_MODE", ("--scheduler", "--scheduler-mode"), "replica dispatch policy: rr|fsfs|random|cache_aware|..."),
-    "num_tokenizer": _o("NUM_TOKENIZER", ("--num-tokenizer", "--tokenizer-count"), "tokenizer processes (0 = in the server)"),
+    "num_tokenizer": _o("NUM_TOKENIZER", ("--num-tokenizer", "--tokenizer-count"), "tokenizer worker processes in front of the engines (0 = a thread of the server process)"),
     "shell_mode": _o("SHELL_MODE", "--shell-mode", "interactive shell: one request at a time"),
     "max_new_tokens_default": _o("MAX_NEW_TOKENS_DEFAULT", "--max-new-tokens-default", "max_new_tokens when a request sets none"),
-    "host": _o("HOST", "--host", "HTTP listen address"),
-    "port": _o("PORT", "--port", "HTTP listen port"),
-    "served_model_name": _o("SERVED_MODEL_NAME", "--served-model-name", "model id reported by /v1/models"),
-    "server_stream_log_stride": _o("SERVER_STREAM_LOG_STRIDE", "--server-stream-log-stride", "log every N streamed chunks (0 = off)"),
-    "warm_prefixes": _o("WARM_PREFIXES", "--warm-prefixes", "prompts separated by || that seed the prefix cache"),
-    "zmq_control": _o("ZMQ_CONTROL", "--zmq-control", "serve the ZeroMQ control plane"),
-    "zmq_control_endpoint": _o("ZMQ_CONTROL_ENDPOINT", "--zmq-control-endpoint", "control plane endpoint"),
-    "max_inflight_total": _o("MAX_INFLIGHT_TOTAL", "--max-inflight-total", "global inflight cap (0 disables)"),
-    "max_inflight_per_engine": _o("MAX_INFLIGHT_PER_ENGINE", "--max-inflight-per-engine", "per-replica inflight cap (0 disables)"),
-    "adaptive_max_new_tokens": _o("ADAPTIVE_MAX_NEW_TOKENS", "--adaptive-max-new-tokens", "scale max_new_tokens down under load"),
-    "adaptive_max_inflight_threshold": _o("ADAPTIVE_MAX_INFLIGHT_THRESHOLD", "--adaptive-max-inflight-threshold", "inflight count that triggers the downscale"),
-    "adaptive_max_new_tokens_factor": _o("ADAPTIVE_MAX_NEW_TOKENS_FACTOR", "--adaptive-max-new-tokens-factor", "downscale factor"),
-    "async_prefill_queue": _o("ASYNC_PREFILL_QUEUE", "--async-prefill-queue", "warm prefixes in the background"),
-    "metric_window": _o("METRIC_WINDOW", "--metric-window", "requests in the rolling latency/throughput window"),
     "fast_stream_decode": _o("FAST_STREAM_DECODE", "--fast-stream-decode",
                              "subsumed, no effect: the incremental detokenizer always streams per-token deltas and "
                              "their text equals a full decode"),
     "decode_log_stride": _o("DECODE_LOG_STRIDE", "--decode-log-stride", "log every N decode steps"),
-    "token_cache_size": _o("TOKEN_CACHE_SIZE", (), "tokenizer decode cache size"),
+    "token_cache_size": _o("TOKEN_CACHE_SIZE", (), "tokenizer decode cache size: single tokens' text kept for logprobs (0 = unbounded)"),
     "prefill_cache_size": _o("PREFILL_CACHE_SIZE", (), "exact-match prompt entries kept by the prefix cache"),
     "prefill_cache_token_budget": _o("PREFILL_CACHE_TOKEN_BUDGET", (), "token budget for exact-match prompt entries"),
     "prefix_cache": _o("PREFIX_CACHE", "--prefix-cache", "enable the prefix cache (off = --cache-type naive)"),

@@ -15,10 +15,18 @@ from typing import Any
 
 from minisgl.engine.messages import EngineOutput
 from minisgl.frontend.errors import ErrorKind, RequestError
-from minisgl.frontend.generation import Delta, Generation, adaptive_factor
+from minisgl.frontend.generation import Delta, Generation
 from minisgl.ipc.client import EngineUnavailable
 
 log = logging.getLogger("minisgl.server")
+
+
+def adaptive_factor(inflight: int, settings: Any) -> float | None:
+    """ADAPTIVE_MAX_NEW_TOKENS: with at least ADAPTIVE_MAX_INFLIGHT_THRESHOLD requests in
+    flight, budgets shrink by ADAPTIVE_MAX_NEW_TOKENS_FACTOR. None when no cap applies."""
+    if not settings.adaptive_max_new_tokens or inflight < settings.adaptive_max_inflight_threshold:
+        return None
+    return settings.adaptive_max_new_tokens_factor
 
 
 class InflightRequest:

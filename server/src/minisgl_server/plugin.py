@@ -1,7 +1,43 @@
-"""minisgl-server's plugin: it brings the `minisgl serve` subcommand."""
+"""minisgl-server's plugin: the `minisgl serve` subcommand and the settings only the server
+reads (HTTP, control plane, engine pool and backpressure)."""
+
+from typing import Annotated
+
+import msgspec
 
 from minisgl.hookspecs import hookimpl
-from minisgl.specs import CommandSpec
+from minisgl.settings import NonNegative, Positive, Ratio
+from minisgl.specs import CommandSpec, SettingSpec
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+# name, type, default, help; the env var is NAME and the flag --name, unless FLAGS says otherwise
+SETTINGS = [
+    ("dp_size", Positive, 1, "engine replicas behind one server"),
+    ("enable_multi_device", bool, True, "one replica per GPU when several exist"),
+    ("host", str, "127.0.0.1", "HTTP listen address"),
+    ("port", Port, 1919, "HTTP listen port"),
+    ("served_model_name", str | None, None, "model id reported by /v1/models"),
+    ("server_stream_log_stride", NonNegative, 0, "log every N streamed chunks (0 = off)"),
+    ("warm_prefixes", list[str], [], "prompts separated by || that seed the prefix cache"),
+    ("zmq_control", bool, False, "serve the ZeroMQ control plane"),
+    ("zmq_control_endpoint", str, "tcp://127.0.0.1:5557", "control plane endpoint"),
+    ("max_inflight_total", NonNegative, 0, "global inflight cap (0 disables)"),
+    ("max_inflight_per_engine", NonNegative, 0, "per-replica inflight cap (0 disables)"),
+    ("adaptive_max_new_tokens", bool, False, "scale max_new_tokens down under load"),
+    ("adaptive_max_inflight_threshold", NonNegative, 0, "inflight count that triggers the downscale"),
+    ("adaptive_max_new_tokens_factor", Ratio, 0.8, "downscale factor"),
+    ("async_prefill_queue", bool, False, "warm prefixes in the background"),
+    ("metric_window", Positive, 128, "requests in the rolling latency/throughput window"),
+]
+FLAGS = {"dp_size": ("--data-parallel-size", "--dp-size")}
+
+
+@hookimpl
+def minisgl_register_settings(register):
+    for name, type_, default, help_ in SETTINGS:
+        flags = FLAGS.get(name, ("--" + name.replace("_", "-"),))
+        register(SettingSpec(name=name, type=type_, default=default, env=(name.upper(),), flags=flags, help=help_))
 
 
 @hookimpl

@@ -237,11 +237,3 @@ class Frontend:
             name = names.get("min_new_tokens", "min_new_tokens")
             raise invalid(f"'{name}' ({params.min_new_tokens}) exceeds the completion budget ({max_new})", name)
         return max_new
-
-
-def adaptive_factor(inflight: int, settings: Any) -> float | None:
-    """ADAPTIVE_MAX_NEW_TOKENS: with at least ADAPTIVE_MAX_INFLIGHT_THRESHOLD requests in
-    flight, budgets shrink by ADAPTIVE_MAX_NEW_TOKENS_FACTOR. None when no cap applies."""
-    if not settings.adaptive_max_new_tokens or inflight < settings.adaptive_max_inflight_threshold:
-        return None
-    return settings.adaptive_max_new_tokens_factor
