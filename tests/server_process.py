@@ -65,13 +65,18 @@ class ServerProcess:
         return self.log_path.read_text()[-6000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        """Ctrl-C: the server drains (up to DRAIN_TIMEOUT_S); a second Ctrl-C ends the drain."""
+        for _ in range(2):
+            if self.proc.poll() is not None:
+                break
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(20)
+                self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+                pass
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
         self._log.close()
 
 

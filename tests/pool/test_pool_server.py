@@ -35,6 +35,7 @@ def server(tiny_qwen3_path, tmp_path_factory):
             "MAX_INFLIGHT_PER_ENGINE": "2", "MAX_INFLIGHT_TOTAL": "4",
             "ADAPTIVE_MAX_NEW_TOKENS": "1", "ADAPTIVE_MAX_INFLIGHT_THRESHOLD": "2",
             "ADAPTIVE_MAX_NEW_TOKENS_FACTOR": "0.5",
+            "ENGINE_RESTART_LIMIT": "0",  # the killed replicas stay dead (tests/reliability covers restarts)
         },
     )
     srv.endpoint = endpoint

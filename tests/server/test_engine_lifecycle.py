@@ -17,7 +17,9 @@ from server_process import ServerProcess
 @pytest.fixture(scope="module")
 def loading_server(tiny_qwen3_path, tmp_path_factory):
     """A server seen from its first second: records what it answered while loading."""
-    srv = ServerProcess(tiny_qwen3_path, "--max-inflight-total", "1", log_dir=tmp_path_factory.mktemp("server-lifecycle"))
+    # ENGINE_RESTART_LIMIT=0: the killed engine stays dead (tests/reliability covers restarts)
+    srv = ServerProcess(tiny_qwen3_path, "--max-inflight-total", "1", log_dir=tmp_path_factory.mktemp("server-lifecycle"),
+                        env={"ENGINE_RESTART_LIMIT": "0"})
     srv.while_loading = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not srv.while_loading:

@@ -66,7 +66,7 @@ def _assert_error(r, status, param=None):
         ("/generate", {"prompt": "hi", "sampling_params": {"max_new_tokens": 0}}, "max_new_tokens"),
         ("/generate", {"prompt": "hi", "input_ids": [1, 2]}, "prompt"),
         ("/generate", {}, "prompt"),
-        ("/generate", {"input_ids": [3] * 5000}, "prompt"),
+        ("/generate", {"input_ids": [3] * 5000}, "input_ids"),
         ("/generate", {"text": "hi", "sampling_params": {"n": 2, "seed": 2**64 - 1 + 1}}, "seed"),
         ("/generate", {"text": "hi", "rid": "forged\nlog line"}, "rid"),
         ("/v1/completions", {"prompt": ["hi"] * 1025, "max_tokens": 1}, "prompt"),

@@ -43,7 +43,8 @@ def minisgl_register_control_commands(register):
         ("flush_cache", "drop every unlocked prefix from the cache"),
         ("plugins", "installed plugins and what they registered"),
         ("set_scheduler", "switch the dispatch policy: {name: str}"),
-        ("drain", "stop admitting requests, finish the running ones"),
+        ("drain", "stop admitting requests, finish the running ones; /health says draining: {timeout: s}"),
+        ("resume", "undo drain: admit requests again"),
     ]:
         register(ControlCommandSpec(
             name=name, description=description, factory=f"minisgl.control.commands:{name}"

@@ -15,6 +15,8 @@ from litestar.openapi import OpenAPIConfig
 from minisgl import __version__
 
 from .errors import EXCEPTION_HANDLERS
+from .http_edges import JSONContentTypeMiddleware, echo_request_id
+from .openapi_docs import document_errors
 from .routes_generate import generate
 from .routes_images import images_router
 from .routes_openai import chat_completions, completions
@@ -48,6 +50,9 @@ def create_app(state: ServerState) -> Litestar:
         openapi_config=OpenAPIConfig(title="minisgl", version=__version__, path="/schema"),
         request_max_body_size=64 * 1024 * 1024,
         logging_config=None,  # keep the process's logging setup (minisgl.cli.setup_logging)
+        middleware=[JSONContentTypeMiddleware()],  # 415 unless a body is application/json
+        before_send=[echo_request_id],  # X-Request-ID on every response
     )
+    document_errors(app)  # every route's error statuses, with OpenAI's error body, in /schema
     app.state.server = state
     return app

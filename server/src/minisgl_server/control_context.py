@@ -37,3 +37,6 @@ class ServerControlContext:
 
     async def drain(self, timeout: float) -> dict[str, Any]:
         return await self.state.pool.drain(timeout)
+
+    async def resume(self) -> dict[str, Any]:
+        return self.state.pool.resume()

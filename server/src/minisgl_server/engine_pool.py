@@ -4,14 +4,26 @@ caps (MAX_INFLIGHT_TOTAL, MAX_INFLIGHT_PER_ENGINE) that turn overload into 429s.
 
 A replica that dies is taken out of rotation: its in-flight requests get an error, its
 PrefixTracker is forgotten, and the others keep serving. The pool is unavailable (503)
-only when no replica is left."""
+only when no replica is left.
+
+Supervision: the pool then restarts the dead replica's engine (`_supervise`) after an
+exponential backoff (ENGINE_RESTART_BACKOFF_S, doubling per failure in a row, capped at
+RESTART_BACKOFF_MAX_S), up to ENGINE_RESTART_LIMIT failures in a row (0: never restart).
+The new process loads, warms up, gets WARM_PREFIXES again (`on_restart`), and only then
+rejoins the rotation. Each attempt is logged; /health shows each replica's state
+(starting | ready | restarting | dead) and restart count.
+
+Shutdown (SIGTERM/SIGINT, ServerState.shutdown): `drain` is the one place that stops
+admission and waits for in-flight requests, for the control plane's `drain` command as for
+a shutdown; `shutting_down` also stops restarts and refuses `resume`; `end_inflight` then
+ends what the drain timeout cut short."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import zmq.asyncio
@@ -36,6 +48,12 @@ from .replica_layout import ReplicaPlacement, describe, plan_replicas
 log = logging.getLogger("minisgl.server")
 
 LOAD_REFRESH_S = 1.0  # how often policies' view of engine load (running, waiting, KV) is refreshed
+RESTART_BACKOFF_MAX_S = 60.0  # the longest wait before a restart attempt
+# What resets the restart count: a replica whose engine served this long before it died
+# counts as healthy again, so its death is failure 1 (restart after the first backoff),
+# not one more in a row. A replica that keeps dying within minutes of every restart
+# reaches ENGINE_RESTART_LIMIT and stays down; one that dies once a day never does.
+RESTART_RESET_AFTER_S = 300.0
 
 
 class SchedulerError(ValueError):
@@ -71,7 +89,11 @@ class EnginePool:
         self.ready_infos: list[EngineReady] = []
         self.adaptive_downscaled_total = 0  # engine requests whose max_new_tokens was scaled down
         self._on_death: Callable[[EngineClient], None] | None = None
+        self._on_restart: Callable[[Replica], Awaitable[None]] | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._supervisors: dict[int, asyncio.Task[None]] = {}  # by replica index, while restarting
+        self.shutting_down = False  # SIGTERM/SIGINT: no restarts, no resume
+        self._end_drain = asyncio.Event()  # set: a running drain stops waiting now
 
     # ---- dispatch policy ---------------------------------------------------------------
     def _make_policy(self, name: str) -> tuple[str, Any]:
@@ -87,18 +109,27 @@ class EnginePool:
         return {"previous": previous, "scheduler": self.policy_name}
 
     # ---- lifecycle -------------------------------------------------------------------
-    async def start(self, on_death: Callable[[EngineClient], None] | None = None) -> list[EngineReady]:
-        """Start every replica (each loads and warms up its model) and wait for all."""
+    def _new_client(self, placement: ReplicaPlacement, generation: int = 0) -> EngineClient:
+        return EngineClient(
+            self.settings, placement.index, self.endpoints.for_replica(placement.index, generation), self.ctx,
+            on_death=self._replica_died, env=placement.env,
+        )
+
+    async def start(
+        self,
+        on_death: Callable[[EngineClient], None] | None = None,
+        on_restart: Callable[[Replica], Awaitable[None]] | None = None,
+    ) -> list[EngineReady]:
+        """Start every replica (each loads and warms up its model) and wait for all.
+        `on_restart(replica)` runs when a restarted engine is up, before it rejoins the
+        rotation (the server re-warms WARM_PREFIXES there)."""
         self.state = "starting"
         self._on_death = on_death
+        self._on_restart = on_restart
         log.info("engine pool: %d replica(s): %s", len(self.placements), describe(self.placements))
         budget = self.settings.prefix_cache_token_budget or 32768
         for placement in self.placements:
-            client = EngineClient(
-                self.settings, placement.index, self.endpoints.for_replica(placement.index), self.ctx,
-                on_death=self._replica_died, env=placement.env,
-            )
-            self.replicas.append(Replica(client, placement, tracker_tokens=budget))
+            self.replicas.append(Replica(self._new_client(placement), placement, tracker_tokens=budget))
         try:
             self.ready_infos = list(await asyncio.gather(*(r.client.start() for r in self.replicas)))
         except BaseException:
@@ -106,33 +137,135 @@ class EnginePool:
             raise
         await self.refresh_load()
         for r in self.replicas:
-            # the tracker remembers at most what the replica's KV pool can hold
-            kv = int(r.engine_metrics.get("kv_total_tokens", 0) or 0)
-            if kv:
-                r.tracker = PrefixTracker(max_tokens=min(kv, budget))
+            self._size_tracker(r)
+            r.ready_since = time.monotonic()
         self.state = "ready"
         self._refresher = asyncio.create_task(self._refresh_forever(), name="pool-load-refresh")
         return self.ready_infos
 
+    def _size_tracker(self, replica: Replica) -> None:
+        """The tracker remembers at most what the replica's KV pool can hold."""
+        budget = self.settings.prefix_cache_token_budget or 32768
+        kv = int(replica.engine_metrics.get("kv_total_tokens", 0) or 0)
+        replica.tracker = PrefixTracker(max_tokens=min(kv, budget) if kv else budget)
+
     async def stop(self) -> None:
         self.state = "stopped"
+        self.shutting_down = True
         if self._refresher is not None:
             self._refresher.cancel()
+        for task in self._supervisors.values():
+            task.cancel()
+        await asyncio.gather(*self._supervisors.values(), return_exceptions=True)
         await asyncio.gather(*(r.client.stop() for r in self.replicas), return_exceptions=True)
         self.endpoints.close()
         self.ctx.term()
 
     def _replica_died(self, client: EngineClient) -> None:
         replica = self.replicas[client.replica]
+        if replica.client is not client:
+            return  # a process this replica no longer uses
         replica.tracker.clear()
+        replica.last_death = client.error
+        if replica.index in self._supervisors:
+            return  # a restarted engine died while loading: its supervisor sees it and carries on
         left = len(self.alive)
         if left:
             log.error("engine replica %d taken out of rotation (%s); %d replica(s) keep serving",
                       client.replica, client.error, left)
         else:
-            log.error("engine replica %d died (%s): no replica is left, requests get 503", client.replica, client.error)
+            log.error("engine replica %d died (%s): no replica is left, requests get 503 until one serves again",
+                      client.replica, client.error)
         if self._on_death is not None:
             self._on_death(client)
+        if self.state not in ("ready", "draining") or self.shutting_down:
+            return  # a failed start fails the server; a stopping server restarts nothing
+        # a replica that served RESTART_RESET_AFTER_S before dying starts counting afresh
+        if replica.ready_since is not None and time.monotonic() - replica.ready_since >= RESTART_RESET_AFTER_S:
+            replica.failures_in_row = 0
+        replica.failures_in_row += 1
+        limit = self.settings.engine_restart_limit
+        if replica.failures_in_row > limit:
+            self._give_up(replica)
+            return
+        replica.restarting = True
+        self._supervisors[replica.index] = asyncio.get_running_loop().create_task(
+            self._supervise(replica), name=f"engine-{replica.index}-supervisor")
+
+    def _give_up(self, replica: Replica) -> None:
+        limit = self.settings.engine_restart_limit
+        if limit == 0:
+            why = "it is not restarted (ENGINE_RESTART_LIMIT=0)"
+        else:
+            why = (f"not restarted again: it failed {replica.failures_in_row} times in a row "
+                   f"(ENGINE_RESTART_LIMIT={limit})")
+        replica.restarting = False
+        replica.next_restart_at = None
+        replica.given_up = f"engine replica {replica.index} is down: {replica.error}; {why}"
+        log.error("%s", replica.given_up)
+
+    async def _supervise(self, replica: Replica) -> None:
+        """Restart a dead replica's engine with backoff until it serves again or the limit
+        is reached. Runs as one task per dead replica."""
+        limit = self.settings.engine_restart_limit
+        try:
+            while True:
+                attempt = replica.failures_in_row
+                delay = min(self.settings.engine_restart_backoff_s * 2 ** (attempt - 1), RESTART_BACKOFF_MAX_S)
+                log.warning("restarting engine replica %d (attempt %d/%d in %.1fs); it died: %s",
+                            replica.index, attempt, limit, delay, replica.error)
+                replica.next_restart_at = time.monotonic() + delay
+                await asyncio.sleep(delay)
+                replica.next_restart_at = None
+                if self.shutting_down:
+                    return
+                await replica.client.stop()  # the dead one: close its sockets
+                client = self._new_client(replica.placement, generation=replica.restarts + 1)
+                replica.replace_client(client)
+                started = time.monotonic()
+                try:
+                    info = await client.start()
+                except EngineUnavailable as exc:
+                    if self.shutting_down:
+                        return
+                    replica.last_death = str(exc)
+                    log.error("engine replica %d: restart attempt %d failed: %s", replica.index, attempt, exc)
+                    replica.failures_in_row += 1
+                    if replica.failures_in_row > limit:
+                        self._give_up(replica)
+                        return
+                    continue
+                if await self._rejoin(replica, info, time.monotonic() - started):
+                    return
+                replica.failures_in_row += 1  # died again while re-warming
+                if replica.failures_in_row > limit:
+                    self._give_up(replica)
+                    return
+        finally:
+            self._supervisors.pop(replica.index, None)
+
+    async def _rejoin(self, replica: Replica, info: EngineReady, seconds: float) -> bool:
+        """Put a restarted replica back in rotation; False if its engine died meanwhile."""
+        if replica.index < len(self.ready_infos):
+            self.ready_infos[replica.index] = info
+        try:
+            replica.record_metrics(await replica.client.call("metrics", timeout=30.0))
+        except (EngineUnavailable, asyncio.TimeoutError, RuntimeError) as exc:
+            log.warning("engine replica %d: metrics unavailable after restart: %s", replica.index, exc)
+        self._size_tracker(replica)
+        if self._on_restart is not None and replica.client.alive:
+            try:
+                await self._on_restart(replica)
+            except Exception as exc:  # a cold cache is slower, not broken
+                log.warning("engine replica %d: re-warming after restart failed: %s: %s",
+                            replica.index, type(exc).__name__, exc)
+        if not replica.client.alive or self.shutting_down:
+            return self.shutting_down  # died again while re-warming (_replica_died noted why)
+        replica.ready_since = time.monotonic()
+        replica.restarting = False
+        log.info("engine replica %d is back: process %s ready in %.1fs (restart %d), rejoins the rotation",
+                 replica.index, replica.client.pid, seconds, replica.restarts)
+        return True
 
     @property
     def clients(self) -> list[EngineClient]:
@@ -155,14 +288,34 @@ class EnginePool:
     def inflight_total(self) -> int:
         return sum(r.inflight for r in self.replicas)
 
+    @property
+    def restarting(self) -> bool:
+        return any(r.restarting for r in self.replicas)
+
+    def replica_down_reason(self, replica: Replica) -> str:
+        if replica.given_up is not None:
+            return replica.given_up
+        if replica.restarting:
+            when = ""
+            if replica.next_restart_at is not None:
+                when = f" in {max(0.0, replica.next_restart_at - time.monotonic()):.1f}s"
+            return (f"engine replica {replica.index} is restarting (attempt {replica.failures_in_row}/"
+                    f"{self.settings.engine_restart_limit}{when}); it died: {replica.error}")
+        return f"engine replica {replica.index} is down: {replica.error or replica.state}"
+
     def unavailable_reason(self) -> str:
         if self.state in ("created", "starting"):
             return "the model is still loading; retry when /health answers 200"
         if self.state == "draining":
+            if self.shutting_down:
+                return ("the server is shutting down (draining): it finishes running requests and admits no new "
+                        "ones")
             return "the server is draining: it finishes running requests and admits no new ones"
-        dead = [r.client for r in self.replicas if not r.alive]
+        if self.state == "stopped":
+            return "the server is shutting down"
+        dead = [r for r in self.replicas if not r.alive]
         if dead:
-            return "; ".join(f"engine replica {c.replica} is down: {c.error or c.state}" for c in dead)
+            return "; ".join(self.replica_down_reason(r) for r in dead)
         return f"engine pool is {self.state}"
 
     # ---- engine load, for policies -------------------------------------------------------
@@ -191,8 +344,9 @@ class EnginePool:
     def lease(self, count: int, input_ids: Sequence[int], rid: str = "") -> Lease:
         """Reserve `count` engine requests on one replica, or raise 503 / 429."""
         if self.state != "ready" or not self.alive:
-            kind = ErrorKind.NOT_READY if self.state in ("created", "starting", "draining") else ErrorKind.ENGINE_DEAD
-            raise RequestError(kind, self.unavailable_reason())
+            # not ready (retry soon): loading, draining, stopping, or a replica restarting
+            retry = self.state in ("created", "starting", "draining", "stopped") or self.restarting
+            raise RequestError(ErrorKind.NOT_READY if retry else ErrorKind.ENGINE_DEAD, self.unavailable_reason())
         inflight = self.inflight_total
         cap_total = self.settings.max_inflight_total
         if cap_total and inflight + count > cap_total:
@@ -223,8 +377,9 @@ class EnginePool:
                 raise err
         return [r for r in results if not isinstance(r, BaseException)]
 
-    async def warm(self, token_id_lists: list[list[int]]) -> list[int]:
-        """Prefill each list into every live replica's prefix cache; tokens cached per replica."""
+    async def warm(self, token_id_lists: list[list[int]], replicas: list[Replica] | None = None) -> list[int]:
+        """Prefill each list into every live replica's prefix cache (or into `replicas`,
+        e.g. a restarted one before it rejoins); tokens cached per replica."""
         async def one(replica: Replica) -> int:
             cached = int(await replica.client.call("warm", token_id_lists=token_id_lists, timeout=300) or 0)
             replica.warmed_tokens += cached
@@ -232,7 +387,7 @@ class EnginePool:
                 replica.tracker.insert(ids)
             return cached
 
-        live = self.alive
+        live = self.alive if replicas is None else replicas
         results = await asyncio.gather(*(one(r) for r in live), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, EngineUnavailable | asyncio.TimeoutError):
@@ -251,11 +406,52 @@ class EnginePool:
         return freed
 
     async def drain(self, timeout: float) -> dict[str, Any]:
-        """Stop admitting new requests and wait for the running ones to finish."""
+        """Stop admitting new requests and wait for the running ones to finish (or for a
+        `resume`, which ends the wait)."""
         if self.state == "ready":
             self.state = "draining"
+            if not self.shutting_down:
+                log.info("draining: new requests get 503 and /health says draining until `resume`")
         started = time.monotonic()
-        while self.inflight_total and time.monotonic() - started < timeout:
+        while (self.state == "draining" and self.inflight_total and time.monotonic() - started < timeout
+               and not self._end_drain.is_set()):
             await asyncio.sleep(0.05)
         log.info("drained: %d requests still in flight after %.1fs", self.inflight_total, time.monotonic() - started)
-        return {"draining": True, "inflight": self.inflight_total, "waited_s": round(time.monotonic() - started, 3)}
+        return {"draining": self.state == "draining", "inflight": self.inflight_total,
+                "waited_s": round(time.monotonic() - started, 3)}
+
+    def resume(self) -> dict[str, Any]:
+        """Undo `drain`: admit requests again."""
+        if self.shutting_down:
+            raise RuntimeError("cannot resume: the server is shutting down")
+        if self.state == "draining":
+            self.state = "ready"
+            log.info("resumed: admitting requests again")
+        elif self.state != "ready":
+            raise RuntimeError(f"cannot resume: {self.unavailable_reason()}")
+        return {"draining": False, "state": self.state, "inflight": self.inflight_total}
+
+    # ---- shutdown (ServerState.shutdown) -----------------------------------------------
+    def begin_shutdown(self) -> None:
+        """No more restarts, no `resume`; the next `drain` is the shutdown's."""
+        self.shutting_down = True
+        for replica in self.replicas:
+            if replica.restarting and replica.index in self._supervisors:
+                self._supervisors[replica.index].cancel()
+
+    def end_drain(self) -> None:
+        """Make a running `drain` stop waiting now (a second SIGTERM/SIGINT)."""
+        self._end_drain.set()
+
+    def end_inflight(self, message: str) -> int:
+        """End every request still in flight with a NOT_READY error (streams get an error
+        event and [DONE], others a JSON error); their engines abort them. Returns how many
+        engine requests were ended."""
+        return sum(r.client.fail_inflight(message, ErrorKind.NOT_READY) for r in self.replicas)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until every lease is given back (the handlers have their last output)."""
+        deadline = time.monotonic() + timeout
+        while self.inflight_total and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return not self.inflight_total

@@ -30,6 +30,8 @@ KINDS: dict[ErrorKind, tuple[int, str, str | None]] = {
 RETRY_AFTER = {ErrorKind.CAPACITY: "1", ErrorKind.NOT_READY: "1"}
 # Litestar's own exceptions carry a status: their OpenAI error type
 STATUS_TYPES = {404: "not_found_error", 429: "rate_limit_error", 500: "internal_server_error", 503: "service_unavailable"}
+# ... and, for some, an OpenAI-style code
+STATUS_CODES = {405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
 MAX_MESSAGE_CHARS = 2000  # an error never echoes a huge value back
 
 
@@ -40,7 +42,7 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse, dict[str, str]]:
         message, param = exc.message, exc.param
         headers = {"Retry-After": RETRY_AFTER[exc.kind]} if exc.kind in RETRY_AFTER else {}
     elif isinstance(exc, HTTPException):
-        status, param, code = exc.status_code, None, None
+        status, param, code = exc.status_code, None, STATUS_CODES.get(exc.status_code)
         type_ = STATUS_TYPES.get(status, "invalid_request_error")
         message, headers = str(exc.detail), dict(exc.headers or {})
     else:

@@ -31,7 +31,7 @@ RENAMED = {"requests_aborted_total": "engine_requests_aborted_total"}
 COUNTERS = {"prompt_tokens_total", "generation_tokens_total", "cached_tokens_total", "requests_aborted_total",
             "engine_requests_aborted_total", "requests_total", "requests_rejected_total", "requests_dispatched",
             "warmed_tokens", "adaptive_downscaled_total", "cache_hits", "cache_misses", "retractions_total",
-            "evicted_tokens_total", "requests_finished_total", "steps_total"}
+            "evicted_tokens_total", "requests_finished_total", "steps_total", "restarts"}
 
 
 def _numbers(d: dict[str, Any]) -> dict[str, int | float]:

@@ -1,5 +1,5 @@
 """minisgl-server's plugin: the `minisgl serve` subcommand and the settings only the server
-reads (HTTP, control plane, engine pool and backpressure)."""
+reads (HTTP, control plane, engine pool and backpressure, shutdown and supervision)."""
 
 from typing import Annotated
 
@@ -10,6 +10,8 @@ from minisgl.settings import NonNegative, Positive, Ratio
 from minisgl.specs import CommandSpec, SettingSpec
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+HeaderTimeout = Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)]  # 0 would close every connection
+Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=86400.0)]
 
 # name, type, default, help; the env var is NAME and the flag --name, unless FLAGS says otherwise
 SETTINGS = [
@@ -17,6 +19,7 @@ SETTINGS = [
     ("enable_multi_device", bool, True, "one replica per GPU when several exist"),
     ("host", str, "127.0.0.1", "HTTP listen address"),
     ("port", Port, 1919, "HTTP listen port"),
+    ("http_header_timeout", HeaderTimeout, 5.0, "seconds a connection has to send a request's headers (then it is closed)"),
     ("served_model_name", str | None, None, "model id reported by /v1/models"),
     ("server_stream_log_stride", NonNegative, 0, "log every N streamed chunks (0 = off)"),
     ("warm_prefixes", list[str], [], "prompts separated by || that seed the prefix cache"),
@@ -29,8 +32,14 @@ SETTINGS = [
     ("adaptive_max_new_tokens_factor", Ratio, 0.8, "downscale factor"),
     ("async_prefill_queue", bool, False, "warm prefixes in the background"),
     ("metric_window", Positive, 128, "requests in the rolling latency/throughput window"),
+    ("drain_timeout_s", Seconds, 30.0,
+     "on SIGTERM/SIGINT, seconds in-flight requests get to finish before they are ended with an error"),
+    ("engine_restart_limit", NonNegative, 3,
+     "restarts of a dead engine replica in a row before it stays down (0 = never restart)"),
+    ("engine_restart_backoff_s", Seconds, 1.0,
+     "wait before the first restart of a dead engine; doubles with each failure in a row (at most 60 s)"),
 ]
-FLAGS = {"dp_size": ("--data-parallel-size", "--dp-size")}
+FLAGS = {"dp_size": ("--data-parallel-size", "--dp-size"), "drain_timeout_s": ("--drain-timeout",)}
 
 
 @hookimpl

@@ -1,6 +1,10 @@
 """One engine replica as the pool sees it: its engine client, where it runs, what the pool
 dispatched to it, its last engine metrics, and the PrefixTracker that guesses what its
-prefix cache holds. Policies never see this object, only `view()`'s read-only snapshot."""
+prefix cache holds. Policies never see this object, only `view()`'s read-only snapshot.
+
+The replica outlives its engine processes: when the pool's supervisor restarts a dead
+engine, `client` is replaced and the counters the dead process had reported are carried
+over, so per-replica counters never go backwards."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Any
 from minisgl.dispatch import PrefixTracker, ReplicaView
 from minisgl.ipc.client import EngineClient
 
+from .metrics import COUNTERS
 from .replica_layout import ReplicaPlacement
 
 # engine metrics a policy may see (ReplicaView's load fields)
@@ -27,6 +32,15 @@ class Replica:
         self.warmed_tokens = 0  # prefix tokens WARM_PREFIXES / `warm` put in its cache
         self.engine_metrics: dict[str, Any] = {}  # the last answer of its engine's metrics()
         self.metrics_at = 0.0
+        # supervision (EnginePool._supervise)
+        self.restarts = 0  # engine processes started to replace a dead one, over the server's life
+        self.failures_in_row = 0  # deaths counted against ENGINE_RESTART_LIMIT (reset: see the pool)
+        self.ready_since: float | None = time.monotonic()  # when its current process began to serve
+        self.restarting = False  # waiting out a backoff, or a new process loading and re-warming
+        self.next_restart_at: float | None = None  # monotonic time of the next attempt, while waiting
+        self.last_death: str | None = None  # why its last process died
+        self.given_up: str | None = None  # why it stays down (restart limit reached or 0)
+        self._carried: dict[str, int | float] = {}  # counters of its dead processes
 
     @property
     def index(self) -> int:
@@ -34,9 +48,37 @@ class Replica:
 
     @property
     def alive(self) -> bool:
-        return self.client.alive
+        """In rotation: its engine serves (a restarted one only once it is re-warmed)."""
+        return self.client.alive and not self.restarting
+
+    @property
+    def state(self) -> str:
+        """starting | ready | restarting | dead | stopped"""
+        if self.given_up is not None:
+            return "dead"
+        if self.restarting:
+            return "restarting"
+        return {"created": "starting"}.get(self.client.state, self.client.state)
+
+    @property
+    def error(self) -> str | None:
+        """Why it does not serve now (None while it serves; `last_death` keeps the history)."""
+        if self.client.alive:
+            return None
+        return self.client.error or self.last_death
+
+    def replace_client(self, client: EngineClient) -> None:
+        """A new engine process for this replica: keep what the old one had counted."""
+        for key, value in self.engine_metrics.items():
+            if key in COUNTERS and isinstance(value, int | float) and not isinstance(value, bool):
+                self._carried[key] = value  # engine_metrics already includes the older carries
+        self.client = client
+        self.restarts += 1
+        self.ready_since = None
 
     def record_metrics(self, metrics: dict[str, Any]) -> None:
+        if self._carried:
+            metrics = {**metrics, **{k: v + metrics.get(k, 0) for k, v in self._carried.items()}}
         self.engine_metrics = metrics
         self.metrics_at = time.monotonic()
 
@@ -59,9 +101,11 @@ class Replica:
         c = self.client
         return {
             "index": self.index,
-            "healthy": c.alive,
-            "state": c.state,
-            "error": c.error,
+            "healthy": self.alive,
+            "state": self.state,
+            "error": self.error,
+            "restarts": self.restarts,
+            "last_death": self.last_death,
             "pid": c.pid,
             "device": self.placement.device,
             "inflight": self.inflight,

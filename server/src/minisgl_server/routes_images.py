@@ -3,7 +3,9 @@
 The runners come from the plugin registry (`diffusers-image`, `diffusers-video`, plugin
 minisgl-diffusion), so the server imports no diffusion code unless a request needs it.
 Each runner is built once per router and keeps one pipeline per model, loaded lazily;
-generation runs in a worker thread so the event loop keeps serving other requests.
+generation runs in a worker thread so the event loop keeps serving other requests. Only a
+configured model is ever loaded (IMAGE_MODEL_ID, VIDEO_MODEL_ID): without one, the route
+answers 503 `unavailable` saying what to set, before loading anything.
 
 Mount with `create_app(... route_handlers=[..., images_router()])`."""
 
@@ -181,13 +183,25 @@ async def _run(fn: Any, **kwargs: Any) -> Any:
         raise _api_error(exc) from exc
 
 
+def _require_configured(runner: Any, kind: str) -> None:
+    """A server generates images (videos) only with a model it was configured with: with
+    none, a request gets UNAVAILABLE saying what to set, and nothing is loaded or fetched
+    (the runner's own fallback, Z-Image-Turbo from the hub, is for `minisgl image`)."""
+    configured = getattr(runner, "configured_model", None)
+    if configured is None:  # a runner without the notion: it decides itself
+        return
+    if configured() is None:
+        hint = runner.configure_hint() if hasattr(runner, "configure_hint") else "configure a model"
+        raise RequestError(ErrorKind.UNAVAILABLE, f"{kind} generation is not configured on this server: {hint}")
+
+
 def _check_model(runner: Any, model: str | None) -> None:
     """Requests may name only the model this server was configured with: letting a client
     pick any local directory or hub id would let it make the server load arbitrary files."""
     if model is None:
         return
     try:
-        configured = runner.default_model()
+        configured = runner.configured_model() if hasattr(runner, "configured_model") else runner.default_model()
     except Exception:
         configured = None
     if model != configured:
@@ -202,6 +216,8 @@ def images_router(settings: Any = None, registry: Any = None) -> Router:
 
     @post("/v1/images/generations", status_code=200, summary="OpenAI-compatible text-to-image (diffusers)")
     async def create_image(request: Request[Any, Any, Any], data: ImageGenerationRequest) -> ImageGenerationResponse:
+        runner = runners.get(IMAGE_RUNNER, request)
+        _require_configured(runner, "image")
         _check_prompt(data.prompt)
         if not 1 <= data.n <= MAX_IMAGES:
             raise invalid(f"n must be between 1 and {MAX_IMAGES}, got {data.n}", "n")
@@ -212,7 +228,6 @@ def images_router(settings: Any = None, registry: Any = None) -> Router:
         width, height = parse_size(data.size)
         steps = _steps(data.steps, data.num_inference_steps)
         _check_common(data.seed, data.guidance_scale)
-        runner = runners.get(IMAGE_RUNNER, request)
         _check_model(runner, data.model)
         result = await _run(
             runner.generate, prompt=data.prompt, n=data.n, width=width, height=height, steps=steps,
@@ -228,6 +243,8 @@ def images_router(settings: Any = None, registry: Any = None) -> Router:
 
     @post("/v1/videos/generations", status_code=200, summary="text-to-video (diffusers): PNG frames or an MP4")
     async def create_video(request: Request[Any, Any, Any], data: VideoGenerationRequest) -> VideoGenerationResponse:
+        runner = runners.get(VIDEO_RUNNER, request)
+        _require_configured(runner, "video")
         _check_prompt(data.prompt)
         if data.response_format not in ("frames_b64_png", "b64_mp4"):
             raise invalid(f"response_format must be 'frames_b64_png' or 'b64_mp4', got {data.response_format!r}",
@@ -239,7 +256,6 @@ def images_router(settings: Any = None, registry: Any = None) -> Router:
         width, height = parse_size(data.size)
         steps = _steps(data.steps, data.num_inference_steps)
         _check_common(data.seed, data.guidance_scale)
-        runner = runners.get(VIDEO_RUNNER, request)
         _check_model(runner, data.model)
         from minisgl_diffusion import encoding
 

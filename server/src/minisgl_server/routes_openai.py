@@ -66,9 +66,9 @@ def _sampling(data: CompletionRequest | ChatCompletionRequest, max_tokens: int |
     return SamplingParams(**{k: v for k, v in values.items() if v is not None})
 
 
-def _names(max_tokens_param: str) -> dict[str, str]:
-    """SamplingParams fields by the names OpenAI clients send."""
-    return {"max_new_tokens": max_tokens_param, "min_new_tokens": "min_tokens"}
+def _names(max_tokens_param: str, prompt_param: str = "prompt") -> dict[str, str]:
+    """SamplingParams fields (and the prompt) by the names OpenAI clients send."""
+    return {"max_new_tokens": max_tokens_param, "min_new_tokens": "min_tokens", "prompt": prompt_param}
 
 
 def _usage(gen: Generation) -> Usage:
@@ -201,7 +201,7 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
     max_tokens = data.max_completion_tokens if data.max_completion_tokens is not None else data.max_tokens
     param = "max_completion_tokens" if data.max_completion_tokens is not None else "max_tokens"
     params = _sampling(data, max_tokens, data.logprobs, data.top_logprobs or 0)
-    gen = frontend.generation(new_request_id("chatcmpl"), [ids], params, names=_names(param))
+    gen = frontend.generation(new_request_id("chatcmpl"), [ids], params, names=_names(param, "messages"))
     run = InflightRequest(state, gen)
     run.start()
     tok = frontend.tokenizer

@@ -11,7 +11,8 @@ from minisgl.frontend.errors import ErrorKind, RequestError, invalid
 from .metrics import collect_metrics, prometheus_text
 from .openai_types import ModelCard, ModelList
 
-PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Litestar adds "; charset=utf-8" to every text/ type: naming it here too sent it twice
+PROMETHEUS_TYPE = "text/plain; version=0.0.4"
 
 
 @get("/health", summary="200 once the model is loaded and warmed; 503 while loading or after an engine died")

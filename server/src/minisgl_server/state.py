@@ -16,15 +16,17 @@ from minisgl.frontend.errors import ErrorKind, RequestError
 from minisgl.frontend.generation import Frontend
 from minisgl.frontend.tokenizer import Tokenizer, encode_prompts
 from minisgl.frontend.tokenizer_pool import TokenizerPool
-from minisgl.ipc.client import EngineClient
 from minisgl.ipc.protocol import EngineReady
 from minisgl.plugins import Registry
 from minisgl.settings import Settings
 
 from .engine_pool import EnginePool
+from .replica import Replica
 from .stats import ServerStats
 
 log = logging.getLogger("minisgl.server")
+
+SHUTDOWN_GRACE_S = 5.0  # after the drain: how long ended requests get to write their error
 
 
 class ServerState:
@@ -63,7 +65,10 @@ class ServerState:
     def ready_frontend(self, model: str | None = None) -> Frontend:
         """The request layer, once this server serves; NOT_READY or MODEL_NOT_FOUND otherwise."""
         if not self.ready or not self.pool.healthy or self.frontend is None:
-            raise RequestError(ErrorKind.NOT_READY, self.health()[1].get("reason", "not ready"))
+            # every replica down for good: engine_unavailable; loading, restarting, draining: not_ready (retry)
+            dead = self.ready and self.pool.state == "ready" and not self.pool.restarting
+            raise RequestError(ErrorKind.ENGINE_DEAD if dead else ErrorKind.NOT_READY,
+                               self.health()[1].get("reason", "not ready"))
         if not self.accepts_model(model):
             raise RequestError(ErrorKind.MODEL_NOT_FOUND, f"the model `{model}` does not exist; this server serves "
                                f"`{self.model_id}` (GET /v1/models)", "model")
@@ -76,7 +81,7 @@ class ServerState:
         # (a daemon thread: a failed start must not wait for it at exit)
         threading.Thread(target=importlib.import_module, args=("transformers",), daemon=True).start()
         try:
-            infos = await self.pool.start(on_death=self._on_engine_death)
+            infos = await self.pool.start(on_restart=self._rewarm)
             self.info = infos[0]
             log.info(
                 "model %s (%s) on backend %r: %s; context %d tokens; %d replica(s), loaded in %.1fs",
@@ -113,12 +118,40 @@ class ServerState:
         except Exception as exc:  # a cold cache is slower, not broken
             log.warning("WARM_PREFIXES failed: %s: %s", type(exc).__name__, exc)
 
-    def _on_engine_death(self, client: EngineClient) -> None:
-        if self.pool.alive:
-            log.error("engine replica %d died; /health stays 200 (degraded) while %d replica(s) serve",
-                      client.replica, len(self.pool.alive))
-        else:
-            log.error("engine replica %d died; no replica left: /health answers 503 and requests fail", client.replica)
+    async def _rewarm(self, replica: Replica) -> None:
+        """A restarted replica gets WARM_PREFIXES again before it rejoins the rotation."""
+        prefixes = self.settings.warm_prefixes
+        if not prefixes or self.tokenizers is None:
+            return
+        ids = await self.tokenizers.run(encode_prompts, prefixes, "prefixes")
+        cached = await self.pool.warm(ids, [replica])
+        log.info("WARM_PREFIXES: %d prefixes cached again in restarted replica %d: %d tokens",
+                 len(prefixes), replica.index, cached[0] if cached else 0)
+
+    async def shutdown(self, drain_timeout: float) -> None:
+        """SIGTERM/SIGINT: stop admitting (503 not_ready, /health "draining"), let running
+        requests finish for up to `drain_timeout` seconds (pool.drain, the one owner of
+        draining), end the rest with an error, then ask uvicorn to stop; the lifespan's end
+        stops the engines (`stop`)."""
+        pool = self.pool
+        pool.begin_shutdown()
+        log.info("shutting down: draining %d request(s) in flight for up to %.0fs (DRAIN_TIMEOUT_S); "
+                 "new requests get 503", pool.inflight_total, drain_timeout)
+        try:
+            result = await pool.drain(drain_timeout)
+            left = result["inflight"]
+            if left:
+                log.warning("shutting down: %d request(s) still in flight after %.1fs: ending them with an error",
+                            left, result["waited_s"])
+                pool.end_inflight(f"the server is shutting down: the request did not finish within the drain "
+                                  f"timeout ({drain_timeout:g}s, DRAIN_TIMEOUT_S)")
+                if not await pool.wait_idle(SHUTDOWN_GRACE_S):
+                    log.warning("shutting down: %d request(s) did not let go in %.0fs", pool.inflight_total,
+                                SHUTDOWN_GRACE_S)
+            else:
+                log.info("shutting down: drained, 0 request(s) still in flight after %.1fs", result["waited_s"])
+        finally:
+            self.request_shutdown()
 
     async def stop(self) -> None:
         if self.warming is not None:
@@ -142,18 +175,30 @@ class ServerState:
         return {"flushed_tokens": await self.pool.flush_cache()}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """200 while at least one replica serves (`degraded` when some are down)."""
-        healthy = self.ready and self.pool.healthy
+        """200 while at least one replica serves (`degraded` when some are down); 503 while
+        loading, draining (status "draining": new requests get 503 until `resume`) or down."""
+        draining = self.pool.state == "draining"
+        healthy = self.ready and self.pool.healthy and not draining
+        if healthy:
+            status = "ok"
+        elif draining and self.ready and self.pool.alive:
+            status = "draining"
+        elif self.ready and self.pool.state == "ready" and self.pool.restarting:
+            status = "restarting"  # no replica serves, one is coming back: retry
+        else:
+            status = "loading" if not self.ready and not self.startup_error else "unavailable"
         body: dict[str, Any] = {
-            "status": "ok" if healthy else ("loading" if not self.ready and not self.startup_error else "unavailable"),
+            "status": status,
             "model": self.model_id,
             "degraded": self.pool.degraded,
             "replicas_alive": len(self.pool.alive),
             "replicas_total": len(self.pool.replicas),
             "warming": self.warming is not None and not self.warming.done(),
+            "shutting_down": self.pool.shutting_down,
             "engines": [
-                {"replica": r.index, "pid": r.client.pid, "state": r.client.state, "error": r.client.error,
-                 "inflight": r.client.inflight, "device": r.placement.device}
+                {"replica": r.index, "pid": r.client.pid, "state": r.state, "error": r.error,
+                 "restarts": r.restarts, "last_death": r.last_death, "inflight": r.client.inflight,
+                 "device": r.placement.device}
                 for r in self.pool.replicas
             ],
         }

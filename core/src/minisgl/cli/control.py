@@ -4,6 +4,7 @@
     minisgl control warm "You are a helpful assistant." "Another prefix"
     minisgl control set_scheduler rr
     minisgl control drain timeout=30
+    minisgl control resume
     minisgl control --curve-keygen ~/.minisgl/curve   # then ZMQ_CONTROL_CURVE_DIR=... on both sides
 """
 
@@ -54,7 +55,7 @@ def parse_args(command: str, words: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--curve-keygen", "curve_keygen", type=click.Path(file_okay=False), default=None,
               help="write CURVE server and client key pairs into this directory and exit")
 def control(command: str | None, args: tuple[str, ...], endpoint: str | None, timeout: float, curve_keygen: str | None) -> None:
-    """Send COMMAND (metrics, warm, flush_cache, plugins, set_scheduler, drain, or a plugin's)
+    """Send COMMAND (metrics, warm, flush_cache, plugins, set_scheduler, drain, resume, or a plugin's)
     with ARGS (key=value, values parsed as JSON when they are) and print the JSON reply."""
     if curve_keygen:
         from ..control.security import create_curve_keys
@@ -63,7 +64,7 @@ def control(command: str | None, args: tuple[str, ...], endpoint: str | None, ti
         click.echo(f"CURVE keys written to {root}; set ZMQ_CONTROL_CURVE_DIR={root} for the server and its clients")
         return
     if not command:
-        raise click.UsageError("give a COMMAND (metrics, warm, flush_cache, plugins, set_scheduler, drain)")
+        raise click.UsageError("give a COMMAND (metrics, warm, flush_cache, plugins, set_scheduler, drain, resume)")
     from ..control.client import ControlClient, ControlError
 
     endpoint = endpoint or os.environ.get("ZMQ_CONTROL_ENDPOINT", "tcp://127.0.0.1:5557")

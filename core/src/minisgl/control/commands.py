@@ -2,22 +2,35 @@
 
 Each takes the serving process's control context, which offers:
   async metrics() -> dict, async warm(prefixes) -> dict, async flush_cache() -> dict,
-  registry (the plugin Registry), set_scheduler(name) -> dict, async drain(timeout) -> dict
-(minisgl_server.control_context.ServerControlContext is the server's)."""
+  registry (the plugin Registry), set_scheduler(name) -> dict, async drain(timeout) -> dict,
+  async resume() -> dict
+(minisgl_server.control_context.ServerControlContext is the server's).
+
+The annotations are the contract: the control server checks every argument against them
+(type and range) before a command runs, and answers an error naming the argument."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+
+Prefix = Annotated[str, msgspec.Meta(min_length=1)]
+# one warm call: at most this many prefixes (each is prefilled on every replica)
+MAX_WARM_PREFIXES = 4096
+Prefixes = Annotated[list[Prefix], msgspec.Meta(min_length=1, max_length=MAX_WARM_PREFIXES)] | Prefix
+DrainTimeout = Annotated[float, msgspec.Meta(ge=0.0, le=86400.0)]  # seconds; at most a day
+PolicyName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
 async def metrics(context: Any) -> dict[str, Any]:
     return await context.metrics()
 
 
-async def warm(context: Any, prefixes: list[str] | str = ()) -> dict[str, Any]:
-    if isinstance(prefixes, str):
+async def warm(context: Any, prefixes: Prefixes) -> dict[str, Any]:
+    if isinstance(prefixes, str):  # `minisgl control warm "a||b"`, as WARM_PREFIXES
         prefixes = [p for p in prefixes.split("||") if p]
-    if not isinstance(prefixes, list) or not all(isinstance(p, str) and p for p in prefixes):
+    if not prefixes:
         raise ValueError("warm needs 'prefixes': a list of non-empty strings")
     return await context.warm(prefixes)
 
@@ -34,9 +47,13 @@ def plugins(context: Any) -> dict[str, Any]:
     }
 
 
-def set_scheduler(context: Any, name: str) -> dict[str, Any]:
+def set_scheduler(context: Any, name: PolicyName) -> dict[str, Any]:
     return context.set_scheduler(name)
 
 
-async def drain(context: Any, timeout: float = 600.0) -> dict[str, Any]:
+async def drain(context: Any, timeout: DrainTimeout = 600.0) -> dict[str, Any]:
     return await context.drain(timeout)
+
+
+async def resume(context: Any) -> dict[str, Any]:
+    return await context.resume()

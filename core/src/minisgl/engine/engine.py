@@ -7,6 +7,12 @@ the plugin registry, and runs one scheduling step at a time. It deals only in to
 `add_request` and `abort_request` may be called from any thread at any moment: they land
 in an inbox that the next `step()` drains. Everything else belongs to the thread that
 calls `step()`.
+
+Warming (insert_prefix) is asynchronous: `warm_async` queues one prefill-only request per
+prefix and returns a PendingCall that a later `step()` resolves with the tokens cached.
+The scheduler runs warm requests behind user requests (they get what prefill budget, rows
+and KV user work leaves, and yield it back when a user request needs it), so a user
+request streams while a long warm runs. `warm` is the synchronous form (`LLM.warm`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import logging
 import platform
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -87,6 +94,50 @@ def select_backend(settings: Settings, registry: Registry) -> tuple[BackendSpec,
     return chosen, f"auto on {device}: {chosen.name}" + (f" (skipped {note})" if note else "")
 
 
+class PendingCall:
+    """The answer to an engine call that a later step() gives (warm_async). Callbacks run
+    once, in the thread that steps the engine, outside the engine's lock."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.result: Any = None
+        self.error: str | None = None
+        self._callbacks: list[Callable[[PendingCall], None]] = []
+
+    def add_done_callback(self, fn: Callable[[PendingCall], None]) -> None:
+        if self.done:
+            fn(self)
+        else:
+            self._callbacks.append(fn)
+
+    def resolve(self, result: Any = None, error: str | None = None) -> None:
+        if self.done:
+            return
+        self.done, self.result, self.error = True, result, error
+        callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:  # one callback's bug must not stop the engine loop
+                log.exception("engine call callback failed")
+
+
+class _WarmJob:
+    """One warm call: its prefill-only requests and the PendingCall they answer."""
+
+    def __init__(self, reqs: list[Req]) -> None:
+        self.reqs = reqs
+        self.pending = PendingCall()
+
+    @property
+    def finished(self) -> bool:
+        return all(r.finished_reason is not None for r in self.reqs)
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(r.warm_tokens for r in self.reqs)
+
+
 class Engine:
     def __init__(self, settings: Settings, registry: Registry | None = None, *, runner: ModelRunner | None = None) -> None:
         self.settings = settings
@@ -130,6 +181,7 @@ class Engine:
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self._errors: list[EngineOutput] = []
         self._deferred: list[EngineOutput] = []
+        self._warm_jobs: list[_WarmJob] = []
         self._seq = itertools.count()
         self._lock = threading.Lock()
         self.requests_aborted_total = 0
@@ -142,10 +194,11 @@ class Engine:
     def abort_request(self, rid: str, reason: str = "abort") -> None:
         self._inbox.append(("abort", (rid, reason)))
 
-    def _error(self, rid: str, kind: ErrorKind, message: str, prompt_tokens: int = 0) -> None:
+    def _error(self, rid: str, kind: ErrorKind, message: str, prompt_tokens: int = 0, emit: bool = True) -> None:
         log.warning("request %s rejected: %s", rid, message)
-        self._errors.append(EngineOutput(rid=rid, finished=True, finish_reason="error", error=message,
-                                         error_kind=kind.value, prompt_tokens=prompt_tokens))
+        if emit:  # a warm request's rejection has nobody to tell but the log
+            self._errors.append(EngineOutput(rid=rid, finished=True, finish_reason="error", error=message,
+                                             error_kind=kind.value, prompt_tokens=prompt_tokens))
 
     def _known(self, rid: str) -> Req | None:
         s = self.scheduler
@@ -177,21 +230,21 @@ class Engine:
         (its pool, its request ids) and what a malformed frame could break."""
         ids, p = er.input_ids, er.sampling
         if self._known(er.rid) is not None:
-            self._error(er.rid, ErrorKind.INVALID_REQUEST, f"request id {er.rid!r} is already in use")
+            self._error(er.rid, ErrorKind.INVALID_REQUEST, f"request id {er.rid!r} is already in use", emit=not warm_only)
             return None
         vocab = getattr(self.runner, "vocab_size", None)
         bad = next((t for t in ids if t < 0 or (vocab and t >= vocab)), None)
         if not ids or bad is not None or p.max_new_tokens is None:
             why = ("an empty prompt" if not ids else "no max_new_tokens" if bad is None
                    else f"token id {bad} is outside the vocabulary [0, {vocab})")
-            self._error(er.rid, ErrorKind.INVALID_REQUEST, f"malformed engine request: {why}", len(ids))
+            self._error(er.rid, ErrorKind.INVALID_REQUEST, f"malformed engine request: {why}", len(ids), emit=not warm_only)
             return None
         pool_tokens = self.scheduler.pool.num_slots
         if len(ids) + p.max_new_tokens > self.max_context_len or len(ids) >= pool_tokens:
             self._error(er.rid, ErrorKind.CONTEXT_LENGTH_EXCEEDED,
                         f"{len(ids)} prompt tokens + {p.max_new_tokens} new tokens do not fit: the context is "
                         f"{self.max_context_len} tokens and the KV pool {pool_tokens} (raise --num-pages or "
-                        "--memory-ratio)", len(ids))
+                        "--memory-ratio)", len(ids), emit=not warm_only)
             return None
         max_new = min(p.max_new_tokens, pool_tokens - len(ids))
         aggressive = self._aggressive_cap(len(ids))
@@ -249,12 +302,16 @@ class Engine:
             outputs += self._errors
             self._errors = []
             if self.overlap:
-                return outputs + self._overlap_step()
-            scheduled = self.scheduler.schedule()
-            if scheduled is not None:
-                scheduled.result = self.runner.forward(scheduled.batch)
-                outputs += self._process(scheduled)
-            return outputs
+                outputs += self._overlap_step()
+            else:
+                scheduled = self.scheduler.schedule()
+                if scheduled is not None:
+                    scheduled.result = self.runner.forward(scheduled.batch)
+                    outputs += self._process(scheduled)
+            done = self._finished_warm_jobs()
+        for job in done:  # outside the lock: a callback may call back into the engine
+            job.pending.resolve(job.cached_tokens)
+        return outputs
 
     def _process(self, scheduled: ScheduledBatch) -> list[EngineOutput]:
         assert scheduled.result is not None
@@ -282,35 +339,55 @@ class Engine:
 
     def has_work(self) -> bool:
         s = self.scheduler
-        return bool(self._inbox or self._errors or self._deferred or s.waiting or s.running or self._launched)
+        return bool(self._inbox or self._errors or self._deferred or s.waiting or s.running or self._launched
+                    or self._warm_jobs)
 
     # ---- cache --------------------------------------------------------------------
     def prefix_match_len(self, token_ids: list[int]) -> int:
         return self.cache.match_len(token_ids)
 
+    def warm_async(self, token_id_lists: list[list[int]]) -> PendingCall:
+        """insert_prefix, without waiting: queue one prefill-only request per list (behind
+        user requests, see Scheduler) and return a PendingCall that the step which finishes
+        the last of them resolves with the number of tokens they added to the prefix cache."""
+        if not isinstance(token_id_lists, list) or not all(isinstance(ids, list) for ids in token_id_lists):
+            raise TypeError("token_id_lists must be a list of lists of token ids")
+        with self._lock:
+            job = _WarmJob([])
+            if self.cache_type != "naive":  # nothing would stay cached
+                for i, ids in enumerate(token_id_lists):
+                    if not ids:
+                        continue
+                    rid = f"__warm-{next(self._seq)}-{i}"
+                    # a one-token greedy request: its prefill puts all of `ids` in the KV, and its
+                    # release inserts them into the cache; the sampled token is never emitted
+                    er = EngineRequest(rid=rid, input_ids=list(ids),
+                                       sampling=SamplingParams(temperature=0.0, max_new_tokens=1))
+                    req = self._new_req(er, warm_only=True)
+                    if req is not None:
+                        self.scheduler.add(req)
+                        job.reqs.append(req)
+            if job.reqs:
+                self._warm_jobs.append(job)
+        if not job.reqs:
+            job.pending.resolve(0)
+        return job.pending
+
+    def _finished_warm_jobs(self) -> list[_WarmJob]:
+        if not self._warm_jobs:
+            return []
+        done = [job for job in self._warm_jobs if job.finished]
+        if done:
+            self._warm_jobs = [job for job in self._warm_jobs if not job.finished]
+        return done
+
     def warm(self, token_id_lists: list[list[int]]) -> int:
-        """insert_prefix: prefill each list and keep its KV in the prefix cache. Outputs that
-        other requests produce meanwhile are handed out by the next step()."""
-        if self.cache_type == "naive":
-            return 0
-        before = self.scheduler.counters["warm_tokens_total"]
-        pending: list[Req] = []
-        for i, ids in enumerate(token_id_lists):
-            if not ids:
-                continue
-            rid = f"__warm-{next(self._seq)}-{i}"
-            # a one-token greedy request: its prefill puts all of `ids` in the KV, and its
-            # release inserts them into the cache; the sampled token is never emitted
-            er = EngineRequest(rid=rid, input_ids=list(ids), sampling=SamplingParams(temperature=0.0, max_new_tokens=1))
-            req = self._new_req(er, warm_only=True)
-            if req is None:
-                continue
-            self.scheduler.add(req)
-            pending.append(req)
-        while any(r.finished_reason is None for r in pending):
-            outputs = self.step()
-            self._deferred.extend(outputs)
-        return self.scheduler.counters["warm_tokens_total"] - before
+        """insert_prefix, synchronously (`LLM.warm`): step until the warm requests are done.
+        Outputs that other requests produce meanwhile are handed out by the next step()."""
+        pending = self.warm_async(token_id_lists)
+        while not pending.done:
+            self._deferred.extend(self.step())
+        return int(pending.result or 0)
 
     def flush_cache(self) -> int:
         with self._lock:

@@ -20,6 +20,7 @@ class Req:
     arrival_time: float = 0.0
     seq: int = 0
     warm_only: bool = False  # a warm() prefill: fills the cache, emits nothing
+    warm_tokens: int = 0  # tokens this warm request added to the prefix cache
     # tokens: prompt + generated; the last generated one has no KV yet while decoding
     all_ids: list[int] = field(default_factory=list)
     num_output: int = 0

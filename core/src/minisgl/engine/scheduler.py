@@ -81,6 +81,11 @@ class Scheduler:
         width = min(max_context_len, self.pool.num_slots) + 1
         self.page_table = torch.zeros(max_running_requests, width, dtype=torch.int64, device=self.device)
         self._free_rows = list(range(max_running_requests - 1, -1, -1))
+        # warm requests (insert_prefix) running at once: they never take every row
+        self.max_warm_running = max(1, max_running_requests // 4)
+        # prefill tokens warm requests may take in one step: alone, and beside user requests
+        self.warm_tokens_per_step = max(page_size, max_prefill_length // 4)
+        self.warm_tokens_beside_users = max(page_size, max_prefill_length // 16)
         self.waiting: dict[str, Req] = {}
         self.running: list[Req] = []
         self.steps = 0
@@ -95,6 +100,7 @@ class Scheduler:
             "evicted_tokens_total": 0,
             "warm_tokens_total": 0,
             "readmit_cached_tokens_total": 0,  # prefix hits of requests readmitted after a retraction
+            "warm_yields_total": 0,  # warm requests retracted so a user request could run
         }
         self.on_finish: Callable[[Req], None] | None = None
 
@@ -173,6 +179,7 @@ class Scheduler:
             present, to_free = self.cache.insert(req.all_ids[:aligned], req.slots[:aligned], prompt_len=len(req.prompt_ids))
             if req.warm_only:
                 self.counters["warm_tokens_total"] += aligned - present
+                req.warm_tokens += aligned - present
             to_free = to_free + req.slots[aligned:]
         else:
             to_free = req.slots[req.cached_len :]
@@ -182,18 +189,18 @@ class Scheduler:
         req.row, req.slots, req.private_pages = -1, [], []
         req.cache_handle, req.cached_len, req.kv_len = None, 0, 0
 
-    def _retract(self, req: Req) -> None:
+    def _retract(self, req: Req, why: str = "KV pool full", count: bool = True) -> None:
         # its computed K/V goes to the cache, unlocked: pool pressure may still evict it (LRU,
         # and it is the newest entry), but whatever survives is a prefix hit on readmission
         kept = req.computed_ids // self.P * self.P
         self._release_kv(req, keep_in_cache=True)
         self.running.remove(req)
         req.num_retractions += 1
-        self.counters["retractions_total"] += 1
+        self.counters["retractions_total" if count else "warm_yields_total"] += 1
         self.waiting[req.rid] = req
         log.info(
-            "retract rid=%s (KV pool full): requeued with %d tokens, %d of them offered to the prefix cache",
-            req.rid, len(req.all_ids), kept,
+            "retract rid=%s (%s): requeued with %d tokens, %d of them offered to the prefix cache",
+            req.rid, why, len(req.all_ids), kept,
         )
 
     def finish(self, req: Req, reason: str) -> None:
@@ -214,29 +221,65 @@ class Scheduler:
 
     def schedule(self, previous: ScheduledBatch | None = None) -> ScheduledBatch | None:
         """The next batch. `previous` is the launched, unprocessed step whose device-side
-        tokens feed this one's decode rows (overlap scheduling); None when all is processed."""
+        tokens feed this one's decode rows (overlap scheduling); None when all is processed.
+
+        Warm requests (`warm_only`, insert_prefix) come after all user work: user decodes,
+        user prefill chunks and user admissions take the prefill budget, the rows and the KV
+        first; a user request that cannot be admitted makes running warm requests yield
+        (retracted: what they computed stays in the prefix cache), and no warm request is
+        admitted while a user request waits."""
         writes: list[tuple[int, int, int]] = []
         retracted = self._reserve_decodes(writes)
         items: list[tuple[Req, int]] = []
+        warm_running: list[Req] = []
         budget = self.max_prefill
         for req in self.running:
             if self._will_finish(req):
                 continue
-            if req.pending == 1:
+            if req.warm_only:
+                warm_running.append(req)  # after the user work below
+            elif req.pending == 1:
                 items.append((req, 1))
             elif budget > 0:
                 n = min(req.pending, budget)
                 budget -= n
                 items.append((req, n))
+        admit_warm = not retracted
         if not retracted and self.waiting and budget > 0:
             # a retracted request whose last token is still in flight waits for its value
-            views = [r.waiting_view() for r in self.waiting.values() if r.inflight == 0]
+            views = [r.waiting_view() for r in self.waiting.values() if r.inflight == 0 and not r.warm_only]
             for view in self.policy.order(views, self.cache.match_len):
-                if len(self.running) >= self.max_running or budget <= 0:
+                if budget <= 0:
                     break
                 req = self.waiting[view.rid]
+                if not self._admit_user(req, budget, writes):
+                    admit_warm = False  # head of the queue waits for memory: no overtaking, not by warming either
+                    break
+                n = min(req.pending, budget)
+                budget -= n
+                items.append((req, n))
+        # warm work gets what is left, and never a whole step: a user request that arrives
+        # waits for at most a short warm step; next to user work it gets a smaller share, so
+        # a step that carries a user's decode stays short
+        users = any(not r.warm_only for r in self.running)
+        budget = min(budget, self.warm_tokens_beside_users if users else self.warm_tokens_per_step)
+        for req in warm_running:
+            if budget <= 0:
+                break
+            if req.row < 0:  # yielded to a user request above
+                continue
+            n = min(req.pending, budget)
+            budget -= n
+            items.append((req, n))
+        if admit_warm and budget > 0 and self.waiting:
+            warm = sorted((r for r in self.waiting.values() if r.warm_only and r.inflight == 0), key=lambda r: r.seq)
+            for req in warm:
+                if budget <= 0 or len(self.running) >= self.max_running:
+                    break
+                if sum(r.warm_only for r in self.running) >= self.max_warm_running:
+                    break
                 if not self._admit(req, budget, writes):
-                    break  # head of the queue waits for memory: no overtaking
+                    break
                 n = min(req.pending, budget)
                 budget -= n
                 items.append((req, n))
@@ -247,6 +290,23 @@ class Scheduler:
             return None
         return self._build(items, previous)
 
+    def _admit_user(self, req: Req, budget: int, writes: list[tuple[int, int, int]]) -> bool:
+        """Admit a user request, making running warm requests yield their row and KV if
+        that is what stands in its way."""
+        while True:
+            if len(self.running) < self.max_running and self._admit(req, budget, writes):
+                return True
+            if not self._yield_warm():
+                return False
+
+    def _yield_warm(self) -> bool:
+        """Retract the newest running warm request (one with no token in flight)."""
+        candidates = [r for r in self.running if r.warm_only and r.inflight == 0]
+        if not candidates:
+            return False
+        self._retract(max(candidates, key=lambda r: r.seq), why="a warm request yields to a user request", count=False)
+        return True
+
     def _reserve_decodes(self, writes: list[tuple[int, int, int]]) -> bool:
         """One slot for every decoding request; evict, then retract the newest, if short."""
         retracted = False
@@ -255,7 +315,8 @@ class Scheduler:
             need = sum(1 for r in decoding if r.kv_len + 1 > len(r.slots))
             if self._ensure_free_pages(need):
                 break
-            victim = max(self.running, key=lambda r: r.seq)
+            # warm requests go first (they only fill the cache), then the newest
+            victim = max(self.running, key=lambda r: (r.warm_only, r.seq))
             self._retract(victim)
             retracted = True
         for req in decoding:

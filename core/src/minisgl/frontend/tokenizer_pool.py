@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -24,6 +25,8 @@ _worker_tokenizer: Tokenizer | None = None
 
 def _init_worker(model_path: str, trust_remote_code: bool) -> None:
     global _worker_tokenizer
+    # a Ctrl-C reaches the whole process group: the server drains, then shuts the workers down
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_tokenizer = Tokenizer(model_path, trust_remote_code)
 
 

@@ -127,8 +127,12 @@ class EngineClient:
         if self.process is None or self.state in ("stopped",):
             return
         was_alive = self.process.is_alive()
+        loading = self.state in ("created", "starting")  # reads no Shutdown frame before it is loaded
         self.state = "stopped"
-        if was_alive:
+        if was_alive and loading:
+            self.process.terminate()
+            self.process.join(5)
+        elif was_alive:
             self._send(Shutdown())
             for _ in range(int(timeout * 10)):
                 if not self.process.is_alive():
@@ -233,6 +237,18 @@ class EngineClient:
         if not self._send(request):
             del self._routes[request.rid]
             raise EngineUnavailable(f"engine replica {self.replica} is not reachable")
+
+    def fail_inflight(self, error: str, kind: ErrorKind) -> int:
+        """End every in-flight request now: the engine aborts it (freeing its KV) and its
+        caller gets a last output with finish_reason "error" and `kind`. Returns how many."""
+        routes = list(self._routes.items())
+        self._routes.clear()
+        for rid, queue in routes:
+            if self.state == "ready":
+                self._send(AbortRequest(rid=rid, reason="abort"))
+            queue.put_nowait(EngineOutput(rid=rid, finished=True, finish_reason="error", error=error,
+                                          error_kind=kind.value))
+        return len(routes)
 
     def abort(self, rid: str, reason: str = "abort") -> None:
         """Stop a request and free its KV. Later outputs for it are dropped."""

@@ -1,14 +1,22 @@
 """Where the data-plane sockets live: ipc:// files under a private temp dir (the default on
-POSIX) or loopback tcp (MINISGL_IPC_TRANSPORT=tcp, or where ipc:// is unavailable)."""
+POSIX) or loopback tcp (MINISGL_IPC_TRANSPORT=tcp, or where ipc:// is unavailable).
+
+The temp dir is removed when the allocator closes, at interpreter exit if nobody closed it
+(an exception, sys.exit), and by an engine process that outlives its server (kill -9 of
+the server: the engine notices and removes it, see `remove_orphaned_dir`)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
+
+IPC_DIR_PREFIX = "minisgl-ipc-"
 
 
 @dataclass(frozen=True)
@@ -30,13 +38,18 @@ class EndpointAllocator:
         if transport not in ("ipc", "tcp"):
             raise ValueError(f"MINISGL_IPC_TRANSPORT must be 'ipc' or 'tcp', got {transport!r}")
         self.transport = transport
-        self._tmpdir = tempfile.mkdtemp(prefix="minisgl-ipc-") if transport == "ipc" else None
-
-    def for_replica(self, index: int) -> ReplicaEndpoints:
+        self._tmpdir = tempfile.mkdtemp(prefix=IPC_DIR_PREFIX) if transport == "ipc" else None
         if self._tmpdir is not None:
+            atexit.register(self.close)
+
+    def for_replica(self, index: int, generation: int = 0) -> ReplicaEndpoints:
+        """`generation` counts the replica's restarts: a restarted engine gets fresh socket
+        files, never the ones its dead predecessor's sockets were bound to."""
+        if self._tmpdir is not None:
+            name = f"engine{index}" if generation == 0 else f"engine{index}-g{generation}"
             return ReplicaEndpoints(
-                requests=f"ipc://{self._tmpdir}/engine{index}-requests",
-                outputs=f"ipc://{self._tmpdir}/engine{index}-outputs",
+                requests=f"ipc://{self._tmpdir}/{name}-requests",
+                outputs=f"ipc://{self._tmpdir}/{name}-outputs",
             )
         # The binder picks a free port; it reads the real one back (zmq.LAST_ENDPOINT).
         return ReplicaEndpoints(requests="tcp://127.0.0.1:*", outputs="tcp://127.0.0.1:*")
@@ -45,3 +58,14 @@ class EndpointAllocator:
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
+            atexit.unregister(self.close)
+
+
+def remove_orphaned_dir(endpoints: ReplicaEndpoints) -> None:
+    """Remove the server's ipc temp dir, for an engine whose server died without doing it.
+    Only a directory of ours (named IPC_DIR_PREFIX...) is touched."""
+    for endpoint in (endpoints.requests, endpoints.outputs):
+        if endpoint.startswith("ipc://"):
+            directory = Path(endpoint[len("ipc://"):]).parent
+            if directory.name.startswith(IPC_DIR_PREFIX):
+                shutil.rmtree(directory, ignore_errors=True)

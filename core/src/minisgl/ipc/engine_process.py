@@ -2,13 +2,19 @@
 
 The loop owns one Engine. It drains request/abort/call frames (without blocking while the
 engine has work, blocking while idle), runs one engine step, and sends that step's outputs
-as one frame. It never waits on the HTTP side: sends are to a local PUSH socket."""
+as one frame. It never waits on the HTTP side: sends are to a local PUSH socket.
+
+The server owns the engine's lifetime: the engine ignores SIGINT (a Ctrl-C in a terminal
+reaches the whole process group, and the server drains before it stops its engines), stops
+on a Shutdown frame, and exits by itself when the server process is gone, removing the
+server's ipc temp dir that nobody else is left to remove."""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import traceback
@@ -20,7 +26,7 @@ from ..engine.messages import AbortRequest, EngineOutput, EngineRequest
 from ..frontend.errors import ErrorKind
 from ..sampling_params import SamplingParams
 from ..settings import Settings
-from .endpoints import ReplicaEndpoints
+from .endpoints import ReplicaEndpoints, remove_orphaned_dir
 from .protocol import (
     CALLABLE_METHODS,
     EngineCall,
@@ -34,6 +40,9 @@ from .protocol import (
 
 log = logging.getLogger("minisgl.engine_process")
 
+# engine calls that run across steps: the method the loop calls instead, which returns an
+# engine.PendingCall (warm: its prefills are scheduled behind user requests, see Scheduler)
+DEFERRED_METHODS = {"warm": "warm_async"}
 IDLE_POLL_MS = 500  # while idle, wake this often to notice a dead parent
 WARMUP_RID = "__warmup__"
 
@@ -65,6 +74,7 @@ class EngineLoop:
         self.poller = zmq.Poller()
         self.poller.register(requests, zmq.POLLIN)
         self.running = True
+        self.orphaned = False  # the server process died under us
 
     def run(self) -> None:
         parent = multiprocessing.parent_process()
@@ -74,6 +84,7 @@ class EngineLoop:
                 self._drain()
             if parent is not None and not parent.is_alive():
                 log.warning("server process is gone; engine process exits")
+                self.orphaned = True
                 return
             if self.running and self.engine.has_work():
                 outs = self.engine.step()
@@ -117,6 +128,15 @@ class EngineLoop:
         reply = EngineReply(call_id=call.call_id)
         if call.method not in CALLABLE_METHODS:
             reply.error = f"unknown engine method {call.method!r}"
+        elif call.method in DEFERRED_METHODS:
+            # answered by the step that finishes it; the loop keeps serving requests meanwhile
+            try:
+                pending = getattr(self.engine, DEFERRED_METHODS[call.method])(**call.args)
+            except Exception as exc:
+                reply.error = f"{type(exc).__name__}: {exc}"
+            else:
+                pending.add_done_callback(lambda p: self._reply(call.call_id, p.result, p.error))
+                return
         else:
             try:
                 reply.result = getattr(self.engine, call.method)(**call.args)
@@ -124,11 +144,15 @@ class EngineLoop:
                 reply.error = f"{type(exc).__name__}: {exc}"
         self.outputs.send(self.codec.encode(reply))
 
+    def _reply(self, call_id: int, result: Any, error: str | None) -> None:
+        self.outputs.send(self.codec.encode(EngineReply(call_id=call_id, result=result, error=error)))
+
 
 def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpoints) -> None:
     """multiprocessing (spawn) target: one engine replica."""
     from ..cli import setup_logging
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when this engine stops
     setup_logging(settings.log_level)
     codec = FrameCodec()
     ctx = zmq.Context()
@@ -162,8 +186,9 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
     )
     outputs.send(codec.encode(ready))
     log.info("engine replica %d ready in %.1fs (pid %d)", replica, ready.load_seconds, ready.pid)
+    loop = EngineLoop(engine, requests, outputs)
     try:
-        EngineLoop(engine, requests, outputs).run()
+        loop.run()
     except BaseException as exc:
         log.error("engine replica %d crashed:\n%s", replica, traceback.format_exc())
         try:
@@ -175,5 +200,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
         os._exit(1)
     engine.shutdown()
     requests.close(linger=0)
-    outputs.close(linger=500)
+    outputs.close(linger=0 if loop.orphaned else 500)
     ctx.term()
+    if loop.orphaned:
+        remove_orphaned_dir(endpoints)

@@ -91,6 +91,26 @@ class DiffusionRunner:
             "no video model: set VIDEO_MODEL_ID (--video-model) or name one in the request's 'model'", param="model"
         )
 
+    def configured_model(self) -> str | None:
+        """The model this runner was configured with, or None: IMAGE_MODEL_ID / VIDEO_MODEL_ID,
+        and for images also Z_IMAGE_MODEL_DIR (a local Z-Image checkpoint, which means
+        Z_IMAGE_MODEL_ID). The server serves only a configured model: with None it answers
+        that image/video generation is not configured, and loads or downloads nothing
+        (`default_model`'s Z-Image fallback is for the `minisgl image` command)."""
+        chosen = getattr(self.settings, self.default_model_field, None)
+        if chosen:
+            return chosen
+        if self.default_model_field == "image_model_id" and getattr(self.settings, "z_image_model_dir", None):
+            return self.settings.z_image_model_id
+        return None
+
+    def configure_hint(self) -> str:
+        """What to set so that configured_model() is not None."""
+        if self.default_model_field == "image_model_id":
+            return ("set IMAGE_MODEL_ID (--image-model) to a diffusers pipeline directory or hub id, or "
+                    "Z_IMAGE_MODEL_DIR to a local Z-Image checkpoint")
+        return "set VIDEO_MODEL_ID (--video-model) to a diffusers text-to-video pipeline directory or hub id"
+
     def _model_dir(self, model: str) -> str | None:
         """Z_IMAGE_MODEL_DIR for the Z-Image model (falling back to MODEL_LOCAL_DIR when that
         holds a diffusers pipeline, as the seed's z_image_mps.py does)."""

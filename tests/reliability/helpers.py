@@ -1,0 +1,110 @@
+"""Small helpers for the reliability tests: polling with deadlines (never fixed sleeps that
+assume a fast machine) and reading streams in the background."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+LONG = 4000  # tokens: a request that is still running whatever the machine's speed
+
+
+def wait_until(predicate: Callable[[], T], what: str, timeout: float = 120.0, every: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except httpx.HTTPError as exc:  # the server may be busy restarting an engine
+            value, last = None, exc
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
+
+
+def health(url: str) -> httpx.Response:
+    return httpx.get(url + "/health", timeout=10)
+
+
+def engines(url: str) -> list[dict[str, Any]]:
+    return health(url).json()["engines"]
+
+
+def sse_data(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("data:")]
+
+
+def sse_json(line: str) -> dict[str, Any]:
+    return json.loads(line[len("data: "):])
+
+
+class BackgroundStream:
+    """A streaming POST read to its end in a thread; `started` is set once the first chunk
+    of the answer has arrived (so the request is running in the engine)."""
+
+    def __init__(self, url: str, path: str, body: dict[str, Any], timeout: float = 180.0) -> None:
+        self.lines: list[str] = []
+        self.status: int | None = None
+        self.error: BaseException | None = None
+        self.started = threading.Event()
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(url + path, body, timeout), daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, body: dict[str, Any], timeout: float) -> None:
+        try:
+            with httpx.stream("POST", url, json=body, timeout=timeout) as r:
+                self.status = r.status_code
+                for line in r.iter_lines():
+                    if line.strip():
+                        self.lines.append(line)
+                        if len(self.lines) >= 2:
+                            self.started.set()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.started.set()
+            self.done.set()
+
+    def wait_started(self, timeout: float = 120.0) -> None:
+        assert self.started.wait(timeout), "the stream never started"
+        assert self.error is None, self.error
+        assert self.status == 200, (self.status, self.lines)
+
+    def join(self, timeout: float = 120.0) -> list[str]:
+        assert self.done.wait(timeout), f"the stream did not end in {timeout}s: {self.lines[-3:]}"
+        assert self.error is None, f"the stream broke: {self.error!r}; last lines {self.lines[-3:]}"
+        return self.lines
+
+
+class BackgroundPost:
+    """A non-streaming POST in a thread."""
+
+    def __init__(self, url: str, path: str, body: dict[str, Any], timeout: float = 180.0) -> None:
+        self.response: httpx.Response | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(url + path, body, timeout), daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, body: dict[str, Any], timeout: float) -> None:
+        try:
+            self.response = httpx.post(url, json=body, timeout=timeout)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def join(self, timeout: float = 120.0) -> httpx.Response:
+        assert self.done.wait(timeout), f"the request did not end in {timeout}s"
+        assert self.error is None, f"the request broke: {self.error!r}"
+        assert self.response is not None
+        return self.response
