@@ -25,10 +25,12 @@ EXPECTED = {
     },
     "schedulers": {"queue_policy": ["lpm", "priority"], "dispatch_policy": ["fsfs", "random", "cache_aware"]},
     "server": {
-        "setting": ["dp_size", "enable_multi_device", "host", "port", "served_model_name", "server_stream_log_stride",
-                    "warm_prefixes", "zmq_control", "zmq_control_endpoint", "max_inflight_total", "max_inflight_per_engine",
-                    "adaptive_max_new_tokens", "adaptive_max_inflight_threshold", "adaptive_max_new_tokens_factor",
-                    "async_prefill_queue", "metric_window"],
+        "setting": ["dp_size", "enable_multi_device", "host", "port", "http_header_timeout", "served_model_name",
+                    "server_stream_log_stride", "warm_prefixes", "zmq_control", "zmq_control_endpoint",
+                    "max_inflight_total", "max_inflight_per_engine", "adaptive_max_new_tokens",
+                    "adaptive_max_inflight_threshold", "adaptive_max_new_tokens_factor", "async_prefill_queue",
+                    "metric_window", "max_body_bytes", "drain_timeout_s", "engine_restart_limit",
+                    "engine_restart_backoff_s"],
         "command": ["serve"],
     },
 }

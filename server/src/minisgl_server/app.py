@@ -48,7 +48,7 @@ def create_app(state: ServerState) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="minisgl", version=__version__, path="/schema"),
-        request_max_body_size=64 * 1024 * 1024,
+        request_max_body_size=state.settings.max_body_bytes,
         logging_config=None,  # keep the process's logging setup (minisgl.cli.setup_logging)
         middleware=[JSONContentTypeMiddleware()],  # 415 unless a body is application/json
         before_send=[echo_request_id],  # X-Request-ID on every response

@@ -32,6 +32,7 @@ SETTINGS = [
     ("adaptive_max_new_tokens_factor", Ratio, 0.8, "downscale factor"),
     ("async_prefill_queue", bool, False, "warm prefixes in the background"),
     ("metric_window", Positive, 128, "requests in the rolling latency/throughput window"),
+    ("max_body_bytes", Positive, 64 * 1024 * 1024, "largest request body accepted (larger ones are answered 413)"),
     ("drain_timeout_s", Seconds, 30.0,
      "on SIGTERM/SIGINT, seconds in-flight requests get to finish before they are ended with an error"),
     ("engine_restart_limit", NonNegative, 3,
