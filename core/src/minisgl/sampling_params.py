@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -74,6 +74,10 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
         if self.seed is not None and not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
             bad("seed", "must be in [-2**63, 2**64)")
         return self
+
+    def stop_ids(self, eos_token_ids: Iterable[int]) -> frozenset[int]:
+        """The tokens that end a sequence: stop_token_ids, and EOS unless ignore_eos."""
+        return frozenset(self.stop_token_ids) | (frozenset() if self.ignore_eos else frozenset(eos_token_ids))
 
     def for_sequence(self, index: int, max_new_tokens: int) -> SamplingParams:
         """Sequence `index` of an n-way request: n = 1, its own seed (seed + index, vLLM's

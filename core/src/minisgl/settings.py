@@ -285,7 +285,6 @@ def _finalize(s: Settings, sources: dict[str, str]) -> None:
         log.info(FAST_STREAM_DECODE_NOTE)
 
 
-
 def _registry(registry: Registry | None) -> Registry:
     if registry is not None:
         return registry

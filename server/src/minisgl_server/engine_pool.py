@@ -183,14 +183,19 @@ class EnginePool:
         # a replica that served RESTART_RESET_AFTER_S before dying starts counting afresh
         if replica.ready_since is not None and time.monotonic() - replica.ready_since >= RESTART_RESET_AFTER_S:
             replica.failures_in_row = 0
-        replica.failures_in_row += 1
-        limit = self.settings.engine_restart_limit
-        if replica.failures_in_row > limit:
-            self._give_up(replica)
+        if self._failed_again(replica):
             return
         replica.restarting = True
         self._supervisors[replica.index] = asyncio.get_running_loop().create_task(
             self._supervise(replica), name=f"engine-{replica.index}-supervisor")
+
+    def _failed_again(self, replica: Replica) -> bool:
+        """Count one more failure in a row; True (and the replica given up) past the limit."""
+        replica.failures_in_row += 1
+        if replica.failures_in_row <= self.settings.engine_restart_limit:
+            return False
+        self._give_up(replica)
+        return True
 
     def _give_up(self, replica: Replica) -> None:
         limit = self.settings.engine_restart_limit
@@ -230,16 +235,12 @@ class EnginePool:
                         return
                     replica.last_death = str(exc)
                     log.error("engine replica %d: restart attempt %d failed: %s", replica.index, attempt, exc)
-                    replica.failures_in_row += 1
-                    if replica.failures_in_row > limit:
-                        self._give_up(replica)
+                    if self._failed_again(replica):
                         return
                     continue
                 if await self._rejoin(replica, info, time.monotonic() - started):
                     return
-                replica.failures_in_row += 1  # died again while re-warming
-                if replica.failures_in_row > limit:
-                    self._give_up(replica)
+                if self._failed_again(replica):  # died again while re-warming
                     return
         finally:
             self._supervisors.pop(replica.index, None)
@@ -303,6 +304,13 @@ class EnginePool:
                     f"{self.settings.engine_restart_limit}{when}); it died: {replica.error}")
         return f"engine replica {replica.index} is down: {replica.error or replica.state}"
 
+    def unavailable_error(self, reason: str) -> RequestError:
+        """Why no request can be admitted, as its kind: NOT_READY (retry soon) while loading,
+        draining, stopping or restarting a replica; ENGINE_DEAD when every replica is down
+        for good."""
+        dead = self.state in ("ready", "failed") and not self.restarting
+        return RequestError(ErrorKind.ENGINE_DEAD if dead else ErrorKind.NOT_READY, reason)
+
     def unavailable_reason(self) -> str:
         if self.state in ("created", "starting"):
             return "the model is still loading; retry when /health answers 200"
@@ -344,9 +352,7 @@ class EnginePool:
     def lease(self, count: int, input_ids: Sequence[int], rid: str = "") -> Lease:
         """Reserve `count` engine requests on one replica, or raise 503 / 429."""
         if self.state != "ready" or not self.alive:
-            # not ready (retry soon): loading, draining, stopping, or a replica restarting
-            retry = self.state in ("created", "starting", "draining", "stopped") or self.restarting
-            raise RequestError(ErrorKind.NOT_READY if retry else ErrorKind.ENGINE_DEAD, self.unavailable_reason())
+            raise self.unavailable_error(self.unavailable_reason())
         inflight = self.inflight_total
         cap_total = self.settings.max_inflight_total
         if cap_total and inflight + count > cap_total:

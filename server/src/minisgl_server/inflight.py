@@ -13,10 +13,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from litestar import Request
+
 from minisgl.engine.messages import EngineOutput
 from minisgl.frontend.errors import ErrorKind, RequestError
 from minisgl.frontend.generation import Delta, Generation
 from minisgl.ipc.client import EngineUnavailable
+
+from .streaming import ClientDisconnected, until_disconnect
 
 log = logging.getLogger("minisgl.server")
 
@@ -81,9 +85,14 @@ class InflightRequest:
         self._lease.release()
         self._record()
 
+    async def aclose(self) -> None:
+        """`close`, as a response's background task."""
+        self.close()
+
     async def deltas(self) -> AsyncIterator[Delta]:
         """Deltas of all sequences, interleaved as the engine produces them; exactly one per
-        sequence carries its finish_reason."""
+        sequence carries its finish_reason. A sequence's error is raised (the rest are
+        aborted)."""
         if self._lease is None:
             self.start()
         try:
@@ -92,6 +101,8 @@ class InflightRequest:
                 delta = self.gen.update(out)
                 if delta is None:
                     continue
+                if delta.error is not None:
+                    raise delta.error
                 if delta.stop_hit:
                     self._lease.client.abort(out.rid, "stop")
                 self.chunks_sent += 1
@@ -100,13 +111,18 @@ class InflightRequest:
         finally:
             self.close()
 
-    async def collect(self) -> Generation:
-        """Run to the end; raise the first sequence's error, if any."""
-        async for _ in self.deltas():
-            pass
-        if self.gen.error is not None:
-            raise self.gen.error
-        return self.gen
+    async def finish(self, request: Request[Any, Any, Any]) -> Generation | None:
+        """Run a non-streaming request to its end (raising a sequence's error); None when
+        the client left first."""
+        async def collect() -> Generation:
+            async for _ in self.deltas():
+                pass
+            return self.gen
+
+        try:
+            return await until_disconnect(request, collect())
+        except ClientDisconnected:
+            return None
 
     def _log_chunk(self, delta: Delta) -> None:
         stride = self.state.settings.server_stream_log_stride

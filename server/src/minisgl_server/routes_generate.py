@@ -23,7 +23,7 @@ from minisgl.sampling_params import SamplingParams
 
 from .generate_types import GenerateMetaInfo, GenerateRequest, GenerateResponse
 from .inflight import InflightRequest
-from .streaming import ClientDisconnected, error_payload, json_line, new_request_id, until_disconnect
+from .streaming import error_payload, json_line, new_request_id
 
 RID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # ends up in logs and engine frames
 
@@ -77,17 +77,11 @@ async def generate(request: Request[Any, Any, Any], data: GenerateRequest) -> Re
     run = InflightRequest(state, gen)
     run.start()
     if data.stream:
-        return Stream(_lines(run), media_type="application/x-ndjson", background=BackgroundTask(_close, run))
-    try:
-        await until_disconnect(request, run.collect())
-    except ClientDisconnected:
+        return Stream(_lines(run), media_type="application/x-ndjson", background=BackgroundTask(run.aclose))
+    if await run.finish(request) is None:
         return Response(b"", status_code=499)
     answers = [GenerateResponse(text=s.text, output_ids=s.token_ids, meta_info=_meta(gen, s)) for s in gen.sequences]
     return Response(answers[0] if len(answers) == 1 else answers)
-
-
-async def _close(run: InflightRequest) -> None:
-    run.close()
 
 
 async def _lines(run: InflightRequest) -> AsyncIterator[bytes]:
@@ -95,8 +89,6 @@ async def _lines(run: InflightRequest) -> AsyncIterator[bytes]:
     many = len(gen.sequences) > 1
     try:
         async for d in run.deltas():
-            if d.error is not None:
-                raise d.error
             if d.text:
                 yield json_line({"text_delta": d.text, "index": d.index} if many else {"text_delta": d.text})
     except asyncio.CancelledError:

@@ -43,11 +43,9 @@ from .openai_types import (
 from .streaming import (
     SSE_DONE,
     SSE_HEADERS,
-    ClientDisconnected,
     error_payload,
     new_request_id,
     sse_event,
-    until_disconnect,
 )
 
 
@@ -91,19 +89,7 @@ def _stream(run: InflightRequest, events: AsyncIterator[bytes]) -> Stream:
             yield sse_event(error_payload(exc))
         yield SSE_DONE
 
-    return Stream(framed(), media_type="text/event-stream", headers=SSE_HEADERS, background=BackgroundTask(_close, run))
-
-
-async def _close(run: InflightRequest) -> None:
-    run.close()
-
-
-async def _finish(request: Request[Any, Any, Any], run: InflightRequest) -> Generation | None:
-    """Run a non-streaming request to its end; None when the client left first."""
-    try:
-        return await until_disconnect(request, run.collect())
-    except ClientDisconnected:
-        return None
+    return Stream(framed(), media_type="text/event-stream", headers=SSE_HEADERS, background=BackgroundTask(run.aclose))
 
 
 # ---- /v1/completions ----------------------------------------------------------------------
@@ -136,7 +122,7 @@ async def completions(request: Request[Any, Any, Any], data: CompletionRequest) 
     run.start()
     if data.stream:
         return _stream(run, _completion_events(tok, run, state.model_id, data, echo))
-    if await _finish(request, run) is None:
+    if await run.finish(request) is None:
         return Response(b"", status_code=499)
     choices = [
         CompletionChoice(
@@ -164,8 +150,6 @@ async def _completion_events(tok: Any, run: InflightRequest, model: str, data: C
             offsets[s.index] = len(echo[s.prompt_index])
             yield chunk([CompletionChoice(index=s.index, text=echo[s.prompt_index], finish_reason=None)])
     async for d in run.deltas():
-        if d.error is not None:
-            raise d.error
         lp = _completion_logprobs(tok, d.logprobs, offsets.get(d.index, 0)) if data.logprobs is not None else None
         offsets[d.index] = offsets.get(d.index, 0) + len(d.text)
         yield chunk([CompletionChoice(index=d.index, text=d.text, finish_reason=d.finish_reason, logprobs=lp)])
@@ -207,7 +191,7 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
     tok = frontend.tokenizer
     if data.stream:
         return _stream(run, _chat_events(tok, run, state.model_id, data))
-    if await _finish(request, run) is None:
+    if await run.finish(request) is None:
         return Response(b"", status_code=499)
     choices = [
         ChatChoice(
@@ -231,8 +215,6 @@ async def _chat_events(tok: Any, run: InflightRequest, model: str, data: ChatCom
     for s in gen.sequences:
         yield chunk([ChatChunkChoice(index=s.index, delta=DeltaMessage(role="assistant", content=""))])
     async for d in run.deltas():
-        if d.error is not None:
-            raise d.error
         delta = DeltaMessage(content=d.text) if d.text else DeltaMessage()
         lp = _chat_logprobs(tok, d.logprobs) if data.logprobs else None
         yield chunk([ChatChunkChoice(index=d.index, delta=delta, finish_reason=d.finish_reason, logprobs=lp)])

@@ -65,10 +65,10 @@ class ServerState:
     def ready_frontend(self, model: str | None = None) -> Frontend:
         """The request layer, once this server serves; NOT_READY or MODEL_NOT_FOUND otherwise."""
         if not self.ready or not self.pool.healthy or self.frontend is None:
-            # every replica down for good: engine_unavailable; loading, restarting, draining: not_ready (retry)
-            dead = self.ready and self.pool.state == "ready" and not self.pool.restarting
-            raise RequestError(ErrorKind.ENGINE_DEAD if dead else ErrorKind.NOT_READY,
-                               self.health()[1].get("reason", "not ready"))
+            reason = self.health()[1].get("reason", "not ready")
+            if not self.ready:  # the tokenizer loading or WARM_PREFIXES warming: retry soon
+                raise RequestError(ErrorKind.NOT_READY, reason)
+            raise self.pool.unavailable_error(reason)
         if not self.accepts_model(model):
             raise RequestError(ErrorKind.MODEL_NOT_FOUND, f"the model `{model}` does not exist; this server serves "
                                f"`{self.model_id}` (GET /v1/models)", "model")
@@ -123,10 +123,9 @@ class ServerState:
         prefixes = self.settings.warm_prefixes
         if not prefixes or self.tokenizers is None:
             return
-        ids = await self.tokenizers.run(encode_prompts, prefixes, "prefixes")
-        cached = await self.pool.warm(ids, [replica])
+        result = await self.warm(prefixes, [replica])
         log.info("WARM_PREFIXES: %d prefixes cached again in restarted replica %d: %d tokens",
-                 len(prefixes), replica.index, cached[0] if cached else 0)
+                 len(prefixes), replica.index, result["cached_tokens"])
 
     async def shutdown(self, drain_timeout: float) -> None:
         """SIGTERM/SIGINT: stop admitting (503 not_ready, /health "draining"), let running
@@ -163,12 +162,13 @@ class ServerState:
             self.tokenizers.shutdown()
 
     # ---- operations shared by HTTP routes and control commands ---------------------------
-    async def warm(self, prefixes: list[str]) -> dict[str, Any]:
-        """Put each prefix in every live replica's prefix cache."""
-        if self.tokenizers is None or not self.pool.alive:
+    async def warm(self, prefixes: list[str], replicas: list[Replica] | None = None) -> dict[str, Any]:
+        """Put each prefix in every live replica's prefix cache (or in `replicas`: a restarted
+        one before it rejoins the rotation)."""
+        if self.tokenizers is None or (replicas is None and not self.pool.alive):
             raise RuntimeError(self.pool.unavailable_reason())
         ids = await self.tokenizers.run(encode_prompts, prefixes, "prefixes")
-        per_replica = await self.pool.warm(ids)
+        per_replica = await self.pool.warm(ids, replicas)
         return {"prefixes": len(prefixes), "cached_tokens": sum(per_replica), "replicas": per_replica}
 
     async def flush_cache(self) -> dict[str, Any]:

@@ -251,15 +251,12 @@ class Engine:
         if aggressive is not None and aggressive < max_new:
             log.info("rid=%s max_new_tokens %d -> %d (AGGRESSIVE_MAX_NEW_TOKENS)", er.rid, max_new, aggressive)
             max_new = aggressive
-        stop_ids = set(p.stop_token_ids)
-        if not p.ignore_eos:
-            stop_ids.update(self.eos_token_ids)
         return Req(
             rid=er.rid,
             prompt_ids=list(ids),
             params=p,
             max_new_tokens=max_new,
-            stop_ids=frozenset(stop_ids),
+            stop_ids=p.stop_ids(self.eos_token_ids),
             priority=er.priority,
             arrival_time=er.arrival_time or time.time(),
             seq=next(self._seq),
@@ -374,11 +371,9 @@ class Engine:
         return job.pending
 
     def _finished_warm_jobs(self) -> list[_WarmJob]:
-        if not self._warm_jobs:
-            return []
         done = [job for job in self._warm_jobs if job.finished]
         if done:
-            self._warm_jobs = [job for job in self._warm_jobs if not job.finished]
+            self._warm_jobs = [job for job in self._warm_jobs if job not in done]
         return done
 
     def warm(self, token_id_lists: list[list[int]]) -> int:

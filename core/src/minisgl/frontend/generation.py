@@ -25,6 +25,7 @@ import msgspec
 from ..engine.messages import EngineOutput, EngineRequest
 from ..sampling_params import SamplingParams
 from .errors import ErrorKind, RequestError, invalid
+from .tokenizer import check_token_ids
 
 
 @dataclass
@@ -137,7 +138,8 @@ class Generation:
         for s in self.sequences:
             cap = max(1, int(s.params.max_new_tokens * factor))
             if cap < s.params.max_new_tokens:
-                s.params = _replace(s.params, max_new_tokens=cap, min_new_tokens=min(s.params.min_new_tokens, cap))
+                s.params = msgspec.structs.replace(s.params, max_new_tokens=cap,
+                                                   min_new_tokens=min(s.params.min_new_tokens, cap))
                 changed = True
         return changed
 
@@ -176,10 +178,6 @@ class Generation:
         return min((s.first_token_at for s in self.sequences if s.first_token_at is not None), default=None)
 
 
-def _replace(params: SamplingParams, **changes: Any) -> SamplingParams:
-    return msgspec.structs.replace(params, **changes)
-
-
 class Frontend:
     """The request layer for one model: its tokenizer and context, the server's defaults."""
 
@@ -195,22 +193,15 @@ class Frontend:
         front door's own names, so errors name what the client sent."""
         names = names or {}
         params.validate(names)
-        if params.stop_token_ids:
-            vocab = self.tokenizer.vocab_size
-            bad = next((t for t in params.stop_token_ids if t >= vocab), None)
-            if bad is not None:
-                name = names.get("stop_token_ids", "stop_token_ids")
-                raise invalid(f"'{name}' holds token id {bad}, outside this tokenizer's vocabulary [0, {vocab})", name)
-        stop_ids = set(params.stop_token_ids)
-        if not params.ignore_eos:
-            stop_ids.update(self.eos_token_ids)
+        check_token_ids(self.tokenizer, params.stop_token_ids, names.get("stop_token_ids", "stop_token_ids"))
+        stop_ids = params.stop_ids(self.eos_token_ids)
         sequences = []
         for p, ids in enumerate(prompts):
             max_new = self.fit_context(len(ids), params, names)
             for j in range(params.n):
                 sequences.append(Sequence(
                     rid=f"{rid}-{p * params.n + j}", index=p * params.n + j, prompt_index=p, prompt_ids=ids,
-                    params=params.for_sequence(j, max_new), stop_ids=frozenset(stop_ids),
+                    params=params.for_sequence(j, max_new), stop_ids=stop_ids,
                     detok=self.tokenizer.detokenizer(skip_special_tokens=params.skip_special_tokens, stop=params.stop),
                 ))
         return Generation(rid, sequences, priority)

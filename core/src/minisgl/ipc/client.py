@@ -177,10 +177,7 @@ class EngineClient:
     def _fail_everything(self, error: str) -> None:
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(EngineUnavailable(error))
-        for rid, queue in list(self._routes.items()):
-            queue.put_nowait(EngineOutput(rid=rid, finished=True, finish_reason="error", error=error,
-                                          error_kind=ErrorKind.ENGINE_DEAD.value))
-        self._routes.clear()
+        self.fail_inflight(error, ErrorKind.ENGINE_DEAD)  # dead or stopped: nothing to abort there
         for fut in self._calls.values():
             if not fut.done():
                 fut.set_exception(EngineUnavailable(error))
