@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .engine.engine import Engine
+from .engine.messages import ImageInput
+from .frontend.errors import invalid
 from .frontend.generation import Frontend, Generation
-from .frontend.tokenizer import Tokenizer, encode_chat, encode_prompts, prompt_items
+from .frontend.images import ImageRules
+from .frontend.tokenizer import ChatPrompt, Tokenizer, encode_chat, encode_prompts, prompt_items
 from .sampling_params import SamplingParams
 from .settings import Settings, settings_from_kwargs
 
@@ -106,13 +109,24 @@ class LLM:
             self.engine = None  # type: ignore[assignment]
 
     # ---- inputs -------------------------------------------------------------------
-    def encode_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
-        """A conversation as prompt token ids, through the model's chat template."""
+    def _encode_chat(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> ChatPrompt:
         return encode_chat(self.frontend.tokenizer, messages, template_kwargs=template_kwargs,
-                           max_context_len=self.frontend.max_context_len)
+                           max_context_len=self.frontend.max_context_len,
+                           image_rules=ImageRules.from_settings(self.settings))
 
-    def _submit(self, prompts: Prompt | Sequence[Prompt], sampling_params: Any) -> list[Generation]:
-        ids = encode_prompts(self.frontend.tokenizer, prompts, "prompts", self.frontend.max_context_len)
+    def encode_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
+        """A conversation as prompt token ids, through the model's chat template (text only:
+        a conversation with images goes to `chat`, which carries the images with the ids)."""
+        prompt = self._encode_chat(messages, template_kwargs)
+        if prompt.images:
+            raise invalid("a conversation with images has more than token ids: use LLM.chat", "messages")
+        return prompt.ids
+
+    def _encode(self, prompts: Prompt | Sequence[Prompt]) -> list[list[int]]:
+        return encode_prompts(self.frontend.tokenizer, prompts, "prompts", self.frontend.max_context_len)
+
+    def _submit(self, ids: list[list[int]], sampling_params: Any,
+                images: list[ImageInput] | None = None) -> list[Generation]:
         if sampling_params is None or isinstance(sampling_params, SamplingParams):
             params = [sampling_params or SamplingParams()] * len(ids)
         else:
@@ -121,7 +135,8 @@ class LLM:
                 raise ValueError(f"sampling_params has {len(params)} entries for {len(ids)} prompts; "
                                  "give one, or one per prompt")
         # each prompt is its own request (its own parameters); the engine batches them all
-        gens = [self.frontend.generation(f"llm-{next(self._ids)}", [p], sp) for p, sp in zip(ids, params)]
+        gens = [self.frontend.generation(f"llm-{next(self._ids)}", [p], sp, images=[images] if images else None)
+                for p, sp in zip(ids, params)]
         for gen in gens:
             for er in gen.engine_requests():
                 self.engine.add_request(er)
@@ -157,18 +172,23 @@ class LLM:
 
     def stream(self, prompts: Prompt | Sequence[Prompt], sampling_params: Any = None) -> Iterator[StreamDelta]:
         """Text deltas as the tokens are produced (all prompts batched together)."""
-        yield from self._run(self._submit(prompts, sampling_params))
+        yield from self._run(self._submit(self._encode(prompts), sampling_params))
 
     def generate(self, prompts: Prompt | Sequence[Prompt], sampling_params: Any = None) -> list[RequestOutput]:
-        gens = self._submit(prompts, sampling_params)
+        return self._generate(self._submit(self._encode(prompts), sampling_params), prompts)
+
+    def _generate(self, gens: list[Generation], prompts: Prompt | Sequence[Prompt]) -> list[RequestOutput]:
         for _ in self._run(gens):
             pass
         texts = [p if isinstance(p, str) else None for p in prompt_items(prompts)]
         return [self._output(gen, text) for gen, text in zip(gens, texts)]
 
-    def chat(self, messages: list[dict[str, Any]], sampling_params: SamplingParams | None = None) -> RequestOutput:
-        """One conversation's answer (the model's chat template, as /v1/chat/completions)."""
-        return self.generate([self.encode_chat(messages)], sampling_params)[0]
+    def chat(self, messages: list[dict[str, Any]], sampling_params: SamplingParams | None = None,
+             **template_kwargs: Any) -> RequestOutput:
+        """One conversation's answer (the model's chat template, as /v1/chat/completions);
+        image_url parts work as there when the model takes images."""
+        prompt = self._encode_chat(messages, template_kwargs)
+        return self._generate(self._submit([prompt.ids], sampling_params, prompt.images), [prompt.ids])[0]
 
     @staticmethod
     def _output(gen: Generation, prompt: str | None) -> RequestOutput:

@@ -70,7 +70,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prefix_cache_size: NonNegative = 8
     prefix_cache_max_tokens: NonNegative = 2048
     prefix_cache_token_budget: NonNegative = 32768
-    # vision-language (the request layer will own image fetching; refused until then)
+    # vision-language chat: image_url parts (fetched and checked by the request layer)
     vlm_backend: Literal["auto", "hf", "mlx"] = "auto"
     vlm_model_name: str | None = None
     vlm_image_token: str = "<image>"
@@ -112,8 +112,6 @@ def _o(env: str | tuple[str, ...] = (), flags: str | tuple[str, ...] = (), help:
     return {"env": env_t, "flags": flags_t, "help": help, "unsupported": unsupported}
 
 
-VLM_UNSUPPORTED = "vision-language chat is not available yet: image_url parts are answered 400"
-
 # How each core setting is reached from the outside (its type and default are the field's).
 CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "model_path": _o("MODEL_NAME", ("--model-path", "--model"), "model: local dir, built-in name (see `minisgl models list`) or hub id"),
@@ -147,13 +145,19 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "prefix_cache_size": _o("PREFIX_CACHE_SIZE", (), "cached prefixes (leaves) kept"),
     "prefix_cache_max_tokens": _o("PREFIX_CACHE_MAX_TOKENS", (), "longest prompt inserted into the prefix cache"),
     "prefix_cache_token_budget": _o("PREFIX_CACHE_TOKEN_BUDGET", (), "tokens the prefix cache may hold"),
-    "vlm_backend": _o("VLM_BACKEND", (), "vision-language backend", VLM_UNSUPPORTED),
-    "vlm_model_name": _o("VLM_MODEL_NAME", (), "vision-language model", VLM_UNSUPPORTED),
-    "vlm_image_token": _o("VLM_IMAGE_TOKEN", (), "image placeholder token", VLM_UNSUPPORTED),
-    "vlm_image_http_timeout_s": _o("VLM_IMAGE_HTTP_TIMEOUT_S", (), "image download timeout", VLM_UNSUPPORTED),
-    "vlm_max_image_bytes": _o("VLM_MAX_IMAGE_BYTES", (), "largest image accepted", VLM_UNSUPPORTED),
-    "allow_file_image_url": _o("ALLOW_FILE_IMAGE_URL", (), "accept file:// image URLs", VLM_UNSUPPORTED),
-    "vlm_stream_log_stride": _o("VLM_STREAM_LOG_STRIDE", (), "log every N streamed VLM chunks", VLM_UNSUPPORTED),
+    "vlm_backend": _o("VLM_BACKEND", "--vlm-backend", "backend for a vision-language model under --backend auto: "
+                      "auto (mlx on Apple silicon when mlx-vlm is installed, else hf)|hf|mlx"),
+    "vlm_model_name": _o("VLM_MODEL_NAME", "--vlm-model-name", "vision-language model served beside MODEL_NAME "
+                         "for requests with images (default: MODEL_NAME itself)"),
+    "vlm_image_token": _o("VLM_IMAGE_TOKEN", "--vlm-image-token", "text that marks each image in the prompt when "
+                          "the chat template writes no image token of its own"),
+    "vlm_image_http_timeout_s": _o("VLM_IMAGE_HTTP_TIMEOUT_S", "--vlm-image-http-timeout-s",
+                                   "seconds an http(s) image download may take in all"),
+    "vlm_max_image_bytes": _o("VLM_MAX_IMAGE_BYTES", "--vlm-max-image-bytes", "largest encoded image accepted, in bytes"),
+    "allow_file_image_url": _o("ALLOW_FILE_IMAGE_URL", "--allow-file-image-url", "accept file:// URLs and local "
+                               "paths as images (lets every caller read this server's files: trusted use only)"),
+    "vlm_stream_log_stride": _o("VLM_STREAM_LOG_STRIDE", "--vlm-stream-log-stride",
+                                "log every N streamed chunks of a request with images (0 = off)"),
     "log_level": _o(("MINISGL_LOG_LEVEL", "LOG_LEVEL"), "--log-level", "logging level"),
 }
 

@@ -64,11 +64,13 @@ class BackendSpec(Spec, frozen=True):
 
     `auto_rank` is the backend's own claim for `--backend auto`, per device ("cuda", "mps",
     "cpu"): the highest-ranked available backend wins; a device it does not rank never
-    auto-picks it (it still runs there when asked for by name)."""
+    auto-picks it (it still runs there when asked for by name). A vision-language model
+    goes only to a backend that declares `vision`."""
 
     probe: Any = None
     auto_rank: dict[str, int] = {}
     aliases: tuple[str, ...] = ()
+    vision: bool = False  # runs vision-language models (its runner takes ForwardBatch.images)
 
     def availability(self, settings: Any = None) -> str | None:
         if self.probe is None:

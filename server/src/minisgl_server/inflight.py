@@ -125,7 +125,9 @@ class InflightRequest:
             return None
 
     def _log_chunk(self, delta: Delta) -> None:
-        stride = self.state.settings.server_stream_log_stride
+        settings = self.state.settings
+        # requests with images log at their own stride (VLM_STREAM_LOG_STRIDE)
+        stride = settings.vlm_stream_log_stride if self.gen.sequences[0].images else settings.server_stream_log_stride
         if stride and (self.chunks_sent % stride == 0 or delta.finish_reason):
             log.info("stream %s sequence %d chunk %d: %r%s", self.gen.rid, delta.index, self.chunks_sent, delta.text,
                      f" (finish: {delta.finish_reason})" if delta.finish_reason else "")

@@ -177,15 +177,16 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
     frontend = state.ready_frontend(data.model)
     if data.top_logprobs and not data.logprobs:
         raise invalid("'top_logprobs' needs 'logprobs': true", "top_logprobs")
-    ids = await state.tokenizers.run(
+    prompt = await state.tokenizers.run(
         encode_chat, msgspec.to_builtins(data.messages), add_generation_prompt=data.add_generation_prompt,
         continue_final_message=data.continue_final_message, template_kwargs=data.chat_template_kwargs,
-        max_context_len=frontend.max_context_len,
+        max_context_len=frontend.max_context_len, image_rules=state.image_rules,
     )
     max_tokens = data.max_completion_tokens if data.max_completion_tokens is not None else data.max_tokens
     param = "max_completion_tokens" if data.max_completion_tokens is not None else "max_tokens"
     params = _sampling(data, max_tokens, data.logprobs, data.top_logprobs or 0)
-    gen = frontend.generation(new_request_id("chatcmpl"), [ids], params, names=_names(param, "messages"))
+    gen = frontend.generation(new_request_id("chatcmpl"), [prompt.ids], params, names=_names(param, "messages"),
+                              images=[prompt.images])
     run = InflightRequest(state, gen)
     run.start()
     tok = frontend.tokenizer

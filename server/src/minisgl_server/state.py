@@ -14,6 +14,7 @@ from typing import Any
 
 from minisgl.frontend.errors import ErrorKind, RequestError
 from minisgl.frontend.generation import Frontend
+from minisgl.frontend.images import ImageRules
 from minisgl.frontend.tokenizer import Tokenizer, encode_prompts
 from minisgl.frontend.tokenizer_pool import TokenizerPool
 from minisgl.ipc.protocol import EngineReady
@@ -44,6 +45,7 @@ class ServerState:
         self.request_shutdown: Callable[[], None] = lambda: None
         self.control: Any = None
         self.warming: asyncio.Task[None] | None = None  # WARM_PREFIXES under ASYNC_PREFILL_QUEUE
+        self.image_rules = ImageRules.from_settings(settings)
 
     @property
     def model_id(self) -> str:

@@ -17,6 +17,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from .messages import ImageInput
+
 
 @dataclass
 class SamplingBatch:
@@ -43,6 +45,17 @@ class SamplingBatch:
 
 
 @dataclass
+class ImageSlice:
+    """Tokens [token_index, token_index + length) of the batch take rows [row, row + length)
+    of `image`'s embeddings (a chunk may hold part of an image, or a cache hit the rest)."""
+
+    token_index: int
+    image: ImageInput
+    row: int
+    length: int
+
+
+@dataclass
 class ForwardBatch:
     input_ids: torch.Tensor  # int64 [T]
     positions: torch.Tensor  # int64 [T]
@@ -54,6 +67,8 @@ class ForwardBatch:
     sampling: SamplingBatch | None  # None when S == 0 (only intermediate prefill chunks)
     # host copies of the same numbers, so runners need not synchronise to read them
     seq_lens: list[int] = field(default_factory=list)  # [B] prefix_lens + extend_lens
+    # image positions among the new tokens: their input_ids are pad ids, not token ids
+    images: list[ImageSlice] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.seq_lens:
@@ -121,6 +136,8 @@ class ModelRunner(Protocol):
     def shutdown(self) -> None: ...
 
 
+# A runner that takes images (ForwardBatch.images) declares `supports_images = True`; the
+# engine refuses requests with images on any other.
 # A runner whose `forward` returns before the device is done (ForwardResult.ready set, and
 # device_next_tokens where next_tokens is a host copy) declares `supports_overlap = True`;
 # the engine then launches step N+1 before it reads step N's tokens (overlap scheduling).

@@ -36,7 +36,7 @@ from ..sampling_params import SamplingParams
 from ..settings import Settings
 from ..specs import BackendSpec
 from .batch import ModelRunner
-from .messages import EngineOutput, EngineRequest
+from .messages import IMAGE_PAD_BASE, EngineOutput, EngineRequest
 from .queue_policy import QueuePolicy
 from .request import Req
 from .scheduler import ScheduledBatch, Scheduler
@@ -54,18 +54,26 @@ def detect_device(settings: Settings) -> str:
     return "cpu"
 
 
-def select_backend(settings: Settings, registry: Registry) -> tuple[BackendSpec, str]:
+def select_backend(settings: Settings, registry: Registry, vision: bool = False) -> tuple[BackendSpec, str]:
     """The backend spec to use and a sentence saying why. `--backend auto` takes the
-    available backend that ranks itself highest on the device (BackendSpec.auto_rank)."""
-    if settings.backend != "auto":
-        spec = registry.get("backend", settings.backend)
+    available backend that ranks itself highest on the device (BackendSpec.auto_rank); for a
+    vision-language model (`vision`), VLM_BACKEND when set, else the best of the backends
+    that run those."""
+    named, flag = settings.backend, "--backend / BACKEND_IMPL"
+    if vision and named == "auto" and settings.vlm_backend != "auto":
+        named, flag = settings.vlm_backend, "VLM_BACKEND"
+    if named != "auto":
+        spec = registry.get("backend", named)
         assert isinstance(spec, BackendSpec)
+        if vision and not spec.vision:
+            raise RuntimeError(f"backend {spec.name!r} ({flag}) runs text models only and this model is a "
+                               "vision-language model; use --backend hf")
         reason = spec.availability(settings)
         if reason is not None:
-            raise RuntimeError(f"backend {spec.name!r} (--backend / BACKEND_IMPL) cannot run here: {reason}")
-        return spec, f"--backend {settings.backend}"
+            raise RuntimeError(f"backend {spec.name!r} ({flag}) cannot run here: {reason}")
+        return spec, f"{flag.split(' ')[0]} {named}"
     device = detect_device(settings)
-    specs = registry.backends()
+    specs = [s for s in registry.backends() if s.vision or not vision]
     ranked = sorted((s for s in specs if device in s.auto_rank), key=lambda s: (-s.auto_rank[device], s.name))
     chosen: BackendSpec | None = None
     skipped: dict[str, str] = {}
@@ -88,10 +96,25 @@ def select_backend(settings: Settings, registry: Registry) -> tuple[BackendSpec,
     note = "; ".join(f"{name}: {why}" for name, why in skipped.items())
     if chosen is None:
         known = ", ".join(s.name for s in specs) or "none installed"
-        raise RuntimeError(f"no backend can run on {device} (installed: {known}); {note}")
+        what = "this vision-language model" if vision else "here"
+        raise RuntimeError(f"no backend can run {what} on {device} (installed: {known}; minisgl-backend-hf runs "
+                           f"vision-language models); {note}")
     for name, why in skipped.items():
         log.info("backend %s skipped: %s", name, why)
     return chosen, f"auto on {device}: {chosen.name}" + (f" (skipped {note})" if note else "")
+
+
+def _image_fault(er: EngineRequest) -> str:
+    """What is wrong with a request's images, or "": each image's runs must hold its pad id
+    inside the prompt."""
+    ids = er.input_ids
+    for i, image in enumerate(er.images):
+        if image.pad_id < IMAGE_PAD_BASE or not image.runs:
+            return f"image {i} has no placeholder positions"
+        for pos, length in image.runs:
+            if pos < 0 or length <= 0 or pos + length > len(ids) or any(t != image.pad_id for t in ids[pos:pos + length]):
+                return f"image {i}'s run ({pos}, {length}) does not hold its pad id in the prompt"
+    return ""
 
 
 class PendingCall:
@@ -144,7 +167,7 @@ class Engine:
         self.registry = registry or get_registry()
         self.model: ResolvedModel = resolve_model(settings.model_path, dummy_weight=settings.dummy_weight)
         if runner is None:
-            spec, self.backend_reason = select_backend(settings, self.registry)
+            spec, self.backend_reason = select_backend(settings, self.registry, vision=self.model.takes_images)
             self.backend_name = spec.name
             log.info("backend: %s (%s)", spec.name, self.backend_reason)
             runner = spec.load()(settings, self.model)
@@ -233,11 +256,21 @@ class Engine:
             self._error(er.rid, ErrorKind.INVALID_REQUEST, f"request id {er.rid!r} is already in use", emit=not warm_only)
             return None
         vocab = getattr(self.runner, "vocab_size", None)
-        bad = next((t for t in ids if t < 0 or (vocab and t >= vocab)), None)
+        pads = {image.pad_id for image in er.images}
+        bad = next((t for t in ids if t < 0 or (vocab and t >= vocab and t not in pads)), None)
         if not ids or bad is not None or p.max_new_tokens is None:
             why = ("an empty prompt" if not ids else "no max_new_tokens" if bad is None
                    else f"token id {bad} is outside the vocabulary [0, {vocab})")
             self._error(er.rid, ErrorKind.INVALID_REQUEST, f"malformed engine request: {why}", len(ids), emit=not warm_only)
+            return None
+        if er.images and not getattr(self.runner, "supports_images", False):
+            self._error(er.rid, ErrorKind.UNAVAILABLE, f"backend {self.backend_name} takes text only; serve "
+                        "vision-language models with --backend hf", len(ids), emit=not warm_only)
+            return None
+        fault = _image_fault(er)
+        if fault:
+            self._error(er.rid, ErrorKind.INVALID_REQUEST, f"malformed engine request: {fault}", len(ids),
+                        emit=not warm_only)
             return None
         pool_tokens = self.scheduler.pool.num_slots
         if len(ids) + p.max_new_tokens > self.max_context_len or len(ids) >= pool_tokens:
@@ -261,6 +294,7 @@ class Engine:
             arrival_time=er.arrival_time or time.time(),
             seq=next(self._seq),
             warm_only=warm_only,
+            images=list(er.images),
         )
 
     def _drain_inbox(self) -> list[EngineOutput]:

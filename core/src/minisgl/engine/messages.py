@@ -1,12 +1,52 @@
 """Messages between a frontend (LLM, server) and an engine. msgspec Structs, so they cross
 ZeroMQ as msgpack frames unchanged. The engine deals only in token ids: detokenizing and
-stop strings live in the request layer (minisgl.frontend), off the engine's critical path."""
+stop strings live in the request layer (minisgl.frontend), off the engine's critical path.
+
+Images travel as the processor's tensors (`ImageInput`). In the prompt, an image's
+placeholder positions hold its `pad_id`, a number above every vocabulary derived from a
+hash of the image's pixels: the prefix cache, keyed by token ids, then tells two images
+apart and finds the same image again, with no special case anywhere (sglang does the same).
+The runner puts the image's embeddings at those positions."""
 
 from __future__ import annotations
 
 import msgspec
+import torch
 
 from ..sampling_params import SamplingParams
+
+IMAGE_PAD_BASE = 1 << 40  # every image pad id is IMAGE_PAD_BASE + a 40-bit hash: never a token id
+
+
+class TensorData(msgspec.Struct, array_like=True):
+    name: str
+    dtype: str  # a torch dtype name: "float32"
+    shape: list[int]
+    data: bytes
+
+    @classmethod
+    def of(cls, name: str, t: torch.Tensor) -> TensorData:
+        t = t.detach().cpu().contiguous()
+        return cls(name, str(t.dtype).removeprefix("torch."), list(t.shape), t.view(torch.uint8).numpy().tobytes())
+
+    def tensor(self) -> torch.Tensor:
+        raw = torch.frombuffer(bytearray(self.data), dtype=torch.uint8)
+        return raw.view(getattr(torch, self.dtype)).reshape(self.shape)
+
+
+class ImageInput(msgspec.Struct, kw_only=True, array_like=True):
+    """One image of a prompt: the processor's tensors for it (pixel_values, and whatever
+    else the model's image features take) and where its embeddings go."""
+
+    pad_id: int
+    # (start, length) runs of prompt positions holding pad_id; the image's embedding rows fill
+    # them in order (one run for LLaVA; several when the processor interleaves tile markers)
+    runs: list[tuple[int, int]]
+    tensors: list[TensorData]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.runs)
 
 
 class EngineRequest(msgspec.Struct, kw_only=True, tag="req"):
@@ -15,6 +55,7 @@ class EngineRequest(msgspec.Struct, kw_only=True, tag="req"):
     sampling: SamplingParams
     priority: int = 0  # for the priority queue policy; higher runs first
     arrival_time: float = 0.0
+    images: list[ImageInput] = []
 
 
 class AbortRequest(msgspec.Struct, kw_only=True, tag="abort"):

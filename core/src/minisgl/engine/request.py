@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..sampling_params import SamplingParams
+from .messages import ImageInput
 from .queue_policy import WaitingRequest
 
 
@@ -21,6 +22,7 @@ class Req:
     seq: int = 0
     warm_only: bool = False  # a warm() prefill: fills the cache, emits nothing
     warm_tokens: int = 0  # tokens this warm request added to the prefix cache
+    images: list[ImageInput] = field(default_factory=list)  # kept to the end: a retraction recomputes them
     # tokens: prompt + generated; the last generated one has no KV yet while decoding
     all_ids: list[int] = field(default_factory=list)
     num_output: int = 0

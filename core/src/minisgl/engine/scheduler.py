@@ -38,7 +38,7 @@ import torch
 
 from ..cache.base import PrefixCache
 from ..cache.pool import PagePool
-from .batch import ForwardBatch, ForwardResult, ModelRunner, SamplingBatch
+from .batch import ForwardBatch, ForwardResult, ImageSlice, ModelRunner, SamplingBatch
 from .messages import EngineOutput
 from .queue_policy import QueuePolicy
 from .request import Req
@@ -331,8 +331,11 @@ class Scheduler:
         out_slots: list[int] = []
         extend_lens, prefix_lens, sample_indices = [], [], []
         sampled: list[Req] = []
+        images: list[ImageSlice] = []
         for req, n in items:
             start = req.kv_len
+            if req.images:
+                images.extend(_image_slices(req, start, n, len(input_ids)))
             if start == len(req.all_ids):  # a decode of the token `previous` samples
                 future_at.append(len(input_ids))
                 future_rows.append(req.future_row)
@@ -366,6 +369,7 @@ class Scheduler:
             sample_indices=self._tensor(sample_indices),
             sampling=self._sampling(sampled) if sampled else None,
             seq_lens=seq_lens,
+            images=images,
         )
         for req, n in items:
             req.kv_len += n
@@ -510,3 +514,18 @@ class Scheduler:
 
     def now(self) -> float:
         return time.monotonic()
+
+
+def _image_slices(req: Req, start: int, n: int, token_offset: int) -> list[ImageSlice]:
+    """The image positions among `req`'s tokens [start, start + n), which sit in the batch
+    from `token_offset` on."""
+    out = []
+    end = start + n
+    for image in req.images:
+        row = 0
+        for pos, length in image.runs:
+            lo, hi = max(pos, start), min(pos + length, end)
+            if lo < hi:
+                out.append(ImageSlice(token_offset + lo - start, image, row + lo - pos, hi - lo))
+            row += length
+    return out

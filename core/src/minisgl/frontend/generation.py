@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from ..engine.messages import EngineOutput, EngineRequest
+from ..engine.messages import EngineOutput, EngineRequest, ImageInput
 from ..sampling_params import SamplingParams
 from .errors import ErrorKind, RequestError, invalid
 from .tokenizer import check_token_ids
@@ -67,6 +67,7 @@ class Sequence:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     first_token_at: float | None = None
+    images: list[ImageInput] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -124,7 +125,7 @@ class Generation:
     def engine_requests(self) -> list[EngineRequest]:
         now = time.time()
         return [EngineRequest(rid=s.rid, input_ids=s.prompt_ids, sampling=s.params, priority=self.priority,
-                              arrival_time=now) for s in self.sequences]
+                              arrival_time=now, images=s.images) for s in self.sequences]
 
     def update(self, out: EngineOutput) -> Delta | None:
         """Fold one engine output in; None when it adds nothing (or is not ours)."""
@@ -188,9 +189,11 @@ class Frontend:
         self.max_new_tokens_default = max_new_tokens_default
 
     def generation(self, rid: str, prompts: list[list[int]], params: SamplingParams, *,
-                   names: Mapping[str, str] | None = None, priority: int = 0) -> Generation:
+                   names: Mapping[str, str] | None = None, priority: int = 0,
+                   images: Seq[list[ImageInput]] | None = None) -> Generation:
         """Validate, fit each prompt, fan out n. `names` maps SamplingParams fields to the
-        front door's own names, so errors name what the client sent."""
+        front door's own names, so errors name what the client sent. `images[p]` are the
+        images of prompt p (a chat prompt's ChatPrompt.images)."""
         names = names or {}
         params.validate(names)
         check_token_ids(self.tokenizer, params.stop_token_ids, names.get("stop_token_ids", "stop_token_ids"))
@@ -203,6 +206,7 @@ class Frontend:
                     rid=f"{rid}-{p * params.n + j}", index=p * params.n + j, prompt_index=p, prompt_ids=ids,
                     params=params.for_sequence(j, max_new), stop_ids=stop_ids,
                     detok=self.tokenizer.detokenizer(skip_special_tokens=params.skip_special_tokens, stop=params.stop),
+                    images=list(images[p]) if images else [],
                 ))
         return Generation(rid, sequences, priority)
 

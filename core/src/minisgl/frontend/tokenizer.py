@@ -11,10 +11,14 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+from ..engine.messages import ImageInput
 from .detokenizer import IncrementalDetokenizer
 from .errors import ErrorKind, RequestError, invalid
+from .images import ImageRules, image_bytes
+from ..models.resolve import is_vision_model
+from .vision import VisionProcessor
 
 log = logging.getLogger("minisgl.frontend")
 
@@ -25,18 +29,31 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_PROMPTS = 1024  # prompts in one batched request; each becomes at least one engine request
+MAX_IMAGES = 16  # images in one chat request
+IMAGE_DETAILS = ("auto", "low", "high")  # OpenAI's `detail`; accepted, the processor decides the resolution
 
 
 class Tokenizer:
     def __init__(self, model_path: str, trust_remote_code: bool = False, token_cache_size: int = 32) -> None:
-        from transformers import AutoTokenizer
+        from transformers import AutoProcessor, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        # a vision-language model: its processor holds the tokenizer (and often the chat template)
+        self.vision: VisionProcessor | None = None
+        self._templates: Any = None
+        if is_vision_model(model_path):
+            processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+            self.vision = VisionProcessor(processor)
+            self.tokenizer = processor.tokenizer
+            if getattr(processor, "chat_template", None):
+                self._templates = processor
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self._templates = self._templates or self.tokenizer
         self.vocab_size = len(self.tokenizer)
         # the most characters one token can stand for: a text longer than context x this
         # cannot fit, which is known before paying for its tokenization
         self.max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
-        self.has_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
+        self.has_chat_template = bool(getattr(self._templates, "chat_template", None))
         if not self.has_chat_template:
             log.warning("tokenizer of %s has no chat template; chat uses a plain ChatML template", model_path)
         # TOKEN_CACHE_SIZE: the decode cache of single tokens' text (logprobs name every token)
@@ -48,7 +65,7 @@ class Tokenizer:
     def render_chat(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
                     continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None) -> str:
         try:
-            return self.tokenizer.apply_chat_template(
+            return self._templates.apply_chat_template(
                 messages,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt and not continue_final_message,
@@ -122,47 +139,96 @@ def encode_prompts(tokenizer: Tokenizer, prompt: str | Sequence[Any], param: str
     return out
 
 
-def _content_text(message: dict[str, Any], index: int) -> str:
+class ChatPrompt(NamedTuple):
+    ids: list[int]
+    images: list[ImageInput]  # in prompt order; empty for text
+
+
+def _content(message: dict[str, Any], index: int, images: list[tuple[str, str]], vision: bool) -> Any:
+    """The message's content as the chat template takes it: a string, or (with images) the
+    parts [{"type": "text", ...}, {"type": "image"}]. Image URLs are collected in order."""
     content = message.get("content")
     if content is None or isinstance(content, str):
         return content or ""
-    parts = []
-    for part in content:
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
+        where = f"messages[{index}].content[{j}]"
         if kind == "image_url":
-            raise invalid(f"messages[{index}] has an image_url part; this model takes text only", "messages")
-        if kind != "text" or not isinstance(part.get("text"), str):
-            raise invalid(f"messages[{index}].content parts must be {{'type': 'text', 'text': ...}}", "messages")
-        parts.append(part["text"])
-    return "".join(parts)
+            if not vision:
+                raise invalid(f"{where} is an image_url part; this model takes text only", "messages")
+            spec = part.get("image_url")
+            url = spec.get("url") if isinstance(spec, dict) else spec
+            if not isinstance(url, str) or not url:
+                raise invalid(f"{where}.image_url must be {{'url': ...}} with a non-empty URL", "messages")
+            if isinstance(spec, dict) and (spec.get("detail") or "auto") not in IMAGE_DETAILS:
+                raise invalid(f"{where}.image_url.detail is {spec.get('detail')!r}; expected one of "
+                              f"{', '.join(IMAGE_DETAILS)}", "messages")
+            images.append((url, f"{where}.image_url"))
+            parts.append({"type": "image"})
+        elif kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        else:
+            raise invalid(f"{where} must be {{'type': 'text', 'text': ...}}"
+                          + (" or {'type': 'image_url', 'image_url': {'url': ...}}" if vision else ""), "messages")
+    if all(p["type"] == "text" for p in parts):  # templates of text models expect a string
+        return "".join(p["text"] for p in parts)
+    return parts
 
 
-def chat_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI chat messages as the chat template takes them (content parts joined)."""
+def _text_of(content: Any) -> str:
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+
+
+def chat_messages(messages: Sequence[dict[str, Any]], vision: bool = False) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """OpenAI chat messages as the chat template takes them, and the image URLs they hold
+    (url, the part's name for errors) in order."""
     if not messages:
         raise invalid("'messages' must hold at least one message", "messages")
     out = []
+    images: list[tuple[str, str]] = []
     for i, m in enumerate(messages):
         role = m.get("role")
         if role not in CHAT_ROLES:
             raise invalid(f"messages[{i}].role is {role!r}; expected one of {', '.join(sorted(CHAT_ROLES))}", "messages")
         if m.get("content") is None and role != "assistant":
             raise invalid(f"messages[{i}].content is missing", "messages")
-        entry = {"role": role, "content": _content_text(m, i)}
+        entry = {"role": role, "content": _content(m, i, images, vision)}
         entry.update({k: m[k] for k in ("name", "reasoning_content", "tool_calls", "tool_call_id") if m.get(k)})
         out.append(entry)
-    return out
+    if len(images) > MAX_IMAGES:
+        raise invalid(f"'messages' holds {len(images)} images; at most {MAX_IMAGES} per request", "messages")
+    return out, images
+
+
+def _placeholders_as_text(conversation: list[dict[str, Any]], placeholder: str) -> list[dict[str, Any]]:
+    """For a chat template that drops image parts: each image becomes `placeholder` text."""
+    def text(content: Any) -> Any:
+        if isinstance(content, str):
+            return content
+        return "".join(p["text"] if p["type"] == "text" else placeholder + "\n" for p in content)
+    return [{**m, "content": text(m["content"])} for m in conversation]
 
 
 def encode_chat(tokenizer: Tokenizer, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True,
                 continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None,
-                max_context_len: int | None = None) -> list[int]:
-    conversation = chat_messages(messages)
-    check_length(tokenizer, sum(len(m["content"]) for m in conversation), max_context_len, "messages")
-    text = tokenizer.render_chat(conversation, add_generation_prompt=add_generation_prompt,
-                                 continue_final_message=continue_final_message, template_kwargs=template_kwargs)
+                max_context_len: int | None = None, image_rules: ImageRules | None = None) -> ChatPrompt:
+    vision = tokenizer.vision
+    conversation, urls = chat_messages(messages, vision=vision is not None)
+    check_length(tokenizer, sum(len(_text_of(m["content"])) for m in conversation), max_context_len, "messages")
+    rules = image_rules or ImageRules()
+    encoded = [(image_bytes(url, rules, param), param) for url, param in urls]  # bad URLs fail first
+    kwargs = dict(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
+                  template_kwargs=template_kwargs)
+    text = tokenizer.render_chat(conversation, **kwargs)
+    if vision is not None and encoded and vision.image_token not in text:
+        # the template ignores image parts: VLM_IMAGE_TOKEN marks each image in the text
+        text = tokenizer.render_chat(_placeholders_as_text(conversation, rules.placeholder), **kwargs)
+        text = text.replace(rules.placeholder, vision.image_token)
     # the template already wrote any BOS it wants
     ids = list(tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])
     if not ids:
         raise invalid("the chat template rendered an empty prompt", "messages")
-    return ids
+    if vision is None or not encoded:
+        return ChatPrompt(ids, [])
+    return ChatPrompt(*vision.splice(ids, encoded, rules))

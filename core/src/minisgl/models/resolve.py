@@ -6,6 +6,7 @@ local directory, and last a hub id.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,19 @@ class ResolvedModel:
     path: str  # local directory: config.json + tokenizer files (+ weights unless dummy)
     dummy: bool  # weights are random (presets, or dummy_weight=True)
     kind: ModelKind
+
+    @property
+    def takes_images(self) -> bool:
+        return is_vision_model(self.path)
+
+
+def is_vision_model(model_path: str) -> bool:
+    """A transformers vision-language checkpoint: its config has a vision tower."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config.get("vision_config"), dict)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .attention_plan import AttentionPlan, DecodeGroup, ExtendSegment
 from .kv_pool import KVPool
@@ -116,7 +117,10 @@ def paged_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     ctx: PagedAttentionContext | None = getattr(module, CONTEXT_ATTR, None)
-    if ctx is None or ctx.plan is None:
+    if ctx is None:  # not a layer of the language model: a vision tower's, with its own mask
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if ctx.plan is None:
         raise RuntimeError(
             f"{ATTN_IMPLEMENTATION} attention called outside a minisgl forward "
             f"(module {type(module).__name__} has no current batch)"

@@ -9,11 +9,12 @@ def minisgl_register_backends(register):
     register(
         BackendSpec(
             name="hf",
-            description="any transformers causal LM on CPU, MPS or CUDA; the reference for correctness",
+            description="any transformers causal LM or vision-language model on CPU, MPS or CUDA; the reference for correctness",
             factory="minisgl_backend_hf.runner:create_runner",
             probe="minisgl_backend_hf.probe:probe",
             auto_rank={"cuda": 10, "mps": 10, "cpu": 10},  # below the device's own fast path
             aliases=("torch",),
+            vision=True,
         )
     )
 

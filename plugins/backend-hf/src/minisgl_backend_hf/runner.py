@@ -13,7 +13,13 @@ import logging
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    GenerationConfig,
+    PreTrainedModel,
+)
 
 from minisgl.engine.batch import ForwardBatch, ForwardResult
 from minisgl.engine.sampler import sample
@@ -22,6 +28,7 @@ from .attention import CONTEXT_ATTR, PagedAttentionContext, register
 from .attention_plan import AttentionPlan
 from .device import configure_torch, cpu_cores, pick_device, pick_dtype
 from .kv_pool import KVPool, KVShape, plan_num_pages
+from .vision import VisionEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +64,10 @@ def _kv_shape(text_config: Any, dtype: torch.dtype) -> KVShape:
     kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
     return KVShape(text_config.num_hidden_layers, kv_heads, head_dim, dtype)
+
+
+def _takes_images(model: Any) -> bool:
+    return hasattr(model.config, "vision_config") and hasattr(model, "get_image_features")
 
 
 class HFModelRunner:
@@ -103,20 +114,30 @@ class HFModelRunner:
         self.context = PagedAttentionContext(self.pool, use_sdpa=use_sdpa)
         logger.info("Attention: paged KV pool, %s", "torch SDPA" if use_sdpa else "batched matmuls")
         self._attach_context(shape.num_layers)
+        # a vision-language model: images go through the same batches and KV pool as text
+        self.vision: VisionEmbedder | None = None
+        if _takes_images(self.model):
+            self.vision = VisionEmbedder(self.model, self.dtype, self.device, self.vocab_size)
+            logger.info("Vision: %s takes images; their embeddings replace the image tokens at prefill",
+                        type(self.model).__name__)
+        self.supports_images = self.vision is not None
         self._no_rows = torch.empty(0, dtype=torch.long, device=self.device)
 
     def _load(self, model: Any, config: Any, trust_remote_code: bool) -> PreTrainedModel:
         attn = register()
         common = dict(dtype=self.dtype, attn_implementation=attn, trust_remote_code=trust_remote_code)
+        # vision-language checkpoints load with their vision tower (their attention modules
+        # find no paged context and run SDPA)
+        auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
         try:
             if model.dummy:
                 logger.info("Building %s with random weights (seed %d)", model.name, DUMMY_WEIGHT_SEED)
                 with torch.random.fork_rng(devices=[]), torch.device(self.device):
                     torch.manual_seed(DUMMY_WEIGHT_SEED)
-                    lm = AutoModelForCausalLM.from_config(config, **common)
+                    lm = auto.from_config(config, **common)
             else:
                 logger.info("Loading %s weights from %s", model.name, model.path)
-                lm = AutoModelForCausalLM.from_pretrained(model.path, config=config, **common)
+                lm = auto.from_pretrained(model.path, config=config, **common)
         except ValueError as exc:
             if attn in str(exc) or "attention" in str(exc).lower():
                 raise ValueError(
@@ -128,9 +149,11 @@ class HFModelRunner:
         return lm
 
     def _attach_context(self, num_layers: int) -> None:
-        """Every attention module finds this runner's pool and plan through an attribute."""
+        """Every attention module of the language model finds this runner's pool and plan
+        through an attribute (a vision tower's layers keep their own attention)."""
         layers = 0
-        for module in self.model.modules():
+        text_model = self.model.get_decoder() if _takes_images(self.model) else self.model
+        for module in text_model.modules():
             layer_idx = getattr(module, "layer_idx", None)
             if isinstance(layer_idx, int):
                 if not 0 <= layer_idx < num_layers:
@@ -161,9 +184,13 @@ class HFModelRunner:
         sampled rows, or None when nothing is sampled (a mid-prompt chunk: no LM head at all)."""
         batch = self._to_device(batch)
         self.context.plan = AttentionPlan.build(batch)
+        tokens: dict[str, torch.Tensor] = {"input_ids": batch.input_ids[None]}
+        if batch.images:
+            assert self.vision is not None, "the engine admits images only when supports_images"
+            tokens = {"inputs_embeds": self.vision.inputs_embeds(batch)}
         try:
             out = self.model(
-                input_ids=batch.input_ids[None],
+                **tokens,
                 position_ids=batch.positions[None],
                 use_cache=False,
                 logits_to_keep=batch.sample_indices if batch.sampling is not None else self._no_rows,
