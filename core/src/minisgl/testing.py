@@ -113,3 +113,77 @@ def make_tiny_model(
     model.save_pretrained(str(out))
     save_hf_tokenizer(tokenizer, out, bos_token=END_OF_TEXT, eos_token=IM_END, pad_token=END_OF_TEXT)
     return str(out)
+
+
+IMAGE_TOKEN = "<image>"
+TinyVisionArch = Literal["llava", "idefics3"]
+# ChatML with image parts: each image is written as the image token
+VISION_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for p in m['content'] %}"
+    "{% if p['type'] == 'image' %}<image>\n{% elif p['type'] == 'text' %}{{ p['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tiny_vlm(path: str | Path, arch: TinyVisionArch = "llava", *, seed: int = 0) -> str:
+    """Write a tiny random vision-language model (config, processor with chat template,
+    weights) into `path` with `save_pretrained`; return the path. 32x32 images: LLaVA makes
+    16 image tokens of one, Idefics3 tiles it and interleaves tile markers."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        GenerationConfig,
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+        Idefics3VisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    from .models.tokenizer_builder import DEFAULT_SPECIAL_TOKENS
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = [IMAGE_TOKEN] + (["<fake_token_around_image>", "<global-img>"] if arch == "idefics3" else [])
+    tokenizer = build_byte_level_tokenizer(None, {**DEFAULT_SPECIAL_TOKENS, **dict.fromkeys(extra)})
+    bos_id, eos_id = tokenizer.token_to_id(END_OF_TEXT), tokenizer.token_to_id(IM_END)
+    image_id = tokenizer.token_to_id(IMAGE_TOKEN)
+    text = LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                       bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=bos_id, tie_word_embeddings=False)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=END_OF_TEXT, eos_token=IM_END,
+                                     pad_token=END_OF_TEXT, clean_up_tokenization_spaces=False, model_max_length=1 << 30)
+    if arch == "llava":
+        config = LlavaConfig(vision_config=CLIPVisionConfig(**vision, projection_dim=32), text_config=text,
+                             image_token_id=image_id, vision_feature_layer=-2,
+                             vision_feature_select_strategy="default")
+        model_cls = LlavaForConditionalGeneration
+        processor = LlavaProcessor(
+            image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+            tokenizer=hf_tok, patch_size=8, vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
+            num_additional_image_tokens=1, chat_template=VISION_CHAT_TEMPLATE)
+    elif arch == "idefics3":
+        config = Idefics3Config(vision_config=Idefics3VisionConfig(**vision).to_dict(), text_config=text.to_dict(),
+                                image_token_id=image_id, scale_factor=2)
+        model_cls = Idefics3ForConditionalGeneration
+        processor = Idefics3Processor(
+            image_processor=Idefics3ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32}),
+            tokenizer=hf_tok, image_seq_len=4, chat_template=VISION_CHAT_TEMPLATE)
+    else:
+        raise ValueError(f"arch={arch!r}: expected llava or idefics3")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config).eval()
+    model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=bos_id)
+    model.save_pretrained(str(out))
+    processor.save_pretrained(str(out))
+    return str(out)

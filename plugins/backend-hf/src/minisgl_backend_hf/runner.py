@@ -70,6 +70,19 @@ def _takes_images(model: Any) -> bool:
     return hasattr(model.config, "vision_config") and hasattr(model, "get_image_features")
 
 
+def _check_positions(config: Any) -> None:
+    """Refuse models whose image tokens need multimodal rotary positions (M-RoPE: 3-D
+    positions per image patch, Qwen2-VL and its kin): this runner feeds 1-D positions, which
+    would give such a model wrong answers without any error."""
+    text = config.get_text_config()
+    for name in ("rope_scaling", "rope_parameters"):
+        rope = getattr(text, name, None)
+        if isinstance(rope, dict) and "mrope_section" in rope:
+            raise ValueError(f"backend hf: {type(config).__name__} places image tokens with multimodal rotary "
+                             "positions (M-RoPE), which minisgl does not compute; LLaVA and Idefics3/SmolVLM "
+                             "models work")
+
+
 class HFModelRunner:
     """ModelRunner for any transformers causal LM (see minisgl.engine.batch.ModelRunner)."""
 
@@ -78,6 +91,8 @@ class HFModelRunner:
         configure_torch(self.device, settings.matmul_precision)
         config = AutoConfig.from_pretrained(model.path, trust_remote_code=settings.trust_remote_code)
         self.dtype = pick_dtype(settings.dtype, config, self.device)
+        if hasattr(config, "vision_config"):
+            _check_positions(config)
         self.model = self._load(model, config, settings.trust_remote_code)
         text_config = self.model.config.get_text_config()
 
