@@ -90,3 +90,23 @@ def test_encode_chat_refuses_images_it_cannot_return(llava):
 
     with pytest.raises(RequestError, match="use LLM.chat"):
         llava.encode_chat(messages([("image", png_bytes(0)), ("text", "hi")]))
+
+
+def test_a_batch_mixing_text_and_images_survives_retraction(tiny_llava_path):
+    """Four conversations at once in a KV pool too small for all of them: requests are
+    retracted and readmitted (their images recomputed or found in the cache), and every
+    answer still equals transformers'."""
+    conversations = [
+        [("image", png_bytes(11)), ("text", "What is this?")],
+        [("text", "Tell me a story about a small red fox.")],
+        [("image", png_bytes(12)), ("text", "and"), ("image", png_bytes(13)), ("text", "which is brighter?")],
+        [("image", png_bytes(11)), ("text", "Once more?")],
+    ]
+    params = SamplingParams(temperature=0.0, max_new_tokens=24, ignore_eos=True)
+    with LLM(tiny_llava_path, backend="hf", dtype="float32", device="cpu", page_size=4, num_pages=24,
+             max_prefill_length=16) as llm:
+        outs = llm.chat([messages(c) for c in conversations], params)
+        assert llm.metrics()["retractions_total"] > 0
+        llm.engine.check_invariants()
+    for conv, out in zip(conversations, outs):
+        assert out.outputs[0].token_ids == reference(tiny_llava_path, conv, max_new_tokens=24)

@@ -183,12 +183,16 @@ class LLM:
         texts = [p if isinstance(p, str) else None for p in prompt_items(prompts)]
         return [self._output(gen, text) for gen, text in zip(gens, texts)]
 
-    def chat(self, messages: list[dict[str, Any]], sampling_params: SamplingParams | None = None,
-             **template_kwargs: Any) -> RequestOutput:
-        """One conversation's answer (the model's chat template, as /v1/chat/completions);
-        image_url parts work as there when the model takes images."""
-        prompt = self._encode_chat(messages, template_kwargs)
-        return self._generate(self._submit([prompt.ids], sampling_params, prompt.images), [prompt.ids])[0]
+    def chat(self, messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
+             sampling_params: SamplingParams | None = None, **template_kwargs: Any) -> Any:
+        """A conversation's answer (the model's chat template, as /v1/chat/completions);
+        image_url parts work as there when the model takes images. A list of conversations
+        runs as one batch and gives a list of answers."""
+        batch = bool(messages) and isinstance(messages[0], list)
+        prompts = [self._encode_chat(m, template_kwargs) for m in (messages if batch else [messages])]
+        gens = [g for p in prompts for g in self._submit([p.ids], sampling_params, p.images)]
+        outputs = self._generate(gens, [p.ids for p in prompts])
+        return outputs if batch else outputs[0]
 
     @staticmethod
     def _output(gen: Generation, prompt: str | None) -> RequestOutput:
