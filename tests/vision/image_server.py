@@ -40,7 +40,7 @@ class ImageServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 owner.requests.append(self.path)
                 if self.path.startswith("/img/"):
                     body = png_bytes(int(self.path[5:].split(".")[0]))

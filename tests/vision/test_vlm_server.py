@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import concurrent.futures
 
+import httpx
+
 import openai
 import pytest
 from image_server import ImageServer, data_url, png_bytes
@@ -34,9 +36,10 @@ def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def ask(client, url: str, text: str = "What is in the picture?", **kw):
+def ask(client, url: str, text: str = "What is in the picture?", model: str | None = None, **kw):
     content = [{"type": "image_url", "image_url": {"url": url, "detail": "low"}}, {"type": "text", "text": text}]
-    return client.chat.completions.create(model=client.models.list().data[0].id, temperature=0, max_tokens=8,
+    model = client.models.list().data[0].id if model is None else model
+    return client.chat.completions.create(model=model, temperature=0, max_tokens=8,
                                           messages=[{"role": "user", "content": content}],
                                           extra_body={"ignore_eos": True}, **kw)
 
@@ -114,5 +117,39 @@ def test_a_text_model_refuses_images(tiny_qwen3_path, tmp_path):
         text_client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
         with pytest.raises(openai.BadRequestError, match="takes text only"):
             ask(text_client, data_url(png_bytes(0)))
+    finally:
+        srv.stop()
+
+
+def test_a_text_model_and_a_vision_model_side_by_side(tiny_qwen3_path, tiny_llava_path, tmp_path):
+    """MODEL_NAME a text model, VLM_MODEL_NAME a vision-language one: an engine each behind one
+    server; requests with images go to the VLM, a request's `model` picks either."""
+    srv = start_server(tiny_qwen3_path, "--dtype", "float32", log_dir=tmp_path,
+                       env={"VLM_MODEL_NAME": tiny_llava_path, "VLM_BACKEND": "hf"})
+    try:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        ids = [m.id for m in c.models.list().data]
+        assert ids == [tiny_qwen3_path, tiny_llava_path]
+        from transformers import AutoTokenizer
+
+        vlm_tok = AutoTokenizer.from_pretrained(tiny_llava_path)
+        r = ask(c, data_url(png_bytes(40)), model="")  # no model named: the images decide
+        assert r.model == tiny_llava_path
+        expected = reference(tiny_llava_path, [("image", png_bytes(40)), ("text", "What is in the picture?")])
+        assert r.choices[0].message.content == vlm_tok.decode(expected, skip_special_tokens=True)
+        text = [{"role": "user", "content": "Tell me a story."}]
+        plain = c.chat.completions.create(model=ids[0], messages=text, max_tokens=4, temperature=0)
+        assert plain.model == tiny_qwen3_path
+        by_name = c.chat.completions.create(model=ids[1], messages=text, max_tokens=8, temperature=0,
+                                            extra_body={"ignore_eos": True})
+        assert by_name.choices[0].message.content == vlm_tok.decode(
+            reference(tiny_llava_path, [("text", "Tell me a story.")]), skip_special_tokens=True)
+        with pytest.raises(openai.BadRequestError, match="takes text only"):
+            c.chat.completions.create(model=ids[0], max_tokens=2, messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(png_bytes(0))}}]}])
+        health = httpx.get(srv.url + "/health").json()
+        assert health["models"] == ids and len(health["engines"]) == 2
+        metrics = httpx.get(srv.url + "/metrics").json()
+        assert {r["index"] for r in metrics["replicas"]} == {0, "vision-0"}
     finally:
         srv.stop()

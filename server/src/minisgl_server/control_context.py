@@ -33,10 +33,10 @@ class ServerControlContext:
     def set_scheduler(self, name: str) -> dict[str, Any]:
         # an unknown or broken policy raises SchedulerError (a ValueError): an error reply
         # naming the installed policies; the current policy stays in place
-        return self.state.pool.set_policy(name)
+        return self.state.set_scheduler(name)
 
     async def drain(self, timeout: float) -> dict[str, Any]:
-        return await self.state.pool.drain(timeout)
+        return await self.state.drain(timeout)
 
     async def resume(self) -> dict[str, Any]:
-        return self.state.pool.resume()
+        return self.state.resume()

@@ -34,9 +34,10 @@ def adaptive_factor(inflight: int, settings: Any) -> float | None:
 
 
 class InflightRequest:
-    def __init__(self, state: Any, gen: Generation) -> None:
+    def __init__(self, state: Any, gen: Generation, pool: Any = None) -> None:
         self.state = state
         self.gen = gen
+        self.pool = pool or state.pool  # the served model's engines
         self._queue: asyncio.Queue[EngineOutput] = asyncio.Queue()
         self._lease: Any = None
         self._sent: set[str] = set()  # engine requests this request submitted (and may abort)
@@ -47,7 +48,7 @@ class InflightRequest:
     def start(self) -> None:
         """Take inflight slots on a replica and send the engine requests (429/503 here,
         before any response starts)."""
-        gen, pool = self.gen, self.state.pool
+        gen, pool = self.gen, self.pool
         first = gen.sequences[0].prompt_ids if gen.sequences else []
         try:
             self._lease = pool.lease(len(gen.sequences), first, rid=gen.rid)

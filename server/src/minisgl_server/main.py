@@ -60,7 +60,8 @@ class DrainingServer(uvicorn.Server):
         elif len(self.signals) >= 2 and not self._ended_drain:
             self._ended_drain = True
             log.warning("%s again: ending the drain now", signal.Signals(self.signals[-1]).name)
-            self.state.pool.end_drain()
+            for pool in self.state.pools:
+                pool.end_drain()
         return await super().on_tick(counter)
 
 

@@ -39,39 +39,47 @@ def _numbers(d: dict[str, Any]) -> dict[str, int | float]:
 
 
 async def collect_metrics(state: Any) -> dict[str, Any]:
+    """The server's metrics: engine counters summed over every replica of every served model
+    (each replica also on its own; a VLM_MODEL_NAME engine's as replica "vision-<i>")."""
     settings = state.settings
-    pool = state.pool
-    try:
-        await pool.refresh_load()
-    except Exception as exc:  # metrics must answer even when an engine misbehaves
-        log.warning("engine metrics unavailable: %s", exc)
+    pools = [m.pool for m in state.models]
+    for pool in pools:
+        try:
+            await pool.refresh_load()
+        except Exception as exc:  # metrics must answer even when an engine misbehaves
+            log.warning("engine metrics unavailable: %s", exc)
     replicas: list[dict[str, Any]] = []
     merged: dict[str, Any] = {key: 0 for key in ENGINE_KEYS}
-    for replica in pool.replicas:
-        # a dead replica keeps its last counters; its gauges (running, KV...) are gone
-        engine = {RENAMED.get(k, k): v for k, v in _numbers(replica.engine_metrics).items()
-                  if replica.alive or k in COUNTERS}
-        replicas.append({**engine, **replica.summary()})
-        for key, value in engine.items():
-            merged[key] = merged.get(key, 0) + value
+    for served in state.models:
+        for replica in served.pool.replicas:
+            # a dead replica keeps its last counters; its gauges (running, KV...) are gone
+            engine = {RENAMED.get(k, k): v for k, v in _numbers(replica.engine_metrics).items()
+                      if replica.alive or k in COUNTERS}
+            summary = replica.summary()
+            if served.role:
+                summary["index"] = f"{served.role}-{summary['index']}"
+            replicas.append({**engine, **summary})
+            for key, value in engine.items():
+                merged[key] = merged.get(key, 0) + value
     stats = state.stats
-    backend = state.info.backend if state.info else settings.backend
+    pool = state.pool
+    backend = state.primary.info.backend if state.primary.info else settings.backend
     merged.update({
         "requests_aborted_total": stats.requests_aborted_total,
         "requests_total": stats.requests_total,
         "requests_rejected_total": stats.requests_rejected_total,
-        "num_inflight": pool.inflight_total,
+        "num_inflight": sum(p.inflight_total for p in pools),
         "max_inflight_total": settings.max_inflight_total,
         "max_inflight_per_engine": settings.max_inflight_per_engine,
-        "adaptive_downscaled_total": pool.adaptive_downscaled_total,
-        "warmed_tokens": sum(r.warmed_tokens for r in pool.replicas),
+        "adaptive_downscaled_total": sum(p.adaptive_downscaled_total for p in pools),
+        "warmed_tokens": sum(r.warmed_tokens for p in pools for r in p.replicas),
         "scheduler": pool.policy_name,
         "backend": backend,
         "model": state.model_id,
         "dp_size": len(pool.replicas),
-        "engines_alive": len(pool.alive),
-        "degraded": pool.degraded,
-        "ready": state.ready and pool.healthy,
+        "engines_alive": sum(len(p.alive) for p in pools),
+        "degraded": any(p.degraded for p in pools),
+        "ready": state.ready and all(p.healthy for p in pools),
         "uptime_s": state.uptime_s(),
         "metric_window": settings.metric_window,
         **stats.rolling(),

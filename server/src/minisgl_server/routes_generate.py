@@ -68,13 +68,14 @@ def _meta(gen: Generation, s: Sequence) -> GenerateMetaInfo:
 @post("/generate", status_code=200, summary="generate text (the seed's format and sglang's)")
 async def generate(request: Request[Any, Any, Any], data: GenerateRequest) -> Response[Any]:
     state = request.app.state.server
-    frontend = state.ready_frontend()
+    served = state.route()
+    frontend = served.frontend
     if data.rid is not None and not RID.match(data.rid):
         raise invalid("'rid' must be 1-128 characters of letters, digits and _ . : -", "rid")
     param, prompt = _prompt(data)
-    prompts = await state.tokenizers.run(encode_prompts, prompt, param, frontend.max_context_len)
+    prompts = await served.tokenizers.run(encode_prompts, prompt, param, frontend.max_context_len)
     gen = frontend.generation(data.rid or new_request_id("gen"), prompts, _sampling(data), names={"prompt": param})
-    run = InflightRequest(state, gen)
+    run = InflightRequest(state, gen, served.pool)
     run.start()
     if data.stream:
         return Stream(_lines(run), media_type="application/x-ndjson", background=BackgroundTask(run.aclose))

@@ -33,6 +33,7 @@ from .openai_types import (
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
+    ImagePart,
     PromptTokensDetails,
     TopLogprob,
     Usage,
@@ -112,16 +113,17 @@ def _completion_logprobs(tok: Any, infos: list[TokenLogprob] | None, offset: int
 @post("/v1/completions", status_code=200, summary="OpenAI completions")
 async def completions(request: Request[Any, Any, Any], data: CompletionRequest) -> Response[Any]:
     state = request.app.state.server
-    frontend = state.ready_frontend(data.model)
-    prompts = await state.tokenizers.run(encode_prompts, data.prompt, max_context_len=frontend.max_context_len)
+    served = state.route(data.model)
+    frontend = served.frontend
+    prompts = await served.tokenizers.run(encode_prompts, data.prompt, max_context_len=frontend.max_context_len)
     params = _sampling(data, data.max_tokens, data.logprobs is not None, data.logprobs or 0)
     gen = frontend.generation(new_request_id("cmpl"), prompts, params, names=_names("max_tokens"))
     tok = frontend.tokenizer
     echo = [tok.decode(p) for p in prompts] if data.echo else None
-    run = InflightRequest(state, gen)
+    run = InflightRequest(state, gen, served.pool)
     run.start()
     if data.stream:
-        return _stream(run, _completion_events(tok, run, state.model_id, data, echo))
+        return _stream(run, _completion_events(tok, run, served.model_id, data, echo))
     if await run.finish(request) is None:
         return Response(b"", status_code=499)
     choices = [
@@ -133,7 +135,7 @@ async def completions(request: Request[Any, Any, Any], data: CompletionRequest) 
         )
         for s in gen.sequences
     ]
-    return Response(CompletionResponse(id=gen.rid, model=state.model_id, choices=choices, usage=_usage(gen)))
+    return Response(CompletionResponse(id=gen.rid, model=served.model_id, choices=choices, usage=_usage(gen)))
 
 
 async def _completion_events(tok: Any, run: InflightRequest, model: str, data: CompletionRequest,
@@ -174,10 +176,12 @@ def _chat_logprobs(tok: Any, infos: list[TokenLogprob] | None) -> ChatLogprobs |
 @post("/v1/chat/completions", status_code=200, summary="OpenAI chat completions")
 async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletionRequest) -> Response[Any]:
     state = request.app.state.server
-    frontend = state.ready_frontend(data.model)
+    served = state.route(data.model, images=any(isinstance(part, ImagePart) for m in data.messages
+                                                 if isinstance(m.content, list) for part in m.content))
+    frontend = served.frontend
     if data.top_logprobs and not data.logprobs:
         raise invalid("'top_logprobs' needs 'logprobs': true", "top_logprobs")
-    prompt = await state.tokenizers.run(
+    prompt = await served.tokenizers.run(
         encode_chat, msgspec.to_builtins(data.messages), add_generation_prompt=data.add_generation_prompt,
         continue_final_message=data.continue_final_message, template_kwargs=data.chat_template_kwargs,
         max_context_len=frontend.max_context_len, image_rules=state.image_rules,
@@ -187,11 +191,11 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
     params = _sampling(data, max_tokens, data.logprobs, data.top_logprobs or 0)
     gen = frontend.generation(new_request_id("chatcmpl"), [prompt.ids], params, names=_names(param, "messages"),
                               images=[prompt.images])
-    run = InflightRequest(state, gen)
+    run = InflightRequest(state, gen, served.pool)
     run.start()
     tok = frontend.tokenizer
     if data.stream:
-        return _stream(run, _chat_events(tok, run, state.model_id, data))
+        return _stream(run, _chat_events(tok, run, served.model_id, data))
     if await run.finish(request) is None:
         return Response(b"", status_code=499)
     choices = [
@@ -203,7 +207,7 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
         )
         for s in gen.sequences
     ]
-    return Response(ChatCompletionResponse(id=gen.rid, model=state.model_id, choices=choices, usage=_usage(gen)))
+    return Response(ChatCompletionResponse(id=gen.rid, model=served.model_id, choices=choices, usage=_usage(gen)))
 
 
 async def _chat_events(tok: Any, run: InflightRequest, model: str, data: ChatCompletionRequest) -> AsyncIterator[bytes]:

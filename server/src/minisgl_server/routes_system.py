@@ -21,21 +21,24 @@ async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response(body, status_code=200 if healthy else 503)
 
 
-@get("/v1/models", summary="the served model")
+def _card(served: Any) -> ModelCard:
+    info = served.info
+    return ModelCard(id=served.model_id, root=info.model_path if info else served.settings.model_path,
+                     max_model_len=served.max_context_len if info else 0)
+
+
+@get("/v1/models", summary="the served models (MODEL_NAME, and VLM_MODEL_NAME when it is another)")
 async def list_models(request: Request[Any, Any, Any]) -> ModelList:
-    state = request.app.state.server
-    ctx = state.max_context_len if state.info else 0
-    return ModelList(data=[ModelCard(id=state.model_id, root=state.info.model_path if state.info else state.settings.model_path, max_model_len=ctx)])
+    return ModelList(data=[_card(m) for m in request.app.state.server.models])
 
 
 @get("/v1/models/{model_id:path}", summary="one model")
 async def get_model(request: Request[Any, Any, Any], model_id: str) -> ModelCard:
-    state = request.app.state.server
     name = model_id.lstrip("/")
-    if not (state.accepts_model(name) or state.accepts_model("/" + name)):
-        raise RequestError(ErrorKind.MODEL_NOT_FOUND, f"the model `{name}` does not exist", "model")
-    ctx = state.max_context_len if state.info else 0
-    return ModelCard(id=state.model_id, root=state.info.model_path if state.info else state.settings.model_path, max_model_len=ctx)
+    for served in request.app.state.server.models:
+        if served.accepts(name) or served.accepts("/" + name):
+            return _card(served)
+    raise RequestError(ErrorKind.MODEL_NOT_FOUND, f"the model `{name}` does not exist", "model")
 
 
 def _wants_prometheus(request: Request[Any, Any, Any]) -> bool:

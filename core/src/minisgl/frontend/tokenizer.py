@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from ..engine.messages import ImageInput
+from ..models.resolve import is_vision_model
 from .detokenizer import IncrementalDetokenizer
 from .errors import ErrorKind, RequestError, invalid
 from .images import ImageRules, image_bytes
-from ..models.resolve import is_vision_model
 from .vision import VisionProcessor
 
 log = logging.getLogger("minisgl.frontend")
