@@ -104,14 +104,22 @@ def test_real_plugin_settings_keep_the_seed_names():
     assert Settings().mlx_prefill_step_size == 2048  # built by hand: the declared default
 
 
+def test_vision_settings_keep_the_seed_names():
+    env = {"VLM_BACKEND": "hf", "VLM_MODEL_NAME": "llava", "VLM_IMAGE_TOKEN": "<img>", "VLM_IMAGE_HTTP_TIMEOUT_S": "2.5",
+           "VLM_MAX_IMAGE_BYTES": "1000", "ALLOW_FILE_IMAGE_URL": "1", "VLM_STREAM_LOG_STRIDE": "4"}
+    s, _ = load_settings(environ=env)
+    assert (s.vlm_backend, s.vlm_model_name, s.vlm_image_token, s.vlm_image_http_timeout_s, s.vlm_max_image_bytes,
+            s.allow_file_image_url, s.vlm_stream_log_stride) == ("hf", "llava", "<img>", 2.5, 1000, True, 4)
+    with pytest.raises(SettingsError, match="VLM_MAX_IMAGE_BYTES"):
+        load_settings(environ={"VLM_MAX_IMAGE_BYTES": "0"})
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name", "source"),
     [
         ({"environ": {"TOY_TURBO": "1"}}, "toy_turbo", "env TOY_TURBO"),
         ({"environ": {"MOE_BACKEND": "fused"}}, "moe_backend", "env MOE_BACKEND"),
         ({"flags": {"disable_pynccl": True}}, "disable_pynccl", "flag --disable-pynccl"),
-        ({"environ": {"VLM_BACKEND": "hf"}}, "vlm_backend", "env VLM_BACKEND"),
-        ({"environ": {"ALLOW_FILE_IMAGE_URL": "1"}}, "allow_file_image_url", "env ALLOW_FILE_IMAGE_URL"),
     ],
 )
 def test_an_unsupported_setting_is_refused_naming_itself_its_source_and_why(kwargs, name, source):

@@ -79,3 +79,15 @@ def test_auto_never_picks_a_backend_that_does_not_rank_the_device():
     with pytest.raises(RuntimeError, match=r"no backend can run on cpu \(installed: gpu_only\); gpu_only: available, "
                                            r"but not ranked"):
         select_backend(Settings(device="cpu"), registry)
+
+
+def test_a_vision_language_model_goes_only_to_a_backend_that_runs_images(tiny_llava_path):
+    from minisgl.models import resolve_model
+
+    assert resolve_model(tiny_llava_path).takes_images
+    registry = get_registry()
+    spec, why = select_backend(settings_from_kwargs(model=tiny_llava_path, device="cpu"), registry, vision=True)
+    assert spec.name == "hf" and spec.vision
+    with pytest.raises(RuntimeError, match="runs text models only"):
+        select_backend(settings_from_kwargs(model=tiny_llava_path, backend="auto", vlm_backend="mlx"), registry,
+                       vision=True)

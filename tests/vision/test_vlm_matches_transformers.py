@@ -110,3 +110,26 @@ def test_a_batch_mixing_text_and_images_survives_retraction(tiny_llava_path):
         llm.engine.check_invariants()
     for conv, out in zip(conversations, outs):
         assert out.outputs[0].token_ids == reference(tiny_llava_path, conv, max_new_tokens=24)
+
+
+def test_images_prepared_in_a_tokenizer_worker_equal_the_server_process(tiny_llava_path):
+    """--num-tokenizer: image fetching and preprocessing run in a worker process; the prompt
+    and the image tensors that come back are the same as in-process."""
+    import asyncio
+
+    from minisgl.frontend.tokenizer import Tokenizer, encode_chat
+    from minisgl.frontend.tokenizer_pool import TokenizerPool
+
+    conv = messages([("image", png_bytes(9)), ("text", "What is it?")])
+    local = encode_chat(Tokenizer(tiny_llava_path), conv)
+
+    async def in_worker():
+        pool = TokenizerPool(Tokenizer(tiny_llava_path), tiny_llava_path, workers=1)
+        await pool.start()
+        try:
+            return await pool.run(encode_chat, conv)
+        finally:
+            pool.shutdown()
+
+    remote = asyncio.run(in_worker())
+    assert remote.ids == local.ids and remote.images == local.images and len(local.images) == 1

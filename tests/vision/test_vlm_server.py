@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 
 import httpx
-
 import openai
 import pytest
 from image_server import ImageServer, data_url, png_bytes

@@ -96,9 +96,10 @@ def select_backend(settings: Settings, registry: Registry, vision: bool = False)
     note = "; ".join(f"{name}: {why}" for name, why in skipped.items())
     if chosen is None:
         known = ", ".join(s.name for s in specs) or "none installed"
-        what = "this vision-language model" if vision else "here"
-        raise RuntimeError(f"no backend can run {what} on {device} (installed: {known}; minisgl-backend-hf runs "
-                           f"vision-language models); {note}")
+        if vision:
+            known += "; minisgl-backend-hf runs vision-language models"
+        raise RuntimeError(f"no backend can run {'this vision-language model ' if vision else ''}on {device} "
+                           f"(installed: {known}); {note}")
     for name, why in skipped.items():
         log.info("backend %s skipped: %s", name, why)
     return chosen, f"auto on {device}: {chosen.name}" + (f" (skipped {note})" if note else "")
