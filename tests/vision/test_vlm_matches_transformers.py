@@ -133,3 +133,20 @@ def test_images_prepared_in_a_tokenizer_worker_equal_the_server_process(tiny_lla
 
     remote = asyncio.run(in_worker())
     assert remote.ids == local.ids and remote.images == local.images and len(local.images) == 1
+
+
+def test_a_chat_template_that_drops_image_parts_gets_vlm_image_token(tiny_llava_path):
+    """A text-only chat template (it joins text parts, dropping images): VLM_IMAGE_TOKEN is
+    written where each image was, then expanded like the model's own image token."""
+    from minisgl.frontend.images import ImageRules
+    from minisgl.frontend.tokenizer import Tokenizer, encode_chat
+    from minisgl.models.tokenizer_builder import CHATML_TEMPLATE
+
+    tok = Tokenizer(tiny_llava_path)
+    conv = messages([("image", png_bytes(3)), ("text", "What is it?")])
+    own = encode_chat(tok, conv)
+    tok.tokenizer.chat_template = CHATML_TEMPLATE
+    tok._templates = tok.tokenizer
+    fallback = encode_chat(tok, conv, image_rules=ImageRules(placeholder="[IMG]"))
+    assert fallback.ids == own.ids and fallback.images == own.images
+    assert sum(t == own.images[0].pad_id for t in own.ids) == 16
