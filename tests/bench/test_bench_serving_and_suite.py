@@ -1,0 +1,89 @@
+"""`minisgl bench serving` against the real server (our metrics and the plain OpenAI view),
+its failure accounting, and `minisgl bench suite` ending with the seed's three lines. The
+reports must hold the fields users compare by; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from server_process import start_server
+
+
+def minisgl(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "minisgl", "bench", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "BENCH_LOG_LEVEL": "WARNING"})
+
+
+@pytest.fixture(scope="module")
+def server(tiny_qwen3_path, tmp_path_factory):
+    srv = start_server(tiny_qwen3_path, "--max-seq-len-override", "512", log_dir=tmp_path_factory.mktemp("bench-server"))
+    yield srv
+    srv.stop()
+
+
+def serving(server, tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / "serving.json"
+    result = minisgl("serving", "--base-url", server.url, "--num-prompts", "6", "--output-len", "3-6", "--json", str(out),
+                     *args)
+    return result, (json.loads(out.read_text()) if out.exists() else {})
+
+
+def test_serving_reports_throughput_latency_and_the_environment(server, tmp_path):
+    png = tmp_path / "serving.png"
+    result, report = serving(server, tmp_path, "--input-len", "5-20", "--max-concurrency", "3", "--request-rate", "50",
+                             "--plot", str(png))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert report["completed"] == 6 and report["failed"] == 0
+    assert report["output_tokens"] == sum(r["output_tokens"] for r in report["requests"]) > 0
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "latency_ms"):
+        assert set(report[key]) == {"mean", "p50", "p90", "p99"}
+    for key in ("request_throughput", "input_throughput", "output_throughput", "total_throughput"):
+        assert report[key] > 0
+    assert report["cached_prompt_share"] is not None  # --backend minisgl reads /metrics
+    env = report["environment"]
+    assert env["machine"]["cores"] >= 1 and env["git_revision"] and env["dtype"] and env["settings"]["seed"] == 0
+    assert report["compute_floor"]["output_throughput"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "TTFT (ms)" in result.stdout and "revision:" in result.stdout
+
+
+def test_shared_prefix_shows_the_prefix_cache_and_openai_mode_reads_no_metrics(server, tmp_path):
+    result, report = serving(server, tmp_path, "--dataset", "shared-prefix", "--groups", "2", "--system-len", "64",
+                             "--question-len", "4-8", "--max-concurrency", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert report["cached_prompt_share"] > 0.3
+    result, report = serving(server, tmp_path, "--backend", "openai", "--input-len", "5-10")
+    assert result.returncode == 0 and report["cached_prompt_share"] is None and report["completed"] == 6
+
+
+def test_failures_are_counted_by_kind(server, tmp_path):
+    # prompts longer than the server's 512-token context: every request is a 400
+    result, report = serving(server, tmp_path, "--input-len", "600-700")
+    assert result.returncode == 1 and "every request failed" in result.stderr
+    assert report["failures"] == {"HTTP 400 context_length_exceeded": 6}
+
+
+def test_serving_without_a_server_says_so():
+    result = minisgl("serving", "--base-url", "http://127.0.0.1:9", "--num-prompts", "1")
+    assert result.returncode == 1 and "no OpenAI-compatible server answers" in result.stderr
+
+
+def test_suite_ends_with_the_seeds_three_lines(tiny_qwen3_path, tmp_path):
+    out = tmp_path / "suite.json"
+    result = minisgl("suite", "--model", tiny_qwen3_path, "--cases", "short,medium", "--repeat", "1", "--warmup", "1",
+                     "--concurrency", "2", "--max-new-tokens", "4", "--dtype", "float32", "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    last = result.stdout.strip().splitlines()[-3:]
+    assert last[0].startswith("Streaming chat summary: throughput=") and "tok/s, duration=" in last[0]
+    assert last[1].startswith("Baseline HF streaming chat summary: throughput=")
+    assert last[2].startswith("Comparison: streaming ") and " throughput" in last[2]
+    report = json.loads(out.read_text())
+    # both sides did the same work: 2 cases x 1 repeat x 2 requests x 4 tokens
+    assert report["minisgl"]["tokens"] == report["hf"]["tokens"] == 16
+    assert report["environment"]["settings"]["mixed_prompts"] is True and report["summary"] == last
+    bad = minisgl("suite", "--model", tiny_qwen3_path, "--cases", "huge")
+    assert bad.returncode == 2 and "--cases" in bad.stderr
