@@ -219,6 +219,11 @@ def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, in
                   f"{sum(r.output_len for r in reqs)} output tokens; rate {request_rate}/s, concurrency "
                   f"{max_concurrency or 'unbounded'}; {base_url} ({server_backend}), model {model}")
 
+    if dtype == "auto":
+        dtype = checkpoint_dtype(path)
+    # measured before the load: a busy server on the same cores would lower the matmul rate
+    floor_s, floor_how = compute_floor(path, dtype, Workload([r.prompt for r in reqs], [r.output_len for r in reqs]))
+
     async def go() -> tuple[list[sv.RequestResult], float, Any, Any]:
         before = await sv.server_metrics(base_url) if server_backend == "minisgl" else None
         with Progress(console=console, transient=True) as progress:
@@ -232,9 +237,6 @@ def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, in
     results, seconds, before, after = asyncio.run(go())
     report = sv.summarize(results, seconds)
     report["cached_prompt_share"] = sv.cached_share(before, after)
-    if dtype == "auto":
-        dtype = checkpoint_dtype(path)
-    floor_s, floor_how = compute_floor(path, dtype, Workload([r.prompt for r in reqs], [r.output_len for r in reqs]))
     report["compute_floor"] = {"seconds": floor_s, "output_throughput": report["output_tokens"] / floor_s if floor_s else 0,
                                "how": floor_how}
     head = header(base_url=base_url, server=server_backend, model=model, dtype=dtype, dataset=dataset,
@@ -242,7 +244,7 @@ def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, in
                             "request_rate": request_rate, "max_concurrency": max_concurrency, "seed": seed,
                             **({"groups": groups, "system_len": system_len, "question_len": question_len}
                                if dataset == "shared-prefix" else {})},
-                  server_reports=(after or {}).get("backend"))
+                  **({"minisgl_backend": after.get("backend")} if after else {}))
 
     table = Table(title=f"bench serving: {model} at {base_url}")
     table.add_column("metric")
