@@ -73,3 +73,29 @@ def test_unknown_device_is_a_clear_error(tiny_qwen3_path):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="--device cuda"):
         make_runner(tiny_qwen3_path, device="cuda")
+
+
+def test_a_cpu_pool_costs_memory_only_where_it_is_written():
+    """The pool is an anonymous memory map on a CPU: zeros to read, no resident memory
+    until written (torch.zeros would write all of it at start: seconds per GiB)."""
+    import os
+
+    import torch
+
+    from minisgl_backend_hf.kv_pool import KVPool, KVShape
+
+    def resident() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before = resident()
+    pool = KVPool(KVShape(num_layers=16, num_kv_heads=4, head_dim=64, dtype=torch.float32), num_pages=65536,
+                  page_size=8, device=torch.device("cpu"))
+    assert pool.nbytes == 2 * 16 * 4 * 65536 * 8 * 64 * 4  # 2 GiB
+    assert resident() - before < 64 << 20
+    slots = torch.tensor([3, 500_000])
+    k, v = pool.gather(5, slots)
+    assert not k.any() and not v.any()
+    pool.write(5, slots, torch.ones(4, 2, 64), torch.full((4, 2, 64), 2.0))
+    k, v = pool.gather(5, slots)
+    assert (k == 1).all() and (v == 2).all()

@@ -8,6 +8,8 @@ matmuls want, with no transpose copy; writing new tokens is one index_copy_ per 
 from __future__ import annotations
 
 import logging
+import math
+import mmap
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +68,17 @@ def plan_num_pages(
     return pages
 
 
+def _zeros(dims: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero tensor. On a CPU it is an anonymous memory map: the OS hands out zero pages as
+    they are first written, so a pool of gigabytes costs nothing until it is used, where
+    torch.zeros would write every byte at start (seconds per GiB)."""
+    if device.type != "cpu":
+        return torch.zeros(dims, dtype=dtype, device=device)
+    nbytes = math.prod(dims) * torch.empty((), dtype=dtype).element_size()
+    # frombuffer keeps the map alive as long as the tensor
+    return torch.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=dtype, count=math.prod(dims)).view(dims)
+
+
 class KVPool:
     """K and V for every slot of every layer, on the model's device and in its dtype."""
 
@@ -76,8 +89,8 @@ class KVPool:
         self.capacity = num_pages * page_size
         dims = (shape.num_layers, shape.num_kv_heads, self.capacity, shape.head_dim)
         # zeros, not empty: padded gathers read masked slots, and 0 * NaN garbage would be NaN
-        self.k = torch.zeros(dims, dtype=shape.dtype, device=device)
-        self.v = torch.zeros(dims, dtype=shape.dtype, device=device)
+        self.k = _zeros(dims, shape.dtype, device)
+        self.v = _zeros(dims, shape.dtype, device)
         logger.info(
             "Allocating %d pages for KV cache, K + V = %.2f GiB (%d slots x %d layers x %d kv heads x %d dims, %s)",
             num_pages,
