@@ -91,6 +91,7 @@ class LLM:
                                  eos_token_ids=self.engine.eos_token_ids,
                                  max_new_tokens_default=self.settings.max_new_tokens_default)
         self._ids = itertools.count()
+        self.image_rules = ImageRules.from_settings(self.settings)
 
     @property
     def tokenizer(self) -> Any:
@@ -112,7 +113,7 @@ class LLM:
     def _encode_chat(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> ChatPrompt:
         return encode_chat(self.frontend.tokenizer, messages, template_kwargs=template_kwargs,
                            max_context_len=self.frontend.max_context_len,
-                           image_rules=ImageRules.from_settings(self.settings))
+                           image_rules=self.image_rules)
 
     def encode_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
         """A conversation as prompt token ids, through the model's chat template (text only:

@@ -34,10 +34,10 @@ def adaptive_factor(inflight: int, settings: Any) -> float | None:
 
 
 class InflightRequest:
-    def __init__(self, state: Any, gen: Generation, pool: Any = None) -> None:
+    def __init__(self, state: Any, gen: Generation, pool: Any) -> None:
         self.state = state
         self.gen = gen
-        self.pool = pool or state.pool  # the served model's engines
+        self.pool = pool  # the engines of the model the request was routed to
         self._queue: asyncio.Queue[EngineOutput] = asyncio.Queue()
         self._lease: Any = None
         self._sent: set[str] = set()  # engine requests this request submitted (and may abort)

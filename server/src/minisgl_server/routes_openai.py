@@ -15,7 +15,7 @@ from litestar.response import Stream
 
 from minisgl.frontend.errors import invalid
 from minisgl.frontend.generation import Generation, TokenLogprob
-from minisgl.frontend.tokenizer import encode_chat, encode_prompts
+from minisgl.frontend.tokenizer import encode_chat, encode_prompts, has_image_parts
 from minisgl.sampling_params import SamplingParams
 
 from .inflight import InflightRequest
@@ -33,7 +33,6 @@ from .openai_types import (
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
-    ImagePart,
     PromptTokensDetails,
     TopLogprob,
     Usage,
@@ -176,13 +175,13 @@ def _chat_logprobs(tok: Any, infos: list[TokenLogprob] | None) -> ChatLogprobs |
 @post("/v1/chat/completions", status_code=200, summary="OpenAI chat completions")
 async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletionRequest) -> Response[Any]:
     state = request.app.state.server
-    served = state.route(data.model, images=any(isinstance(part, ImagePart) for m in data.messages
-                                                 if isinstance(m.content, list) for part in m.content))
+    messages = msgspec.to_builtins(data.messages)
+    served = state.route(data.model, images=has_image_parts(messages))
     frontend = served.frontend
     if data.top_logprobs and not data.logprobs:
         raise invalid("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     prompt = await served.tokenizers.run(
-        encode_chat, msgspec.to_builtins(data.messages), add_generation_prompt=data.add_generation_prompt,
+        encode_chat, messages, add_generation_prompt=data.add_generation_prompt,
         continue_final_message=data.continue_final_message, template_kwargs=data.chat_template_kwargs,
         max_context_len=frontend.max_context_len, image_rules=state.image_rules,
     )

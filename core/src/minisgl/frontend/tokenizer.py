@@ -176,6 +176,12 @@ def _content(message: dict[str, Any], index: int, images: list[tuple[str, str]],
     return parts
 
 
+def has_image_parts(messages: Sequence[dict[str, Any]]) -> bool:
+    """Whether a conversation holds image_url parts (it goes to a model that takes images)."""
+    return any(isinstance(m, dict) and isinstance(m.get("content"), list)
+               and any(isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"]) for m in messages)
+
+
 def _text_of(content: Any) -> str:
     return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
 
