@@ -94,3 +94,12 @@ def start_server(
         server.stop()
         raise
     return server
+
+
+def start_server_with_control(model_path: str, *args: str, log_dir: Path, env: dict[str, str] | None = None) -> ServerProcess:
+    """`start_server` with the ZMQ control plane on a free loopback port (`server.endpoint`)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    server = start_server(model_path, *args, log_dir=log_dir,
+                          env={**(env or {}), "ZMQ_CONTROL": "1", "ZMQ_CONTROL_ENDPOINT": endpoint})
+    server.endpoint = endpoint  # type: ignore[attr-defined]
+    return server

@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 
 import httpx
 import pytest
-from server_process import free_port, start_server
+from server_process import start_server_with_control
 
 from minisgl.control.client import ControlClient
 
@@ -25,12 +25,10 @@ TOPICS = ["The history of the Roman empire", "A field guide to alpine flowers",
 
 @pytest.fixture(scope="module")
 def server(tiny_qwen3_path, tmp_path_factory):
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    srv = start_server(
+    srv = start_server_with_control(
         tiny_qwen3_path, "--dp-size", "2",
         log_dir=tmp_path_factory.mktemp("pool-server"),
         env={
-            "ZMQ_CONTROL": "1", "ZMQ_CONTROL_ENDPOINT": endpoint,
             "WARM_PREFIXES": "||".join(WARM), "ASYNC_PREFILL_QUEUE": "1",
             "MAX_INFLIGHT_PER_ENGINE": "2", "MAX_INFLIGHT_TOTAL": "4",
             "ADAPTIVE_MAX_NEW_TOKENS": "1", "ADAPTIVE_MAX_INFLIGHT_THRESHOLD": "2",
@@ -38,7 +36,6 @@ def server(tiny_qwen3_path, tmp_path_factory):
             "ENGINE_RESTART_LIMIT": "0",  # the killed replicas stay dead (tests/reliability covers restarts)
         },
     )
-    srv.endpoint = endpoint
     yield srv
     srv.stop()
 

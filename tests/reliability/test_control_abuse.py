@@ -11,7 +11,7 @@ import httpx
 import msgspec
 import pytest
 import zmq
-from server_process import free_port, start_server
+from server_process import start_server_with_control
 
 from minisgl.control.client import ControlClient
 from minisgl.control.protocol import reply_decoder
@@ -19,10 +19,7 @@ from minisgl.control.protocol import reply_decoder
 
 @pytest.fixture(scope="module")
 def server(tiny_qwen3_path, tmp_path_factory):
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    srv = start_server(tiny_qwen3_path, log_dir=tmp_path_factory.mktemp("control-abuse"),
-                       env={"ZMQ_CONTROL": "1", "ZMQ_CONTROL_ENDPOINT": endpoint})
-    srv.endpoint = endpoint
+    srv = start_server_with_control(tiny_qwen3_path, log_dir=tmp_path_factory.mktemp("control-abuse"))
     yield srv
     srv.stop()
 

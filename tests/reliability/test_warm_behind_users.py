@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_process import free_port, start_server
+from server_process import start_server_with_control
 
 from minisgl import SamplingParams
 from minisgl.control.client import ControlClient
@@ -116,10 +116,7 @@ def test_offline_warm_stays_synchronous(tiny_qwen3_path):
 
 @pytest.fixture(scope="module")
 def server(tiny_qwen3_path, tmp_path_factory):
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    srv = start_server(tiny_qwen3_path, log_dir=tmp_path_factory.mktemp("warm-behind-users"),
-                       env={"ZMQ_CONTROL": "1", "ZMQ_CONTROL_ENDPOINT": endpoint})
-    srv.endpoint = endpoint
+    srv = start_server_with_control(tiny_qwen3_path, log_dir=tmp_path_factory.mktemp("warm-behind-users"))
     yield srv
     srv.stop()
 

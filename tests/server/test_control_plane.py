@@ -9,21 +9,18 @@ import sys
 
 import httpx
 import pytest
-from server_process import free_port, start_server
+from server_process import start_server_with_control
 
 from minisgl.control.client import ControlClient
 
 
 @pytest.fixture(scope="module")
 def server(tiny_qwen3_path, tmp_path_factory):
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    srv = start_server(
+    srv = start_server_with_control(
         tiny_qwen3_path,
         log_dir=tmp_path_factory.mktemp("server-control"),
-        env={"ZMQ_CONTROL": "1", "ZMQ_CONTROL_ENDPOINT": endpoint,
-             "WARM_PREFIXES": "You are a helpful assistant.||Answer briefly and politely."},
+        env={"WARM_PREFIXES": "You are a helpful assistant.||Answer briefly and politely."},
     )
-    srv.endpoint = endpoint
     yield srv
     srv.stop()
 
