@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 EXPECTED = {
-    "hf": {"backend": ["hf"], "setting": ["matmul_precision", "enable_sdp"]},
+    "hf": {"backend": ["hf"], "setting": ["matmul_precision", "enable_sdp", "hf_cpu_kernels"]},
     "sgl": {"backend": ["sgl"], "setting": ["attention_backend", "cuda_graph_max_bs", "moe_backend", "disable_pynccl"]},
     "mlx": {
         "backend": ["mlx"],

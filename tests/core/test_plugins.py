@@ -52,7 +52,7 @@ def test_json_lists_the_five_plugin_distributions():
     dists = {p["distribution"] for p in plugins}
     assert BUILTIN_DISTS <= dists
     by_name = {p["name"]: p for p in plugins}
-    assert by_name["hf"]["registered"] == {"backend": ["hf"], "setting": ["matmul_precision", "enable_sdp"]}
+    assert by_name["hf"]["registered"] == {"backend": ["hf"], "setting": ["matmul_precision", "enable_sdp", "hf_cpu_kernels"]}
     assert by_name["server"]["registered"]["command"] == ["serve"]
     assert {"host", "port", "dp_size", "warm_prefixes"} <= set(by_name["server"]["registered"]["setting"])
     assert by_name["diffusion"]["registered"]["command"] == ["image"]

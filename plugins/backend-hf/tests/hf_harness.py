@@ -14,5 +14,7 @@ def make_runner(
     path: str, dtype: str = "float32", num_pages: int | None = 512, page_size: int = 1, **overrides
 ) -> HFModelRunner:
     overrides.setdefault("device", "cpu")
-    settings = Settings(dtype=dtype, num_pages=num_pages, page_size=page_size, **overrides)
+    plugin_values = {name: overrides.pop(name) for name in list(overrides) if name not in Settings.__struct_fields__}
+    settings = Settings(dtype=dtype, num_pages=num_pages, page_size=page_size, plugin_values=plugin_values,
+                        **overrides)
     return create_runner(settings, SimpleNamespace(path=path, dummy=False, name=path.rstrip("/").split("/")[-1]))

@@ -19,10 +19,16 @@ def random_tokens(n: int, vocab: int, seed: int) -> list[int]:
     return torch.randint(3, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-@pytest.fixture(scope="module", params=["tiny_qwen3_path", "tiny_llama_path"])
+@pytest.fixture(
+    scope="module",
+    params=[("tiny_qwen3_path", True), ("tiny_llama_path", True), ("tiny_llama_path", False)],
+    ids=["qwen3", "llama", "llama-torch-ops"],
+)
 def tiny(request):
-    path = request.getfixturevalue(request.param)
-    runner = make_runner(path, dtype="float32")
+    """Each model through the CPU kernels (packed linears, native decode), and once through torch ops."""
+    fixture, cpu_kernels = request.param
+    path = request.getfixturevalue(fixture)
+    runner = make_runner(path, dtype="float32", hf_cpu_kernels=cpu_kernels)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return runner, ref
 

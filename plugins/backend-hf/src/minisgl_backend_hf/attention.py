@@ -9,9 +9,10 @@ flattened into one sequence [1, T]; the per-forward AttentionPlan says which tok
 Grouped-query attention never repeats K/V: the G query heads that share a kv head are folded
 into that head's query rows ([kv_heads, G * queries, head_dim]).
 
-Two kernels: torch SDPA (fused kernels on CUDA/MPS), and plain batched matmuls with an
-additive mask, which on CPUs beat SDPA's CPU kernels several times over for these shapes
-(bf16 GEMMs on AVX512-BF16/AMX; decode queries are only G rows per kv head).
+Decode rows on a CPU go to the native kernel (cpu_kernels.py), which reads each row's slots
+in the pool in place. Otherwise, and for prefill chunks, two torch paths: SDPA (fused kernels
+on CUDA/MPS), and plain batched matmuls with an additive mask, which on CPUs beat SDPA's CPU
+kernels several times over for these shapes (decode queries are only G rows per kv head).
 
 No attention *mask* function is registered on purpose: for an implementation name that the
 AttentionMaskInterface does not know, transformers skips building its dense [T, T] causal
@@ -28,6 +29,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .attention_plan import AttentionPlan, DecodeGroup, ExtendSegment
+from .cpu_kernels import PagedDecodeKernel
 from .kv_pool import KVPool
 
 ATTN_IMPLEMENTATION = "minisgl_paged"
@@ -38,9 +40,10 @@ class PagedAttentionContext:
     """Per-runner state the attention function reads: the pool and the current forward's plan.
     The runner attaches it to every attention module, so several runners can live in one process."""
 
-    def __init__(self, pool: KVPool, use_sdpa: bool) -> None:
+    def __init__(self, pool: KVPool, use_sdpa: bool, decode_kernel: PagedDecodeKernel | None = None) -> None:
         self.pool = pool
         self.use_sdpa = use_sdpa
+        self.decode_kernel = decode_kernel
         self.plan: AttentionPlan | None = None
 
 
@@ -62,6 +65,11 @@ def _decode(
     softcap: float | None,
 ) -> torch.Tensor:
     rows, num_heads, dim = q.shape
+    if ctx.decode_kernel is not None:
+        out = torch.empty(q.shape, dtype=torch.float32)
+        ctx.decode_kernel(q.float().contiguous(), ctx.pool.k[layer], ctx.pool.v[layer], dec.table, dec.lens, out,
+                          scale, window, softcap)
+        return out.to(q.dtype)
     k, v = ctx.pool.gather(layer, dec.slots)  # [KVH, Bd * Ld, D]
     kv_heads = k.shape[0]
     k = k.view(kv_heads, rows, dec.width, dim)

@@ -27,18 +27,33 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 @dataclass
 class DecodeGroup:
-    """Rows that add one token each, attended as one padded batch."""
+    """Rows that add one token each: attended in place by the native CPU kernel, or as one
+    padded batch gathered from the pool."""
 
     token_index: torch.Tensor | None  # [Bd] positions in T; None when every row of the batch decodes
-    slots: torch.Tensor  # [Bd * Ld] slots of each row's context, row-major (pad slots are masked)
-    width: int  # Ld: the longest context among the rows
-    key_valid: torch.Tensor  # bool [Bd, Ld]: key j is inside row b's context
-    query_positions: torch.Tensor  # int64 [Bd]: position of each row's new token
+    table: torch.Tensor  # int64 [Bd, Ld]: slots of each row's context (Ld: the longest; pad slots past lens)
+    lens: torch.Tensor  # int64 [Bd]: context length of each row, its new token included
     _cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
-        return self.key_valid.shape[0]
+        return self.table.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.table.shape[1]
+
+    @property
+    def slots(self) -> torch.Tensor:
+        """[Bd * Ld] row-major, for the padded gather (one copy per forward, reused by every layer)."""
+        if ("slots",) not in self._cache:
+            self._cache[("slots",)] = self.table.reshape(-1)
+        return self._cache[("slots",)]
+
+    @property
+    def key_valid(self) -> torch.Tensor:
+        """bool [Bd, Ld]: key j is inside row b's context."""
+        return torch.arange(self.width, device=self.table.device)[None, :] < self.lens[:, None]
 
     def mask(self, sliding_window: int | None) -> torch.Tensor:
         """bool [Bd, 1, Ld], narrowed to the last `sliding_window` keys where the layer has one."""
@@ -47,7 +62,7 @@ class DecodeGroup:
             allowed = self.key_valid
             if sliding_window is not None:
                 key_pos = torch.arange(self.width, device=self.slots.device)
-                allowed = allowed & (key_pos[None, :] > self.query_positions[:, None] - sliding_window)
+                allowed = allowed & (key_pos[None, :] > self.lens[:, None] - 1 - sliding_window)
             self._cache[key] = allowed[:, None, :]
         return self._cache[key]
 
@@ -150,7 +165,5 @@ class AttentionPlan:
                 table = batch.page_table.index_select(0, rows)[:, :width]
                 token_index = torch.tensor(decode_tokens, dtype=torch.long, device=device)
             lens = torch.tensor(rows_seq, dtype=torch.long, device=device)
-            key_valid = torch.arange(width, device=device)[None, :] < lens[:, None]
-            slots = table.reshape(-1)  # one copy per forward, reused by every layer's gather
-            decode = DecodeGroup(token_index, slots, width, key_valid, lens - 1)
+            decode = DecodeGroup(token_index, table, lens)
         return cls(batch.out_slots, batch.num_tokens, decode, extends)

@@ -29,3 +29,8 @@ def minisgl_register_settings(register):
         name="enable_sdp", type=bool, default=True, env=("ENABLE_SDP",),
         help="use torch's scaled_dot_product_attention off CPU",
     ))
+    register(SettingSpec(
+        name="hf_cpu_kernels", type=bool, default=True, env=("HF_CPU_KERNELS",),
+        help="on a CPU: oneDNN linears with packed weights, and decode attention in a native kernel built "
+             "with the system C compiler (0: torch ops only)",
+    ))

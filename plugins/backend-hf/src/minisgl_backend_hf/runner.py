@@ -26,6 +26,8 @@ from minisgl.engine.sampler import sample
 
 from .attention import CONTEXT_ATTR, PagedAttentionContext, register
 from .attention_plan import AttentionPlan
+from .cpu_kernels import paged_decode_kernel
+from .cpu_linear import can_pack, pack_linears
 from .device import configure_torch, cpu_cores, pick_device, pick_dtype
 from .kv_pool import KVPool, KVShape, plan_num_pages
 from .vision import VisionEmbedder
@@ -94,6 +96,9 @@ class HFModelRunner:
         if hasattr(config, "vision_config"):
             _check_positions(config)
         self.model = self._load(model, config, settings.trust_remote_code)
+        cpu_kernels = self.device.type == "cpu" and settings.hf_cpu_kernels
+        if cpu_kernels and can_pack(self.dtype):
+            logger.info("Linear layers: oneDNN with packed weights (%d layers)", pack_linears(self.model))
         text_config = self.model.config.get_text_config()
 
         self.name: str = model.name
@@ -126,8 +131,13 @@ class HFModelRunner:
         # but in bf16/fp16 they round the scores before the softmax: without AVX512-BF16 that
         # made logits 3x further from float32 than transformers' own bf16 forward.
         use_sdpa = settings.enable_sdp and (self.device.type != "cpu" or self.dtype != torch.float32)
-        self.context = PagedAttentionContext(self.pool, use_sdpa=use_sdpa)
-        logger.info("Attention: paged KV pool, %s", "torch SDPA" if use_sdpa else "batched matmuls")
+        kernel = paged_decode_kernel() if cpu_kernels else None
+        if kernel is not None and not kernel.supports(self.dtype):
+            kernel = None
+        self.context = PagedAttentionContext(self.pool, use_sdpa=use_sdpa, decode_kernel=kernel)
+        logger.info("Attention: paged KV pool; decode %s; prefill %s",
+                    "native CPU kernel, in place" if kernel else "gathered, same as prefill",
+                    "torch SDPA" if use_sdpa else "batched matmuls")
         self._attach_context(shape.num_layers)
         # a vision-language model: images go through the same batches and KV pool as text
         self.vision: VisionEmbedder | None = None

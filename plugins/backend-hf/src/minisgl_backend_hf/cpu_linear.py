@@ -1,0 +1,58 @@
+"""Linear layers on a CPU through oneDNN with weights packed once at load.
+
+torch's CPU `F.linear` calls MKL's sgemm with the weight as stored. For decode shapes (a few
+dozen rows against a weight that streams from DRAM) oneDNN with the weight pre-packed into
+its blocked layout runs 1.5-2.4x faster (measured on AVX2 at M = 8..64 on smollm2-135m's
+shapes, the LM head included) and about as fast at prefill shapes; vLLM's CPU build takes
+the same route. A packed weight is opaque, so packing happens after the model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# the hint oneDNN picks the packed layout for: decode batch sizes, where the gain is
+PACK_FOR_ROWS = 32
+
+
+class PackedLinear(nn.Module):
+    """nn.Linear's forward on a oneDNN-packed copy of the weight."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACK_FOR_ROWS)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, oneDNN"
+
+
+def can_pack(dtype: torch.dtype) -> bool:
+    """float32 always where oneDNN is built in; bfloat16 only with native bf16 instructions."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.float32:
+        return True
+    return dtype == torch.bfloat16 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def pack_linears(*modules: nn.Module) -> int:
+    """Swap every plain nn.Linear under `modules` for a PackedLinear; returns how many. A weight
+    shared with an embedding (tied LM head) stays for the embedding, the packed copy is extra."""
+    swapped = 0
+    for root in modules:
+        for parent in list(root.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.Linear:
+                    setattr(parent, name, PackedLinear(child))
+                    swapped += 1
+    return swapped
