@@ -34,6 +34,7 @@ WORKER = Path(__file__).with_name("vllm_offline_worker.py")
 # its flag is still called --gpu-memory-utilization); its default, 0.92, fails to start
 # wherever anything else holds memory
 VLLM_MEMORY_FRACTION = 0.3
+BATCH1_REQUESTS, BATCH1_OUTPUT_LEN = 8, 8
 
 
 def text_workload(tokenizer: Any, n: int, input_len: tuple[int, int], output_len: tuple[int, int], seed: int) -> Workload:
@@ -126,7 +127,13 @@ def measure_served(cmd: list[str], port: int, log: Path, wl: Workload, seed: int
         asyncio.run(run_load(server.url, model, warm, request_rate=float("inf"), max_concurrency=None, seed=seed))
         results, seconds = asyncio.run(run_load(server.url, model, reqs, request_rate=float("inf"),
                                                 max_concurrency=None, seed=seed))
-        return summarize(results, seconds)
+        summary = summarize(results, seconds)
+        # first-token latency at batch 1: one request at a time, on prompts neither prefix cache has seen
+        alone = [BenchRequest(p[::-1], BATCH1_OUTPUT_LEN) for p in wl.prompts[:BATCH1_REQUESTS]]
+        results, seconds = asyncio.run(run_load(server.url, model, alone, request_rate=float("inf"),
+                                                max_concurrency=1, seed=seed))
+        summary["batch1"] = summarize(results, seconds)
+        return summary
     finally:
         server.stop()
 

@@ -434,6 +434,7 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
                           f"{served[name]['ttft_ms']['p50']:.0f} ms, failed {served[name]['failed']} {served[name]['failures'] or ''}")
         rows["served"] = {k: v["output_throughput"] for k, v in served.items()}
         rows["served TTFT p50 (ms)"] = {k: v["ttft_ms"]["p50"] for k, v in served.items()}
+        rows["served TTFT p50 at batch 1 (ms)"] = {k: v["batch1"]["ttft_ms"]["p50"] for k, v in served.items()}
     floor_s, floor_how = compute_floor(path, dtype, wl)
     table = Table(title=f"minisgl vs vLLM {version}, {model}, {dtype}")
     for col in ("mode", "minisgl", "vllm", "minisgl / vllm"):
@@ -442,7 +443,11 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
         ratio = r["minisgl"] / r["vllm"] if r["vllm"] else float("inf")
         table.add_row(mode, f"{r['minisgl']:.1f}", f"{r['vllm']:.1f}", f"{ratio:.2f}x")
     console.print(table)
-    console.print(f"compute floor: {wl.output_tokens / floor_s:.1f} output tok/s ({floor_how})")
+    floor_rate = wl.output_tokens / floor_s
+    console.print(f"compute floor: {floor_rate:.1f} output tok/s ({floor_how})")
+    if "offline" in rows:
+        console.print("share of the compute floor offline: " + ", ".join(
+            f"{name} {rate / floor_rate:.0%}" for name, rate in rows["offline"].items()))
     head = header(model=model, dtype=dtype, backend=backend, vllm=version, settings={
         "num_requests": num_requests, "input_len": input_len, "output_len": output_len, "seed": seed})
     for line in header_lines(head):
