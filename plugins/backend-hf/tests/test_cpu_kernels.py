@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from hf_harness import make_runner
 
-from minisgl_backend_hf import cpu_kernels
-from minisgl_backend_hf.cpu_linear import PackedLinear, can_pack, pack_linears
+from minisgl_backend_hf import cpu_kernels, cpu_linear
+from minisgl_backend_hf.cpu_linear import PackedLinear, can_pack, pack_linears, slice_mlp_rows
 
 KERNEL = cpu_kernels.paged_decode_kernel()
 needs_kernel = pytest.mark.skipif(KERNEL is None, reason="no C compiler to build the CPU decode kernel")
@@ -75,6 +75,30 @@ def test_pack_linears_swaps_nested_linears_only():
     assert pack_linears(model) == 2
     assert [type(m).__name__ for m in model.modules()].count("PackedLinear") == 2
     assert pack_linears(model) == 0  # nothing left to swap
+
+
+class GatedMLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = (torch.nn.Linear(8, 16), torch.nn.Linear(8, 16),
+                                                        torch.nn.Linear(16, 8))
+        self.calls: list[int] = []
+
+    def forward(self, x):
+        self.calls.append(x.shape[-2])
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def test_mlps_take_long_inputs_in_row_slices_with_the_same_result(monkeypatch):
+    monkeypatch.setattr(cpu_linear, "MLP_ROWS", 4)
+    model = torch.nn.ModuleDict({"mlp": GatedMLP(), "other": torch.nn.Linear(8, 8)})
+    x = torch.randn(1, 10, 8)
+    with torch.inference_mode():
+        whole = model["mlp"](x)
+        assert slice_mlp_rows(model) == 1
+        torch.testing.assert_close(model["mlp"](x), whole)
+        model["mlp"](x[:, :3])
+    assert model["mlp"].calls == [10, 4, 4, 2, 3]
 
 
 @needs_kernel

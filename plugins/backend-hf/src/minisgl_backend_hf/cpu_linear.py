@@ -1,10 +1,16 @@
-"""Linear layers on a CPU through oneDNN with weights packed once at load.
+"""Linear layers on a CPU: oneDNN with weights packed once at load, and MLPs that take a
+long prefill in slices of rows.
 
 torch's CPU `F.linear` calls MKL's sgemm with the weight as stored. For decode shapes (a few
 dozen rows against a weight that streams from DRAM) oneDNN with the weight pre-packed into
 its blocked layout runs 1.5-2.4x faster (measured on AVX2 at M = 8..64 on smollm2-135m's
 shapes, the LM head included) and about as fast at prefill shapes; vLLM's CPU build takes
 the same route. A packed weight is opaque, so packing happens after the model is loaded.
+
+A prefill of thousands of tokens makes the MLP's intermediates ([tokens, intermediate] each)
+tens of MB, so every pass over them goes to DRAM; the MLP acts on each row alone, so taking
+it in slices of MLP_ROWS rows keeps them in cache (smollm2-135m's MLP at 6,116 rows: 283 ms
+whole, 231 ms in slices of 1,024, on AVX2).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 # the hint oneDNN picks the packed layout for: decode batch sizes, where the gain is
 PACK_FOR_ROWS = 32
+MLP_ROWS = 1024
 
 
 class PackedLinear(nn.Module):
@@ -56,3 +63,23 @@ def pack_linears(*modules: nn.Module) -> int:
                     setattr(parent, name, PackedLinear(child))
                     swapped += 1
     return swapped
+
+
+def slice_mlp_rows(model: nn.Module) -> int:
+    """Make each dense MLP (a module with gate/up/down projections) take more than MLP_ROWS
+    tokens in slices; returns how many MLPs."""
+    wrapped = 0
+    for module in model.modules():
+        if all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj")):
+            module.forward = _in_row_slices(module.forward)
+            wrapped += 1
+    return wrapped
+
+
+def _in_row_slices(forward):
+    def sliced(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] <= MLP_ROWS:
+            return forward(x)
+        return torch.cat([forward(part) for part in x.split(MLP_ROWS, dim=-2)], dim=-2)
+
+    return sliced

@@ -27,7 +27,7 @@ from minisgl.engine.sampler import sample
 from .attention import CONTEXT_ATTR, PagedAttentionContext, register
 from .attention_plan import AttentionPlan
 from .cpu_kernels import paged_decode_kernel
-from .cpu_linear import can_pack, pack_linears
+from .cpu_linear import MLP_ROWS, can_pack, pack_linears, slice_mlp_rows
 from .device import configure_torch, cpu_cores, pick_device, pick_dtype
 from .kv_pool import KVPool, KVShape, plan_num_pages
 from .vision import VisionEmbedder
@@ -98,7 +98,9 @@ class HFModelRunner:
         self.model = self._load(model, config, settings.trust_remote_code)
         cpu_kernels = self.device.type == "cpu" and settings.hf_cpu_kernels
         if cpu_kernels and can_pack(self.dtype):
-            logger.info("Linear layers: oneDNN with packed weights (%d layers)", pack_linears(self.model))
+            logger.info("Linear layers: oneDNN with packed weights (%d layers); MLPs take long prefills in "
+                        "slices of %d rows (%d MLPs)", pack_linears(self.model), MLP_ROWS,
+                        slice_mlp_rows(self.model))
         text_config = self.model.config.get_text_config()
 
         self.name: str = model.name
