@@ -123,7 +123,7 @@ def test_smollm2_float32_matches_transformers(smollm2_path):
 def test_smollm2_bfloat16_is_as_close_to_float32_as_transformers_bfloat16(smollm2_path):
     """bf16 rounding moves logits by tenths; the paged path must not move them more than
     transformers' own bf16 forward does (both measured against the float32 model)."""
-    runner = make_runner(smollm2_path, dtype="auto")  # the checkpoint's bf16
+    runner = make_runner(smollm2_path, dtype="bfloat16")  # the checkpoint's own
     assert runner.dtype == torch.bfloat16
     exact = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
     hf_bf16 = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.bfloat16).eval()

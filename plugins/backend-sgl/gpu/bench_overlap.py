@@ -1,6 +1,6 @@
 """Offline throughput on a GPU: minisgl (backend sgl) with overlap scheduling on and off,
 against transformers' continuous batching and the seed's streaming baseline, on one seeded
-workload, in one process. Uses `minisgl bench`'s own pieces (core/src/minisgl/cli/bench.py).
+workload, in one process. Uses `minisgl bench`'s own pieces (core/src/minisgl/bench/).
 
 The model is Qwen3-0.6B-shaped with random bf16 weights written by save_pretrained (the
 `qwen3-0.6b` preset is config + tokenizer only; the transformers peers need weights on disk).
@@ -21,6 +21,7 @@ from dataclasses import asdict
 
 import torch
 
+from minisgl.bench import hf_peers, offline
 from minisgl.cli import bench
 from minisgl.models import resolve_model
 
@@ -63,22 +64,22 @@ def main() -> int:
 
     vocab = AutoConfig.from_pretrained(path).get_text_config().vocab_size
     specials = max(AutoTokenizer.from_pretrained(path).all_special_ids or [0]) + 1
-    wl = bench.make_workload(args.num_requests, bench._range(args.input_len, "--input-len"),
+    wl = offline.make_workload(args.num_requests, bench._range(args.input_len, "--input-len"),
                              bench._range(args.output_len, "--output-len"), args.seed, vocab, specials)
-    dtype = bench._checkpoint_dtype(path)
+    dtype = offline.checkpoint_dtype(path)
     print(f"workload: {args.num_requests} requests, {sum(map(len, wl.prompts))} input tokens, "
           f"{wl.output_tokens} output tokens, dtype {dtype}, {torch.cuda.get_device_name()}", flush=True)
     data: dict = {"device": torch.cuda.get_device_name(), "dtype": dtype, "preset": args.preset,
                   "workload": vars(args) | {"input_tokens": sum(map(len, wl.prompts)), "output_tokens": wl.output_tokens},
                   "results": []}
 
-    def record(r: bench.Result, extra: dict | None = None) -> None:
+    def record(r: offline.Result, extra: dict | None = None) -> None:
         data["results"].append(asdict(r) | {"tokens_per_s": r.tokens_per_s} | (extra or {}))
         print(f"{r.system}: {r.tokens_per_s:.1f} tok/s ({r.seconds:.2f} s, {r.output_tokens} tokens)", flush=True)
         with open(args.output, "w") as fh:
             json.dump(data, fh, indent=2)
 
-    floor_s, how = bench.compute_floor(path, dtype, wl)
+    floor_s, how = offline.compute_floor(path, dtype, wl)
     data["compute_floor"] = {"seconds": floor_s, "tokens_per_s": wl.output_tokens / floor_s, "how": how}
     with open(args.output, "w") as fh:
         json.dump(data, fh, indent=2)
@@ -100,7 +101,7 @@ def main() -> int:
                 steps0 = llm.engine.metrics()["steps_total"]
                 t0 = time.perf_counter()
                 outs = llm.generate(wl.prompts, params)
-                r = bench.Result(f"minisgl-sgl overlap {'on' if overlap else 'off'} (run {i + 1})",
+                r = offline.Result(f"minisgl-sgl overlap {'on' if overlap else 'off'} (run {i + 1})",
                                  time.perf_counter() - t0, sum(len(o.outputs[0].token_ids) for o in outs))
                 record(r, {"overlap": overlap, "steps": llm.engine.metrics()["steps_total"] - steps0})
         llm.engine.overlap = True
@@ -108,14 +109,14 @@ def main() -> int:
 
     if not args.skip_hf_cb:
         try:
-            record(bench.run_hf_cb(path, dtype, wl))
+            record(hf_peers.run_hf_cb(path, dtype, wl))
         except Exception as exc:
             print(f"hf-cb failed: {type(exc).__name__}: {exc}", flush=True)
         torch.cuda.empty_cache()
     if args.streaming_requests:
-        sub = bench.Workload(wl.prompts[: args.streaming_requests], wl.output_lens[: args.streaming_requests])
+        sub = offline.Workload(wl.prompts[: args.streaming_requests], wl.output_lens[: args.streaming_requests])
         try:
-            r = bench.run_hf_streaming(path, dtype, sub, args.streaming_concurrency)
+            r = hf_peers.run_hf_streaming(path, dtype, sub, args.streaming_concurrency)
             r.system += f" (first {args.streaming_requests} requests)"
             record(r)
         except Exception as exc:

@@ -108,20 +108,14 @@ def compute_floor(path: str, dtype: str, wl: Workload) -> tuple[float, str]:
 
 
 def checkpoint_dtype(path: str) -> str:
-    """One dtype for every system: the checkpoint's own (bf16 for smollm2-135m), float32 when
-    it says nothing or bf16 has no native support on this CPU (then bf16 matmuls crawl)."""
+    """One dtype for every system: what `--dtype auto` serves this checkpoint in here."""
     import torch
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(path)
-    name = str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "float32").replace("torch.", "")
-    if name not in ("float32", "bfloat16", "float16"):
-        name = "float32"
-    if name == "bfloat16" and not torch.cuda.is_available():
-        capability = torch.backends.cpu.get_cpu_capability()
-        if "AVX512" not in capability and "AMX" not in capability:
-            name = "float32"
-    return name
+    from ..dtypes import auto_dtype
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return str(auto_dtype(AutoConfig.from_pretrained(path), device)).removeprefix("torch.")
 
 
 def draw_plot(path: str, results: list[Result], floor_tokens_per_s: float, title: str) -> None:

@@ -1,20 +1,13 @@
-"""Where and in what precision the model runs: device, dtype, threads, and free memory."""
+"""Where the model runs: device, threads, and free memory."""
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 import torch
 
 logger = logging.getLogger(__name__)
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 
 
 def pick_device(requested: str) -> torch.device:
@@ -32,32 +25,6 @@ def pick_device(requested: str) -> torch.device:
     if requested not in ("cpu", "cuda", "mps"):
         raise ValueError(f"--device must be auto, cpu, cuda or mps, got {requested!r}")
     return torch.device(requested)
-
-
-def checkpoint_dtype(config: Any) -> torch.dtype | None:
-    """The dtype the checkpoint was saved in (`dtype` in transformers 5, `torch_dtype` before)."""
-    for name in ("dtype", "torch_dtype"):
-        value = getattr(config, name, None)
-        if isinstance(value, torch.dtype):
-            return value
-        if isinstance(value, str) and value in _DTYPES:
-            return _DTYPES[value]
-    return None
-
-
-def pick_dtype(requested: str, config: Any, device: torch.device) -> torch.dtype:
-    """`auto` keeps the checkpoint's dtype, with two device rules: a CPU has no fast fp16
-    matmuls (bf16 has them on AVX512-BF16/AMX), and a GPU serves fp32 checkpoints in fp16."""
-    if requested != "auto":
-        if requested not in _DTYPES:
-            raise ValueError(f"--dtype must be auto, float32, float16 or bfloat16, got {requested!r}")
-        return _DTYPES[requested]
-    saved = checkpoint_dtype(config) or torch.float32
-    if device.type == "cpu" and saved == torch.float16:
-        return torch.bfloat16
-    if device.type in ("cuda", "mps") and saved == torch.float32:
-        return torch.float16
-    return saved
 
 
 def cpu_cores() -> int:

@@ -21,6 +21,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from minisgl.dtypes import resolve_dtype
 from minisgl.engine.batch import ForwardBatch, ForwardResult
 from minisgl.engine.sampler import sample
 
@@ -28,7 +29,7 @@ from .attention import CONTEXT_ATTR, PagedAttentionContext, register
 from .attention_plan import AttentionPlan
 from .cpu_kernels import paged_decode_kernel
 from .cpu_linear import MLP_ROWS, can_pack, pack_linears, slice_mlp_rows
-from .device import configure_torch, cpu_cores, pick_device, pick_dtype
+from .device import configure_torch, cpu_cores, pick_device
 from .kv_pool import KVPool, KVShape, plan_num_pages
 from .vision import VisionEmbedder
 
@@ -92,7 +93,7 @@ class HFModelRunner:
         self.device = pick_device(settings.device)
         configure_torch(self.device, settings.matmul_precision)
         config = AutoConfig.from_pretrained(model.path, trust_remote_code=settings.trust_remote_code)
-        self.dtype = pick_dtype(settings.dtype, config, self.device)
+        self.dtype = resolve_dtype(settings.dtype, config, self.device.type)
         if hasattr(config, "vision_config"):
             _check_positions(config)
         self.model = self._load(model, config, settings.trust_remote_code)
