@@ -1,10 +1,11 @@
 """The core's own plugin, registered through the `minisgl` entry-point group like any
 third party's: the defaults a core-only install needs to run (the radix and naive caches,
-the fcfs queue policy, round-robin dispatch, and the built-in control commands). Other
+the fcfs queue policy, round-robin dispatch, the built-in control commands and reasoning
+parsers). Other
 policies ship in the `minisgl-schedulers` distribution."""
 
 from .hookspecs import hookimpl
-from .specs import CacheSpec, ControlCommandSpec, DispatchPolicySpec, QueuePolicySpec
+from .specs import CacheSpec, ControlCommandSpec, DispatchPolicySpec, QueuePolicySpec, ReasoningParserSpec
 
 
 @hookimpl
@@ -49,3 +50,17 @@ def minisgl_register_control_commands(register):
         register(ControlCommandSpec(
             name=name, description=description, factory=f"minisgl.control.commands:{name}"
         ))
+
+
+@hookimpl
+def minisgl_register_parsers(register):
+    register(ReasoningParserSpec(
+        name="qwen3",
+        description="<think>...</think> when the model opens it (Qwen3, QwQ); no tag: all content",
+        factory="minisgl.frontend.reasoning:qwen3",
+    ))
+    register(ReasoningParserSpec(
+        name="deepseek-r1",
+        description="reasoning until </think>: the template opened it (DeepSeek-R1, Qwen3 thinking-only)",
+        factory="minisgl.frontend.reasoning:deepseek_r1",
+    ))

@@ -46,3 +46,8 @@ def minisgl_register_settings(register):
 @hookspec
 def minisgl_register_commands(register):
     """Add `minisgl` subcommands: register(CommandSpec(name, description, factory="pkg.mod:cmd"))."""
+
+
+@hookspec
+def minisgl_register_parsers(register):
+    """Register output parsers of chat answers: register(ReasoningParserSpec(...))."""

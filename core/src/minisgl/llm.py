@@ -23,6 +23,7 @@ from .engine.messages import ImageInput
 from .frontend.errors import invalid
 from .frontend.generation import Frontend, Generation
 from .frontend.images import ImageRules
+from .frontend.reasoning import load_reasoning_parser
 from .frontend.tokenizer import ChatPrompt, Tokenizer, encode_chat, encode_prompts, prompt_items
 from .sampling_params import SamplingParams
 from .settings import Settings, settings_from_kwargs
@@ -38,6 +39,7 @@ class CompletionOutput:
     finish_reason: str | None
     logprobs: list[float] | None = None  # of each generated token, under the raw model distribution
     top_logprobs: list[list[tuple[int, float]]] | None = None
+    reasoning: str | None = None  # a chat answer's thinking, under --reasoning-parser (then not in text)
 
 
 @dataclass
@@ -85,11 +87,13 @@ class StreamDelta:
 class LLM:
     def __init__(self, model: str, backend: str = "auto", dtype: str = "auto", **settings: Any) -> None:
         self.settings: Settings = settings_from_kwargs(model=model, backend=backend, dtype=dtype, **settings)
+        reasoning = load_reasoning_parser(self.settings.reasoning_parser)
         self.engine = Engine(self.settings)
         tokenizer = Tokenizer(str(self.engine.model.path), self.settings.trust_remote_code, self.settings.token_cache_size)
         self.frontend = Frontend(tokenizer, max_context_len=self.engine.max_context_len,
                                  eos_token_ids=self.engine.eos_token_ids,
-                                 max_new_tokens_default=self.settings.max_new_tokens_default)
+                                 max_new_tokens_default=self.settings.max_new_tokens_default,
+                                 reasoning=reasoning)
         self._ids = itertools.count()
         self.image_rules = ImageRules.from_settings(self.settings)
 
@@ -126,8 +130,8 @@ class LLM:
     def _encode(self, prompts: Prompt | Sequence[Prompt]) -> list[list[int]]:
         return encode_prompts(self.frontend.tokenizer, prompts, "prompts", self.frontend.max_context_len)
 
-    def _submit(self, ids: list[list[int]], sampling_params: Any,
-                images: list[ImageInput] | None = None) -> list[Generation]:
+    def _submit(self, ids: list[list[int]], sampling_params: Any, images: list[ImageInput] | None = None,
+                chat: bool = False) -> list[Generation]:
         if sampling_params is None or isinstance(sampling_params, SamplingParams):
             params = [sampling_params or SamplingParams()] * len(ids)
         else:
@@ -136,7 +140,8 @@ class LLM:
                 raise ValueError(f"sampling_params has {len(params)} entries for {len(ids)} prompts; "
                                  "give one, or one per prompt")
         # each prompt is its own request (its own parameters); the engine batches them all
-        gens = [self.frontend.generation(f"llm-{next(self._ids)}", [p], sp, images=[images] if images else None)
+        gens = [self.frontend.generation(f"llm-{next(self._ids)}", [p], sp, images=[images] if images else None,
+                                         separate_reasoning=chat)
                 for p, sp in zip(ids, params)]
         for gen in gens:
             for er in gen.engine_requests():
@@ -191,7 +196,7 @@ class LLM:
         runs as one batch and gives a list of answers."""
         batch = bool(messages) and isinstance(messages[0], list)
         prompts = [self._encode_chat(m, template_kwargs) for m in (messages if batch else [messages])]
-        gens = [g for p in prompts for g in self._submit([p.ids], sampling_params, p.images)]
+        gens = [g for p in prompts for g in self._submit([p.ids], sampling_params, p.images, chat=True)]
         outputs = self._generate(gens, [p.ids for p in prompts])
         return outputs if batch else outputs[0]
 
@@ -203,7 +208,8 @@ class LLM:
             tops = [lp.top for lp in s.logprobs] if s.params.top_logprobs else None
             return [lp.logprob for lp in s.logprobs], tops
 
-        outputs = [CompletionOutput(s.index, s.text, s.token_ids, s.finish_reason, *logprobs(s)) for s in gen.sequences]
+        outputs = [CompletionOutput(s.index, s.text, s.token_ids, s.finish_reason, *logprobs(s),
+                                    reasoning=s.reasoning if s.splitter else None) for s in gen.sequences]
         first = gen.sequences[0]
         return RequestOutput(request_id=gen.rid, prompt=prompt, prompt_token_ids=first.prompt_ids, outputs=outputs,
                              prompt_tokens=gen.prompt_tokens, cached_tokens=gen.cached_tokens)

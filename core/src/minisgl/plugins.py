@@ -44,6 +44,7 @@ HOOK_KINDS: dict[str, tuple[Kind, ...]] = {
     "minisgl_register_control_commands": ("control_command",),
     "minisgl_register_settings": ("setting",),
     "minisgl_register_commands": ("command",),
+    "minisgl_register_parsers": ("reasoning_parser",),
 }
 CORE = "core"  # the owner of what the core declares itself
 

@@ -78,6 +78,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     vlm_max_image_bytes: Positive = 10485760
     allow_file_image_url: bool = False
     vlm_stream_log_stride: NonNegative = 32
+    # chat answers
+    reasoning_parser: str | None = None
     # runtime
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # the settings plugins declare, by name; read them as attributes (see __getattr__)
@@ -158,6 +160,8 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
                                "paths as images (lets every caller read this server's files: trusted use only)"),
     "vlm_stream_log_stride": _o("VLM_STREAM_LOG_STRIDE", "--vlm-stream-log-stride",
                                 "log every N streamed chunks of a request with images (0 = off)"),
+    "reasoning_parser": _o("REASONING_PARSER", "--reasoning-parser", "move a chat answer's <think> reasoning into "
+                           "reasoning_content: qwen3|deepseek-r1|... (see `minisgl plugins`; default: off)"),
     "log_level": _o(("MINISGL_LOG_LEVEL", "LOG_LEVEL"), "--log-level", "logging level"),
 }
 

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import msgspec
 
-Kind = Literal["backend", "dispatch_policy", "queue_policy", "cache", "runner", "control_command", "setting", "command"]
+Kind = Literal["backend", "dispatch_policy", "queue_policy", "cache", "runner", "control_command", "setting", "command",
+               "reasoning_parser"]
 KINDS: tuple[Kind, ...] = (
     "backend",
     "dispatch_policy",
@@ -23,6 +24,7 @@ KINDS: tuple[Kind, ...] = (
     "control_command",
     "setting",
     "command",
+    "reasoning_parser",
 )
 
 
@@ -117,6 +119,12 @@ class CommandSpec(Spec, frozen=True):
     imported only when the subcommand runs."""
 
 
+class ReasoningParserSpec(Spec, frozen=True):
+    """Splits a chat answer's thinking from its content (--reasoning-parser). The factory
+    takes no arguments and returns a fresh splitter per sequence (see
+    minisgl.frontend.reasoning.ReasoningSplitter)."""
+
+
 class SettingSpec(msgspec.Struct, kw_only=True, frozen=True):
     """A setting its owner declares (the core for its own, a plugin for its knobs).
 
@@ -143,4 +151,5 @@ SPEC_TYPES: dict[Kind, type] = {
     "control_command": ControlCommandSpec,
     "setting": SettingSpec,
     "command": CommandSpec,
+    "reasoning_parser": ReasoningParserSpec,
 }

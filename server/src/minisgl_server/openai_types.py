@@ -93,6 +93,7 @@ class ChatCompletionRequest(SamplingExtensions, kw_only=True):
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    separate_reasoning: bool = True  # sglang's: false keeps the thinking in content
 
 
 # ---- responses -------------------------------------------------------------------------
@@ -152,6 +153,7 @@ class ChatLogprobs(msgspec.Struct, kw_only=True):
 class AssistantMessage(msgspec.Struct, kw_only=True):
     role: str = "assistant"
     content: str | None = None
+    reasoning_content: str | None = None  # with --reasoning-parser, as sglang and vLLM answer
 
 
 class ChatChoice(msgspec.Struct, kw_only=True):
@@ -173,6 +175,7 @@ class ChatCompletionResponse(msgspec.Struct, kw_only=True):
 class DeltaMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
 
 
 class ChatChunkChoice(msgspec.Struct, kw_only=True):

@@ -189,7 +189,7 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
     param = "max_completion_tokens" if data.max_completion_tokens is not None else "max_tokens"
     params = _sampling(data, max_tokens, data.logprobs, data.top_logprobs or 0)
     gen = frontend.generation(new_request_id("chatcmpl"), [prompt.ids], params, names=_names(param, "messages"),
-                              images=[prompt.images])
+                              images=[prompt.images], separate_reasoning=data.separate_reasoning)
     run = InflightRequest(state, gen, served.pool)
     run.start()
     tok = frontend.tokenizer
@@ -200,7 +200,7 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
     choices = [
         ChatChoice(
             index=s.index,
-            message=AssistantMessage(content=s.text),
+            message=AssistantMessage(content=s.text, reasoning_content=s.reasoning if s.splitter else None),
             finish_reason=s.finish_reason,
             logprobs=_chat_logprobs(tok, s.logprobs) if data.logprobs else None,
         )
@@ -219,7 +219,7 @@ async def _chat_events(tok: Any, run: InflightRequest, model: str, data: ChatCom
     for s in gen.sequences:
         yield chunk([ChatChunkChoice(index=s.index, delta=DeltaMessage(role="assistant", content=""))])
     async for d in run.deltas():
-        delta = DeltaMessage(content=d.text) if d.text else DeltaMessage()
+        delta = DeltaMessage(content=d.text or None, reasoning_content=d.reasoning or None)
         lp = _chat_logprobs(tok, d.logprobs) if data.logprobs else None
         yield chunk([ChatChunkChoice(index=d.index, delta=delta, finish_reason=d.finish_reason, logprobs=lp)])
     if data.stream_options and data.stream_options.include_usage:

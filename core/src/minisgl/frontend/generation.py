@@ -7,7 +7,7 @@ becomes what fits, at most the default), and n > 1 fans out into n sequences wit
 seed + i. The result is a `Generation`: one `Sequence` per engine request.
 
 Back from the engine, `Generation.update(output)` folds each EngineOutput into a `Delta`:
-incremental detokenization, stop strings (the caller then aborts that engine request with
+incremental detokenization, the reasoning split of chat answers (--reasoning-parser), stop strings (the caller then aborts that engine request with
 reason "stop"), stop tokens (they count as completion tokens and stay in token_ids, but
 their text is never part of the output, as in OpenAI and vLLM), logprobs, finish reasons,
 typed errors, and usage."""
@@ -15,7 +15,7 @@ typed errors, and usage."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +41,7 @@ class Delta:
 
     index: int  # the sequence's place in its request (prompt i, sample j: i * n + j)
     text: str = ""
+    reasoning: str = ""  # the part of the new text that is thinking (with a reasoning parser)
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None  # when the request asked for them
     finish_reason: str | None = None  # set on the sequence's last delta: stop | length | abort | error
@@ -61,7 +62,9 @@ class Sequence:
     stop_ids: frozenset[int]
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
-    text: str = ""
+    text: str = ""  # the answer (without its thinking when `splitter` is set)
+    reasoning: str = ""
+    splitter: Any = None  # a ReasoningSplitter, for chat answers under --reasoning-parser
     finish_reason: str | None = None
     error: RequestError | None = None
     prompt_tokens: int = 0
@@ -105,9 +108,16 @@ class Sequence:
         elif out.finished:
             delta.text += self.detok.finish()
             delta.finish_reason = out.finish_reason or "stop"
+        if self.splitter is not None:
+            delta.reasoning, delta.text = self.splitter.push(delta.text)
+            if delta.finish_reason is not None:
+                more_reasoning, more_text = self.splitter.finish()
+                delta.reasoning += more_reasoning
+                delta.text += more_text
+            self.reasoning += delta.reasoning
         self.text += delta.text
         self.finish_reason = delta.finish_reason
-        if not (delta.text or delta.token_ids or delta.finish_reason):
+        if not (delta.text or delta.reasoning or delta.token_ids or delta.finish_reason):
             return None
         return delta
 
@@ -182,18 +192,21 @@ class Generation:
 class Frontend:
     """The request layer for one model: its tokenizer and context, the server's defaults."""
 
-    def __init__(self, tokenizer: Any, *, max_context_len: int, eos_token_ids: Seq[int], max_new_tokens_default: int) -> None:
+    def __init__(self, tokenizer: Any, *, max_context_len: int, eos_token_ids: Seq[int], max_new_tokens_default: int,
+                 reasoning: Callable[[], Any] | None = None) -> None:
         self.tokenizer = tokenizer
         self.max_context_len = max_context_len
         self.eos_token_ids = list(eos_token_ids)
         self.max_new_tokens_default = max_new_tokens_default
+        self.reasoning = reasoning  # a reasoning parser's factory (load_reasoning_parser), for chat answers
 
     def generation(self, rid: str, prompts: list[list[int]], params: SamplingParams, *,
                    names: Mapping[str, str] | None = None, priority: int = 0,
-                   images: Seq[list[ImageInput]] | None = None) -> Generation:
+                   images: Seq[list[ImageInput]] | None = None, separate_reasoning: bool = False) -> Generation:
         """Validate, fit each prompt, fan out n. `names` maps SamplingParams fields to the
         front door's own names, so errors name what the client sent. `images[p]` are the
-        images of prompt p (a chat prompt's ChatPrompt.images)."""
+        images of prompt p (a chat prompt's ChatPrompt.images). With `separate_reasoning`
+        (chat answers) the thinking is split off when the model has a reasoning parser."""
         names = names or {}
         params.validate(names)
         check_token_ids(self.tokenizer, params.stop_token_ids, names.get("stop_token_ids", "stop_token_ids"))
@@ -207,6 +220,7 @@ class Frontend:
                     params=params.for_sequence(j, max_new), stop_ids=stop_ids,
                     detok=self.tokenizer.detokenizer(skip_special_tokens=params.skip_special_tokens, stop=params.stop),
                     images=list(images[p]) if images else [],
+                    splitter=self.reasoning() if separate_reasoning and self.reasoning is not None else None,
                 ))
         return Generation(rid, sequences, priority)
 
