@@ -53,6 +53,16 @@ def test_decode_kernel_equals_gathered_attention(dtype, heads, kv_heads, dim, wi
 
 
 @needs_kernel
+def test_loading_the_kernel_keeps_subnormal_floats():
+    """The library is built with -ffast-math but must not switch the process to flush-to-zero
+    (that broke msgspec's gt=0 checks and hypothesis in the same process)."""
+    assert KERNEL is not None
+    tiny = 5e-324  # the smallest subnormal double
+    assert tiny > 0.0 and tiny * 2 > tiny
+    assert torch.tensor(1e-40, dtype=torch.float32).item() > 0
+
+
+@needs_kernel
 def test_decode_kernel_refuses_groups_larger_than_its_accumulator():
     k = torch.zeros(1, 8, 256)
     q, out = torch.zeros(1, 64, 256), torch.empty(1, 64, 256)

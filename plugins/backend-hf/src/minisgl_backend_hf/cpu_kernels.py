@@ -26,7 +26,11 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "paged_decode.c"
-CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11"]
+# Linked in a step of its own, without -ffast-math: gcc before 13 would link crtfastmath.o into
+# the library, which turns on flush-to-zero for the whole process (torch and Python included)
+# the moment it loads.
+LDFLAGS = ["-shared", "-fopenmp", "-lm"]
 DTYPES = {torch.float32: "paged_decode_f32", torch.bfloat16: "paged_decode_bf16"}
 
 
@@ -70,7 +74,7 @@ def _build() -> Path:
     if compiler is None:
         raise RuntimeError("no C compiler found (install gcc, or set CC)")
     key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join([compiler, *CFLAGS]).encode() + _cpu_identity().encode()
+        SOURCE.read_bytes() + " ".join([compiler, *CFLAGS, *LDFLAGS]).encode() + _cpu_identity().encode()
     ).hexdigest()[:16]
     target = _cache_dir() / f"paged_decode-{key}.so"
     if target.exists():
@@ -79,14 +83,17 @@ def _build() -> Path:
     # build beside the target and rename: processes starting together never load a half-written file
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
+    obj = tmp[:-3] + ".o"
     try:
-        proc = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-2000:]}")
+        for step in ([*CFLAGS, "-c", str(SOURCE), "-o", obj], [obj, *LDFLAGS, "-o", tmp]):
+            proc = subprocess.run([compiler, *step], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, target)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path in (tmp, obj):
+            if os.path.exists(path):
+                os.unlink(path)
     logger.info("Built the CPU decode-attention kernel: %s", target)
     return target
 
