@@ -7,9 +7,10 @@ becomes what fits, at most the default), and n > 1 fans out into n sequences wit
 seed + i. The result is a `Generation`: one `Sequence` per engine request.
 
 Back from the engine, `Generation.update(output)` folds each EngineOutput into a `Delta`:
-incremental detokenization, the reasoning split of chat answers (--reasoning-parser), stop strings (the caller then aborts that engine request with
+incremental detokenization, stop strings (the caller then aborts that engine request with
 reason "stop"), stop tokens (they count as completion tokens and stay in token_ids, but
-their text is never part of the output, as in OpenAI and vLLM), logprobs, finish reasons,
+their text is never part of the output, as in OpenAI and vLLM), the reasoning split of
+chat answers (--reasoning-parser), logprobs, finish reasons,
 typed errors, and usage."""
 
 from __future__ import annotations
