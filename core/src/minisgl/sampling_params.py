@@ -29,6 +29,10 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     logprobs: bool = False
     top_logprobs: int = 0
     skip_special_tokens: bool = True
+    # structured outputs (sglang's names): at most one; see minisgl.grammar
+    json_schema: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
 
     def validate(self, names: Mapping[str, str] | None = None) -> SamplingParams:
         """Raise RequestError (a ValueError) naming the first out-of-range field, by the
@@ -73,6 +77,9 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             bad("stop_token_ids", "must be non-negative token ids")
         if self.seed is not None and not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
             bad("seed", "must be in [-2**63, 2**64)")
+        constraints = [f for f in ("json_schema", "regex", "ebnf") if getattr(self, f) is not None]
+        if len(constraints) > 1:
+            bad(constraints[1], f"give at most one of json_schema, regex and ebnf (also got {constraints[0]})")
         return self
 
     def stop_ids(self, eos_token_ids: Iterable[int]) -> frozenset[int]:

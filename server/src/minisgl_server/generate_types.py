@@ -26,6 +26,9 @@ class GenerateSamplingParams(msgspec.Struct, kw_only=True):
     skip_special_tokens: bool | None = None
     seed: int | None = None
     n: int | None = None
+    json_schema: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
 
 
 class GenerateRequest(msgspec.Struct, kw_only=True):

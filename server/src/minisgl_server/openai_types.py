@@ -21,6 +21,18 @@ class StreamOptions(msgspec.Struct, kw_only=True):
     continuous_usage_stats: bool = False
 
 
+class JSONSchemaFormat(msgspec.Struct, kw_only=True):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | None = msgspec.field(default=None, name="schema")
+    strict: bool | None = None  # the grammar enforces the schema whatever it says
+
+
+class ResponseFormat(msgspec.Struct, kw_only=True):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
 class SamplingExtensions(msgspec.Struct, kw_only=True):
     """sglang / vLLM extensions shared by both endpoints."""
 
@@ -31,6 +43,11 @@ class SamplingExtensions(msgspec.Struct, kw_only=True):
     min_tokens: NonNegativeInt = 0
     stop_token_ids: list[NonNegativeInt] | None = None
     skip_special_tokens: bool = True
+    # structured outputs: sglang's constraints, beside OpenAI's response_format
+    response_format: ResponseFormat | None = None
+    json_schema: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
 
 
 class CompletionRequest(SamplingExtensions, kw_only=True):

@@ -42,6 +42,8 @@ class SamplingBatch:
     want_logprobs: bool = False
     all_greedy: bool = True  # fast path: plain argmax
     needs_penalties: bool = False
+    # structured outputs: int32 [S, ceil(V / 32)], bit t of row s set = token t allowed (None: no grammar)
+    vocab_mask: torch.Tensor | None = None
 
 
 @dataclass

@@ -30,6 +30,7 @@ import torch
 
 from ..cache.base import PrefixCache
 from ..frontend.errors import ErrorKind
+from ..grammar import GrammarCompiler, GrammarError, constraint_of
 from ..models import ResolvedModel, resolve_model
 from ..plugins import Registry, get_registry
 from ..sampling_params import SamplingParams
@@ -210,6 +211,7 @@ class Engine:
         self._lock = threading.Lock()
         self.requests_aborted_total = 0
         self.requests_finished_total = 0
+        self._grammar_compiler: GrammarCompiler | None = None
 
     # ---- requests -----------------------------------------------------------------
     def add_request(self, req: EngineRequest) -> None:
@@ -280,6 +282,14 @@ class Engine:
                         f"{self.max_context_len} tokens and the KV pool {pool_tokens} (raise --num-pages or "
                         "--memory-ratio)", len(ids), emit=not warm_only)
             return None
+        grammar = None
+        constraint = constraint_of(p)
+        if constraint is not None:
+            try:
+                grammar = self._grammars().matcher(*constraint)
+            except GrammarError as exc:
+                self._error(er.rid, ErrorKind.INVALID_REQUEST, f"{constraint[0]}: {exc}", len(ids), emit=not warm_only)
+                return None
         max_new = min(p.max_new_tokens, pool_tokens - len(ids))
         aggressive = self._aggressive_cap(len(ids))
         if aggressive is not None and aggressive < max_new:
@@ -296,7 +306,18 @@ class Engine:
             seq=next(self._seq),
             warm_only=warm_only,
             images=list(er.images),
+            grammar=grammar,
         )
+
+    def _grammars(self) -> GrammarCompiler:
+        """The model's tokenizer as llguidance sees it, loaded with the first constrained request."""
+        if self._grammar_compiler is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(self.model.path),
+                                                      trust_remote_code=self.settings.trust_remote_code)
+            self._grammar_compiler = GrammarCompiler(tokenizer, getattr(self.runner, "vocab_size", None))
+        return self._grammar_compiler
 
     def _drain_inbox(self) -> list[EngineOutput]:
         outputs: list[EngineOutput] = []
@@ -356,8 +377,8 @@ class Engine:
         behind the device's work on N. Outputs (and finish detection) lag one step."""
         outputs: list[EngineOutput] = []
         previous = self._launched
-        if previous is not None and any(r.needs_penalties for r in previous.sampled):
-            # penalties read every earlier token on the host: resolve before building
+        if previous is not None and any(r.needs_penalties or r.grammar is not None for r in previous.sampled):
+            # penalties and grammars read every earlier token on the host: resolve before building
             outputs += self._process(previous)
             previous = None
         self._launched = None

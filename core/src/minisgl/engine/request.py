@@ -44,6 +44,7 @@ class Req:
     # sampling row, fixed for the request's life
     temperature: float = 1.0
     seed: int = -1
+    grammar: Any = None  # a minisgl.grammar.GrammarMatcher: structured outputs
 
     def __post_init__(self) -> None:
         if not self.all_ids:

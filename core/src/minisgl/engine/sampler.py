@@ -8,7 +8,8 @@ Order of processing, the same as transformers' and vLLM's:
    (HF style: divide positive logits, multiply negative ones), then frequency (minus
    penalty x count) and presence (minus penalty if seen);
 2. min_new_tokens: rows still under their minimum get -inf on `stop_token_ids` (the engine
-   puts the EOS ids there unless the request ignores EOS);
+   puts the EOS ids there unless the request ignores EOS); structured outputs: tokens their
+   grammar does not allow get -inf (the engine's bitmask, filled on the host);
 3. temperature-0 rows (and top_k == 1 rows) take the argmax of the processed logits;
 4. the other rows: divide by temperature, keep top-k, top-p (nucleus, at least one token)
    and min-p (prob >= min_p x max prob), then draw with the Gumbel-max trick.
@@ -101,6 +102,17 @@ def mask_stop_tokens(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Ten
     return logits.masked_fill(banned, float("-inf"))
 
 
+def apply_vocab_mask(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
+    """-inf where a row's grammar bitmask has the token's bit clear."""
+    if sampling.vocab_mask is None:
+        return logits
+    vocab = logits.shape[1]
+    words = sampling.vocab_mask.to(logits.device)
+    bits = torch.arange(32, device=logits.device, dtype=torch.int32)
+    allowed = ((words[:, :, None] >> bits) & 1).bool().reshape(words.shape[0], -1)[:, :vocab]
+    return logits.masked_fill(~allowed, float("-inf"))
+
+
 def _filter(scaled: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
     """Top-k, top-p and min-p masks on temperature-scaled logits (rows independent)."""
     vocab = scaled.shape[1]
@@ -147,7 +159,7 @@ def sample(logits: torch.Tensor, sampling: SamplingBatch) -> ForwardResult:
     processed = logits.float()
     if sampling.needs_penalties:
         processed = apply_penalties(processed, sampling)
-    processed = mask_stop_tokens(processed, sampling)
+    processed = apply_vocab_mask(mask_stop_tokens(processed, sampling), sampling)
     if sampling.all_greedy:
         next_tokens = processed.argmax(dim=1)
     else:

@@ -404,6 +404,15 @@ class Scheduler:
             stop_ids = t([sorted(r.stop_ids) + [-1] * (k - len(r.stop_ids)) for r in reqs], **i64)
             min_mask = t(under_min, dtype=torch.bool)
         top_logprobs = max(p.top_logprobs for p in ps)
+        vocab_mask = None
+        if any(r.grammar is not None for r in reqs):
+            words = -(-int(self.runner.vocab_size) // 32)
+            mask = torch.full((len(reqs), words), -1, dtype=torch.int32)  # -1: every bit set, all allowed
+            for row, r in enumerate(reqs):
+                if r.grammar is not None:
+                    mask[row].zero_()  # ids past the tokenizer's vocabulary (padding rows) stay banned
+                    r.grammar.fill(mask, row)
+            vocab_mask = mask.to(self.device, non_blocking=True)
         return SamplingBatch(
             temperature=t([r.temperature for r in reqs], **f32),
             top_p=t([p.top_p for p in ps], **f32),
@@ -421,6 +430,7 @@ class Scheduler:
             want_logprobs=any(p.logprobs for p in ps) or top_logprobs > 0,
             all_greedy=all(r.temperature == 0.0 for r in reqs),
             needs_penalties=needs_penalties,
+            vocab_mask=vocab_mask,
         )
 
     def process(self, scheduled: ScheduledBatch, result: ForwardResult) -> list[EngineOutput]:
@@ -443,8 +453,12 @@ class Scheduler:
             req.num_output += 1
             self.counters["generation_tokens_total"] += 0 if req.warm_only else 1
             reason = None
+            if req.grammar is not None and not req.grammar.accept(tok) and tok not in req.stop_ids:
+                log.warning("rid=%s: token %d outside its grammar (%s)", req.rid, tok, req.grammar.error)
             if tok in req.stop_ids and req.num_output >= req.params.min_new_tokens:
                 reason = "stop"
+            elif req.grammar is not None and req.grammar.done:
+                reason = "stop"  # the grammar is complete: only EOS could follow
             elif req.num_output >= req.max_new_tokens or len(req.all_ids) >= self.max_context_len:
                 reason = "length"
             if reason is not None:

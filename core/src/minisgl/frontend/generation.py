@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from ..engine.messages import EngineOutput, EngineRequest, ImageInput
+from ..grammar import GrammarCompiler, GrammarError, constraint_of
 from ..sampling_params import SamplingParams
 from .errors import ErrorKind, RequestError, invalid
 from .tokenizer import check_token_ids
@@ -200,6 +201,14 @@ class Frontend:
         self.eos_token_ids = list(eos_token_ids)
         self.max_new_tokens_default = max_new_tokens_default
         self.reasoning = reasoning  # a reasoning parser's factory (load_reasoning_parser), for chat answers
+        self._grammars: GrammarCompiler | None = None
+
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """Checks structured-output constraints against this tokenizer (built on first use)."""
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer.tokenizer)
+        return self._grammars
 
     def generation(self, rid: str, prompts: list[list[int]], params: SamplingParams, *,
                    names: Mapping[str, str] | None = None, priority: int = 0,
@@ -210,6 +219,13 @@ class Frontend:
         (chat answers) the thinking is split off when the model has a reasoning parser."""
         names = names or {}
         params.validate(names)
+        constraint = constraint_of(params)
+        if constraint is not None:
+            name = names.get(constraint[0], constraint[0])
+            try:
+                self.grammars.grammar(*constraint)
+            except GrammarError as exc:
+                raise invalid(f"'{name}' cannot be compiled: {exc}", name) from None
         check_token_ids(self.tokenizer, params.stop_token_ids, names.get("stop_token_ids", "stop_token_ids"))
         stop_ids = params.stop_ids(self.eos_token_ids)
         sequences = []

@@ -1,0 +1,124 @@
+"""Structured outputs: a tiny random model answers only what its grammar allows, through
+LLM, /generate and the OpenAI routes (the official client); a constraint that cannot compile
+is a 400 that says why."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import jsonschema
+import openai
+import pytest
+import torch
+from server_process import start_server
+
+from minisgl import LLM, SamplingParams
+from minisgl.engine.batch import SamplingBatch
+from minisgl.engine.sampler import apply_vocab_mask
+from minisgl.frontend.errors import RequestError
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "color": {"enum": ["red", "green", "blue"]},
+        "n": {"type": "integer", "minimum": 0, "maximum": 99},
+        "ok": {"type": "boolean"},
+        "name": {"type": "string", "maxLength": 8},
+    },
+    "required": ["color", "n", "ok", "name"],
+    "additionalProperties": False,
+}
+CHAT = [{"role": "user", "content": "Describe a thing as JSON."}]
+
+
+def test_the_sampler_bans_what_the_bitmask_clears():
+    logits = torch.zeros(2, 40)
+    mask = torch.full((2, 2), -1, dtype=torch.int32)
+    mask[0] = torch.tensor([0b1010, -(1 << 31) | 1], dtype=torch.int32)  # row 0 allows tokens 1, 3, 32 and 63
+    sampling = SamplingBatch(*[torch.zeros(2)] * 9, vocab_mask=mask)
+    allowed = apply_vocab_mask(logits, sampling) > float("-inf")
+    assert allowed[0].nonzero().flatten().tolist() == [1, 3, 32]  # 63 is past the 40-token vocabulary
+    assert bool(allowed[1].all())
+
+
+def test_llm_answers_follow_their_schema_and_regex_whatever_the_seed(tiny_qwen3_path):
+    with LLM(tiny_qwen3_path, dtype="float32") as llm:
+        for seed in range(3):
+            params = SamplingParams(max_new_tokens=256, temperature=1.0, seed=seed, json_schema=json.dumps(SCHEMA))
+            out = llm.generate(["Give me JSON:"], params)[0].outputs[0]
+            assert out.finish_reason == "stop", out.text
+            jsonschema.validate(json.loads(out.text), SCHEMA)
+        pattern = r"[a-c]{3}-[0-9]{2}"
+        outs = llm.generate(["id:"] * 3, SamplingParams(max_new_tokens=20, temperature=1.0, seed=7, n=2, regex=pattern))
+        for out in (o for r in outs for o in r.outputs):
+            assert re.fullmatch(pattern, out.text) and out.finish_reason == "stop", out.text
+        # without a grammar the same random model writes no JSON at all
+        free = llm.generate(["Give me JSON:"], SamplingParams(max_new_tokens=16, temperature=1.0, seed=0))[0]
+        with pytest.raises(ValueError):
+            json.loads(free.outputs[0].text)
+        with pytest.raises(RequestError, match="'json_schema' cannot be compiled: Invalid type: objectx"):
+            llm.generate(["x"], SamplingParams(json_schema='{"type": "objectx"}'))
+        with pytest.raises(RequestError, match="'regex' .*at most one of json_schema, regex and ebnf"):
+            llm.generate(["x"], SamplingParams(json_schema="{}", regex="a"))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_qwen3_path, tmp_path_factory):
+    srv = start_server(tiny_qwen3_path, log_dir=tmp_path_factory.mktemp("server-structured"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_chat_json_schema_answers_validate_across_seeds(client):
+    model = client.models.list().data[0].id
+    fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA, "strict": True}}
+    for seed in range(3):
+        r = client.chat.completions.create(model=model, messages=CHAT, max_tokens=256, temperature=1.0, seed=seed,
+                                           response_format=fmt)
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].message.content), SCHEMA)
+    stream = client.chat.completions.create(model=model, messages=CHAT, max_tokens=256, temperature=1.0, seed=0,
+                                            response_format=fmt, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    first = client.chat.completions.create(model=model, messages=CHAT, max_tokens=256, temperature=1.0, seed=0,
+                                           response_format=fmt)
+    assert streamed == first.choices[0].message.content
+    # any object: a random model may write one key forever, but what it writes is an object's start
+    anything = client.chat.completions.create(model=model, messages=CHAT, max_tokens=64, temperature=1.0, seed=1,
+                                              response_format={"type": "json_object"}).choices[0]
+    assert anything.message.content.lstrip().startswith("{")
+    if anything.finish_reason == "stop":
+        assert isinstance(json.loads(anything.message.content), dict)
+
+
+def test_completions_and_generate_take_sglangs_constraints(client, server):
+    model = client.models.list().data[0].id
+    r = client.completions.create(model=model, prompt="code:", max_tokens=20, temperature=1.0, seed=3,
+                                  extra_body={"regex": "(yes|no)!"})
+    assert r.choices[0].text in ("yes!", "no!")
+    body = {"text": "flag:", "sampling_params": {"max_new_tokens": 64, "temperature": 1.0, "seed": 5,
+                                                   "json_schema": json.dumps({"type": "boolean"})}}
+    out = httpx.post(server.url + "/generate", json=body, timeout=60).json()
+    assert json.loads(out["text"]) in (True, False)
+
+
+@pytest.mark.parametrize(("kwargs", "param", "why"), [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objectx"}}}},
+     "response_format", "Invalid type: objectx"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format",
+     "needs json_schema.schema"),
+    ({"extra_body": {"regex": "a(b"}}, "regex", "unclosed group"),
+    ({"extra_body": {"ebnf": "root ::= undefined_rule"}}, "ebnf", "undefined_rule"),
+])
+def test_a_constraint_that_cannot_compile_is_a_400_that_says_why(client, kwargs, param, why):
+    model = client.models.list().data[0].id
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=model, messages=CHAT, max_tokens=8, **kwargs)
+    assert err.value.body["param"] == param and why in err.value.body["message"]
