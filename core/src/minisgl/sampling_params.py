@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 import msgspec
 
 from .frontend.errors import invalid
+from .grammar import GRAMMAR_FIELDS
 
 SEED_RANGE = (-(1 << 63), 1 << 64)  # what msgpack carries; derived seeds wrap modulo 2**64
 
@@ -77,9 +78,10 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             bad("stop_token_ids", "must be non-negative token ids")
         if self.seed is not None and not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
             bad("seed", "must be in [-2**63, 2**64)")
-        constraints = [f for f in ("json_schema", "regex", "ebnf") if getattr(self, f) is not None]
+        constraints = [f for f in GRAMMAR_FIELDS if getattr(self, f) is not None]
         if len(constraints) > 1:
-            bad(constraints[1], f"give at most one of json_schema, regex and ebnf (also got {constraints[0]})")
+            bad(constraints[1], f"give at most one of {', '.join(GRAMMAR_FIELDS[:-1])} and {GRAMMAR_FIELDS[-1]} "
+                                f"(also got {constraints[0]})")
         return self
 
     def stop_ids(self, eos_token_ids: Iterable[int]) -> frozenset[int]:
