@@ -28,16 +28,15 @@ ANY_JSON_OBJECT = '{"type": "object"}'
 
 
 class GrammarError(ValueError):
-    """A constraint llguidance cannot compile: `reason` says why."""
+    """A constraint llguidance cannot compile; the message is llguidance's reason."""
 
 
 def _llguidance() -> Any:
-    try:
-        import llguidance
-        import llguidance.hf
-        import llguidance.torch
-    except ImportError:  # pragma: no cover - a core dependency
-        raise GrammarError("structured outputs need llguidance: pip install llguidance") from None
+    """Imported on first use: processes that never see a constraint never load it."""
+    import llguidance
+    import llguidance.hf
+    import llguidance.torch
+
     return llguidance
 
 

@@ -209,7 +209,7 @@ class LLM:
             return [lp.logprob for lp in s.logprobs], tops
 
         outputs = [CompletionOutput(s.index, s.text, s.token_ids, s.finish_reason, *logprobs(s),
-                                    reasoning=s.reasoning if s.splitter else None) for s in gen.sequences]
+                                    reasoning=s.reasoning_content) for s in gen.sequences]
         first = gen.sequences[0]
         return RequestOutput(request_id=gen.rid, prompt=prompt, prompt_token_ids=first.prompt_ids, outputs=outputs,
                              prompt_tokens=gen.prompt_tokens, cached_tokens=gen.cached_tokens)

@@ -212,7 +212,7 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
     choices = [
         ChatChoice(
             index=s.index,
-            message=AssistantMessage(content=s.text, reasoning_content=s.reasoning if s.splitter else None),
+            message=AssistantMessage(content=s.text, reasoning_content=s.reasoning_content),
             finish_reason=s.finish_reason,
             logprobs=_chat_logprobs(tok, s.logprobs) if data.logprobs else None,
         )

@@ -79,6 +79,11 @@ class Sequence:
         return self.finish_reason is not None
 
     @property
+    def reasoning_content(self) -> str | None:
+        """The thinking split off this answer; None when no reasoning parser split it."""
+        return self.reasoning if self.splitter is not None else None
+
+    @property
     def wants_logprobs(self) -> bool:
         return self.params.logprobs or self.params.top_logprobs > 0
 

@@ -15,12 +15,10 @@ whole, 231 ms in slices of 1,024, on AVX2).
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from minisgl.dtypes import cpu_has_native_bf16
 
 # the hint oneDNN picks the packed layout for: decode batch sizes, where the gain is
 PACK_FOR_ROWS = 32
@@ -47,21 +45,18 @@ def can_pack(dtype: torch.dtype) -> bool:
     """float32 always where oneDNN is built in; bfloat16 only with native bf16 instructions."""
     if not torch.backends.mkldnn.is_available():
         return False
-    if dtype == torch.float32:
-        return True
-    return dtype == torch.bfloat16 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and cpu_has_native_bf16())
 
 
-def pack_linears(*modules: nn.Module) -> int:
-    """Swap every plain nn.Linear under `modules` for a PackedLinear; returns how many. A weight
+def pack_linears(model: nn.Module) -> int:
+    """Swap every plain nn.Linear under `model` for a PackedLinear; returns how many. A weight
     shared with an embedding (tied LM head) stays for the embedding, the packed copy is extra."""
     swapped = 0
-    for root in modules:
-        for parent in list(root.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is nn.Linear:
-                    setattr(parent, name, PackedLinear(child))
-                    swapped += 1
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, PackedLinear(child))
+                swapped += 1
     return swapped
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from minisgl.dtypes import DTYPES
+
 # architecture name -> (q/k/v bias by default, per-head q/k norm)
 SUPPORTED_ARCHITECTURES: dict[str, tuple[bool, bool]] = {
     "LlamaForCausalLM": (False, False),
@@ -23,7 +25,6 @@ SUPPORTED_ARCHITECTURES: dict[str, tuple[bool, bool]] = {
 }
 SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class UnsupportedModelError(ValueError):
@@ -149,7 +150,7 @@ def parse_model_config(raw: dict[str, Any], generation: dict[str, Any] | None = 
         qk_norm=qk_norm,
         rope=_rope(raw),
         eos_token_ids=tuple(dict.fromkeys(eos)),
-        checkpoint_dtype=_DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None,
+        checkpoint_dtype=DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None,
     )
 
 
@@ -167,7 +168,7 @@ def load_model_config(model_dir: str | Path) -> ModelConfig:
 def pick_dtype(requested: str, config: ModelConfig) -> torch.dtype:
     """`auto` serves bf16 (fp16 checkpoints stay fp16); an explicit --dtype wins."""
     if requested != "auto":
-        if requested not in _DTYPES:
+        if requested not in DTYPES:
             raise ValueError(f"--dtype must be auto, float32, float16 or bfloat16, got {requested!r}")
-        return _DTYPES[requested]
+        return DTYPES[requested]
     return torch.float16 if config.checkpoint_dtype == torch.float16 else torch.bfloat16
