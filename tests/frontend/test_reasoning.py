@@ -13,8 +13,9 @@ from server_process import start_server
 from minisgl import LLM, SamplingParams
 from minisgl.engine.messages import EngineOutput
 from minisgl.frontend.generation import Frontend
-from minisgl.frontend.reasoning import ReasoningParserError, deepseek_r1, load_reasoning_parser, qwen3
+from minisgl.frontend.reasoning import deepseek_r1, qwen3
 from minisgl.frontend.tokenizer import Tokenizer
+from minisgl.plugins import SelectionError, load_selected
 
 CHAT = [{"role": "user", "content": "Why is the sky blue?"}]
 
@@ -48,16 +49,16 @@ def test_every_way_of_cutting_the_text_gives_the_same_split(make, text, want):
 
 
 def test_an_unknown_parser_is_refused_naming_the_flag_and_the_installed_ones():
-    assert load_reasoning_parser(None) is None
-    with pytest.raises(ReasoningParserError, match=r"--reasoning-parser: unknown reasoning parser 'r2'; "
+    assert load_selected("reasoning_parser", None) is None
+    with pytest.raises(SelectionError, match=r"--reasoning-parser: unknown reasoning parser 'r2'; "
                                                    r"installed: deepseek-r1, qwen3"):
-        load_reasoning_parser("r2")
+        load_selected("reasoning_parser", "r2")
 
 
 def test_the_request_layer_splits_streamed_tokens(tiny_qwen3_path):
     tok = Tokenizer(tiny_qwen3_path)
     frontend = Frontend(tok, max_context_len=512, eos_token_ids=[], max_new_tokens_default=64,
-                        reasoning=load_reasoning_parser("qwen3"))
+                        reasoning=load_selected("reasoning_parser", "qwen3"))
     answer = "<think>Light scatters.</think>\n\nBecause of Rayleigh scattering."
     ids = tok.tokenizer(answer, add_special_tokens=False).input_ids
     gen = frontend.generation("r", [[1, 2, 3]], SamplingParams(max_new_tokens=len(ids)), separate_reasoning=True)

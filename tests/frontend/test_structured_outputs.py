@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import Future
 
 import httpx
 import jsonschema
+import numpy as np
 import openai
 import pytest
 import torch
@@ -18,6 +20,10 @@ from minisgl import LLM, SamplingParams
 from minisgl.engine.batch import SamplingBatch
 from minisgl.engine.sampler import apply_vocab_mask
 from minisgl.frontend.errors import RequestError
+from minisgl.grammar import GrammarError
+from minisgl.hookspecs import hookimpl
+from minisgl.plugins import Registry, SelectionError, set_registry
+from minisgl.specs import GrammarBackendSpec
 
 SCHEMA = {
     "type": "object",
@@ -37,7 +43,9 @@ def test_the_sampler_bans_what_the_bitmask_clears():
     logits = torch.zeros(2, 40)
     mask = torch.full((2, 2), -1, dtype=torch.int32)
     mask[0] = torch.tensor([0b1010, -(1 << 31) | 1], dtype=torch.int32)  # row 0 allows tokens 1, 3, 32 and 63
-    sampling = SamplingBatch(*[torch.zeros(2)] * 9, vocab_mask=mask)
+    filled = Future()
+    filled.set_result(mask)
+    sampling = SamplingBatch(*[torch.zeros(2)] * 9, vocab_mask=filled)
     allowed = apply_vocab_mask(logits, sampling) > float("-inf")
     assert allowed[0].nonzero().flatten().tolist() == [1, 3, 32]  # 63 is past the 40-token vocabulary
     assert bool(allowed[1].all())
@@ -122,3 +130,75 @@ def test_a_constraint_that_cannot_compile_is_a_400_that_says_why(client, kwargs,
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=model, messages=CHAT, max_tokens=8, **kwargs)
     assert err.value.body["param"] == param and why in err.value.body["message"]
+
+
+class ChoicesBackend:
+    """A third party's grammar backend: only `regex` alternations of words, (a|b|c), masked
+    by string prefixes over the vocabulary's texts."""
+
+    def __init__(self, hf_tokenizer, vocab_size=None):
+        self.texts = [hf_tokenizer.decode([i]) if i < len(hf_tokenizer) else "" for i in range(vocab_size or len(hf_tokenizer))]
+        self.fills = 0
+
+    def check(self, field, source):
+        if field != "regex" or not re.fullmatch(r"\(([a-z]+\|)*[a-z]+\)", source):
+            raise GrammarError("the choices backend takes only regex (a|b|...)")
+
+    def matcher(self, field, source):
+        self.check(field, source)
+        return ChoiceMatcher(self, source[1:-1].split("|"))
+
+    def fill(self, rows, bitmask):
+        self.fills += 1
+        bits = bitmask.numpy().view(np.uint32)
+        for m, row in rows:
+            for i, text in enumerate(self.texts):
+                if text and any(c.startswith(m.text + text) for c in m.choices):
+                    bits[row, i // 32] |= np.uint32(1 << (i % 32))
+
+
+class ChoiceMatcher:
+    def __init__(self, backend, choices):
+        self.backend, self.choices, self.text = backend, choices, ""
+
+    def accept(self, token):
+        self.text += self.backend.texts[token]
+        return any(c.startswith(self.text) for c in self.choices)
+
+    @property
+    def done(self):
+        return self.text in self.choices
+
+    error = ""
+
+
+class ChoicesPlugin:
+    made: list[ChoicesBackend] = []
+
+    @hookimpl
+    def minisgl_register_grammar_backends(self, register):
+        def factory(*args):
+            self.made.append(ChoicesBackend(*args))
+            return self.made[-1]
+        register(GrammarBackendSpec(name="choices", description="regex word choices", factory=factory))
+
+
+def test_a_third_partys_grammar_backend_checks_and_masks(tiny_qwen3_path):
+    registry = Registry()
+    registry.load_entry_points()
+    registry.add_plugin(ChoicesPlugin(), "choices-plugin")
+    set_registry(registry)
+    try:
+        with LLM(tiny_qwen3_path, dtype="float32", grammar_backend="choices") as llm:
+            outs = llm.generate(["Answer:"] * 4, [SamplingParams(max_new_tokens=8, temperature=1.0, seed=s,
+                                                                 regex="(yes|no|maybe)") for s in range(4)])
+            assert all(o.text in ("yes", "no", "maybe") and o.finish_reason == "stop" for o in outs), outs
+            with pytest.raises(RequestError, match="'json_schema' cannot be compiled: the choices backend takes only"):
+                llm.generate(["x"], SamplingParams(json_schema="{}"))
+        # the request layer's backend checked, the engine's masked every step
+        assert len(ChoicesPlugin.made) == 2 and ChoicesPlugin.made[1].fills >= 2
+        with pytest.raises(SelectionError, match="--grammar-backend: unknown grammar backend 'outlines'; "
+                                                 "installed: choices, llguidance"):
+            LLM(tiny_qwen3_path, grammar_backend="outlines")
+    finally:
+        set_registry(None)

@@ -1,11 +1,19 @@
 """The core's own plugin, registered through the `minisgl` entry-point group like any
 third party's: the defaults a core-only install needs to run (the radix and naive caches,
-the fcfs queue policy, round-robin dispatch, the built-in control commands and reasoning
-parsers). Other
+the fcfs queue policy, round-robin dispatch, the built-in control commands, reasoning
+parsers and tool-call formats, the llguidance grammar backend). Other
 policies ship in the `minisgl-schedulers` distribution."""
 
 from .hookspecs import hookimpl
-from .specs import CacheSpec, ControlCommandSpec, DispatchPolicySpec, QueuePolicySpec, ReasoningParserSpec
+from .specs import (
+    CacheSpec,
+    ControlCommandSpec,
+    DispatchPolicySpec,
+    GrammarBackendSpec,
+    QueuePolicySpec,
+    ReasoningParserSpec,
+    ToolCallParserSpec,
+)
 
 
 @hookimpl
@@ -64,3 +72,16 @@ def minisgl_register_parsers(register):
         description="reasoning until </think>: the template opened it (DeepSeek-R1, Qwen3 thinking-only)",
         factory="minisgl.frontend.reasoning:deepseek_r1",
     ))
+    for name, fmt, description in [
+        ("hermes", "HERMES", '<tool_call>{"name": ..., "arguments": ...}</tool_call> (Hermes 2/3)'),
+        ("qwen", "HERMES", "Qwen 2.5 and Qwen 3: Hermes' tags"),
+        ("llama3", "LLAMA3", '{"name": ..., "parameters": ...} opening the answer, joined by ; (Llama 3.1-3.3)'),
+    ]:
+        register(ToolCallParserSpec(name=name, description=description,
+                                    factory=f"minisgl.frontend.tool_calls:{fmt}"))
+
+
+@hookimpl
+def minisgl_register_grammar_backends(register):
+    register(GrammarBackendSpec(name="llguidance", description="llguidance 1.9: JSON schema, regex, Lark/GBNF; "
+                                "lazy compile, parallel mask fill", factory="minisgl.grammar:LLGuidance"))

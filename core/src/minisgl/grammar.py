@@ -7,7 +7,8 @@ llguidance's reason); the engine gives the request a matcher, fills its row of t
 bitmask before each sample (the sampler masks the logits on the device) and feeds it every
 sampled token. Once the grammar is complete, only EOS is allowed and the request stops.
 
-Why llguidance (1.9.1) and not xgrammar (0.2.8), measured by server/bench/grammar_backends.py
+The library is a plugin (--grammar-backend, GrammarBackendSpec); the built-in one is
+llguidance. Why llguidance (1.9.1) and not xgrammar (0.2.8), measured by server/bench/grammar_backends.py
 on smollm2-135m's tokenizer: both masks were exact on the test schema; xgrammar filled the
 masks of a 64-row decode step in 0.22 ms against llguidance's 2.4 ms (its parallel fill on 2
 cores), a few % of a CPU decode step either way; llguidance compiles lazily (0.3 ms against
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -62,15 +63,34 @@ def response_format_schema(response_format: Any) -> str | None:
     return msgspec.json.encode(spec.schema_).decode()
 
 
-class GrammarCompiler:
-    """llguidance's view of one tokenizer (built on first use: about 0.6 s for 49k tokens),
-    and the grammars compiled from constraints so far."""
+class GrammarBackend(Protocol):
+    """What a grammar backend (--grammar-backend; a plugin's GrammarBackendSpec) provides.
+    The factory is called with the model's transformers tokenizer and the model's vocabulary
+    size (rows of the logits; None: the tokenizer's), once per process that needs it. The
+    forced tool calls of minisgl.frontend.tool_calls arrive as `ebnf` in llguidance's Lark
+    dialect; a backend that cannot compile them says so with a GrammarError (a 400)."""
+
+    def check(self, field: str, source: str) -> None:
+        """Raise GrammarError, with the reason, if `source` (a GRAMMAR_FIELDS constraint) cannot be compiled."""
+
+    def matcher(self, field: str, source: str) -> Any:
+        """One request's place in its grammar: accept(token) -> bool, done, error."""
+
+    def fill(self, rows: list[tuple[Any, int]], bitmask: Any) -> None:
+        """For each (matcher, row): row `row` of an int32 bitmask [rows, ceil(vocab / 32)],
+        bit t set = token t allowed next. Called on a worker thread while the forward runs."""
+
+
+class LLGuidance:
+    """The built-in backend: llguidance's view of one tokenizer (built on first use: about
+    0.6 s for 49k tokens), the grammars compiled so far, and masks filled in parallel."""
 
     def __init__(self, hf_tokenizer: Any, vocab_size: int | None = None) -> None:
         self._hf = hf_tokenizer
         self._vocab_size = vocab_size
         self._lock = threading.Lock()
         self._tok: Any = None
+        self._executor: Any = None
 
     @property
     def tokenizer(self) -> Any:
@@ -79,9 +99,8 @@ class GrammarCompiler:
                 self._tok = _llguidance().hf.from_tokenizer(self._hf, n_vocab=self._vocab_size)
             return self._tok
 
-    @functools.lru_cache(maxsize=256)  # noqa: B019 - one compiler per model, kept for its life
-    def grammar(self, field: str, source: str) -> str:
-        """The llguidance grammar of a constraint, checked; GrammarError with the reason."""
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one backend per model, kept for its life
+    def _grammar(self, field: str, source: str) -> str:
         llg = _llguidance()
         try:
             grammar = llg.grammar_from(_FORMATS[field], source)
@@ -92,30 +111,34 @@ class GrammarCompiler:
             raise GrammarError(error.strip())
         return grammar
 
-    def matcher(self, field: str, source: str) -> GrammarMatcher:
-        return GrammarMatcher(_llguidance().LLMatcher(self.tokenizer, self.grammar(field, source)))
+    def check(self, field: str, source: str) -> None:
+        self._grammar(field, source)
+
+    def matcher(self, field: str, source: str) -> LLGuidanceMatcher:
+        return LLGuidanceMatcher(_llguidance().LLMatcher(self.tokenizer, self._grammar(field, source)))
+
+    def fill(self, rows: list[tuple[Any, int]], bitmask: Any) -> None:
+        llg = _llguidance()
+        if self._executor is None:
+            self._executor = llg.LLExecutor()
+        llg.torch.fill_next_token_bitmask_par(self._executor, [(m.matcher, row) for m, row in rows], bitmask)
 
 
-class GrammarMatcher:
-    """One request's place in its grammar."""
+class LLGuidanceMatcher:
+    """One request's place in its llguidance grammar."""
 
     def __init__(self, matcher: Any) -> None:
-        self._m = matcher
-        self._fill = _llguidance().torch.fill_next_token_bitmask
-
-    def fill(self, bitmask: Any, row: int) -> None:
-        """Row `row` of an int32 bitmask [rows, ceil(vocab / 32)]: bit t set = token t allowed."""
-        self._fill(self._m, bitmask, row)
+        self.matcher = matcher
 
     def accept(self, token: int) -> bool:
         """Advance by a sampled token; False if the grammar did not allow it."""
-        return bool(self._m.consume_token(token)) and not self._m.is_error()
+        return bool(self.matcher.consume_token(token)) and not self.matcher.is_error()
 
     @property
     def done(self) -> bool:
         """The grammar is complete: nothing but EOS may follow."""
-        return bool(self._m.is_stopped())
+        return bool(self.matcher.is_stopped())
 
     @property
     def error(self) -> str:
-        return self._m.get_error() or ""
+        return self.matcher.get_error() or ""

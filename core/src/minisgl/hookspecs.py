@@ -50,4 +50,10 @@ def minisgl_register_commands(register):
 
 @hookspec
 def minisgl_register_parsers(register):
-    """Register output parsers of chat answers: register(ReasoningParserSpec(...))."""
+    """Register output parsers of chat answers: register(ReasoningParserSpec(...)),
+    register(ToolCallParserSpec(...))."""
+
+
+@hookspec
+def minisgl_register_grammar_backends(register):
+    """Register structured-output libraries: register(GrammarBackendSpec(...))."""

@@ -23,8 +23,9 @@ from .engine.messages import ImageInput
 from .frontend.errors import invalid
 from .frontend.generation import Frontend, Generation
 from .frontend.images import ImageRules
-from .frontend.reasoning import load_reasoning_parser
 from .frontend.tokenizer import ChatPrompt, Tokenizer, encode_chat, encode_prompts, prompt_items
+from .frontend.tool_calls import ToolCall, ToolUse
+from .plugins import load_selected
 from .sampling_params import SamplingParams
 from .settings import Settings, settings_from_kwargs
 
@@ -40,6 +41,7 @@ class CompletionOutput:
     logprobs: list[float] | None = None  # of each generated token, under the raw model distribution
     top_logprobs: list[list[tuple[int, float]]] | None = None
     reasoning: str | None = None  # a chat answer's thinking, under --reasoning-parser (then not in text)
+    tool_calls: list[ToolCall] | None = None  # a chat answer's calls, when it was given tools
 
 
 @dataclass
@@ -87,13 +89,15 @@ class StreamDelta:
 class LLM:
     def __init__(self, model: str, backend: str = "auto", dtype: str = "auto", **settings: Any) -> None:
         self.settings: Settings = settings_from_kwargs(model=model, backend=backend, dtype=dtype, **settings)
-        reasoning = load_reasoning_parser(self.settings.reasoning_parser)
+        reasoning = load_selected("reasoning_parser", self.settings.reasoning_parser)
+        tool_calls = load_selected("tool_call_parser", self.settings.tool_call_parser)
         self.engine = Engine(self.settings)
         tokenizer = Tokenizer(str(self.engine.model.path), self.settings.trust_remote_code, self.settings.token_cache_size)
         self.frontend = Frontend(tokenizer, max_context_len=self.engine.max_context_len,
                                  eos_token_ids=self.engine.eos_token_ids,
                                  max_new_tokens_default=self.settings.max_new_tokens_default,
-                                 reasoning=reasoning)
+                                 reasoning=reasoning, tool_calls=tool_calls,
+                                 grammar_backend=load_selected("grammar_backend", self.settings.grammar_backend))
         self._ids = itertools.count()
         self.image_rules = ImageRules.from_settings(self.settings)
 
@@ -114,10 +118,11 @@ class LLM:
             self.engine = None  # type: ignore[assignment]
 
     # ---- inputs -------------------------------------------------------------------
-    def _encode_chat(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> ChatPrompt:
+    def _encode_chat(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any],
+                     tools: ToolUse | None = None) -> ChatPrompt:
         return encode_chat(self.frontend.tokenizer, messages, template_kwargs=template_kwargs,
                            max_context_len=self.frontend.max_context_len,
-                           image_rules=self.image_rules)
+                           image_rules=self.image_rules, tools=tools and tools.tools)
 
     def encode_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
         """A conversation as prompt token ids, through the model's chat template (text only:
@@ -131,7 +136,7 @@ class LLM:
         return encode_prompts(self.frontend.tokenizer, prompts, "prompts", self.frontend.max_context_len)
 
     def _submit(self, ids: list[list[int]], sampling_params: Any, images: list[ImageInput] | None = None,
-                chat: bool = False) -> list[Generation]:
+                chat: bool = False, tools: ToolUse | None = None) -> list[Generation]:
         if sampling_params is None or isinstance(sampling_params, SamplingParams):
             params = [sampling_params or SamplingParams()] * len(ids)
         else:
@@ -141,7 +146,7 @@ class LLM:
                                  "give one, or one per prompt")
         # each prompt is its own request (its own parameters); the engine batches them all
         gens = [self.frontend.generation(f"llm-{next(self._ids)}", [p], sp, images=[images] if images else None,
-                                         separate_reasoning=chat)
+                                         separate_reasoning=chat, tools=tools)
                 for p, sp in zip(ids, params)]
         for gen in gens:
             for er in gen.engine_requests():
@@ -190,13 +195,16 @@ class LLM:
         return [self._output(gen, text) for gen, text in zip(gens, texts)]
 
     def chat(self, messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
-             sampling_params: SamplingParams | None = None, **template_kwargs: Any) -> Any:
+             sampling_params: SamplingParams | None = None, *, tools: list[dict[str, Any]] | None = None,
+             tool_choice: Any = None, parallel_tool_calls: bool = True, **template_kwargs: Any) -> Any:
         """A conversation's answer (the model's chat template, as /v1/chat/completions);
-        image_url parts work as there when the model takes images. A list of conversations
-        runs as one batch and gives a list of answers."""
+        image_url parts work as there when the model takes images, and `tools` with
+        `tool_choice` as there (the calls in `outputs[i].tool_calls`). A list of
+        conversations runs as one batch and gives a list of answers."""
         batch = bool(messages) and isinstance(messages[0], list)
-        prompts = [self._encode_chat(m, template_kwargs) for m in (messages if batch else [messages])]
-        gens = [g for p in prompts for g in self._submit([p.ids], sampling_params, p.images, chat=True)]
+        use = self.frontend.tool_use(tools, tool_choice, parallel_tool_calls)
+        prompts = [self._encode_chat(m, template_kwargs, use) for m in (messages if batch else [messages])]
+        gens = [g for p in prompts for g in self._submit([p.ids], sampling_params, p.images, chat=True, tools=use)]
         outputs = self._generate(gens, [p.ids for p in prompts])
         return outputs if batch else outputs[0]
 
@@ -209,7 +217,8 @@ class LLM:
             return [lp.logprob for lp in s.logprobs], tops
 
         outputs = [CompletionOutput(s.index, s.text, s.token_ids, s.finish_reason, *logprobs(s),
-                                    reasoning=s.reasoning_content) for s in gen.sequences]
+                                    reasoning=s.reasoning_content, tool_calls=s.tool_calls if s.tool_parser else None)
+                   for s in gen.sequences]
         first = gen.sequences[0]
         return RequestOutput(request_id=gen.rid, prompt=prompt, prompt_token_ids=first.prompt_ids, outputs=outputs,
                              prompt_tokens=gen.prompt_tokens, cached_tokens=gen.cached_tokens)

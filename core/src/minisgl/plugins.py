@@ -44,13 +44,18 @@ HOOK_KINDS: dict[str, tuple[Kind, ...]] = {
     "minisgl_register_control_commands": ("control_command",),
     "minisgl_register_settings": ("setting",),
     "minisgl_register_commands": ("command",),
-    "minisgl_register_parsers": ("reasoning_parser",),
+    "minisgl_register_parsers": ("reasoning_parser", "tool_call_parser"),
+    "minisgl_register_grammar_backends": ("grammar_backend",),
 }
 CORE = "core"  # the owner of what the core declares itself
 
 
 class PluginError(LookupError):
     """A name that no installed plugin registered."""
+
+
+class SelectionError(ValueError):
+    """A flag (--reasoning-parser, --tool-call-parser, --grammar-backend) names no installed plugin."""
 
 
 @dataclass
@@ -251,6 +256,18 @@ def get_registry(reload: bool = False) -> Registry:
             reg.load_entry_points(allow=allow, block=block)
             _registry = reg
         return _registry
+
+
+def load_selected(kind: Kind, name: str | None, registry: Registry | None = None) -> Any:
+    """What the plugin `name` of `kind` registered, loaded (None for no name), as chosen by
+    the flag of that kind's name: checked at start, before any model loads, so a wrong name
+    is a usage error naming the flag and what is installed."""
+    if not name:
+        return None
+    try:
+        return (registry or get_registry()).get(kind, name).load()
+    except PluginError as exc:
+        raise SelectionError(f"--{kind.replace('_', '-')}: {exc}") from None
 
 
 def set_registry(registry: Registry | None) -> None:

@@ -80,6 +80,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     vlm_stream_log_stride: NonNegative = 32
     # chat answers
     reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
+    grammar_backend: str = "llguidance"
     # runtime
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # the settings plugins declare, by name; read them as attributes (see __getattr__)
@@ -162,6 +164,11 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
                                 "log every N streamed chunks of a request with images (0 = off)"),
     "reasoning_parser": _o("REASONING_PARSER", "--reasoning-parser", "move a chat answer's <think> reasoning into "
                            "reasoning_content: qwen3|deepseek-r1|... (see `minisgl plugins`; default: off)"),
+    "tool_call_parser": _o("TOOL_CALL_PARSER", "--tool-call-parser", "parse a chat answer's tool calls into "
+                           "tool_calls (tool_choice auto): hermes|qwen|llama3|... (see `minisgl plugins`; default: off, "
+                           "and tool_choice required or a named function use hermes' format)"),
+    "grammar_backend": _o("GRAMMAR_BACKEND", "--grammar-backend", "the library behind json_schema, regex, ebnf, "
+                          "response_format and forced tool calls: llguidance|... (see `minisgl plugins`)"),
     "log_level": _o(("MINISGL_LOG_LEVEL", "LOG_LEVEL"), "--log-level", "logging level"),
 }
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 Kind = Literal["backend", "dispatch_policy", "queue_policy", "cache", "runner", "control_command", "setting", "command",
-               "reasoning_parser"]
+               "reasoning_parser", "tool_call_parser", "grammar_backend"]
 KINDS: tuple[Kind, ...] = (
     "backend",
     "dispatch_policy",
@@ -25,6 +25,8 @@ KINDS: tuple[Kind, ...] = (
     "setting",
     "command",
     "reasoning_parser",
+    "tool_call_parser",
+    "grammar_backend",
 )
 
 
@@ -125,6 +127,19 @@ class ReasoningParserSpec(Spec, frozen=True):
     minisgl.frontend.reasoning.ReasoningSplitter)."""
 
 
+class ToolCallParserSpec(Spec, frozen=True):
+    """How a model writes tool calls (--tool-call-parser). The factory is a format object
+    with `parser(max_calls)` (a fresh ToolCallParser per sequence) and
+    `grammar(functions, parallel)` (the Lark grammar that forces calls); see
+    minisgl.frontend.tool_calls.JSONToolCalls."""
+
+
+class GrammarBackendSpec(Spec, frozen=True):
+    """The library behind structured outputs (--grammar-backend). The factory takes the
+    model's transformers tokenizer and its vocabulary size and returns a
+    minisgl.grammar.GrammarBackend."""
+
+
 class SettingSpec(msgspec.Struct, kw_only=True, frozen=True):
     """A setting its owner declares (the core for its own, a plugin for its knobs).
 
@@ -152,4 +167,6 @@ SPEC_TYPES: dict[Kind, type] = {
     "setting": SettingSpec,
     "command": CommandSpec,
     "reasoning_parser": ReasoningParserSpec,
+    "tool_call_parser": ToolCallParserSpec,
+    "grammar_backend": GrammarBackendSpec,
 }

@@ -17,8 +17,7 @@ import click
 import uvicorn
 
 from minisgl.cli import setup_logging
-from minisgl.frontend.reasoning import ReasoningParserError
-from minisgl.plugins import get_registry
+from minisgl.plugins import SelectionError, get_registry
 from minisgl.settings import FAST_STREAM_DECODE_NOTE, Settings
 
 from .app import create_app
@@ -73,7 +72,7 @@ def run_server(settings: Settings, sources: dict[str, str] | None = None) -> Non
     registry = get_registry()
     try:
         state = ServerState(settings, sources or {}, registry)
-    except (SchedulerError, ReasoningParserError) as exc:  # a usage error, like a bad flag: exit status 2
+    except (SchedulerError, SelectionError) as exc:  # a usage error, like a bad flag: exit status 2
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     app = create_app(state)

@@ -83,11 +83,45 @@ class ImagePart(msgspec.Struct, kw_only=True, tag_field="type", tag="image_url")
     image_url: ImageURL
 
 
+class FunctionCall(msgspec.Struct, kw_only=True):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(msgspec.Struct, kw_only=True):
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
 class ChatMessage(msgspec.Struct, kw_only=True):
     role: str
     content: str | list[TextPart | ImagePart] | None = None
     name: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+
+
+class FunctionDefinition(msgspec.Struct, kw_only=True, omit_defaults=True):
+    name: Annotated[str, Meta(min_length=1, max_length=64)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; the grammar enforces it where calls are forced
+    strict: bool | None = None
+
+
+class Tool(msgspec.Struct, kw_only=True):
+    function: FunctionDefinition
+    type: Literal["function"] = "function"
+
+
+class FunctionName(msgspec.Struct, kw_only=True):
+    name: str
+
+
+class NamedToolChoice(msgspec.Struct, kw_only=True):
+    function: FunctionName
+    type: Literal["function"] = "function"
 
 
 class ChatCompletionRequest(SamplingExtensions, kw_only=True):
@@ -111,6 +145,9 @@ class ChatCompletionRequest(SamplingExtensions, kw_only=True):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     separate_reasoning: bool = True  # sglang's: false keeps the thinking in content
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
 
 # ---- responses -------------------------------------------------------------------------
@@ -171,6 +208,7 @@ class AssistantMessage(msgspec.Struct, kw_only=True):
     role: str = "assistant"
     content: str | None = None
     reasoning_content: str | None = None  # with --reasoning-parser, as sglang and vLLM answer
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(msgspec.Struct, kw_only=True):
@@ -189,10 +227,25 @@ class ChatCompletionResponse(msgspec.Struct, kw_only=True):
     created: int = msgspec.field(default_factory=lambda: int(time.time()))
 
 
+class FunctionCallDelta(msgspec.Struct, kw_only=True, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A call's first chunk has its id, type and name; the next ones arguments fragments."""
+
+    index: int
+    function: FunctionCallDelta
+    id: str | None = None
+    type: Literal["function"] | None = None
+
+
 class DeltaMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     role: str | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(msgspec.Struct, kw_only=True):

@@ -34,7 +34,11 @@ from .openai_types import (
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
+    FunctionCall,
+    FunctionCallDelta,
     PromptTokensDetails,
+    ToolCall,
+    ToolCallDelta,
     TopLogprob,
     Usage,
 )
@@ -192,16 +196,18 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
     frontend = served.frontend
     if data.top_logprobs and not data.logprobs:
         raise invalid("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    tools = frontend.tool_use(msgspec.to_builtins(data.tools), msgspec.to_builtins(data.tool_choice),
+                              data.parallel_tool_calls)
     prompt = await served.tokenizers.run(
         encode_chat, messages, add_generation_prompt=data.add_generation_prompt,
         continue_final_message=data.continue_final_message, template_kwargs=data.chat_template_kwargs,
-        max_context_len=frontend.max_context_len, image_rules=state.image_rules,
+        max_context_len=frontend.max_context_len, image_rules=state.image_rules, tools=tools and tools.tools,
     )
     max_tokens = data.max_completion_tokens if data.max_completion_tokens is not None else data.max_tokens
     param = "max_completion_tokens" if data.max_completion_tokens is not None else "max_tokens"
     params = _sampling(data, max_tokens, data.logprobs, data.top_logprobs or 0)
     gen = frontend.generation(new_request_id("chatcmpl"), [prompt.ids], params, names=_names(data, param, "messages"),
-                              images=[prompt.images], separate_reasoning=data.separate_reasoning)
+                              images=[prompt.images], separate_reasoning=data.separate_reasoning, tools=tools)
     run = InflightRequest(state, gen, served.pool)
     run.start()
     tok = frontend.tokenizer
@@ -212,7 +218,10 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
     choices = [
         ChatChoice(
             index=s.index,
-            message=AssistantMessage(content=s.text, reasoning_content=s.reasoning_content),
+            message=AssistantMessage(content=s.text if s.text or not s.tool_calls else None,
+                                     reasoning_content=s.reasoning_content,
+                                     tool_calls=[ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
+                                                 for c in s.tool_calls] or None),
             finish_reason=s.finish_reason,
             logprobs=_chat_logprobs(tok, s.logprobs) if data.logprobs else None,
         )
@@ -231,7 +240,9 @@ async def _chat_events(tok: Any, run: InflightRequest, model: str, data: ChatCom
     for s in gen.sequences:
         yield chunk([ChatChunkChoice(index=s.index, delta=DeltaMessage(role="assistant", content=""))])
     async for d in run.deltas():
-        delta = DeltaMessage(content=d.text or None, reasoning_content=d.reasoning or None)
+        calls = [ToolCallDelta(index=c.index, id=c.id, type="function" if c.id else None,
+                               function=FunctionCallDelta(name=c.name, arguments=c.arguments)) for c in d.tool_calls]
+        delta = DeltaMessage(content=d.text or None, reasoning_content=d.reasoning or None, tool_calls=calls or None)
         lp = _chat_logprobs(tok, d.logprobs) if data.logprobs else None
         yield chunk([ChatChunkChoice(index=d.index, delta=delta, finish_reason=d.finish_reason, logprobs=lp)])
     if data.stream_options and data.stream_options.include_usage:

@@ -12,6 +12,7 @@ the page), so a paged kernel may read every P-th entry.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -43,7 +44,8 @@ class SamplingBatch:
     all_greedy: bool = True  # fast path: plain argmax
     needs_penalties: bool = False
     # structured outputs: int32 [S, ceil(V / 32)], bit t of row s set = token t allowed (None: no grammar)
-    vocab_mask: torch.Tensor | None = None
+    # (a Future: the engine fills it on a worker thread while the forward runs; the sampler waits)
+    vocab_mask: Future[torch.Tensor] | None = None
 
 
 @dataclass

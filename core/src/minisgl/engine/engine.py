@@ -30,9 +30,9 @@ import torch
 
 from ..cache.base import PrefixCache
 from ..frontend.errors import ErrorKind
-from ..grammar import GrammarCompiler, GrammarError, constraint_of
+from ..grammar import GrammarBackend, GrammarError, constraint_of
 from ..models import ResolvedModel, resolve_model
-from ..plugins import Registry, get_registry
+from ..plugins import Registry, get_registry, load_selected
 from ..sampling_params import SamplingParams
 from ..settings import Settings
 from ..specs import BackendSpec
@@ -211,7 +211,9 @@ class Engine:
         self._lock = threading.Lock()
         self.requests_aborted_total = 0
         self.requests_finished_total = 0
-        self._grammar_compiler: GrammarCompiler | None = None
+        self._grammar_factory = load_selected("grammar_backend", settings.grammar_backend, self.registry)
+        self._grammars: GrammarBackend | None = None
+        self.scheduler.fill_masks = lambda rows, bitmask: self.grammars.fill(rows, bitmask)
 
     # ---- requests -----------------------------------------------------------------
     def add_request(self, req: EngineRequest) -> None:
@@ -286,7 +288,7 @@ class Engine:
         constraint = constraint_of(p)
         if constraint is not None:
             try:
-                grammar = self._grammars().matcher(*constraint)
+                grammar = self.grammars.matcher(*constraint)
             except GrammarError as exc:
                 self._error(er.rid, ErrorKind.INVALID_REQUEST, f"{constraint[0]}: {exc}", len(ids), emit=not warm_only)
                 return None
@@ -309,15 +311,16 @@ class Engine:
             grammar=grammar,
         )
 
-    def _grammars(self) -> GrammarCompiler:
-        """The model's tokenizer as llguidance sees it, loaded with the first constrained request."""
-        if self._grammar_compiler is None:
+    @property
+    def grammars(self) -> GrammarBackend:
+        """--grammar-backend over the model's tokenizer, built with the first constrained request."""
+        if self._grammars is None:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(self.model.path),
                                                       trust_remote_code=self.settings.trust_remote_code)
-            self._grammar_compiler = GrammarCompiler(tokenizer, getattr(self.runner, "vocab_size", None))
-        return self._grammar_compiler
+            self._grammars = self._grammar_factory(tokenizer, getattr(self.runner, "vocab_size", None))
+        return self._grammars
 
     def _drain_inbox(self) -> list[EngineOutput]:
         outputs: list[EngineOutput] = []

@@ -107,7 +107,7 @@ def apply_vocab_mask(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Ten
     if sampling.vocab_mask is None:
         return logits
     vocab = logits.shape[1]
-    words = sampling.vocab_mask.to(logits.device)
+    words = sampling.vocab_mask.result().to(logits.device)
     bits = torch.arange(32, device=logits.device, dtype=torch.int32)
     allowed = ((words[:, :, None] >> bits) & 1).bool().reshape(words.shape[0], -1)[:, :vocab]
     return logits.masked_fill(~allowed, float("-inf"))

@@ -32,7 +32,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -77,6 +79,9 @@ class Scheduler:
         self.max_prefill = max_prefill_length
         self.max_context_len = max_context_len
         self.decode_log_stride = decode_log_stride
+        # fills grammar bitmask rows: fill_masks([(matcher, row)], bitmask), the engine's grammar backend
+        self.fill_masks: Callable[[list[tuple[Any, int]], torch.Tensor], None] | None = None
+        self._mask_worker: ThreadPoolExecutor | None = None
         self.device = torch.device(sampler_device or runner.device)
         width = min(max_context_len, self.pool.num_slots) + 1
         self.page_table = torch.zeros(max_running_requests, width, dtype=torch.int64, device=self.device)
@@ -404,15 +409,7 @@ class Scheduler:
             stop_ids = t([sorted(r.stop_ids) + [-1] * (k - len(r.stop_ids)) for r in reqs], **i64)
             min_mask = t(under_min, dtype=torch.bool)
         top_logprobs = max(p.top_logprobs for p in ps)
-        vocab_mask = None
-        if any(r.grammar is not None for r in reqs):
-            words = -(-int(self.runner.vocab_size) // 32)
-            mask = torch.full((len(reqs), words), -1, dtype=torch.int32)  # -1: every bit set, all allowed
-            for row, r in enumerate(reqs):
-                if r.grammar is not None:
-                    mask[row].zero_()  # ids past the tokenizer's vocabulary (padding rows) stay banned
-                    r.grammar.fill(mask, row)
-            vocab_mask = mask.to(self.device, non_blocking=True)
+        grammar_rows = [(r.grammar, row) for row, r in enumerate(reqs) if r.grammar is not None]
         return SamplingBatch(
             temperature=t([r.temperature for r in reqs], **f32),
             top_p=t([p.top_p for p in ps], **f32),
@@ -430,8 +427,25 @@ class Scheduler:
             want_logprobs=any(p.logprobs for p in ps) or top_logprobs > 0,
             all_greedy=all(r.temperature == 0.0 for r in reqs),
             needs_penalties=needs_penalties,
-            vocab_mask=vocab_mask,
+            vocab_mask=self._vocab_mask(grammar_rows, len(reqs)) if grammar_rows else None,
         )
+
+    def _vocab_mask(self, rows: list[tuple[Any, int]], num_rows: int) -> Future[torch.Tensor]:
+        """The step's grammar bitmask, filled by the grammar backend on a worker thread while
+        the forward runs (the sampler waits for it). Rows without a grammar allow everything."""
+        words = -(-int(self.runner.vocab_size) // 32)
+        mask = torch.full((num_rows, words), -1, dtype=torch.int32)
+        for _, row in rows:
+            mask[row].zero_()  # ids past the tokenizer's vocabulary (padding rows) stay banned
+        if self._mask_worker is None:
+            self._mask_worker = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
+        assert self.fill_masks is not None, "requests with grammars need Scheduler.fill_masks"
+
+        def fill() -> torch.Tensor:
+            self.fill_masks(rows, mask)
+            return mask
+
+        return self._mask_worker.submit(fill)
 
     def process(self, scheduled: ScheduledBatch, result: ForwardResult) -> list[EngineOutput]:
         """Append the sampled tokens, finish what is done, and say what each request got."""

@@ -9,8 +9,8 @@ seed + i. The result is a `Generation`: one `Sequence` per engine request.
 Back from the engine, `Generation.update(output)` folds each EngineOutput into a `Delta`:
 incremental detokenization, stop strings (the caller then aborts that engine request with
 reason "stop"), stop tokens (they count as completion tokens and stay in token_ids, but
-their text is never part of the output, as in OpenAI and vLLM), the reasoning split of
-chat answers (--reasoning-parser), logprobs, finish reasons,
+their text is never part of the output, as in OpenAI and vLLM), the reasoning split and
+the tool calls of chat answers (--reasoning-parser, tools), logprobs, finish reasons,
 typed errors, and usage."""
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from typing import Any
 import msgspec
 
 from ..engine.messages import EngineOutput, EngineRequest, ImageInput
-from ..grammar import GrammarCompiler, GrammarError, constraint_of
+from ..grammar import GrammarBackend, GrammarError, LLGuidance, constraint_of
 from ..sampling_params import SamplingParams
 from .errors import ErrorKind, RequestError, invalid
 from .tokenizer import check_token_ids
+from .tool_calls import ToolCall, ToolCallDelta, ToolUse, tool_use
 
 
 @dataclass
@@ -44,9 +45,10 @@ class Delta:
     index: int  # the sequence's place in its request (prompt i, sample j: i * n + j)
     text: str = ""
     reasoning: str = ""  # the part of the new text that is thinking (with a reasoning parser)
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None  # when the request asked for them
-    finish_reason: str | None = None  # set on the sequence's last delta: stop | length | abort | error
+    finish_reason: str | None = None  # set on the sequence's last delta: stop | length | tool_calls | abort | error
     error: RequestError | None = None  # with finish_reason "error"
     stop_hit: bool = False  # a stop string matched: abort this sequence's engine request with "stop"
 
@@ -67,6 +69,8 @@ class Sequence:
     text: str = ""  # the answer (without its thinking when `splitter` is set)
     reasoning: str = ""
     splitter: Any = None  # a ReasoningSplitter, for chat answers under --reasoning-parser
+    tool_parser: Any = None  # a ToolCallParser, for chat answers with tools
+    tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = None
     error: RequestError | None = None
     prompt_tokens: int = 0
@@ -122,9 +126,19 @@ class Sequence:
                 delta.reasoning += more_reasoning
                 delta.text += more_text
             self.reasoning += delta.reasoning
+        if self.tool_parser is not None:
+            delta.text, delta.tool_calls = self.tool_parser.push(delta.text)
+            if delta.finish_reason is not None:
+                more_text, more_calls = self.tool_parser.finish()
+                delta.text += more_text
+                delta.tool_calls += more_calls
+            for call in delta.tool_calls:
+                ToolCall.fold(self.tool_calls, call)
+            if delta.finish_reason == "stop" and self.tool_calls:
+                delta.finish_reason = "tool_calls"
         self.text += delta.text
         self.finish_reason = delta.finish_reason
-        if not (delta.text or delta.reasoning or delta.token_ids or delta.finish_reason):
+        if not (delta.text or delta.reasoning or delta.tool_calls or delta.token_ids or delta.finish_reason):
             return None
         return delta
 
@@ -200,35 +214,53 @@ class Frontend:
     """The request layer for one model: its tokenizer and context, the server's defaults."""
 
     def __init__(self, tokenizer: Any, *, max_context_len: int, eos_token_ids: Seq[int], max_new_tokens_default: int,
-                 reasoning: Callable[[], Any] | None = None) -> None:
+                 reasoning: Callable[[], Any] | None = None, tool_calls: Any = None,
+                 grammar_backend: Callable[..., GrammarBackend] = LLGuidance) -> None:
         self.tokenizer = tokenizer
         self.max_context_len = max_context_len
         self.eos_token_ids = list(eos_token_ids)
         self.max_new_tokens_default = max_new_tokens_default
-        self.reasoning = reasoning  # a reasoning parser's factory (load_reasoning_parser), for chat answers
-        self._grammars: GrammarCompiler | None = None
+        self.reasoning = reasoning  # a reasoning parser's factory (--reasoning-parser), for chat answers
+        self.tool_calls = tool_calls  # the model's tool-call format (--tool-call-parser)
+        self._grammar_backend = grammar_backend
+        self._grammars: GrammarBackend | None = None
 
     @property
-    def grammars(self) -> GrammarCompiler:
+    def grammars(self) -> GrammarBackend:
         """Checks structured-output constraints against this tokenizer (built on first use)."""
         if self._grammars is None:
-            self._grammars = GrammarCompiler(self.tokenizer.tokenizer)
+            self._grammars = self._grammar_backend(self.tokenizer.tokenizer)
         return self._grammars
+
+    def tool_use(self, tools: Seq[Any] | None, tool_choice: Any = None, parallel_tool_calls: bool = True) -> ToolUse | None:
+        """A chat request's tools, checked (see tool_calls.tool_use): `.tools` go to the chat
+        template, the whole ToolUse to `generation`."""
+        return tool_use(self.tool_calls, tools, tool_choice, parallel_tool_calls)
 
     def generation(self, rid: str, prompts: list[list[int]], params: SamplingParams, *,
                    names: Mapping[str, str] | None = None, priority: int = 0,
-                   images: Seq[list[ImageInput]] | None = None, separate_reasoning: bool = False) -> Generation:
+                   images: Seq[list[ImageInput]] | None = None, separate_reasoning: bool = False,
+                   tools: ToolUse | None = None) -> Generation:
         """Validate, fit each prompt, fan out n. `names` maps SamplingParams fields to the
         front door's own names, so errors name what the client sent. `images[p]` are the
         images of prompt p (a chat prompt's ChatPrompt.images). With `separate_reasoning`
-        (chat answers) the thinking is split off when the model has a reasoning parser."""
-        names = names or {}
+        (chat answers) the thinking is split off when the model has a reasoning parser;
+        with `tools` (Frontend.tool_use) calls are forced and parsed as they ask."""
+        names = dict(names or {})
         params.validate(names)
+        if tools is not None and tools.grammar is not None:
+            given = constraint_of(params)
+            if given is not None:
+                name = names.get(given[0], given[0])
+                raise invalid(f"tool_choice 'required' or a named function forces the answer's shape: give no "
+                              f"'{name}' with it", name)
+            params = msgspec.structs.replace(params, ebnf=tools.grammar)
+            names["ebnf"] = "tools"
         constraint = constraint_of(params)
         if constraint is not None:
             name = names.get(constraint[0], constraint[0])
             try:
-                self.grammars.grammar(*constraint)
+                self.grammars.check(*constraint)
             except GrammarError as exc:
                 raise invalid(f"'{name}' cannot be compiled: {exc}", name) from None
         check_token_ids(self.tokenizer, params.stop_token_ids, names.get("stop_token_ids", "stop_token_ids"))
@@ -243,6 +275,7 @@ class Frontend:
                     detok=self.tokenizer.detokenizer(skip_special_tokens=params.skip_special_tokens, stop=params.stop),
                     images=list(images[p]) if images else [],
                     splitter=self.reasoning() if separate_reasoning and self.reasoning is not None else None,
+                    tool_parser=tools.parser() if tools is not None and tools.parser is not None else None,
                 ))
         return Generation(rid, sequences, priority)
 

@@ -9,10 +9,7 @@ at the end, `finish() -> (reasoning, content)` for whatever was held back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
-
-from ..plugins import PluginError, get_registry
 
 
 class ReasoningSplitter(Protocol):
@@ -21,21 +18,7 @@ class ReasoningSplitter(Protocol):
     def finish(self) -> tuple[str, str]: ...
 
 
-class ReasoningParserError(ValueError):
-    """--reasoning-parser names no installed parser."""
-
-
-def load_reasoning_parser(name: str | None) -> Callable[[], ReasoningSplitter] | None:
-    """The factory of the parser `name` (None: no parser); checked at start, before any model loads."""
-    if not name:
-        return None
-    try:
-        return get_registry().get("reasoning_parser", name).load()
-    except PluginError as exc:
-        raise ReasoningParserError(f"--reasoning-parser: {exc}") from None
-
-
-def _held_suffix(text: str, tag: str) -> int:
+def held_suffix(text: str, tag: str) -> int:
     """Length of the longest end of `text` that could be the start of `tag`."""
     for n in range(min(len(text), len(tag) - 1), 0, -1):
         if tag.startswith(text[-n:]):
@@ -73,7 +56,7 @@ class ThinkSplitter:
                     reasoning += self.buffer[:at]
                     self.buffer, self.state, self.strip_next = self.buffer[at + len(self.end):], "content", True
                     continue
-                hold = _held_suffix(self.buffer, self.end)
+                hold = held_suffix(self.buffer, self.end)
                 reasoning += self.buffer[: len(self.buffer) - hold]
                 self.buffer = self.buffer[len(self.buffer) - hold:]
                 break

@@ -9,6 +9,7 @@ empty. They are plain functions of a Tokenizer so that tokenizer worker processe
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -63,10 +64,12 @@ class Tokenizer:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def render_chat(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
-                    continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None) -> str:
+                    continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None,
+                    tools: list[dict[str, Any]] | None = None) -> str:
         try:
             return self._templates.apply_chat_template(
                 messages,
+                tools=tools,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt and not continue_final_message,
                 continue_final_message=continue_final_message,
@@ -200,11 +203,30 @@ def chat_messages(messages: Sequence[dict[str, Any]], vision: bool = False) -> t
         if m.get("content") is None and role != "assistant":
             raise invalid(f"messages[{i}].content is missing", "messages")
         entry = {"role": role, "content": _content(m, i, images, vision)}
-        entry.update({k: m[k] for k in ("name", "reasoning_content", "tool_calls", "tool_call_id") if m.get(k)})
+        entry.update({k: m[k] for k in ("name", "reasoning_content", "tool_call_id") if m.get(k)})
+        if m.get("tool_calls"):
+            entry["tool_calls"] = [_template_call(call, f"messages[{i}].tool_calls[{j}]")
+                                   for j, call in enumerate(m["tool_calls"])]
         out.append(entry)
     if len(images) > MAX_IMAGES:
         raise invalid(f"'messages' holds {len(images)} images; at most {MAX_IMAGES} per request", "messages")
     return out, images
+
+
+def _template_call(call: Any, where: str) -> dict[str, Any]:
+    """An assistant's earlier call as chat templates take it: its arguments as an object,
+    not the JSON text OpenAI clients send back."""
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise invalid(f"{where} must be {{'id': ..., 'type': 'function', 'function': {{'name': ..., "
+                      "'arguments': ...}}}}", "messages")
+    arguments = fn.get("arguments") or "{}"
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            raise invalid(f"{where}.function.arguments is not JSON: {arguments[:100]!r}", "messages") from None
+    return {**call, "function": {**fn, "arguments": arguments}}
 
 
 def _placeholders_as_text(conversation: list[dict[str, Any]], placeholder: str) -> list[dict[str, Any]]:
@@ -218,14 +240,15 @@ def _placeholders_as_text(conversation: list[dict[str, Any]], placeholder: str) 
 
 def encode_chat(tokenizer: Tokenizer, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True,
                 continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None,
-                max_context_len: int | None = None, image_rules: ImageRules | None = None) -> ChatPrompt:
+                max_context_len: int | None = None, image_rules: ImageRules | None = None,
+                tools: list[dict[str, Any]] | None = None) -> ChatPrompt:
     vision = tokenizer.vision
     conversation, urls = chat_messages(messages, vision=vision is not None)
     check_length(tokenizer, sum(len(_text_of(m["content"])) for m in conversation), max_context_len, "messages")
     rules = image_rules or ImageRules()
     encoded = [(image_bytes(url, rules, param), param) for url, param in urls]  # bad URLs fail first
     kwargs = dict(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
-                  template_kwargs=template_kwargs)
+                  template_kwargs=template_kwargs, tools=tools)
     text = tokenizer.render_chat(conversation, **kwargs)
     if vision is not None and encoded and vision.image_token not in text:
         # the template ignores image parts: VLM_IMAGE_TOKEN marks each image in the text
