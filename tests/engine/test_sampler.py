@@ -83,3 +83,14 @@ def test_logprobs_are_raw_model_distribution():
     ref = logits.log_softmax(1)
     assert torch.allclose(r.logprobs, ref.gather(1, r.next_tokens[:, None]).squeeze(1))
     assert r.top_logprob_ids[:, 0].tolist() == logits.argmax(1).tolist()
+
+
+def test_a_token_with_minus_infinity_is_never_drawn_whatever_the_seed():
+    # 64 rows x 12 steps x 49,152 tokens: about 38M seeded uniforms, among which a uniform
+    # equal to 1.0 (Gumbel noise +inf) would draw its token whatever its logit
+    rows, vocab = 64, 49_152
+    logits = torch.full((rows, vocab), float("-inf"))
+    logits[:, 5] = 0.0
+    for step in range(12):
+        out = sample(logits, batch(rows, seeds=torch.arange(rows), steps=torch.full((rows,), step))).next_tokens
+        assert out.tolist() == [5] * rows, step

@@ -55,8 +55,10 @@ def seeded_uniform(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) ->
     row_key = _mix64(_mix64(seeds.to(torch.int64) + _GOLDEN) ^ (steps.to(torch.int64) * _MIX2))
     token = torch.arange(vocab_size, device=seeds.device, dtype=torch.int64)
     bits = _mix64(row_key[:, None] + (token[None, :] + 1) * _GOLDEN)
-    # 24 high bits -> exactly representable float32 strictly inside (0, 1)
-    return (_shr(bits, 40).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    # 23 high bits + 0.5 fit float32's 24-bit significand: strictly inside (0, 1), never 1.0
+    # (with 24 bits the largest rounds up to 1.0, whose Gumbel noise is +inf: a token drawn
+    # whatever its logit, even a banned one)
+    return (_shr(bits, 41).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
 
 
 def _gumbel(sampling: SamplingBatch, shape: torch.Size, device: torch.device) -> torch.Tensor:
