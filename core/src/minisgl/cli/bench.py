@@ -63,7 +63,8 @@ def workload_options(command: Any) -> Any:
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: offline against transformers, serving against any OpenAI server, the seed's suite."""
+    """Benchmarks: offline against transformers, serving against any OpenAI server, the seed's suite,
+    the grammar mask's cost."""
 
 
 def _range(text: str, flag: str) -> tuple[int, int]:
@@ -175,6 +176,43 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, pe
         _plot(draw_plot, plot, results, wl.output_tokens / floor_s, f"{model}, {dtype}, {num_requests} requests")
         console.print(f"plot written to {plot}")
 
+
+
+# ---- grammar -----------------------------------------------------------------------
+@bench.command()
+@click.option("--model", default="smollm2-135m", show_default=True, help="model name or path")
+@click.option("--backend", default="auto", show_default=True, help="minisgl backend")
+@click.option("--dtype", default="auto", show_default=True, type=DTYPES)
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(min=1), help="requests decoding together")
+@click.option("--tokens", default=48, show_default=True, type=click.IntRange(min=8), help="tokens each request decodes")
+@click.option("--rounds", default=2, show_default=True, type=click.IntRange(min=1), help="free and constrained runs each")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--grammar-backend", default="llguidance", show_default=True, help="registered grammar backend")
+def grammar(model, backend, dtype, batch, tokens, rounds, seed, grammar_backend) -> None:
+    """The grammar mask's cost per decode step: the same batch free and under a JSON schema."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .. import LLM
+    from ..bench.environment import header, header_lines
+    from ..bench.grammar_step import measure
+
+    _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
+    console = Console()
+    settings = {"max_running_requests": max(batch, 1), "grammar_backend": grammar_backend}
+    with LLM(_model_path(model), backend=backend, dtype=dtype, **settings) as llm:
+        free, constrained = measure(llm, batch, tokens, rounds, seed)
+    table = Table(title=f"decode steps at {batch} rows, {model}")
+    for col in ("run", "steps", "median step ms", "median mask fill ms (worker thread)"):
+        table.add_column(col, justify="right" if col != "run" else "left")
+    for t in (free, constrained):
+        table.add_row(t.kind, str(len(t.step_ms)), f"{t.median_step:.2f}", f"{t.median_fill:.2f}" if t.fill_ms else "-")
+    console.print(table)
+    share = (constrained.median_step - free.median_step) / free.median_step if free.median_step else float("nan")
+    console.print(f"grammar cost: {share:+.1%} of a free step (goal: under 10%); the fill alone is "
+                  f"{constrained.median_fill / free.median_step:.1%} of it")
+    for line in header_lines(header(model=model, dtype=dtype, backend=backend, settings=settings)):
+        console.print(line)
 
 
 # ---- serving ----------------------------------------------------------------------
