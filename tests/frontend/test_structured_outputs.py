@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from concurrent.futures import Future
 
 import httpx
@@ -20,7 +21,7 @@ from minisgl import LLM, SamplingParams
 from minisgl.engine.batch import SamplingBatch
 from minisgl.engine.sampler import apply_vocab_mask
 from minisgl.frontend.errors import RequestError
-from minisgl.grammar import GrammarError
+from minisgl.grammar import GrammarError, LLGuidance
 from minisgl.hookspecs import hookimpl
 from minisgl.plugins import Registry, SelectionError, set_registry
 from minisgl.specs import GrammarBackendSpec
@@ -200,5 +201,55 @@ def test_a_third_partys_grammar_backend_checks_and_masks(tiny_qwen3_path):
         with pytest.raises(SelectionError, match="--grammar-backend: unknown grammar backend 'outlines'; "
                                                  "installed: choices, llguidance"):
             LLM(tiny_qwen3_path, grammar_backend="outlines")
+    finally:
+        set_registry(None)
+
+
+class SlowGrammars(LLGuidance):
+    """llguidance whose matchers take a while to compile, as a large schema's would."""
+
+    compiled_at_tokens: list[int] = []  # the free request's tokens when each matcher was ready
+    free_tokens = 0
+
+    def matcher(self, field, source):
+        time.sleep(0.5)
+        SlowGrammars.compiled_at_tokens.append(SlowGrammars.free_tokens)
+        return super().matcher(field, source)
+
+
+class SlowPlugin:
+    @hookimpl
+    def minisgl_register_grammar_backends(self, register):
+        register(GrammarBackendSpec(name="slow", description="slow compiles", factory=SlowGrammars))
+
+
+def test_grammars_compile_off_the_engine_loop(tiny_qwen3_path):
+    registry = Registry()
+    registry.load_entry_points()
+    registry.add_plugin(SlowPlugin(), "slow-plugin")
+    set_registry(registry)
+    try:
+        with LLM(tiny_qwen3_path, dtype="float32", grammar_backend="slow") as llm:
+            engine = llm.engine
+            free = llm.frontend.generation("free", [[5, 6, 7]], SamplingParams(max_new_tokens=60, ignore_eos=True))
+            shaped = llm.frontend.generation("json", [[5, 6, 7]], SamplingParams(max_new_tokens=256, temperature=1.0, seed=0,
+                                                                                   json_schema=json.dumps(SCHEMA)))
+            dropped = llm.frontend.generation("dropped", [[5, 6]], SamplingParams(regex="[ab]+"))
+            for gen in (free, shaped, dropped):
+                for req in gen.engine_requests():
+                    engine.add_request(req)
+            engine.abort_request(dropped.sequences[0].rid)
+            ended = {}
+            while engine.has_work():
+                for out in engine.step():
+                    gen = next(g for g in (free, shaped, dropped) if out.rid in g._by_rid)
+                    gen.update(out)
+                    if out.finished:
+                        ended[gen.rid] = out.finish_reason
+                SlowGrammars.free_tokens = len(free.sequences[0].token_ids)
+        # the free request kept decoding while the grammar compiled; the aborted one ended at once
+        assert ended == {"free": "length", "json": "stop", "dropped": "abort"}
+        assert SlowGrammars.compiled_at_tokens[0] > 0
+        jsonschema.validate(json.loads(shaped.sequences[0].text), SCHEMA)
     finally:
         set_registry(None)

@@ -74,7 +74,8 @@ async def generate(request: Request[Any, Any, Any], data: GenerateRequest) -> Re
         raise invalid("'rid' must be 1-128 characters of letters, digits and _ . : -", "rid")
     param, prompt = _prompt(data)
     prompts = await served.tokenizers.run(encode_prompts, prompt, param, frontend.max_context_len)
-    gen = frontend.generation(data.rid or new_request_id("gen"), prompts, _sampling(data), names={"prompt": param})
+    gen = await frontend.generation_off_loop(data.rid or new_request_id("gen"), prompts, _sampling(data),
+                                             names={"prompt": param})
     run = InflightRequest(state, gen, served.pool)
     run.start()
     if data.stream:

@@ -132,7 +132,7 @@ async def completions(request: Request[Any, Any, Any], data: CompletionRequest) 
     frontend = served.frontend
     prompts = await served.tokenizers.run(encode_prompts, data.prompt, max_context_len=frontend.max_context_len)
     params = _sampling(data, data.max_tokens, data.logprobs is not None, data.logprobs or 0)
-    gen = frontend.generation(new_request_id("cmpl"), prompts, params, names=_names(data, "max_tokens"))
+    gen = await frontend.generation_off_loop(new_request_id("cmpl"), prompts, params, names=_names(data, "max_tokens"))
     tok = frontend.tokenizer
     echo = [tok.decode(p) for p in prompts] if data.echo else None
     run = InflightRequest(state, gen, served.pool)
@@ -206,8 +206,9 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
     max_tokens = data.max_completion_tokens if data.max_completion_tokens is not None else data.max_tokens
     param = "max_completion_tokens" if data.max_completion_tokens is not None else "max_tokens"
     params = _sampling(data, max_tokens, data.logprobs, data.top_logprobs or 0)
-    gen = frontend.generation(new_request_id("chatcmpl"), [prompt.ids], params, names=_names(data, param, "messages"),
-                              images=[prompt.images], separate_reasoning=data.separate_reasoning, tools=tools)
+    gen = await frontend.generation_off_loop(new_request_id("chatcmpl"), [prompt.ids], params,
+                                             names=_names(data, param, "messages"), images=[prompt.images],
+                                             separate_reasoning=data.separate_reasoning, tools=tools)
     run = InflightRequest(state, gen, served.pool)
     run.start()
     tok = frontend.tokenizer

@@ -24,6 +24,8 @@ import platform
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -163,6 +165,13 @@ class _WarmJob:
         return sum(r.warm_tokens for r in self.reqs)
 
 
+@dataclass
+class _Compiling:
+    request: EngineRequest
+    warm_only: bool
+    matcher: Future  # the grammar backend's matcher for the request's constraint
+
+
 class Engine:
     def __init__(self, settings: Settings, registry: Registry | None = None, *, runner: ModelRunner | None = None) -> None:
         self.settings = settings
@@ -213,6 +222,8 @@ class Engine:
         self.requests_finished_total = 0
         self._grammar_factory = load_selected("grammar_backend", settings.grammar_backend, self.registry)
         self._grammars: GrammarBackend | None = None
+        self._compiler: ThreadPoolExecutor | None = None
+        self._compiling: list[_Compiling] = []  # requests waiting for their grammar's matcher
         self.scheduler.fill_masks = lambda rows, bitmask: self.grammars.fill(rows, bitmask)
 
     # ---- requests -----------------------------------------------------------------
@@ -252,12 +263,13 @@ class Engine:
         share = self.scheduler.pool.num_slots // max(1, self.settings.max_running_requests)
         return max(1, share - prompt_len)
 
-    def _new_req(self, er: EngineRequest, warm_only: bool = False) -> Req | None:
+    def _new_req(self, er: EngineRequest, warm_only: bool = False, grammar: Any = None) -> Req | None:
         """Admit a request the request layer has already validated and fitted to the
         context (minisgl.frontend); what is checked here is what only the engine knows
-        (its pool, its request ids) and what a malformed frame could break."""
+        (its pool, its request ids) and what a malformed frame could break. A request with
+        a constraint first waits for its matcher, compiled off the loop (`grammar`)."""
         ids, p = er.input_ids, er.sampling
-        if self._known(er.rid) is not None:
+        if self._known(er.rid) is not None or any(c.request.rid == er.rid for c in self._compiling):
             self._error(er.rid, ErrorKind.INVALID_REQUEST, f"request id {er.rid!r} is already in use", emit=not warm_only)
             return None
         vocab = getattr(self.runner, "vocab_size", None)
@@ -284,14 +296,13 @@ class Engine:
                         f"{self.max_context_len} tokens and the KV pool {pool_tokens} (raise --num-pages or "
                         "--memory-ratio)", len(ids), emit=not warm_only)
             return None
-        grammar = None
         constraint = constraint_of(p)
-        if constraint is not None:
-            try:
-                grammar = self.grammars.matcher(*constraint)
-            except GrammarError as exc:
-                self._error(er.rid, ErrorKind.INVALID_REQUEST, f"{constraint[0]}: {exc}", len(ids), emit=not warm_only)
-                return None
+        if constraint is not None and grammar is None:
+            if self._compiler is None:
+                self._compiler = ThreadPoolExecutor(1, thread_name_prefix="grammar-compile")
+            # the first one also builds the backend's view of the tokenizer: seconds, never on the loop
+            self._compiling.append(_Compiling(er, warm_only, self._compiler.submit(self._matcher, *constraint)))
+            return None
         max_new = min(p.max_new_tokens, pool_tokens - len(ids))
         aggressive = self._aggressive_cap(len(ids))
         if aggressive is not None and aggressive < max_new:
@@ -311,6 +322,25 @@ class Engine:
             grammar=grammar,
         )
 
+    def _matcher(self, field: str, source: str) -> Any:
+        return self.grammars.matcher(field, source)
+
+    def _admit_compiled(self) -> None:
+        """Requests whose matcher is ready join the scheduler; a grammar that failed is an error."""
+        ready = [c for c in self._compiling if c.matcher.done()]
+        self._compiling = [c for c in self._compiling if not c.matcher.done()]
+        for c in ready:
+            er = c.request
+            try:
+                matcher = c.matcher.result()
+            except GrammarError as exc:
+                self._error(er.rid, ErrorKind.INVALID_REQUEST, f"{constraint_of(er.sampling)[0]}: {exc}",
+                            len(er.input_ids), emit=not c.warm_only)
+                continue
+            req = self._new_req(er, c.warm_only, grammar=matcher)
+            if req is not None:
+                self.scheduler.add(req)
+
     @property
     def grammars(self) -> GrammarBackend:
         """--grammar-backend over the model's tokenizer, built with the first constrained request."""
@@ -324,6 +354,7 @@ class Engine:
 
     def _drain_inbox(self) -> list[EngineOutput]:
         outputs: list[EngineOutput] = []
+        self._admit_compiled()
         while self._inbox:
             kind, payload = self._inbox.popleft()
             if kind == "add":
@@ -333,6 +364,14 @@ class Engine:
             else:
                 rid, reason = payload
                 req = self._known(rid)
+                compiling = next((c for c in self._compiling if c.request.rid == rid), None)
+                if compiling is not None:  # aborted before its grammar was ready: it held nothing
+                    self._compiling.remove(compiling)
+                    self.requests_finished_total += 1
+                    self.requests_aborted_total += reason == "abort"
+                    outputs.append(EngineOutput(rid=rid, finished=True, finish_reason=reason,
+                                                prompt_tokens=len(compiling.request.input_ids)))
+                    continue
                 if req is None or req.warm_only:
                     continue  # already finished: nothing to free
                 self.scheduler.finish(req, reason)
@@ -365,6 +404,9 @@ class Engine:
                     scheduled.result = self.runner.forward(scheduled.batch)
                     outputs += self._process(scheduled)
             done = self._finished_warm_jobs()
+            if self._compiling and not outputs and not self.scheduler.running and not self.scheduler.waiting:
+                # nothing to run but grammars compiling: wait for one a moment instead of spinning
+                wait([c.matcher for c in self._compiling], timeout=0.005, return_when=FIRST_COMPLETED)
         for job in done:  # outside the lock: a callback may call back into the engine
             job.pending.resolve(job.cached_tokens)
         return outputs
@@ -396,7 +438,7 @@ class Engine:
     def has_work(self) -> bool:
         s = self.scheduler
         return bool(self._inbox or self._errors or self._deferred or s.waiting or s.running or self._launched
-                    or self._warm_jobs)
+                    or self._warm_jobs or self._compiling)
 
     # ---- cache --------------------------------------------------------------------
     def prefix_match_len(self, token_ids: list[int]) -> int:

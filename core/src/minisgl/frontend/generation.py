@@ -15,6 +15,7 @@ typed errors, and usage."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Seq
@@ -278,6 +279,15 @@ class Frontend:
                     tool_parser=tools.parser() if tools is not None and tools.parser is not None else None,
                 ))
         return Generation(rid, sequences, priority)
+
+    async def generation_off_loop(self, rid: str, prompts: list[list[int]], params: SamplingParams,
+                                  **kwargs: Any) -> Generation:
+        """`generation` for an event loop: a request with a grammar has it checked on a worker
+        thread (the first one builds the grammar backend's view of the tokenizer: seconds)."""
+        tools = kwargs.get("tools")
+        if constraint_of(params) is None and (tools is None or tools.grammar is None):
+            return self.generation(rid, prompts, params, **kwargs)
+        return await asyncio.to_thread(self.generation, rid, prompts, params, **kwargs)
 
     def fit_context(self, prompt_len: int, params: SamplingParams, names: Mapping[str, str]) -> int:
         """The completion budget of one prompt, or CONTEXT_LENGTH_EXCEEDED."""
