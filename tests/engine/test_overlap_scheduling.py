@@ -2,6 +2,8 @@
 resolve lazily (lazy_runner.py), so step N+1 is launched before step N's tokens are read.
 Outputs must equal the synchronous engine's, with the pool invariant after every step."""
 
+import re
+
 import pytest
 from engine_helpers import GREEDY, make_engine, prompts, run_all, tokens
 from lazy_runner import make_overlap_engine
@@ -107,3 +109,20 @@ def test_overlap_aborts_free_everything(engines):
     assert len(tokens(seen.get("r2", []) + rest["r2"])) == 40
     assert not lazy.has_work() and lazy.metrics()["kv_used_tokens"] == 0
     assert lazy.metrics()["requests_aborted_total"] == 2
+
+
+def test_grammars_hold_through_overlap_and_retraction(engines, tiny_llama_path):
+    from transformers import AutoTokenizer
+
+    sync, lazy = engines(num_pages=24, page_size=4, max_running_requests=4, max_prefill_length=16)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_path)
+    ps = prompts(sync.runner.vocab_size, (9, 14, 6, 11, 8))
+    pattern = "(ab|ba){12}c"  # longer than a few pages: the pool retracts some of the five
+    reqs = [(f"g{i}", p, SamplingParams(max_new_tokens=40, temperature=1.0, seed=i, regex=pattern))
+            for i, p in enumerate(ps)]
+    want, got = run(sync, reqs), run(lazy, reqs)
+    for rid, *_ in reqs:
+        assert tokens(got[rid]) == tokens(want[rid]), rid
+        text = tok.decode(tokens(got[rid]), skip_special_tokens=True)
+        assert re.fullmatch(pattern, text) and got[rid][-1].finish_reason == "stop", (rid, text)
+    assert lazy.metrics()["retractions_total"] > 0
