@@ -1,3 +1,6 @@
+import random
+
+import pytest
 from transformers import AutoTokenizer
 
 from minisgl.frontend.detokenizer import IncrementalDetokenizer
@@ -34,3 +37,18 @@ def test_stop_string_across_tokens_never_leaks(tiny_qwen3_path):
     # a partial match that never completes is released at the end
     parts, hit = stream(tok, tok("ends with ST", add_special_tokens=False).input_ids, stop=["STOP"])
     assert not hit and "".join(parts) == "ends with ST"
+
+
+@pytest.mark.parametrize("path", ["tiny_qwen3_path", "tiny_llama_path", "smollm2_path"])
+@pytest.mark.parametrize("way", ["decode stream", "re-decoded window"])
+def test_random_token_streams_add_up_to_the_full_decode(request, path, way):
+    tok = AutoTokenizer.from_pretrained(request.getfixturevalue(path))
+    rng = random.Random(0)
+    for _ in range(200):
+        ids = [rng.randrange(len(tok)) for _ in range(rng.randint(1, 40))]
+        d = IncrementalDetokenizer(tok)
+        assert d._stream is not None  # these tokenizers have a Rust backend and no clean-up
+        if way == "re-decoded window":
+            d._stream = None
+        text = "".join(d.push([t])[0] for t in ids) + d.finish()
+        assert text == tok.decode(ids, skip_special_tokens=True), ids

@@ -4,6 +4,7 @@ is a 400 that says why."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -184,12 +185,21 @@ class ChoicesPlugin:
         register(GrammarBackendSpec(name="choices", description="regex word choices", factory=factory))
 
 
-def test_a_third_partys_grammar_backend_checks_and_masks(tiny_qwen3_path):
+@contextlib.contextmanager
+def installed(plugin, name):
+    """This process's registry with `plugin` added to what is installed."""
     registry = Registry()
     registry.load_entry_points()
-    registry.add_plugin(ChoicesPlugin(), "choices-plugin")
+    registry.add_plugin(plugin, name)
     set_registry(registry)
     try:
+        yield
+    finally:
+        set_registry(None)
+
+
+def test_a_third_partys_grammar_backend_checks_and_masks(tiny_qwen3_path):
+    with installed(ChoicesPlugin(), "choices-plugin"):
         with LLM(tiny_qwen3_path, dtype="float32", grammar_backend="choices") as llm:
             outs = llm.generate(["Answer:"] * 4, [SamplingParams(max_new_tokens=8, temperature=1.0, seed=s,
                                                                  regex="(yes|no|maybe)") for s in range(4)])
@@ -201,8 +211,6 @@ def test_a_third_partys_grammar_backend_checks_and_masks(tiny_qwen3_path):
         with pytest.raises(SelectionError, match="--grammar-backend: unknown grammar backend 'outlines'; "
                                                  "installed: choices, llguidance"):
             LLM(tiny_qwen3_path, grammar_backend="outlines")
-    finally:
-        set_registry(None)
 
 
 class SlowGrammars(LLGuidance):
@@ -224,16 +232,12 @@ class SlowPlugin:
 
 
 def test_grammars_compile_off_the_engine_loop(tiny_qwen3_path):
-    registry = Registry()
-    registry.load_entry_points()
-    registry.add_plugin(SlowPlugin(), "slow-plugin")
-    set_registry(registry)
-    try:
+    with installed(SlowPlugin(), "slow-plugin"):
         with LLM(tiny_qwen3_path, dtype="float32", grammar_backend="slow") as llm:
             engine = llm.engine
             free = llm.frontend.generation("free", [[5, 6, 7]], SamplingParams(max_new_tokens=60, ignore_eos=True))
-            shaped = llm.frontend.generation("json", [[5, 6, 7]], SamplingParams(max_new_tokens=256, temperature=1.0, seed=0,
-                                                                                   json_schema=json.dumps(SCHEMA)))
+            params = SamplingParams(max_new_tokens=256, temperature=1.0, seed=0, json_schema=json.dumps(SCHEMA))
+            shaped = llm.frontend.generation("json", [[5, 6, 7]], params)
             dropped = llm.frontend.generation("dropped", [[5, 6]], SamplingParams(regex="[ab]+"))
             for gen in (free, shaped, dropped):
                 for req in gen.engine_requests():
@@ -251,5 +255,3 @@ def test_grammars_compile_off_the_engine_loop(tiny_qwen3_path):
         assert ended == {"free": "length", "json": "stop", "dropped": "abort"}
         assert SlowGrammars.compiled_at_tokens[0] > 0
         jsonschema.validate(json.loads(shaped.sequences[0].text), SCHEMA)
-    finally:
-        set_registry(None)

@@ -36,9 +36,14 @@ class PagePool:
     def alloc(self, n: int) -> list[int]:
         if n > len(self._free):
             raise OutOfPages(f"need {n} pages, {len(self._free)} free")
-        pages = [self._free.pop() for _ in range(n)]
+        if n <= 0:
+            return []
+        pages = self._free[-n:]
+        del self._free[-n:]
+        pages.reverse()  # the order pop() would give: low pages first
+        is_free = self._is_free
         for p in pages:
-            self._is_free[p] = False
+            is_free[p] = False
         return pages
 
     def free(self, pages: Iterable[int]) -> None:

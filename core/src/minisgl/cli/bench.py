@@ -64,7 +64,7 @@ def workload_options(command: Any) -> Any:
 @click.group()
 def bench() -> None:
     """Benchmarks: offline against transformers, serving against any OpenAI server, the seed's suite,
-    the grammar mask's cost."""
+    the grammar mask's cost, the engine's host work per step."""
 
 
 def _range(text: str, flag: str) -> tuple[int, int]:
@@ -212,6 +212,39 @@ def grammar(model, backend, dtype, batch, tokens, rounds, seed, grammar_backend)
     console.print(f"grammar cost: {share:+.1%} of a free step (goal: under 10%); the fill alone is "
                   f"{constrained.median_fill / free.median_step:.1%} of it")
     for line in header_lines(header(model=model, dtype=dtype, backend=backend, settings=settings)):
+        console.print(line)
+
+
+# ---- host --------------------------------------------------------------------------
+@bench.command()
+@click.option("--model", default="smollm2-135m", show_default=True, help="model whose settings the engine takes")
+@click.option("--batch", default="1,16,64,256", show_default=True, help="comma list of batch sizes")
+@click.option("--context", default=1024, show_default=True, type=click.IntRange(min=1), help="prompt tokens")
+@click.option("--tokens", default=64, show_default=True, type=click.IntRange(min=4), help="tokens each request decodes")
+@click.option("--sampled", is_flag=True, help="seeded top-p sampling instead of greedy (more sampling tensors)")
+@click.option("--device", default="cpu", show_default=True, help="where the scheduler's tensors live (cuda on a GPU)")
+def host(model, batch, context, tokens, sampled, device) -> None:
+    """The engine's own work per decode step: no model, only scheduling, KV bookkeeping,
+    sampling tensors and outputs. A GPU waits on the host when this is longer than its forward."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..bench.environment import header, header_lines
+    from ..bench.host_step import measure
+
+    _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
+    console = Console()
+    sizes = [int(b) for b in batch.split(",") if b.strip()]
+    sampling = {"temperature": 0.8, "top_p": 0.9, "seed": 1} if sampled else {"temperature": 0.0}
+    table = Table(title=f"host work per decode step, context {context}, {'sampled' if sampled else 'greedy'}")
+    for col in ("batch", "steps", "engine ms / step", "request layer ms / step", "us / request (both)"):
+        table.add_column(col, justify="right")
+    for b in sizes:
+        r = measure({"model": _model_path(model), "device": device}, b, context, tokens, sampling, device)
+        both = (r.engine_median + r.fold_median) * 1e3 / b
+        table.add_row(str(b), str(len(r.engine_ms)), f"{r.engine_median:.3f}", f"{r.fold_median:.3f}", f"{both:.1f}")
+    console.print(table)
+    for line in header_lines(header(model=model, dtype="-", backend="none (no model)", settings={"device": device})):
         console.print(line)
 
 

@@ -120,19 +120,12 @@ class Sequence:
         elif out.finished:
             delta.text += self.detok.finish()
             delta.finish_reason = out.finish_reason or "stop"
+        last = delta.finish_reason is not None
         if self.splitter is not None:
-            delta.reasoning, delta.text = self.splitter.push(delta.text)
-            if delta.finish_reason is not None:
-                more_reasoning, more_text = self.splitter.finish()
-                delta.reasoning += more_reasoning
-                delta.text += more_text
+            delta.reasoning, delta.text = _through(self.splitter, delta.text, last)
             self.reasoning += delta.reasoning
         if self.tool_parser is not None:
-            delta.text, delta.tool_calls = self.tool_parser.push(delta.text)
-            if delta.finish_reason is not None:
-                more_text, more_calls = self.tool_parser.finish()
-                delta.text += more_text
-                delta.tool_calls += more_calls
+            delta.text, delta.tool_calls = _through(self.tool_parser, delta.text, last)
             for call in delta.tool_calls:
                 ToolCall.fold(self.tool_calls, call)
             if delta.finish_reason == "stop" and self.tool_calls:
@@ -142,6 +135,17 @@ class Sequence:
         if not (delta.text or delta.reasoning or delta.tool_calls or delta.token_ids or delta.finish_reason):
             return None
         return delta
+
+
+def _through(parser: Any, text: str, last: bool) -> tuple[Any, Any]:
+    """A streaming parser's two outputs for `text` (push), with what it held back when the
+    answer ends (finish): the reasoning splitter's (reasoning, content), the tool-call
+    parser's (content, call deltas)."""
+    first, second = parser.push(text)
+    if last:
+        more_first, more_second = parser.finish()
+        first, second = first + more_first, second + more_second
+    return first, second
 
 
 class Generation:
