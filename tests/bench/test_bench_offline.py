@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "BENCH_HF_CONCURRENCY": "2"}
@@ -28,6 +30,9 @@ def test_bench_runs_minisgl_and_every_peer(tiny_qwen3_path, tmp_path):
     assert all(r["output_tokens"] == expected for r in data["results"])
     assert set(data["ratios"]) == set(systems[1:]) and all(v > 0 for v in data["ratios"].values())
     assert data["compute_floor"]["seconds"] > 0
+    roof = data["roofline_floor"]
+    assert roof["bandwidth_bytes_per_s"] > 0 and roof["matmul_flops"] > 0 and 0 < roof["minisgl_efficiency"]
+    assert "of roofline floor" in result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "minisgl speed-up" in result.stdout
 
@@ -37,3 +42,31 @@ def test_bench_rejects_bad_ranges_and_peers(tiny_qwen3_path):
     assert bad_range.returncode == 2 and "--input-len" in bad_range.stderr
     bad_peer = run_bench("--model", tiny_qwen3_path, "--peers", "vllm")
     assert bad_peer.returncode == 2 and "--peers" in bad_peer.stderr
+
+
+def test_w1_draws_input_lengths_then_output_lengths_from_seed_0():
+    import random
+
+    from minisgl.bench.offline import make_w1
+
+    wl = make_w1(vocab_size=1000, special_below=10)
+    rng = random.Random(0)
+    assert [len(p) for p in wl.prompts] == [rng.randint(100, 1024) for _ in range(256)]
+    assert wl.output_lens == [rng.randint(100, 1024) for _ in range(256)]
+    assert all(10 <= t < 1000 for p in wl.prompts for t in p)
+
+
+def test_the_roofline_floor_is_the_slower_of_bytes_and_flops_per_step():
+    from minisgl.bench.roofline import Ceilings, ModelShape, roofline_floor
+
+    shape = ModelShape(layers=1, hidden=8, heads=1, head_dim=8, params=1e9, weight_bytes=2e9, kv_bytes_per_token=1e6)
+    # one request: prompt 10, 3 output tokens (the first from the prefill, then 2 decode steps at contexts 11, 12)
+    memory_bound = roofline_floor(shape, [10], [3], Ceilings("x", bandwidth=1e12, flops=1e15))
+    attention = [4.0 * 8 * c for c in (11, 12)]
+    assert memory_bound.decode_steps == 2 and memory_bound.decode_bytes_bound_steps == 2
+    assert memory_bound.decode_seconds == pytest.approx((2e9 + 11e6) / 1e12 + (2e9 + 12e6) / 1e12)
+    assert memory_bound.prefill_seconds == pytest.approx((2e9 * 10 + 4.0 * 8 * 10 * 10 / 2) / 1e15)
+    compute_bound = roofline_floor(shape, [10], [3], Ceilings("x", bandwidth=1e15, flops=1e12))
+    assert compute_bound.decode_bytes_bound_steps == 0
+    assert compute_bound.decode_seconds == pytest.approx(sum((2e9 + a) / 1e12 for a in attention))
+

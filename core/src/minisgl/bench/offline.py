@@ -44,6 +44,21 @@ def make_workload(n: int, input_len: tuple[int, int], output_len: tuple[int, int
     return Workload(prompts, outs)
 
 
+# the GPU workload of sglang's and vLLM's offline comparisons: 256 requests, input and
+# output lengths uniform in [100, 1024] from random.seed(0) (the 256 input lengths first,
+# then the 256 output lengths), random token ids, greedy, EOS ignored
+W1 = {"num_requests": 256, "input_len": (100, 1024), "output_len": (100, 1024), "seed": 0}
+
+
+def make_w1(vocab_size: int, special_below: int) -> Workload:
+    rng = random.Random(W1["seed"])
+    n = W1["num_requests"]
+    inputs = [rng.randint(*W1["input_len"]) for _ in range(n)]
+    outputs = [rng.randint(*W1["output_len"]) for _ in range(n)]
+    lo = min(special_below, vocab_size - 1)
+    return Workload([[rng.randrange(lo, vocab_size) for _ in range(k)] for k in inputs], outputs)
+
+
 def timed(fn: Callable[[], int], name: str) -> Result:
     t0 = time.perf_counter()
     tokens = fn()

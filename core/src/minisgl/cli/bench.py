@@ -80,19 +80,34 @@ def _range(text: str, flag: str) -> tuple[int, int]:
 
 @bench.command()
 @workload_options
+@click.option("--workload", type=click.Choice(["custom", "w1"]), default="custom", show_default=True,
+              help="w1: 256 requests, input and output 100-1024 (the GPU comparison's workload; overrides "
+                   "--num-requests, --input-len, --output-len and --seed)")
 @click.option("--peers", default="all", show_default=True, help="all | none | comma list of " + ",".join(PEERS))
 @click.option("--max-running-requests", type=click.IntRange(min=1), default=None, help="minisgl scheduler limit")
 @click.option("--max-prefill-length", type=click.IntRange(min=1), default=None, help="minisgl prefill chunk budget")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="write results JSON here")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="draw tok/s per system (PNG, needs matplotlib)")
-def offline(model, num_requests, input_len, output_len, seed, dtype, backend, peers, max_running_requests, max_prefill_length, output, plot) -> None:
-    """Offline throughput: minisgl vs transformers on one seeded workload."""
+def offline(model, num_requests, input_len, output_len, seed, dtype, backend, workload, peers, max_running_requests,
+            max_prefill_length, output, plot) -> None:
+    """Offline throughput: minisgl vs transformers on one seeded workload, each against the
+    roofline floor of this hardware (its copy bandwidth and matmul rate, measured at start)."""
     from rich.console import Console
     from rich.table import Table
 
     from ..bench.environment import header, header_lines
-    from ..bench.hf_peers import run_hf_cb, run_hf_sequential, run_hf_streaming
-    from ..bench.offline import Result, checkpoint_dtype, compute_floor, draw_plot, make_workload, run_minisgl
+    from ..bench.hf_peers import hf_device, run_hf_cb, run_hf_sequential, run_hf_streaming
+    from ..bench.offline import (
+        W1,
+        Result,
+        checkpoint_dtype,
+        compute_floor,
+        draw_plot,
+        make_w1,
+        make_workload,
+        run_minisgl,
+    )
+    from ..bench.roofline import ModelShape, measure_ceilings, roofline_floor
 
     _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
     console = Console()
@@ -118,11 +133,22 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, pe
 
     vocab = AutoConfig.from_pretrained(path).get_text_config().vocab_size
     specials = max(AutoTokenizer.from_pretrained(path).all_special_ids or [0]) + 1
-    wl = make_workload(num_requests, in_rng, out_rng, seed, vocab, specials)
+    if workload == "w1":
+        wl = make_w1(vocab, specials)
+        num_requests, seed = W1["num_requests"], W1["seed"]
+        input_len, output_len = ("-".join(map(str, W1[k])) for k in ("input_len", "output_len"))
+        max_running_requests = max_running_requests or num_requests
+    else:
+        wl = make_workload(num_requests, in_rng, out_rng, seed, vocab, specials)
+    name = "W1" if workload == "w1" else "workload"
     console.print(
-        f"workload: {num_requests} requests, input {input_len} ({sum(map(len, wl.prompts))} tokens), "
+        f"{name}: {num_requests} requests, input {input_len} ({sum(map(len, wl.prompts))} tokens), "
         f"output {output_len} ({wl.output_tokens} tokens), seed {seed}, EOS ignored"
     )
+    from ..dtypes import DTYPES
+
+    ceilings = measure_ceilings(hf_device(), DTYPES[dtype])  # before anything else loads this machine
+    roof = roofline_floor(ModelShape.of(path, DTYPES[dtype]), [len(p) for p in wl.prompts], wl.output_lens, ceilings)
     settings = {k: v for k, v in {"max_running_requests": max_running_requests, "max_prefill_length": max_prefill_length}.items() if v}
     settings["backend"] = backend
     results: list[Result] = []
@@ -145,13 +171,18 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, pe
     floor_s, floor_how = compute_floor(path, dtype, wl)
 
     table = Table(title=f"offline throughput, {model}, dtype {dtype}")
-    for col in ("system", "seconds", "output tokens", "tok/s", "minisgl speed-up"):
+    for col in ("system", "seconds", "output tokens", "tok/s", "minisgl speed-up", "of roofline floor"):
         table.add_column(col, justify="right" if col != "system" else "left")
+    roof_tps = roof.tokens_per_s(wl.output_tokens)
     for r in results:
         ratio = mini.tokens_per_s / r.tokens_per_s if r.tokens_per_s else float("inf")
-        table.add_row(r.system, f"{r.seconds:.1f}", str(r.output_tokens), f"{r.tokens_per_s:.1f}", "-" if r is mini else f"{ratio:.2f}x")
-    table.add_row("compute floor", f"{floor_s:.1f}", str(wl.output_tokens), f"{wl.output_tokens / floor_s:.1f}", "")
+        table.add_row(r.system, f"{r.seconds:.1f}", str(r.output_tokens), f"{r.tokens_per_s:.1f}",
+                      "-" if r is mini else f"{ratio:.2f}x", f"{r.tokens_per_s / roof_tps:.0%}")
+    table.add_row("roofline floor", f"{roof.seconds:.1f}", str(wl.output_tokens), f"{roof_tps:.1f}", "", "100%")
+    table.add_row("compute floor", f"{floor_s:.1f}", str(wl.output_tokens), f"{wl.output_tokens / floor_s:.1f}", "", "")
     console.print(table)
+    console.print(f"{name} {model} minisgl {mini.tokens_per_s:.0f} tok/s: {mini.tokens_per_s / roof_tps:.0%} of roofline floor")
+    console.print(roof.describe())
     console.print(f"compute floor: {floor_how}")
     head = header(model=model, dtype=dtype, backend=backend, settings=settings)
     for line in header_lines(head):
@@ -165,6 +196,10 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, pe
             "results": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in results],
             "ratios": {r.system: mini.tokens_per_s / r.tokens_per_s for r in results if r is not mini and r.tokens_per_s},
             "compute_floor": {"seconds": floor_s, "tokens_per_s": wl.output_tokens / floor_s, "how": floor_how},
+            "roofline_floor": {"seconds": roof.seconds, "tokens_per_s": roof_tps, "how": roof.describe(),
+                               "bandwidth_bytes_per_s": ceilings.bandwidth, "matmul_flops": ceilings.flops,
+                               "minisgl_efficiency": mini.tokens_per_s / roof_tps},
+            "workload_name": name,
             "minisgl_metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)},
             "hf_concurrency": concurrency,
             "environment": head,
