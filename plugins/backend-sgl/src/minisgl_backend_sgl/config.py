@@ -165,10 +165,17 @@ def load_model_config(model_dir: str | Path) -> ModelConfig:
     return parse_model_config(raw, generation)
 
 
-def pick_dtype(requested: str, config: ModelConfig) -> torch.dtype:
-    """`auto` serves bf16 (fp16 checkpoints stay fp16); an explicit --dtype wins."""
+def pick_dtype(requested: str, config: ModelConfig, device_type: str = "cuda") -> torch.dtype:
+    """`auto` serves bf16 on a GPU (fp16 checkpoints stay fp16), and on a CPU what the core's
+    rule says (float32 where bf16 is not native); an explicit --dtype wins."""
     if requested != "auto":
         if requested not in DTYPES:
             raise ValueError(f"--dtype must be auto, float32, float16 or bfloat16, got {requested!r}")
         return DTYPES[requested]
+    if device_type == "cpu":
+        from types import SimpleNamespace
+
+        from minisgl.dtypes import auto_dtype
+
+        return auto_dtype(SimpleNamespace(dtype=config.checkpoint_dtype), "cpu")
     return torch.float16 if config.checkpoint_dtype == torch.float16 else torch.bfloat16

@@ -1,5 +1,6 @@
 """backend-sgl's ModelRunner: our decoder on CUDA with Triton kernels, a paged KV pool sized
-from --memory-ratio, and CUDA graphs for decode batches.
+from --memory-ratio, and CUDA graphs for decode batches. With `--device cpu` the same model,
+weights and pool run on the torch reference kernels, synchronously (for tests and checks).
 
 A step: copy the batch's indices to the device, run the model (replaying a CUDA graph for
 decode batches that fit one), sample on the device, queue the copies of the sampled tokens
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from typing import Any
 
@@ -71,12 +73,14 @@ class SglModelRunner:
                  device: torch.device | None = None) -> None:
         if settings.tp_size > 1:
             raise ValueError(f"--tp-size {settings.tp_size}: backend-sgl runs tp_size=1 for now (tensor parallelism is not built yet)")
-        if not torch.cuda.is_available():
-            raise RuntimeError("backend-sgl needs a CUDA GPU: torch.cuda.is_available() is False")
-        self.device = device or torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(self.device)
+        self.device = device or _device(settings.device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.cuda.set_device(self.device)
+        else:
+            self.supports_overlap = False  # forward is synchronous: nothing to overlap
         self.config = config = load_model_config(model_path)
-        self.dtype = dtype = pick_dtype(settings.dtype, config)
+        self.dtype = dtype = pick_dtype(settings.dtype, config, self.device.type)
         self.eos_token_ids = list(config.eos_token_ids)
         self.vocab_size = config.vocab_size
         logger.info(
@@ -91,18 +95,17 @@ class SglModelRunner:
             init_dummy_weights(self.model)
         else:
             load_weights(self.model, iter_checkpoint(model_path), config.tie_word_embeddings)
-        torch.cuda.synchronize(self.device)
+        self._sync()
         weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         logger.info("Model ready in %.1f s: %.2f GiB of weights", time.perf_counter() - start, weight_bytes / GIB)
 
         self.kernels = select_kernels(self.device, dtype, settings.attention_backend)
-        props = torch.cuda.get_device_properties(self.device)
-        self.num_sms = props.multi_processor_count
+        self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count if self.cuda else 1
 
         max_context = config.max_position_embeddings
         if settings.max_seq_len_override:
             max_context = settings.max_seq_len_override
-        free, total = torch.cuda.mem_get_info(self.device)
+        free, total = _memory(self.device)
         layout = KVLayout(config.num_layers, config.num_kv_heads, config.head_dim, dtype)
         num_pages = plan_num_pages(
             layout, settings.page_size, free_bytes=free, total_bytes=total, memory_ratio=settings.memory_ratio,
@@ -113,7 +116,9 @@ class SglModelRunner:
         self.max_context_len = min(max_context, self.kv.capacity)
         self.cos_sin = cos_sin_table(config.head_dim, config.rope, self.max_context_len, self.device)
 
-        if graph_batch_sizes_override is not None:
+        if not self.cuda:
+            sizes = []
+        elif graph_batch_sizes_override is not None:
             sizes = graph_batch_sizes_override
         else:
             sizes = graph_batch_sizes(resolve_max_bs(settings.cuda_graph_max_bs, settings.max_running_requests, total))
@@ -122,10 +127,9 @@ class SglModelRunner:
             with torch.inference_mode():
                 self.graphs = DecodeGraphs(self.model, self.kv, self.cos_sin, self.kernels, sizes,
                                            self.max_context_len, self.num_sms, self.device)
-        else:
+        elif self.cuda:
             logger.info("CUDA graphs disabled (--cuda-graph-max-bs 0): decode runs eagerly")
-        free_after = torch.cuda.mem_get_info(self.device)[0]
-        logger.info("Free device memory after initialisation: %.2f GiB", free_after / GIB)
+        logger.info("Free %s memory after initialisation: %.2f GiB", self.device.type, _memory(self.device)[0] / GIB)
 
     def kv_capacity(self) -> int:
         return self.kv.capacity
@@ -150,6 +154,8 @@ class SglModelRunner:
         if batch.sampling is None or logits.shape[0] == 0:
             return ForwardResult(next_tokens=torch.empty(0, dtype=torch.int64))
         result = sample(logits, _to_device(batch.sampling, self.device))
+        if not self.cuda:
+            return result
         host = ForwardResult(
             next_tokens=_to_host(result.next_tokens),
             logprobs=_to_host(result.logprobs),
@@ -168,8 +174,36 @@ class SglModelRunner:
         self.graphs = None
         self.kv = None  # type: ignore[assignment]
         self.model = None  # type: ignore[assignment]
-        torch.cuda.synchronize(self.device)
-        torch.cuda.empty_cache()
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+
+def _device(requested: str) -> torch.device:
+    """--device: cuda (auto) for serving, cpu for the reference kernels."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("backend-sgl needs a CUDA GPU: torch.cuda.is_available() is False "
+                           "(--device cpu runs it on the torch reference kernels, slowly)")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _memory(device: torch.device) -> tuple[int, int]:
+    """(free, total) bytes of the device: the GPU's, or the host's available memory on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = os.sysconf("SC_PHYS_PAGES") * page
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * page
+    except (ValueError, OSError):  # not every platform says
+        free = total // 2
+    return free, total
 
 
 def create_runner(settings: Any, model: Any) -> SglModelRunner:
