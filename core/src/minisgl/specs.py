@@ -75,6 +75,7 @@ class BackendSpec(Spec, frozen=True):
     auto_rank: dict[str, int] = {}
     aliases: tuple[str, ...] = ()
     vision: bool = False  # runs vision-language models (its runner takes ForwardBatch.images)
+    tensor_parallel: bool = False  # spans --tp-size ranks; others are refused a --tp-size above 1
 
     def availability(self, settings: Any = None) -> str | None:
         if self.probe is None:

@@ -180,6 +180,10 @@ class Engine:
         if runner is None:
             spec, self.backend_reason = select_backend(settings, self.registry, vision=self.model.takes_images)
             self.backend_name = spec.name
+            if settings.tp_size > 1 and not spec.tensor_parallel:
+                able = [b.name for b in self.registry.backends() if b.tensor_parallel]
+                raise ValueError(f"--tp-size {settings.tp_size}: backend {spec.name} runs on one device; tensor "
+                                 f"parallelism needs --backend {' or '.join(able) or '(none installed)'}")
             log.info("backend: %s (%s)", spec.name, self.backend_reason)
             runner = spec.load()(settings, self.model)
         else:  # an embedder's own runner

@@ -2,34 +2,36 @@
 
 Module and parameter names mirror transformers' checkpoints except for the fused layers
 (`qkv_proj` = q|k|v, `gate_up_proj` = gate|up), which weights.py maps onto.
-Every layer takes `tp_rank`/`tp_size` so tensor parallelism only needs the all-reduces.
+Every layer takes the tensor-parallel group `tp` (None: one rank); sharded layers hold their
+rank's slice and call the group's all-reduce or all-gather.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
 from .forward_meta import ForwardMeta
 from .kernels.select import KernelSet
 from .kv_cache import KVCache
-from .linear import ColumnParallelLinear, QKVParallelLinear, RMSNormWeight, RowParallelLinear, VocabEmbedding
+from .linear import ColumnParallelLinear, QKVParallelLinear, RMSNormWeight, RowParallelLinear, TPGroup, VocabEmbedding
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int, tp_rank: int, tp_size: int, **factory) -> None:
+    def __init__(self, config: ModelConfig, layer_id: int, tp: TPGroup | None, **factory) -> None:
         super().__init__()
+        tp_rank, tp_size = (tp.rank, tp.size) if tp is not None else (0, 1)
         self.layer_id = layer_id
         self.head_dim = config.head_dim
-        self.num_heads = config.num_heads // tp_size
-        self.num_kv_heads = max(config.num_kv_heads // tp_size, 1)
-        self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.eps = config.rms_norm_eps
         self.qkv_proj = QKVParallelLinear(config.hidden_size, config.head_dim, config.num_heads, config.num_kv_heads,
                                           config.qkv_bias, tp_rank=tp_rank, tp_size=tp_size, **factory)
-        self.o_proj = RowParallelLinear(config.q_size, config.hidden_size, False, tp_rank=tp_rank, tp_size=tp_size, **factory)
+        heads = self.qkv_proj.heads
+        self.num_heads, self.num_kv_heads = heads.q_count, heads.kv_count
+        self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.eps = config.rms_norm_eps
+        self.o_proj = RowParallelLinear(config.q_size, config.hidden_size, False, tp_rank=tp_rank, tp_size=tp_size, tp=tp,
+                                        in_slice=(heads.q_start * self.head_dim, self.q_size), **factory)
         if config.qk_norm:
             self.q_norm = RMSNormWeight(config.head_dim, config.rms_norm_eps, **factory)
             self.k_norm = RMSNormWeight(config.head_dim, config.rms_norm_eps, **factory)
@@ -57,22 +59,23 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig, tp_rank: int, tp_size: int, **factory) -> None:
+    def __init__(self, config: ModelConfig, tp: TPGroup | None, **factory) -> None:
         super().__init__()
+        tp_rank, tp_size = (tp.rank, tp.size) if tp is not None else (0, 1)
         self.gate_up_proj = ColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2, False,
                                                  tp_rank=tp_rank, tp_size=tp_size, **factory)
         self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, False,
-                                           tp_rank=tp_rank, tp_size=tp_size, **factory)
+                                           tp_rank=tp_rank, tp_size=tp_size, tp=tp, **factory)
 
     def forward(self, x: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
         return self.down_proj(kernels.silu_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int, tp_rank: int, tp_size: int, **factory) -> None:
+    def __init__(self, config: ModelConfig, layer_id: int, tp: TPGroup | None, **factory) -> None:
         super().__init__()
-        self.self_attn = Attention(config, layer_id, tp_rank, tp_size, **factory)
-        self.mlp = MLP(config, tp_rank, tp_size, **factory)
+        self.self_attn = Attention(config, layer_id, tp, **factory)
+        self.mlp = MLP(config, tp, **factory)
         self.input_layernorm = RMSNormWeight(config.hidden_size, config.rms_norm_eps, **factory)
         self.post_attention_layernorm = RMSNormWeight(config.hidden_size, config.rms_norm_eps, **factory)
 
@@ -91,23 +94,24 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, config: ModelConfig, tp_rank: int, tp_size: int, **factory) -> None:
+    def __init__(self, config: ModelConfig, tp: TPGroup | None, **factory) -> None:
         super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, **factory)
-        self.layers = nn.ModuleList(DecoderLayer(config, i, tp_rank, tp_size, **factory) for i in range(config.num_layers))
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, tp=tp, **factory)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, tp, **factory) for i in range(config.num_layers))
         self.norm = RMSNormWeight(config.hidden_size, config.rms_norm_eps, **factory)
 
 
 class CausalLM(nn.Module):
     """Embeddings, decoder layers, final norm and LM head; logits only for the sampled rows."""
 
-    def __init__(self, config: ModelConfig, *, tp_rank: int = 0, tp_size: int = 1,
+    def __init__(self, config: ModelConfig, *, tp: TPGroup | None = None,
                  dtype: torch.dtype | None = None, device: torch.device | None = None) -> None:
         super().__init__()
         factory = {"dtype": dtype, "device": device}
         self.config = config
-        self.model = DecoderModel(config, tp_rank, tp_size, **factory)
-        self.lm_head = None if config.tie_word_embeddings else VocabEmbedding(config.vocab_size, config.hidden_size, **factory)
+        self.model = DecoderModel(config, tp, **factory)
+        self.lm_head = (None if config.tie_word_embeddings
+                        else VocabEmbedding(config.vocab_size, config.hidden_size, tp=tp, **factory))
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -124,4 +128,4 @@ class CausalLM(nn.Module):
         if sample_indices is not None:  # the final norm and LM head run on the sampled rows only
             x, residual = x[sample_indices], residual[sample_indices]
         h = kernels.rmsnorm(x, norm.weight, norm.eps, residual)
-        return F.linear(h, self.lm_head_weight)
+        return (self.lm_head or self.model.embed_tokens).logits(h)

@@ -10,10 +10,11 @@ from minisgl.specs import BackendSpec, SettingSpec
 def minisgl_register_backends(register):
     register(BackendSpec(
         name="sgl",
-        description="own Qwen3/Qwen2/Llama code on CUDA: Triton paged attention, CUDA graphs, TP",
+        description="own Qwen3/Qwen2/Llama code on CUDA (or --device cpu): Triton paged attention, CUDA graphs, TP",
         factory="minisgl_backend_sgl.runner:create_runner",
         probe="minisgl_backend_sgl.probe:probe",
         auto_rank={"cuda": 100},
+        tensor_parallel=True,
     ))
 
 
@@ -36,7 +37,6 @@ def minisgl_register_settings(register):
     ))
     register(SettingSpec(
         name="disable_pynccl", type=bool, default=False, env=("DISABLE_PYNCCL",), flags=("--disable-pynccl",),
-        help="use torch.distributed instead of PyNCCL for TP",
-        unsupported="tensor parallelism is not built yet (--tp-size > 1 is refused), so there is no PyNCCL "
-                    "communicator to disable",
+        help="tensor-parallel all-reduces through torch.distributed instead of PyNCCL: today always so "
+             "(no PyNCCL communicator is built, and CUDA graphs are off with --tp-size > 1)",
     ))

@@ -28,8 +28,10 @@ from .cuda_graph import DecodeGraphs, graph_batch_sizes, resolve_max_bs
 from .forward_meta import build_meta, decode_splits, validate_batch
 from .kernels.select import select_kernels
 from .kv_cache import GIB, KVCache, KVLayout, plan_num_pages
+from .linear import HeadSplit
 from .model import CausalLM
 from .rope import cos_sin_table
+from .tp import TensorParallel, Workers, batch_metadata, check_port_free, init_port
 from .weights import init_dummy_weights, iter_checkpoint, load_weights
 
 logger = logging.getLogger(__name__)
@@ -70,10 +72,8 @@ class SglModelRunner:
     supports_overlap = True
 
     def __init__(self, settings: Any, model_path: str, dummy: bool, *, graph_batch_sizes_override: list[int] | None = None,
-                 device: torch.device | None = None) -> None:
-        if settings.tp_size > 1:
-            raise ValueError(f"--tp-size {settings.tp_size}: backend-sgl runs tp_size=1 for now (tensor parallelism is not built yet)")
-        self.device = device or _device(settings.device)
+                 device: torch.device | None = None, tp_rank: int = 0) -> None:
+        self.device = device or _device(settings.device, tp_rank)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             torch.cuda.set_device(self.device)
@@ -81,6 +81,10 @@ class SglModelRunner:
             self.supports_overlap = False  # forward is synchronous: nothing to overlap
         self.config = config = load_model_config(model_path)
         self.dtype = dtype = pick_dtype(settings.dtype, config, self.device.type)
+        self.tp: TensorParallel | None = None
+        self.workers: Workers | None = None
+        if settings.tp_size > 1:
+            self._join_group(settings, model_path, dummy, tp_rank)
         self.eos_token_ids = list(config.eos_token_ids)
         self.vocab_size = config.vocab_size
         logger.info(
@@ -90,7 +94,7 @@ class SglModelRunner:
         )
 
         start = time.perf_counter()
-        self.model = CausalLM(config, dtype=dtype, device=self.device)
+        self.model = CausalLM(config, tp=self.tp, dtype=dtype, device=self.device)
         if dummy or settings.dummy_weight:
             init_dummy_weights(self.model)
         else:
@@ -106,17 +110,25 @@ class SglModelRunner:
         if settings.max_seq_len_override:
             max_context = settings.max_seq_len_override
         free, total = _memory(self.device)
-        layout = KVLayout(config.num_layers, config.num_kv_heads, config.head_dim, dtype)
+        if not self.cuda:  # the ranks of a CPU share its memory
+            free, total = free // settings.tp_size, total // settings.tp_size
+        kv_heads = HeadSplit.of(config.num_heads, config.num_kv_heads, tp_rank, settings.tp_size).kv_count
+        layout = KVLayout(config.num_layers, kv_heads, config.head_dim, dtype)
         num_pages = plan_num_pages(
             layout, settings.page_size, free_bytes=free, total_bytes=total, memory_ratio=settings.memory_ratio,
             reserve_bytes=activation_reserve_bytes(config, dtype, settings.max_prefill_length, settings.max_running_requests),
             num_pages=settings.num_pages, max_useful_tokens=settings.max_running_requests * max_context,
         )
+        if self.tp is not None:  # every rank's pool has rank 0's number of slots
+            num_pages = int(self.tp.broadcast_ids(torch.tensor([num_pages]) if tp_rank == 0 else None, 1).item())
         self.kv = KVCache(layout, num_pages, settings.page_size, self.device)
         self.max_context_len = min(max_context, self.kv.capacity)
         self.cos_sin = cos_sin_table(config.head_dim, config.rope, self.max_context_len, self.device)
 
         if not self.cuda:
+            sizes = []
+        elif self.tp is not None:
+            logger.info("CUDA graphs off with --tp-size > 1: the all-reduce is not captured yet")
             sizes = []
         elif graph_batch_sizes_override is not None:
             sizes = graph_batch_sizes_override
@@ -134,10 +146,30 @@ class SglModelRunner:
     def kv_capacity(self) -> int:
         return self.kv.capacity
 
+    def _join_group(self, settings: Any, model_path: str, dummy: bool, rank: int) -> None:
+        """Rank 0 starts the other ranks; every rank joins the group (see tp.py)."""
+        port = init_port(settings)
+        if rank == 0:
+            check_port_free(port)
+            self.workers = Workers(settings, model_path, dummy, settings.tp_size, port)
+            self.workers.wait_ready()
+        if not self.cuda:  # the ranks share the CPU's cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.tp_size))
+        self.tp = TensorParallel(rank, settings.tp_size, port, self.device)
+
     @torch.inference_mode()
     def logits(self, batch: ForwardBatch) -> torch.Tensor:
-        """Logits [S, V] of the batch's sampled rows (no sampling): for tests and scoring."""
+        """Logits [S, V] of the batch's sampled rows (no sampling): for tests and scoring.
+        With tensor parallelism every rank runs the batch with this one."""
         validate_batch(batch)
+        if self.workers is not None:
+            self.workers.send(batch_metadata(batch))
+            self.tp.broadcast_ids(batch.input_ids, batch.num_tokens)
+        return self.shard_logits(batch)
+
+    @torch.inference_mode()
+    def shard_logits(self, batch: ForwardBatch) -> torch.Tensor:
+        """This rank's part of the step (all of it without tensor parallelism)."""
         sample_indices = batch.sample_indices.to(self.device, non_blocking=True)
         if self.graphs is not None and self.graphs.can_run(batch):
             return self.graphs.run(batch).index_select(0, sample_indices)
@@ -171,6 +203,12 @@ class SglModelRunner:
         return host
 
     def shutdown(self) -> None:
+        if self.workers is not None:
+            self.workers.stop()
+            self.workers = None
+        if self.tp is not None:
+            self.tp.close()
+            self.tp = None
         self.graphs = None
         self.kv = None  # type: ignore[assignment]
         self.model = None  # type: ignore[assignment]
@@ -183,14 +221,18 @@ class SglModelRunner:
             torch.cuda.synchronize(self.device)
 
 
-def _device(requested: str) -> torch.device:
-    """--device: cuda (auto) for serving, cpu for the reference kernels."""
+def _device(requested: str, tp_rank: int = 0) -> torch.device:
+    """--device: cuda (auto) for serving, a GPU per tensor-parallel rank (of the visible ones,
+    from the current); cpu for the reference kernels."""
     if requested == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("backend-sgl needs a CUDA GPU: torch.cuda.is_available() is False "
                            "(--device cpu runs it on the torch reference kernels, slowly)")
-    return torch.device("cuda", torch.cuda.current_device())
+    index = torch.cuda.current_device() + tp_rank
+    if index >= torch.cuda.device_count():
+        raise RuntimeError(f"tensor-parallel rank {tp_rank} needs GPU {index}, but {torch.cuda.device_count()} are visible")
+    return torch.device("cuda", index)
 
 
 def _memory(device: torch.device) -> tuple[int, int]:

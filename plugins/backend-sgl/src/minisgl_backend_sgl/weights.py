@@ -2,16 +2,19 @@
 
 Checkpoint names are transformers'; ours differ only where layers are fused:
 q_proj/k_proj/v_proj -> qkv_proj (shards 'q', 'k', 'v'), gate_proj/up_proj -> gate_up_proj
-(shards 0, 1). Each parameter's `weight_loader` keeps its tensor-parallel slice.
+(shards 0, 1). Each parameter's `weight_loader` keeps its tensor-parallel slice, and reads
+only that slice from the file: checkpoint tensors come as CheckpointTensor, read on narrow().
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,22 +71,37 @@ def safetensors_files(model_dir: str | Path) -> list[Path]:
     return files
 
 
-def iter_checkpoint(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+class CheckpointTensor:
+    """A tensor of a safetensors file, not read yet: `narrow` reads one slice of it."""
+
+    def __init__(self, part: Any) -> None:
+        self._part = part
+        self.shape = tuple(part.get_shape())
+
+    def narrow(self, dim: int, start: int, length: int) -> torch.Tensor:
+        index = [slice(None)] * len(self.shape)
+        index[dim] = slice(start, start + length)
+        return self._part[tuple(index)]
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def iter_checkpoint(model_dir: str | Path) -> Iterator[tuple[str, CheckpointTensor]]:
     from safetensors import safe_open
 
     for file in safetensors_files(model_dir):
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for name in f.keys():
-                yield name, f.get_tensor(name)
+                yield name, CheckpointTensor(f.get_slice(name))
 
 
-def load_weights(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], tie_word_embeddings: bool) -> None:
-    """Copy each checkpoint tensor into its parameter (slice); fail on unknown or missing ones."""
+def load_weights(model: nn.Module, tensors: Iterator[tuple[str, Any]], tie_word_embeddings: bool) -> None:
+    """Copy each checkpoint tensor (its rank's slice) into its parameter, in the parameter's
+    dtype; fail on unknown or missing ones."""
     params = dict(model.named_parameters())
-    dtype = next(iter(params.values())).dtype
     loaded: set[tuple[str, str | int | None]] = set()
     start = time.perf_counter()
-    total_bytes = 0
     for ckpt_name, tensor in tensors:
         mapped = map_weight_name(ckpt_name, tie_word_embeddings)
         if mapped is None:
@@ -92,14 +110,14 @@ def load_weights(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], 
         param = params.get(name)
         if param is None:
             raise KeyError(f"checkpoint tensor {ckpt_name!r} (as {name!r}) has no parameter in backend-sgl's model")
-        param.weight_loader(tensor.to(dtype), shard)
+        param.weight_loader(tensor, shard)
         loaded.add((name, shard))
-        total_bytes += tensor.numel() * tensor.element_size()
     missing = expected_loads(model) - loaded
     if missing:
         shown = ", ".join(sorted(f"{n}[{s}]" if s is not None else n for n, s in missing)[:8])
         raise KeyError(f"checkpoint is missing {len(missing)} tensors: {shown}")
-    logger.info("Loaded %.2f GiB of weights in %.1f s", total_bytes / 1024**3, time.perf_counter() - start)
+    total_bytes = sum(p.numel() * p.element_size() for p in params.values())
+    logger.info("Loaded %.2f GiB of weights (this rank's) in %.1f s", total_bytes / 1024**3, time.perf_counter() - start)
 
 
 @torch.no_grad()

@@ -1,0 +1,189 @@
+"""Tensor parallelism: one process per rank. Rank 0 is the engine's runner; ranks 1.. are
+worker processes it starts, each holding its own shard of the weights and of the KV pool.
+
+Every step rank 0 hands each worker the batch's host metadata through a queue (a worker may
+wait for the next batch as long as the engine idles, which no collective's timeout allows)
+and broadcasts its input ids as a tensor (in stream order on the device); every rank runs the
+model on its shard (the row-parallel layers all-reduce, the LM head all-gathers the
+vocabulary), and rank 0 samples. The group is NCCL on CUDA and gloo on the CPU; it meets at
+127.0.0.1 on --port + 1, as mini-sglang's distributed init does. A rank that dies breaks the
+next collective of the others, which then raise instead of waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import queue
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from minisgl.engine.batch import ForwardBatch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 1919  # the server's default --port, for engines started without one
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a long CPU prefill is one collective away
+
+
+def init_port(settings: Any) -> int:
+    return int(getattr(settings, "port", None) or DEFAULT_PORT) + 1
+
+
+def check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's store binds: TIME_WAIT is free
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise RuntimeError(f"--tp-size > 1 meets its ranks on port {port} (--port + 1), which is in use "
+                               f"({exc.strerror}): free it or pick another --port") from None
+
+
+class TensorParallel:
+    """This process's place in the group, and the collectives the sharded layers call."""
+
+    def __init__(self, rank: int, size: int, port: int, device: torch.device) -> None:
+        self.rank, self.size, self.device = rank, size, device
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size,
+                                timeout=COLLECTIVE_TIMEOUT)
+        logger.info("tensor parallel rank %d of %d (%s) on %s", rank, size, backend, device)
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(x)
+        return x
+
+    def all_gather_last(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=-1)
+
+    def broadcast_ids(self, ids: torch.Tensor | None, n: int) -> torch.Tensor:
+        """Rank 0's input ids (`ids`) on every rank."""
+        out = ids.to(self.device).contiguous() if ids is not None else torch.empty(n, dtype=torch.int64, device=self.device)
+        dist.broadcast(out, src=0)
+        return out
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def batch_metadata(batch: ForwardBatch) -> ForwardBatch:
+    """What a worker needs of a batch, on the host: no ids (broadcast), no sampling values."""
+    host = {f: getattr(batch, f).cpu() for f in ("positions", "out_slots", "page_table", "sample_indices")}
+    if batch.sampling is None:
+        host["sample_indices"] = host["sample_indices"][:0]
+    return dataclasses.replace(batch, input_ids=torch.empty(0, dtype=torch.int64), sampling=None, images=[], **host)
+
+
+class Workers:
+    """Ranks 1..size-1 as processes (spawned: CUDA and threads survive only a fresh start),
+    and the queues that hand them batches."""
+
+    def __init__(self, settings: Any, model_path: str, dummy: bool, size: int, port: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.ready = ctx.Queue()
+        self.inboxes = [ctx.Queue() for _ in range(1, size)]
+        self.procs = [ctx.Process(target=worker_main, args=(settings, model_path, dummy, rank, size, port,
+                                                            self.inboxes[rank - 1], self.ready),
+                                  name=f"minisgl-tp{rank}", daemon=True) for rank in range(1, size)]
+        with _main_module_hidden():
+            for p in self.procs:
+                p.start()
+
+    def wait_ready(self, timeout_s: float = 600.0) -> None:
+        """Every worker is about to meet rank 0 (or a worker died: the reason)."""
+        waiting = len(self.procs)
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            try:
+                rank, error = self.ready.get(timeout=0.5)
+            except queue.Empty:
+                dead = [p for p in self.procs if not p.is_alive()]
+                if dead:
+                    raise RuntimeError(f"tensor-parallel worker {dead[0].name} exited with code {dead[0].exitcode} "
+                                       "before joining (see its log above)") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"tensor-parallel workers did not start within {timeout_s:.0f} s") from None
+                continue
+            if error:
+                raise RuntimeError(f"tensor-parallel rank {rank} failed to start: {error}")
+            waiting -= 1
+
+    def send(self, batch: ForwardBatch | None) -> None:
+        for p, inbox in zip(self.procs, self.inboxes):
+            if not p.is_alive():
+                raise RuntimeError(f"tensor-parallel worker {p.name} died (exit code {p.exitcode})")
+            inbox.put(batch)
+
+    def stop(self) -> None:
+        for p, inbox in zip(self.procs, self.inboxes):
+            if p.is_alive():
+                inbox.put(None)
+        for p in self.procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Spawned workers import only our modules: a script that made an LLM without an
+    `if __name__ == "__main__"` guard would otherwise run again in every worker."""
+    main = sys.modules.get("__main__")
+    spec, file = getattr(main, "__spec__", None), getattr(main, "__file__", None)
+    if main is not None:
+        main.__spec__ = None
+        if file is not None:
+            del main.__file__
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__spec__ = spec
+            if file is not None:
+                main.__file__ = file
+
+
+def worker_main(settings: Any, model_path: str, dummy: bool, rank: int, size: int, port: int,
+                inbox: Any, ready: Any) -> None:
+    """A worker rank: build this rank's shard, then run every batch rank 0 hands over until it says stop."""
+    logging.basicConfig(level=getattr(logging, str(settings.log_level).upper(), logging.INFO),
+                        format=f"%(asctime)s %(levelname)s tp{rank} %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        from .runner import SglModelRunner
+
+        ready.put((rank, None))
+        runner = SglModelRunner(settings, model_path, dummy, tp_rank=rank)
+    except Exception as exc:
+        ready.put((rank, f"{type(exc).__name__}: {exc}"))
+        raise
+    parent = multiprocessing.parent_process()
+    try:
+        with torch.inference_mode():
+            while True:
+                try:
+                    batch = inbox.get(timeout=1.0)
+                except queue.Empty:
+                    if parent is not None and not parent.is_alive():
+                        break  # rank 0 is gone
+                    continue
+                if batch is None:
+                    break
+                batch.input_ids = runner.tp.broadcast_ids(None, sum(batch.extend_lens))
+                runner.shard_logits(batch)
+    finally:
+        runner.tp.close()
+        os._exit(0)  # no atexit work in a worker: rank 0 owns the group's end
