@@ -93,13 +93,14 @@ class EngineClient:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self.state = "starting"
-        # spawn, not fork: torch and CUDA are not fork-safe
+        # spawn, not fork: torch and CUDA are not fork-safe. Not a daemon: a tensor-parallel
+        # engine starts its rank processes; it ends itself when the server is gone (run_engine_process)
         mp = multiprocessing.get_context("spawn")
         self.process = mp.Process(
             target=run_engine_process,
             args=(self.settings, self.replica, self.endpoints),
             name=f"minisgl-engine-{self.replica}",
-            daemon=True,
+            daemon=False,
         )
         with _environment(self.env):  # spawn copies os.environ when the child starts
             self.process.start()
