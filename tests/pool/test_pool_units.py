@@ -3,6 +3,7 @@ DP_SIZE) and how a policy that cannot be used is reported (SchedulerError)."""
 
 from __future__ import annotations
 
+import re
 import types
 
 import pytest
@@ -13,7 +14,7 @@ from minisgl.plugins import Registry
 from minisgl.settings import load_settings
 from minisgl.specs import DispatchPolicySpec
 from minisgl_server.engine_pool import EnginePool, SchedulerError
-from minisgl_server.replica_layout import plan_replicas
+from minisgl_server.replica_layout import LayoutError, plan_replicas
 
 
 def settings(**flags):
@@ -44,6 +45,24 @@ def test_dp_size_replicas_share_one_device_otherwise(flags, gpus):
     plan = plan_replicas(settings(**flags), gpus=gpus)
     assert [p.index for p in plan] == [0, 1]
     assert all(p.env == {} for p in plan)
+
+
+def test_tensor_parallel_replicas_take_consecutive_gpus_and_their_own_port():
+    plan = plan_replicas(settings(tp_size=2, port=4000), gpus=["0", "1", "2", "3"])
+    assert [p.env for p in plan] == [{"CUDA_VISIBLE_DEVICES": "0,1", "MINISGL_TP_PORT": "4001"},
+                                     {"CUDA_VISIBLE_DEVICES": "2,3", "MINISGL_TP_PORT": "4003"}]
+    assert plan[1].device == "cuda (GPUs 2, 3)"
+    cpu = plan_replicas(settings(tp_size=2, dp_size=2, device="cpu", port=4000), gpus=[])
+    assert [p.env for p in cpu] == [{"MINISGL_TP_PORT": "4001"}, {"MINISGL_TP_PORT": "4003"}]
+
+
+@pytest.mark.parametrize(("flags", "gpus", "message"), [
+    ({"tp_size": 2, "dp_size": 3}, ["0", "1", "2", "3"], "--dp-size 3 x --tp-size 2 needs 6 GPUs; 4 visible (0, 1, 2, 3)"),
+    ({"tp_size": 4}, ["0", "1"], "--dp-size 1 x --tp-size 4 needs 4 GPUs; 2 visible (0, 1)"),
+])
+def test_a_layout_that_does_not_fit_the_gpus_is_refused_with_the_numbers(flags, gpus, message):
+    with pytest.raises(LayoutError, match=re.escape(message)):
+        plan_replicas(settings(**flags), gpus=gpus)
 
 
 def broken_factory():

@@ -1,10 +1,13 @@
-"""Where each engine replica runs (DP_SIZE, ENABLE_MULTI_DEVICE).
+"""Where each engine replica runs (DP_SIZE, TP_SIZE, ENABLE_MULTI_DEVICE).
 
-On CUDA with several visible GPUs and ENABLE_MULTI_DEVICE on, DP_SIZE=1 means one replica
-per GPU; a larger DP_SIZE spreads its replicas over the GPUs in turn. Each engine process
-sees only its GPU (CUDA_VISIBLE_DEVICES), so inside it the device is always cuda:0.
-Elsewhere (CPU, MPS, one GPU, or ENABLE_MULTI_DEVICE=0) there are DP_SIZE replicas that
-share the one device, which is how several replicas are tested on a CPU machine."""
+On CUDA with several visible GPUs and ENABLE_MULTI_DEVICE on, a replica takes TP_SIZE
+consecutive GPUs: DP_SIZE=1 means as many replicas as groups fit, a larger DP_SIZE spreads
+its replicas over the groups in turn (with TP_SIZE > 1, DP_SIZE x TP_SIZE must fit the
+visible GPUs, else the layout is refused with the numbers). Each engine process sees only
+its GPUs (CUDA_VISIBLE_DEVICES), so inside it rank r is always cuda:r. Elsewhere (CPU, MPS,
+one GPU, or ENABLE_MULTI_DEVICE=0) there are DP_SIZE replicas that share the one device,
+which is how several replicas are tested on a CPU machine. The ranks of replica i meet on
+--port + 1 + i x TP_SIZE (MINISGL_TP_PORT, for its engine process alone)."""
 
 from __future__ import annotations
 
@@ -41,17 +44,35 @@ def visible_gpus() -> list[str]:
     return listed[:count] if listed else [str(i) for i in range(count)]
 
 
+class LayoutError(ValueError):
+    """DP_SIZE x TP_SIZE does not fit the visible GPUs."""
+
+
+def _tp_env(settings: Settings, replica: int) -> dict[str, str]:
+    if settings.tp_size == 1:
+        return {}
+    return {"MINISGL_TP_PORT": str(settings.port + 1 + replica * settings.tp_size)}
+
+
 def plan_replicas(settings: Settings, gpus: list[str] | None = None) -> list[ReplicaPlacement]:
     """One placement per replica to start. `gpus` defaults to `visible_gpus()`."""
+    tp = settings.tp_size
     if settings.device in ("auto", "cuda") and settings.enable_multi_device:
         gpus = visible_gpus() if gpus is None else gpus
-        if len(gpus) > 1:
-            count = len(gpus) if settings.dp_size == 1 else settings.dp_size
-            return [
-                ReplicaPlacement(i, f"cuda (GPU {gpus[i % len(gpus)]})", {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]})
-                for i in range(count)
-            ]
-    return [ReplicaPlacement(i, settings.device) for i in range(settings.dp_size)]
+        if len(gpus) > 1 or (tp > 1 and gpus):
+            groups = [gpus[i : i + tp] for i in range(0, len(gpus) - tp + 1, tp)]
+            count = len(groups) if settings.dp_size == 1 else settings.dp_size
+            if not groups or (tp > 1 and count * tp > len(gpus)):
+                raise LayoutError(f"--dp-size {count or 1} x --tp-size {tp} needs {(count or 1) * tp} GPUs; "
+                                  f"{len(gpus)} visible ({', '.join(gpus)}): lower --dp-size or --tp-size, or set "
+                                  "CUDA_VISIBLE_DEVICES")
+            placements = []
+            for i in range(count):
+                group = groups[i % len(groups)]
+                where = f"cuda (GPU {group[0]})" if tp == 1 else f"cuda (GPUs {', '.join(group)})"
+                placements.append(ReplicaPlacement(i, where, {"CUDA_VISIBLE_DEVICES": ",".join(group), **_tp_env(settings, i)}))
+            return placements
+    return [ReplicaPlacement(i, settings.device, _tp_env(settings, i)) for i in range(settings.dp_size)]
 
 
 def describe(placements: list[ReplicaPlacement]) -> str:

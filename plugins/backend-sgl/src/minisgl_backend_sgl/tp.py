@@ -37,6 +37,9 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a long CPU prefill is one collecti
 
 
 def init_port(settings: Any) -> int:
+    """--port + 1; a server with several replicas gives each its own (MINISGL_TP_PORT)."""
+    if os.environ.get("MINISGL_TP_PORT"):
+        return int(os.environ["MINISGL_TP_PORT"])
     return int(getattr(settings, "port", None) or DEFAULT_PORT) + 1
 
 
