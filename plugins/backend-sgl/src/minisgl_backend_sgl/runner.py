@@ -83,6 +83,7 @@ class SglModelRunner:
         self.dtype = dtype = pick_dtype(settings.dtype, config, self.device.type)
         self.tp: TensorParallel | None = None
         self.workers: Workers | None = None
+        self._threads = 0  # torch's threads before the ranks split the CPU
         if settings.tp_size > 1:
             self._join_group(settings, model_path, dummy, tp_rank)
         self.eos_token_ids = list(config.eos_token_ids)
@@ -153,7 +154,8 @@ class SglModelRunner:
             check_port_free(port)
             self.workers = Workers(settings, model_path, dummy, settings.tp_size, port)
             self.workers.wait_ready()
-        if not self.cuda:  # the ranks share the CPU's cores
+        if not self.cuda:  # the ranks share the CPU's cores (given back at shutdown)
+            self._threads = torch.get_num_threads()
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.tp_size))
         self.tp = TensorParallel(rank, settings.tp_size, port, self.device)
 
@@ -209,6 +211,8 @@ class SglModelRunner:
         if self.tp is not None:
             self.tp.close()
             self.tp = None
+            if self._threads:
+                torch.set_num_threads(self._threads)
         self.graphs = None
         self.kv = None  # type: ignore[assignment]
         self.model = None  # type: ignore[assignment]
