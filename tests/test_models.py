@@ -35,6 +35,7 @@ PRESET_SHAPES = {
     "qwen3-8b": ("qwen3", 151936, 36, 4096, 32, 8, 128, 12288, 1_000_000, 40960, False),
     "llama-3.1-8b": ("llama", 128256, 32, 4096, 32, 8, 128, 14336, 500_000, 131072, False),
     "qwen2.5-0.5b": ("qwen2", 151936, 24, 896, 14, 2, 64, 4864, 1_000_000, 32768, True),
+    "qwen3-30b-a3b": ("qwen3_moe", 151936, 48, 2048, 32, 4, 128, 6144, 1_000_000, 40960, False),
 }
 TEXT = "Hello world! The capital of France is Paris. héllo wörld 🙂\n\tdef f(x): return x * 2"
 
@@ -136,6 +137,9 @@ def test_preset_resolves_with_real_shapes(name: str, fresh_cache: Path) -> None:
     assert config.max_position_embeddings == max_pos
     assert config.tie_word_embeddings is tied
 
+    if model_type == "qwen3_moe":  # 128 experts of 768, 8 routed per token, renormalised
+        assert (config.num_experts, config.num_experts_per_tok, config.moe_intermediate_size) == (128, 8, 768)
+        assert config.norm_topk_prob is True
     tok = AutoTokenizer.from_pretrained(resolved.path)
     assert len(tok) == vocab  # the tokenizer covers every id the model can emit
     assert tok.decode([vocab - 1])

@@ -1,8 +1,12 @@
 """backend-sgl's model code on the CPU (the torch reference kernels behind its kernel
 interface): minisgl.LLM gives transformers' greedy tokens through backend-hf's, on the real
-smollm2-135m, so CI runs the fast path's model, weight loading, KV pool and runner."""
+smollm2-135m and on a tiny random Qwen3-MoE, so CI runs the fast path's model, weight
+loading, KV pool and runner."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
@@ -20,3 +24,18 @@ def test_sgl_on_cpu_gives_backend_hfs_greedy_tokens(smollm2_path):
     with LLM(smollm2_path, backend="hf", dtype="float32") as llm:
         hf = [o.token_ids for o in llm.generate(PROMPTS, params)]
     assert sgl == hf
+
+
+def test_a_tiny_qwen3_moe_answers_the_same_on_hf_and_sgl(tmp_path):
+    from minisgl.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path, arch="qwen3_moe", num_layers=3, seed=2)
+    answers = {}
+    for backend in ("hf", "sgl"):
+        out = subprocess.run([sys.executable, "-m", "minisgl", "generate", "--backend", backend, "--device", "cpu",
+                              "--dtype", "float32", "--num-pages", "512", "--model-path", path, "--max-new-tokens", "16",
+                              "Hello there, how are"], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        answers[backend] = out.stdout
+    assert answers["hf"] == answers["sgl"] and answers["hf"].strip()
+

@@ -40,9 +40,11 @@ def batch_of(prompts: list[list[int]], capacity: int):
     return make_batch(SlotAllocator(capacity, seed=2), [(Request(), p) for p in prompts], every_row=True)
 
 
-@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 2), (4, 1), (6, 3)], ids=["even", "kv-replicated", "uneven"])
-def test_tp2_logits_equal_tp1(tmp_path, heads, kv_heads):
-    path = make_tiny_model(tmp_path, arch="qwen3", num_heads=heads, num_kv_heads=kv_heads, hidden_size=96, seed=4)
+@pytest.mark.parametrize(("arch", "heads", "kv_heads"), [("qwen3", 4, 2), ("qwen3", 4, 1), ("qwen3", 6, 3), ("qwen3_moe", 4, 2)],
+                         ids=["even", "kv-replicated", "uneven", "moe"])
+def test_tp2_logits_equal_tp1(tmp_path, arch, heads, kv_heads):
+    path = make_tiny_model(tmp_path, arch=arch, num_heads=heads, num_kv_heads=kv_heads, hidden_size=96, seed=4,
+                           num_layers=2)
     prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
     logits = {}
     for tp in (1, 2):

@@ -22,8 +22,8 @@ from .models.tokenizer_builder import (
     save_hf_tokenizer,
 )
 
-TinyArch = Literal["qwen3", "llama"]
-TINY_ARCHS: tuple[str, ...] = ("qwen3", "llama")
+TinyArch = Literal["qwen3", "llama", "qwen3_moe"]
+TINY_ARCHS: tuple[str, ...] = ("qwen3", "llama", "qwen3_moe")
 
 
 def _config(
@@ -39,7 +39,7 @@ def _config(
     pad_id: int,
     dtype: torch.dtype,
 ):
-    from transformers import LlamaConfig, Qwen3Config
+    from transformers import LlamaConfig, Qwen3Config, Qwen3MoeConfig
 
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
@@ -63,6 +63,10 @@ def _config(
         return Qwen3Config(**common, tie_word_embeddings=True, rope_theta=1_000_000.0)
     if arch == "llama":  # like Llama 3: separate lm_head
         return LlamaConfig(**common, tie_word_embeddings=False, rope_theta=500_000.0)
+    if arch == "qwen3_moe":  # like Qwen3-30B-A3B: 8 experts of which 2 route per token, renormalised; layer 0 dense
+        return Qwen3MoeConfig(**common, tie_word_embeddings=False, rope_theta=1_000_000.0, num_experts=8,
+                              num_experts_per_tok=2, moe_intermediate_size=hidden_size // 2, norm_topk_prob=True,
+                              mlp_only_layers=[0] if num_layers > 1 else [])
     raise ValueError(f"arch={arch!r}: expected one of {', '.join(TINY_ARCHS)}")
 
 

@@ -16,7 +16,7 @@ from minisgl.testing import make_tiny_model
 TOL = dict(atol=2e-4, rtol=2e-4)
 
 
-@pytest.fixture(scope="module", params=["qwen3", "llama"])
+@pytest.fixture(scope="module", params=["qwen3", "llama", "qwen3_moe"])
 def tiny(request, tmp_path_factory):
     from transformers import AutoModelForCausalLM
 

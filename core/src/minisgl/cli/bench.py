@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import sys
 from dataclasses import asdict
 from typing import Any
 
@@ -110,7 +111,7 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, wo
     from ..bench.roofline import ModelShape, measure_ceilings, roofline_floor
 
     _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # a log keeps the table's rows whole
     in_rng, out_rng = _range(input_len, "--input-len"), _range(output_len, "--output-len")
     if peers == "all":
         chosen = list(PEERS)

@@ -1,8 +1,8 @@
 """What backend-sgl needs to know about a model, read straight from its config.json.
 
-One decoder family covers Llama (SmolLM2, Llama 3), Qwen2 and Qwen3: they differ only in
-biases on q/k/v (Qwen2), per-head RMSNorm on q and k (Qwen3), tied embeddings, and the
-rotary scaling. Reading the JSON ourselves keeps this independent of transformers' version
+One decoder family covers Llama (SmolLM2, Llama 3), Qwen2, Qwen3 and Qwen3-MoE: they differ
+only in biases on q/k/v (Qwen2), per-head RMSNorm on q and k (Qwen3), tied embeddings, the
+rotary scaling, and (Qwen3-MoE) sparse MLPs of routed experts. Reading the JSON ourselves keeps this independent of transformers' version
 (transformers 5 moves `rope_theta` into `rope_parameters`; older files keep it at the top).
 """
 
@@ -22,6 +22,7 @@ SUPPORTED_ARCHITECTURES: dict[str, tuple[bool, bool]] = {
     "LlamaForCausalLM": (False, False),
     "Qwen2ForCausalLM": (True, False),
     "Qwen3ForCausalLM": (False, True),
+    "Qwen3MoeForCausalLM": (False, True),
 }
 SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 
@@ -42,6 +43,22 @@ class RopeConfig:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """Qwen3-MoE's sparse MLPs: `num_experts` SiLU-gated experts of `intermediate_size`, of
+    which the router's top `top_k` (softmax weights, renormalised when `norm_topk_prob`) run."""
+
+    num_experts: int
+    top_k: int
+    intermediate_size: int
+    norm_topk_prob: bool
+    sparse_step: int = 1
+    dense_layers: tuple[int, ...] = ()  # mlp_only_layers
+
+    def is_sparse(self, layer: int) -> bool:
+        return layer not in self.dense_layers and (layer + 1) % self.sparse_step == 0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     architecture: str
     vocab_size: int
@@ -59,6 +76,7 @@ class ModelConfig:
     rope: RopeConfig
     eos_token_ids: tuple[int, ...]
     checkpoint_dtype: torch.dtype | None
+    moe: MoEConfig | None = None
 
     @property
     def q_size(self) -> int:
@@ -69,15 +87,17 @@ class ModelConfig:
         return self.num_kv_heads * self.head_dim
 
     def num_params(self) -> int:
-        """Parameter count (embeddings counted once when tied)."""
-        per_layer = (
-            self.hidden_size * (self.q_size + 2 * self.kv_size)
-            + self.q_size * self.hidden_size
-            + 3 * self.hidden_size * self.intermediate_size
-            + 2 * self.hidden_size
-        )
+        """Parameter count (embeddings counted once when tied; every expert)."""
+        attention = self.hidden_size * (self.q_size + 2 * self.kv_size) + self.q_size * self.hidden_size
+        total = 0
+        for layer in range(self.num_layers):
+            if self.moe is not None and self.moe.is_sparse(layer):
+                mlp = self.moe.num_experts * (3 * self.hidden_size * self.moe.intermediate_size + self.hidden_size)
+            else:
+                mlp = 3 * self.hidden_size * self.intermediate_size
+            total += attention + mlp + 2 * self.hidden_size
         embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * per_layer + embed + self.hidden_size
+        return total + embed + self.hidden_size
 
 
 def _rope(raw: dict[str, Any]) -> RopeConfig:
@@ -151,6 +171,20 @@ def parse_model_config(raw: dict[str, Any], generation: dict[str, Any] | None = 
         rope=_rope(raw),
         eos_token_ids=tuple(dict.fromkeys(eos)),
         checkpoint_dtype=DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None,
+        moe=_moe(raw) if arch == "Qwen3MoeForCausalLM" else None,
+    )
+
+
+def _moe(raw: dict[str, Any]) -> MoEConfig:
+    if raw.get("shared_expert_intermediate_size"):
+        raise UnsupportedModelError("shared experts are not implemented in backend-sgl; use --backend hf")
+    return MoEConfig(
+        num_experts=int(raw.get("num_experts") or raw["num_local_experts"]),  # transformers 5 writes the latter
+        top_k=int(raw["num_experts_per_tok"]),
+        intermediate_size=int(raw["moe_intermediate_size"]),
+        norm_topk_prob=bool(raw.get("norm_topk_prob", False)),
+        sparse_step=int(raw.get("decoder_sparse_step", 1) or 1),
+        dense_layers=tuple(int(i) for i in raw.get("mlp_only_layers") or ()),
     )
 
 

@@ -16,6 +16,7 @@ from .forward_meta import ForwardMeta
 from .kernels.select import KernelSet
 from .kv_cache import KVCache
 from .linear import ColumnParallelLinear, QKVParallelLinear, RMSNormWeight, RowParallelLinear, TPGroup, VocabEmbedding
+from .moe import MoEBlock
 
 
 class Attention(nn.Module):
@@ -75,7 +76,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int, tp: TPGroup | None, **factory) -> None:
         super().__init__()
         self.self_attn = Attention(config, layer_id, tp, **factory)
-        self.mlp = MLP(config, tp, **factory)
+        sparse = config.moe is not None and config.moe.is_sparse(layer_id)
+        self.mlp = MoEBlock(config, tp, **factory) if sparse else MLP(config, tp, **factory)
         self.input_layernorm = RMSNormWeight(config.hidden_size, config.rms_norm_eps, **factory)
         self.post_attention_layernorm = RMSNormWeight(config.hidden_size, config.rms_norm_eps, **factory)
 

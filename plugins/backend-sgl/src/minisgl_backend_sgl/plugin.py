@@ -10,7 +10,7 @@ from minisgl.specs import BackendSpec, SettingSpec
 def minisgl_register_backends(register):
     register(BackendSpec(
         name="sgl",
-        description="own Qwen3/Qwen2/Llama code on CUDA (or --device cpu): Triton paged attention, CUDA graphs, TP",
+        description="own Qwen3/Qwen3-MoE/Qwen2/Llama code on CUDA (or --device cpu): Triton paged attention, CUDA graphs, TP",
         factory="minisgl_backend_sgl.runner:create_runner",
         probe="minisgl_backend_sgl.probe:probe",
         auto_rank={"cuda": 100},
@@ -32,8 +32,9 @@ def minisgl_register_settings(register):
     ))
     register(SettingSpec(
         name="moe_backend", type=Literal["auto", "fused"], default="auto", env=("MOE_BACKEND",),
-        flags=("--moe-backend",), help="MoE kernels",
-        unsupported="MoE models are not supported yet; only the default 'auto' is accepted",
+        flags=("--moe-backend",), help="routed-expert kernels of MoE models (Qwen3-MoE): auto runs each "
+                                       "expert's tokens together with torch matmuls",
+        unsupported="the fused Triton MoE kernel is not built yet; auto (experts' tokens sorted, torch matmuls) runs",
     ))
     register(SettingSpec(
         name="disable_pynccl", type=bool, default=False, env=("DISABLE_PYNCCL",), flags=("--disable-pynccl",),

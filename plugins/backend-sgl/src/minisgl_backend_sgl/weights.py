@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +32,19 @@ _FUSED: tuple[tuple[str, str, str | int], ...] = (
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
 
 
+# Qwen3-MoE's experts, one tensor each, go into the stacked w13 (gate | up) and w2
+_EXPERT = re.compile(r"^(.*\.mlp)\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
+
+
 def map_weight_name(name: str, tie_word_embeddings: bool) -> tuple[str, str | int | None] | None:
     """Checkpoint tensor name -> (our parameter name, shard id), or None for tensors we skip."""
     if name.endswith(_IGNORED_SUFFIXES):
         return None
+    if m := _EXPERT.match(name):
+        prefix, expert, which = m.groups()
+        if which == "down":
+            return f"{prefix}.w2", expert
+        return f"{prefix}.w13", f"{expert}.{0 if which == 'gate' else 1}"
     if name == "lm_head.weight" and tie_word_embeddings:
         return None  # tied: the LM head is the embedding matrix
     for old, new, shard in _FUSED:
@@ -46,8 +56,10 @@ def map_weight_name(name: str, tie_word_embeddings: bool) -> tuple[str, str | in
 def expected_loads(model: nn.Module) -> set[tuple[str, str | int | None]]:
     """Every (parameter, shard) a complete checkpoint must provide."""
     needed: set[tuple[str, str | int | None]] = set()
-    for name, _ in model.named_parameters():
-        if ".qkv_proj." in name:
+    for name, param in model.named_parameters():
+        if hasattr(param, "shards"):
+            needed.update((name, s) for s in param.shards)
+        elif ".qkv_proj." in name:
             needed.update((name, s) for s in ("q", "k", "v"))
         elif ".gate_up_proj." in name:
             needed.update((name, s) for s in (0, 1))

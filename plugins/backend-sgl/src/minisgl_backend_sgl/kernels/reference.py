@@ -116,3 +116,17 @@ def decode_attention(
         q_pos = torch.tensor([length - 1], device=q.device)
         out[b : b + 1] = _attend(q[b : b + 1], k_cache[slots], v_cache[slots], q_pos).to(out.dtype)
     return out
+
+
+def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+              topk_ids: torch.Tensor) -> torch.Tensor:
+    """Routed experts: token t's output is sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x_t),
+    each expert SiLU(x W_gate^T) * (x W_up^T) W_down^T, with w13 [E, 2I, H] (gate | up) and
+    w2 [E, H, I]. The tokens of each expert run together (sorted by expert)."""
+    out = torch.zeros_like(x)
+    for expert in topk_ids.unique().tolist():
+        rows, slot = (topk_ids == expert).nonzero(as_tuple=True)
+        h = silu_mul(x[rows] @ w13[expert].t())
+        y = h @ w2[expert].t()
+        out.index_add_(0, rows, y * topk_weights[rows, slot, None].to(y.dtype))
+    return out

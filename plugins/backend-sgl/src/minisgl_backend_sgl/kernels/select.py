@@ -27,6 +27,7 @@ class KernelSet:
     rope_and_store_kv: Callable[..., None]
     extend_attention: Callable[..., torch.Tensor]
     decode_attention: Callable[..., torch.Tensor]
+    fused_moe: Callable[..., torch.Tensor] = reference.fused_moe  # routed experts (the torch reference for now)
 
 
 REFERENCE = KernelSet(
