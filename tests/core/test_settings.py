@@ -118,7 +118,6 @@ def test_vision_settings_keep_the_seed_names():
     ("kwargs", "name", "source"),
     [
         ({"environ": {"TOY_TURBO": "1"}}, "toy_turbo", "env TOY_TURBO"),
-        ({"environ": {"MOE_BACKEND": "fused"}}, "moe_backend", "env MOE_BACKEND"),
     ],
 )
 def test_an_unsupported_setting_is_refused_naming_itself_its_source_and_why(kwargs, name, source):

@@ -39,3 +39,11 @@ def test_a_tiny_qwen3_moe_answers_the_same_on_hf_and_sgl(tmp_path):
         answers[backend] = out.stdout
     assert answers["hf"] == answers["sgl"] and answers["hf"].strip()
 
+
+
+def test_the_fused_moe_backend_needs_cuda(tmp_path):
+    from minisgl.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path, arch="qwen3_moe", num_layers=2)
+    with pytest.raises(ValueError, match="--moe-backend fused runs the Triton MoE kernel on CUDA"):
+        LLM(path, backend="sgl", device="cpu", moe_backend="fused", num_pages=64)

@@ -124,3 +124,19 @@ def test_decode_attention(device, splits):
         lens = torch.tensor(seq, dtype=torch.int32, device=device)
         out = attention.decode_attention(q, k, v, table, lens, splits, out=torch.full_like(q, float("nan")))
         torch.testing.assert_close(out, reference.decode_attention(q, k, v, table, lens, splits), **tol(dtype))
+
+
+@pytest.mark.parametrize(("tokens", "experts", "top_k", "hidden", "inter"), [(20, 8, 2, 64, 32), (3, 16, 4, 48, 40), (1, 4, 1, 32, 16)])
+def test_fused_moe(device, tokens, experts, top_k, hidden, inter):
+    from minisgl_backend_sgl.kernels import moe
+
+    gen = torch.Generator().manual_seed(tokens)
+    for dtype in dtypes(device):
+        x = torch.randn(tokens, hidden, generator=gen).to(device, dtype)
+        w13 = (torch.randn(experts, 2 * inter, hidden, generator=gen) / hidden**0.5).to(device, dtype)
+        w2 = (torch.randn(experts, hidden, inter, generator=gen) / inter**0.5).to(device, dtype)
+        probs = torch.rand(tokens, experts, generator=gen).softmax(-1)
+        weights, ids = probs.topk(top_k, dim=-1)  # some experts get no token
+        weights, ids = weights.to(device, dtype), ids.to(device)
+        torch.testing.assert_close(moe.fused_moe(x, w13, w2, weights, ids),
+                                   reference.fused_moe(x, w13, w2, weights, ids), **tol(dtype))

@@ -32,9 +32,9 @@ def minisgl_register_settings(register):
     ))
     register(SettingSpec(
         name="moe_backend", type=Literal["auto", "fused"], default="auto", env=("MOE_BACKEND",),
-        flags=("--moe-backend",), help="routed-expert kernels of MoE models (Qwen3-MoE): auto runs each "
-                                       "expert's tokens together with torch matmuls",
-        unsupported="the fused Triton MoE kernel is not built yet; auto (experts' tokens sorted, torch matmuls) runs",
+        flags=("--moe-backend",), help="routed-expert kernels of MoE models (Qwen3-MoE): fused is the Triton "
+                                       "fused MoE (sorted by expert, two grouped GEMMs), CUDA only; auto picks it on "
+                                       "CUDA and the torch reference on the CPU",
     ))
     register(SettingSpec(
         name="disable_pynccl", type=bool, default=False, env=("DISABLE_PYNCCL",), flags=("--disable-pynccl",),

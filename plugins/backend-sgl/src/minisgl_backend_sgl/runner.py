@@ -104,7 +104,7 @@ class SglModelRunner:
         weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         logger.info("Model ready in %.1f s: %.2f GiB of weights", time.perf_counter() - start, weight_bytes / GIB)
 
-        self.kernels = select_kernels(self.device, dtype, settings.attention_backend)
+        self.kernels = select_kernels(self.device, dtype, settings.attention_backend, settings.moe_backend)
         self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count if self.cuda else 1
 
         max_context = config.max_position_embeddings

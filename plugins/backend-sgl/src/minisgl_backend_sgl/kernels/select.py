@@ -8,6 +8,7 @@ The choice is logged, so a user sees which path runs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ class KernelSet:
     rope_and_store_kv: Callable[..., None]
     extend_attention: Callable[..., torch.Tensor]
     decode_attention: Callable[..., torch.Tensor]
-    fused_moe: Callable[..., torch.Tensor] = reference.fused_moe  # routed experts (the torch reference for now)
+    fused_moe: Callable[..., torch.Tensor] = reference.fused_moe  # routed experts of MoE models
 
 
 REFERENCE = KernelSet(
@@ -41,7 +42,7 @@ REFERENCE = KernelSet(
 
 
 def triton_kernels() -> KernelSet:
-    from . import activation, attention, norm, rope_store
+    from . import activation, attention, moe, norm, rope_store
 
     return KernelSet(
         name="triton",
@@ -50,6 +51,7 @@ def triton_kernels() -> KernelSet:
         rope_and_store_kv=rope_store.rope_and_store_kv,
         extend_attention=attention.extend_attention,
         decode_attention=attention.decode_attention,
+        fused_moe=moe.fused_moe,
     )
 
 
@@ -85,8 +87,14 @@ def _sgl_kernel_ops(device: torch.device, dtype: torch.dtype) -> tuple[Callable[
     return rmsnorm, silu_mul
 
 
-def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: str = "auto") -> KernelSet:
+def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: str = "auto",
+                   moe_backend: str = "auto") -> KernelSet:
+    """The kernels for `device`; MoE models' experts run in the fused Triton MoE on CUDA
+    (`--moe-backend auto` or `fused`), in the torch reference elsewhere."""
     if device.type != "cuda":
+        if moe_backend == "fused":
+            raise ValueError("--moe-backend fused runs the Triton MoE kernel on CUDA; on the CPU backend-sgl "
+                             "runs the torch reference (--moe-backend auto)")
         logger.info("backend-sgl kernels: torch reference (device %s has no Triton path)", device)
         return REFERENCE
     if attention_backend in ("fa", "fi"):
@@ -94,16 +102,9 @@ def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: 
     kernels = triton_kernels()
     sgl = _sgl_kernel_ops(device, dtype)
     if isinstance(sgl, str):
-        logger.info("backend-sgl kernels: Triton attention, RMSNorm, RoPE+KV store, SiLU-mul; %s", sgl)
+        logger.info("backend-sgl kernels: Triton attention, RMSNorm, RoPE+KV store, SiLU-mul, fused MoE; %s", sgl)
         return kernels
     rmsnorm, silu_mul = sgl
-    logger.info("backend-sgl kernels: Triton attention and RoPE+KV store; sgl_kernel RMSNorm and SiLU-mul")
-    return KernelSet(
-        name="triton+sgl_kernel",
-        rmsnorm=rmsnorm,
-        silu_mul=silu_mul,
-        rope_and_store_kv=kernels.rope_and_store_kv,
-        extend_attention=kernels.extend_attention,
-        decode_attention=kernels.decode_attention,
-    )
+    logger.info("backend-sgl kernels: Triton attention, RoPE+KV store and fused MoE; sgl_kernel RMSNorm and SiLU-mul")
+    return dataclasses.replace(kernels, name="triton+sgl_kernel", rmsnorm=rmsnorm, silu_mul=silu_mul)
 
