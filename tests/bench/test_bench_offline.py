@@ -70,3 +70,17 @@ def test_the_roofline_floor_is_the_slower_of_bytes_and_flops_per_step():
     assert compute_bound.decode_bytes_bound_steps == 0
     assert compute_bound.decode_seconds == pytest.approx(sum((2e9 + a) / 1e12 for a in attention))
 
+
+
+def test_a_moe_step_reads_the_experts_its_batch_routes_to():
+    import torch
+
+    from minisgl.bench.roofline import ModelShape
+    from minisgl.models import resolve_model
+
+    shape = ModelShape.of(resolve_model("qwen3-30b-a3b", progress=False).path, torch.bfloat16)
+    assert 3.0e9 < shape.params < 3.4e9  # "A3B": about 3 B parameters run per token
+    one, many = shape.step_weight_bytes(1), shape.step_weight_bytes(4096)
+    assert one == pytest.approx(shape.weight_bytes + 8 * shape.expert_bytes)  # 8 of 128 experts
+    assert many == pytest.approx(shape.weight_bytes + 128 * shape.expert_bytes)  # every expert, about 61 GB
+    assert 60e9 < many < 62e9

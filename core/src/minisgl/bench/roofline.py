@@ -9,7 +9,9 @@ from two ceilings measured in the same process at start.
   read of the weights): step s reads all weights once and the K/V of each running request's
   context, and does 2 x parameters FLOPs per running request (plus attention over its
   context, and the LM head); it takes the longer of its bytes at the bandwidth and its
-  FLOPs at the matmul rate.
+  FLOPs at the matmul rate. In a mixture-of-experts model a token runs its top-k experts
+  only, and a step reads the experts its batch routes to: of E experts, B tokens reach
+  E x (1 - (1 - k/E)^B) on average when routing is uniform.
 
 On a GPU decode is bound by bytes; on a CPU mostly by FLOPs. `efficiency` is the floor's
 time over the measured time.
@@ -75,9 +77,19 @@ class ModelShape:
     hidden: int
     heads: int
     head_dim: int
-    params: float  # parameters a token runs through, the LM head's included
-    weight_bytes: float  # every weight, read once by a decode step
+    params: float  # parameters a token runs through, the LM head's included (its routed experts only)
+    weight_bytes: float  # every weight a decode step reads whatever its batch (all of them, but the experts)
     kv_bytes_per_token: float  # K and V of one token in every layer
+    experts: int = 0  # a mixture of experts: how many per sparse layer,
+    experts_per_token: int = 0  # how many route per token,
+    expert_bytes: float = 0.0  # and one expert's bytes over every sparse layer
+
+    def step_weight_bytes(self, batch: int) -> float:
+        """The weights a decode step of `batch` tokens reads."""
+        if not self.experts:
+            return self.weight_bytes
+        reached = self.experts * (1 - (1 - self.experts_per_token / self.experts) ** batch)
+        return self.weight_bytes + reached * self.expert_bytes
 
     @classmethod
     def of(cls, path: str, dtype: Any) -> ModelShape:
@@ -91,11 +103,23 @@ class ModelShape:
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
         head_dim = getattr(cfg, "head_dim", None) or h // heads
         inter = getattr(cfg, "intermediate_size", 4 * h)
-        per_layer = h * head_dim * (heads + 2 * kv_heads) + heads * head_dim * h + 3 * h * inter
+        attention = h * head_dim * (heads + 2 * kv_heads) + heads * head_dim * h
         embed = vocab * h * (1 if getattr(cfg, "tie_word_embeddings", False) else 2)
-        return cls(layers, h, heads, head_dim, params=layers * per_layer + vocab * h,
-                   weight_bytes=(layers * per_layer + embed) * item,
-                   kv_bytes_per_token=layers * 2 * kv_heads * head_dim * item)
+        kv = layers * 2 * kv_heads * head_dim * item
+        experts = getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", None) or 0
+        if not experts:
+            per_layer = attention + 3 * h * inter
+            return cls(layers, h, heads, head_dim, params=layers * per_layer + vocab * h,
+                       weight_bytes=(layers * per_layer + embed) * item, kv_bytes_per_token=kv)
+        top_k, expert_inter = cfg.num_experts_per_tok, cfg.moe_intermediate_size
+        dense = set(getattr(cfg, "mlp_only_layers", None) or ())
+        step = getattr(cfg, "decoder_sparse_step", 1) or 1
+        sparse = sum(1 for i in range(layers) if i not in dense and (i + 1) % step == 0)
+        shared = layers * attention + (layers - sparse) * 3 * h * inter + sparse * h * experts  # routers too
+        expert = 3 * h * expert_inter
+        return cls(layers, h, heads, head_dim, params=shared + sparse * top_k * expert + vocab * h,
+                   weight_bytes=(shared + embed) * item, kv_bytes_per_token=kv, experts=experts,
+                   experts_per_token=top_k, expert_bytes=sparse * expert * item)
 
     def attention_flops(self, context: int) -> float:
         """Scores and values of one query over `context` keys, every layer."""
@@ -131,7 +155,7 @@ def roofline_floor(shape: ModelShape, prompt_lens: list[int], output_lens: list[
         contexts = [p + s + 1 for p, n in zip(prompt_lens, output_lens) if n > s + 1]
         if not contexts:
             break
-        read = shape.weight_bytes + shape.kv_bytes_per_token * sum(contexts)
+        read = shape.step_weight_bytes(len(contexts)) + shape.kv_bytes_per_token * sum(contexts)
         flops = 2 * shape.params * len(contexts) + sum(shape.attention_flops(c) for c in contexts)
         memory_s, compute_s = read / ceilings.bandwidth, flops / ceilings.flops
         bytes_bound += memory_s >= compute_s
