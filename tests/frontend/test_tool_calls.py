@@ -65,6 +65,8 @@ CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris {x}", 
     (HERMES, '<tool_call>\n{"name": "f", "arguments": "s"}</tool_call>', ("", [("f", '"s"')])),
     (LLAMA3, '{"name": "f", "parameters": {"x": "a;b"}}; {"name": "g", "parameters": {}}',
      ("", [("f", '{"x": "a;b"}'), ("g", "{}")])),
+    (LLAMA3, '{"name": "f", "parameters": {}};{"name": "g", "parameters": {"y": 1}}',
+     ("", [("f", "{}"), ("g", '{"y": 1}')])),
     (LLAMA3, 'Hello {"name": "f"}', ('Hello {"name": "f"}', [])),  # bare calls only open the answer
 ])
 def test_every_way_of_cutting_the_answer_gives_the_same_calls(fmt, text, want):

@@ -210,7 +210,7 @@ class ToolCallParser:
                 lead = self.buffer.lstrip()
                 if not lead:
                     break
-                closer = end or self.fmt.separator
+                closer = end or self.fmt.separator.strip()  # "; " in the grammar, ";" however spaced here
                 if lead.startswith(closer):
                     self.buffer = lead[len(closer):]
                     if self.max_calls is not None and self.calls >= self.max_calls:
