@@ -1,6 +1,7 @@
 """Tensor parallelism on the CPU (backend-sgl, gloo, two processes): TP=2 gives TP=1's logits
 within fp32 tolerance and its greedy tokens, through the runner, `minisgl generate` and the
-server; a port in use and a rank that dies are clear errors, never a hang."""
+server; a port in use and a rank that dies are clear errors, never a hang (the server answers
+503 and restarts the engine with new ranks)."""
 
 from __future__ import annotations
 
@@ -120,3 +121,49 @@ def test_the_server_on_two_ranks_answers_as_on_one(tiny_qwen3_path, tmp_path):
         finally:
             srv.stop()
     assert answers[1] == answers[2] and answers[1]
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+def _spawned(pid: int) -> list[int]:
+    """Child processes started by multiprocessing's spawn (not its resource tracker)."""
+    def cmdline(p: int) -> str:
+        with open(f"/proc/{p}/cmdline") as f:
+            return f.read()
+    return [c for c in _children(pid) if "spawn_main" in cmdline(c) and "resource_tracker" not in cmdline(c)]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads process children from /proc")
+def test_a_dead_rank_fails_requests_cleanly_and_the_engine_comes_back(tiny_qwen3_path, tmp_path):
+    srv = start_server(tiny_qwen3_path, "--backend", "sgl", "--device", "cpu", "--tp-size", "2",
+                       "--engine-restart-backoff-s", "0.5", log_dir=tmp_path)
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        model = client.models.list().data[0].id
+        ask = dict(model=model, prompt="Hello there", max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
+        first = client.completions.create(**ask).choices[0].text
+        [engine] = _spawned(srv.proc.pid)
+        [rank1] = _spawned(engine)
+        os.kill(rank1, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as failed:  # the step that finds the rank gone fails: no hang
+            client.completions.create(**ask)
+        assert failed.value.status_code == 503 and failed.value.body["code"] == "engine_unavailable"
+        assert time.monotonic() - started < 60
+        deadline = time.monotonic() + 120
+        while True:  # the server restarts the engine, with new ranks
+            try:
+                again = client.completions.create(**ask).choices[0].text
+                break
+            except openai.APIStatusError as exc:
+                assert exc.status_code == 503 and time.monotonic() < deadline, exc
+                time.sleep(1)
+        assert again == first
+    finally:
+        srv.stop()
