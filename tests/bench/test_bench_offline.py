@@ -59,7 +59,8 @@ def test_w1_draws_input_lengths_then_output_lengths_from_seed_0():
 def test_the_roofline_floor_is_the_slower_of_bytes_and_flops_per_step():
     from minisgl.bench.roofline import Ceilings, ModelShape, roofline_floor
 
-    shape = ModelShape(layers=1, hidden=8, heads=1, head_dim=8, params=1e9, weight_bytes=2e9, kv_bytes_per_token=1e6)
+    shape = ModelShape(layers=1, hidden=8, heads=1, head_dim=8, params=1e9, lm_head_params=1e8, weight_bytes=2e9,
+                       kv_bytes_per_token=1e6)
     # one request: prompt 10, 3 output tokens (the first from the prefill, then 2 decode steps at contexts 11, 12)
     memory_bound = roofline_floor(shape, [10], [3], Ceilings("x", bandwidth=1e12, flops=1e15))
     attention = [4.0 * 8 * c for c in (11, 12)]

@@ -86,38 +86,23 @@ def compute_floor(path: str, dtype: str, wl: Workload) -> tuple[float, str]:
     import torch
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(path).get_text_config()
+    from .hf_peers import hf_device
+    from .roofline import ModelShape, best_seconds
+
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-    h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
-    inter = getattr(cfg, "intermediate_size", 4 * h)
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", heads) or heads
-    head_dim = getattr(cfg, "head_dim", None) or h // heads
-    per_token_params = layers * (h * head_dim * (heads + 2 * kv_heads) + heads * head_dim * h + 3 * h * inter)
+    shape = ModelShape.of(path, torch_dtype)
+    body = shape.params - shape.lm_head_params
     flops = 0.0
     for p, n in zip(wl.prompts, wl.output_lens):
         tokens = len(p) + n
-        flops += 2 * per_token_params * tokens + 2 * vocab * h * n  # LM head only for sampled rows
-        flops += layers * 4 * heads * head_dim * tokens * tokens / 2  # causal attention scores + values
-    from .hf_peers import hf_device
-
+        flops += 2 * body * tokens + 2 * shape.lm_head_params * n  # LM head only for sampled rows
+        flops += shape.attention_flops(tokens) * tokens / 2  # causal attention scores + values
+    cfg = AutoConfig.from_pretrained(path).get_text_config()
+    h, inter = cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
     device = hf_device()
     a = torch.randn(1024, h, dtype=torch_dtype, device=device)
     b = torch.randn(h, inter, dtype=torch_dtype, device=device)
-    for _ in range(3):
-        a @ b
-    if device == "cuda":
-        torch.cuda.synchronize()
-    # the best of several windows: the hardware's rate, not whatever else the machine was doing
-    reps, best = 5 if device == "cpu" else 50, float("inf")
-    for _ in range(6):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    rate = 2 * 1024 * h * inter * reps / best
+    rate = 2 * 1024 * h * inter / best_seconds(lambda: a @ b, device, reps=5 if device == "cpu" else 50)
     how = f"{flops / 1e12:.2f} TFLOP of model math at {rate / 1e9:.1f} GFLOP/s ({str(torch_dtype)[6:]} 1024x{h}x{inter} matmul timed here on {device})"
     return flops / rate, how
 

@@ -41,7 +41,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _best_seconds(fn: Any, device: str, reps: int, windows: int = 6) -> float:
+def best_seconds(fn: Any, device: str, reps: int, windows: int = 6) -> float:
     for _ in range(2):
         fn()
     _sync(device)
@@ -63,11 +63,11 @@ def measure_ceilings(device: str, dtype: Any, hidden: int = 4096, inter: int = 1
     n = (1 << 30 if device == "cuda" else 1 << 27) // 4  # 1 GiB on a GPU, 128 MiB on a CPU: past every cache
     src = torch.empty(n, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    copy_s = _best_seconds(lambda: dst.copy_(src), device, reps=10 if device == "cuda" else 3)
+    copy_s = best_seconds(lambda: dst.copy_(src), device, reps=10 if device == "cuda" else 3)
     rows = 4096 if device == "cuda" else 1024
     a = torch.randn(rows, hidden, dtype=dtype, device=device)
     b = torch.randn(hidden, inter, dtype=dtype, device=device)
-    matmul_s = _best_seconds(lambda: a @ b, device, reps=20 if device == "cuda" else 2)
+    matmul_s = best_seconds(lambda: a @ b, device, reps=20 if device == "cuda" else 2)
     return Ceilings(device, 2 * src.numel() * 4 / copy_s, 2 * rows * hidden * inter / matmul_s)
 
 
@@ -78,6 +78,7 @@ class ModelShape:
     heads: int
     head_dim: int
     params: float  # parameters a token runs through, the LM head's included (its routed experts only)
+    lm_head_params: float  # of which the LM head's
     weight_bytes: float  # every weight a decode step reads whatever its batch (all of them, but the experts)
     kv_bytes_per_token: float  # K and V of one token in every layer
     experts: int = 0  # a mixture of experts: how many per sparse layer,
@@ -109,7 +110,7 @@ class ModelShape:
         experts = getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", None) or 0
         if not experts:
             per_layer = attention + 3 * h * inter
-            return cls(layers, h, heads, head_dim, params=layers * per_layer + vocab * h,
+            return cls(layers, h, heads, head_dim, params=layers * per_layer + vocab * h, lm_head_params=vocab * h,
                        weight_bytes=(layers * per_layer + embed) * item, kv_bytes_per_token=kv)
         top_k, expert_inter = cfg.num_experts_per_tok, cfg.moe_intermediate_size
         dense = set(getattr(cfg, "mlp_only_layers", None) or ())
@@ -118,7 +119,7 @@ class ModelShape:
         shared = layers * attention + (layers - sparse) * 3 * h * inter + sparse * h * experts  # routers too
         expert = 3 * h * expert_inter
         return cls(layers, h, heads, head_dim, params=shared + sparse * top_k * expert + vocab * h,
-                   weight_bytes=(shared + embed) * item, kv_bytes_per_token=kv, experts=experts,
+                   lm_head_params=vocab * h, weight_bytes=(shared + embed) * item, kv_bytes_per_token=kv, experts=experts,
                    experts_per_token=top_k, expert_bytes=sparse * expert * item)
 
     def attention_flops(self, context: int) -> float:

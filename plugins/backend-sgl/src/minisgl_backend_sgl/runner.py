@@ -28,7 +28,6 @@ from .cuda_graph import DecodeGraphs, graph_batch_sizes, resolve_max_bs
 from .forward_meta import build_meta, decode_splits, validate_batch
 from .kernels.select import select_kernels
 from .kv_cache import GIB, KVCache, KVLayout, plan_num_pages
-from .linear import HeadSplit
 from .model import CausalLM
 from .rope import cos_sin_table
 from .tp import TensorParallel, Workers, batch_metadata, check_port_free, init_port
@@ -113,7 +112,7 @@ class SglModelRunner:
         free, total = _memory(self.device)
         if not self.cuda:  # the ranks of a CPU share its memory
             free, total = free // settings.tp_size, total // settings.tp_size
-        kv_heads = HeadSplit.of(config.num_heads, config.num_kv_heads, tp_rank, settings.tp_size).kv_count
+        kv_heads = self.model.model.layers[0].self_attn.num_kv_heads  # this rank's (its HeadSplit)
         layout = KVLayout(config.num_layers, kv_heads, config.head_dim, dtype)
         num_pages = plan_num_pages(
             layout, settings.page_size, free_bytes=free, total_bytes=total, memory_ratio=settings.memory_ratio,
@@ -121,7 +120,7 @@ class SglModelRunner:
             num_pages=settings.num_pages, max_useful_tokens=settings.max_running_requests * max_context,
         )
         if self.tp is not None:  # every rank's pool has rank 0's number of slots
-            num_pages = int(self.tp.broadcast_ids(torch.tensor([num_pages]) if tp_rank == 0 else None, 1).item())
+            num_pages = int(self.tp.broadcast(torch.tensor([num_pages]) if tp_rank == 0 else None, 1).item())
         self.kv = KVCache(layout, num_pages, settings.page_size, self.device)
         self.max_context_len = min(max_context, self.kv.capacity)
         self.cos_sin = cos_sin_table(config.head_dim, config.rope, self.max_context_len, self.device)
@@ -166,7 +165,7 @@ class SglModelRunner:
         validate_batch(batch)
         if self.workers is not None:
             self.workers.send(batch_metadata(batch))
-            self.tp.broadcast_ids(batch.input_ids, batch.num_tokens)
+            self.tp.broadcast(batch.input_ids, batch.num_tokens)
         return self.shard_logits(batch)
 
     @torch.inference_mode()

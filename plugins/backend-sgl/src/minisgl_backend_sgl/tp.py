@@ -72,9 +72,9 @@ class TensorParallel:
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts, dim=-1)
 
-    def broadcast_ids(self, ids: torch.Tensor | None, n: int) -> torch.Tensor:
-        """Rank 0's input ids (`ids`) on every rank."""
-        out = ids.to(self.device).contiguous() if ids is not None else torch.empty(n, dtype=torch.int64, device=self.device)
+    def broadcast(self, values: torch.Tensor | None, n: int) -> torch.Tensor:
+        """Rank 0's `n` int64 values (input ids, the pool's size) on every rank."""
+        out = values.to(self.device).contiguous() if values is not None else torch.empty(n, dtype=torch.int64, device=self.device)
         dist.broadcast(out, src=0)
         return out
 
@@ -185,7 +185,7 @@ def worker_main(settings: Any, model_path: str, dummy: bool, rank: int, size: in
                     continue
                 if batch is None:
                     break
-                batch.input_ids = runner.tp.broadcast_ids(None, sum(batch.extend_lens))
+                batch.input_ids = runner.tp.broadcast(None, sum(batch.extend_lens))
                 runner.shard_logits(batch)
     finally:
         runner.tp.close()
