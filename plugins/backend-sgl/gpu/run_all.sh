@@ -11,6 +11,8 @@ export PYTHONPATH=core/src:plugins/backend-sgl/src:plugins/backend-sgl/tests:${P
 export PYTHONUNBUFFERED=1
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
 STAGES=${STAGES:-tests,check,e2e,bench}
+# the engine and the settings find backend-sgl through entry points: install our distributions first
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e core -e plugins/backend-sgl -e plugins/backend-hf 2>&1 | tail -3
 if [[ $STAGES == *tests* ]]; then
   python3 -m pytest -q -p no:cacheprovider plugins/backend-sgl/tests 2>&1 | tee "$OUT/tests.log" | tail -25
 fi
@@ -18,8 +20,6 @@ if [[ $STAGES == *check* ]]; then
   python3 plugins/backend-sgl/gpu/check.py 2>&1 | tee "$OUT/check.log" | grep -v "^INFO"
 fi
 if [[ $STAGES == *e2e* ]]; then
-  # the engine finds backends through entry points: install our distributions (no network needed)
-  python3 -m pip install -q --no-deps --no-build-isolation --no-index -e core -e plugins/backend-sgl -e plugins/backend-hf 2>&1 | tail -3
   python3 plugins/backend-sgl/gpu/e2e_llm.py 2>&1 | tee "$OUT/e2e.log" | grep -E "E2E|Error|error|Traceback|backend" | head -40
 fi
 if [[ $STAGES == *bench* ]]; then

@@ -54,7 +54,8 @@ def test_graph_batch_sizes():
     assert graph_batch_sizes(1) == [1]
     assert graph_batch_sizes(20) == [1, 2, 4, 8, 16, 20]
     assert graph_batch_sizes(160)[-3:] == [144, 152, 160] and len(graph_batch_sizes(160)) == 4 + 19
-    assert resolve_max_bs(None, 256, 80 * GIB) == 160
+    assert resolve_max_bs(None, 256, 80 * GIB) == 256
+    assert resolve_max_bs(None, 256, 40 * GIB) == 160
     assert resolve_max_bs(None, 256, 16 * GIB) == 64
     assert resolve_max_bs(None, 32, 80 * GIB) == 32
     assert resolve_max_bs(0, 256, 80 * GIB) == 0

@@ -140,3 +140,29 @@ def test_fused_moe(device, tokens, experts, top_k, hidden, inter):
         weights, ids = weights.to(device, dtype), ids.to(device)
         torch.testing.assert_close(moe.fused_moe(x, w13, w2, weights, ids),
                                    reference.fused_moe(x, w13, w2, weights, ids), **tol(dtype))
+
+
+def test_fused_moe_replays_in_a_cuda_graph(device):
+    """Decode graphs capture the MoE once and replay it under any routing."""
+    if device.type != "cuda":
+        pytest.skip("CUDA graphs need a CUDA GPU")
+    from minisgl_backend_sgl.kernels import moe
+
+    tokens, experts, top_k, hidden, inter = 12, 8, 2, 64, 32
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(tokens, hidden, generator=gen).to(device)
+    w13 = (torch.randn(experts, 2 * inter, hidden, generator=gen) / hidden**0.5).to(device)
+    w2 = (torch.randn(experts, hidden, inter, generator=gen) / inter**0.5).to(device)
+    weights = torch.zeros(tokens, top_k, device=device)
+    ids = torch.zeros(tokens, top_k, dtype=torch.int64, device=device)
+    moe.fused_moe(x, w13, w2, weights, ids)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = moe.fused_moe(x, w13, w2, weights, ids)
+    for seed in range(3):
+        probs = torch.rand(tokens, experts, generator=torch.Generator().manual_seed(seed)).softmax(-1)
+        w, i = probs.topk(top_k, dim=-1)
+        weights.copy_(w.to(device))
+        ids.copy_(i.to(device))
+        graph.replay()
+        torch.testing.assert_close(out, reference.fused_moe(x, w13, w2, weights, ids), **tol(torch.float32))

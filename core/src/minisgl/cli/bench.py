@@ -236,7 +236,8 @@ def grammar(model, backend, dtype, batch, tokens, rounds, seed, grammar_backend)
     _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
     console = Console()
     settings = {"max_running_requests": max(batch, 1), "grammar_backend": grammar_backend}
-    with LLM(_model_path(model), backend=backend, dtype=dtype, **settings) as llm:
+    _model_path(model)  # fetch or resolve first, with a clear error; LLM takes the name (a preset may be dummy)
+    with LLM(model, backend=backend, dtype=dtype, **settings) as llm:
         free, constrained = measure(llm, batch, tokens, rounds, seed)
     table = Table(title=f"decode steps at {batch} rows, {model}")
     for col in ("run", "steps", "median step ms", "median mask fill ms (worker thread)"):

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 GIB = 1024**3
 AUTO_MAX_BS = 160  # mini-sglang captures 1..160 by default
+AUTO_MAX_BS_LARGE_GPU = 256  # 80 GiB and up: a full W1 batch (256 running) replays instead of launching eagerly
 AUTO_MAX_BS_SMALL_GPU = 64  # under 24 GiB of device memory
 
 
@@ -42,7 +43,8 @@ def graph_batch_sizes(max_bs: int) -> list[int]:
 def resolve_max_bs(setting: int | None, max_running_requests: int, total_memory_bytes: int) -> int:
     """--cuda-graph-max-bs: 0 disables; None picks by device memory; never above the running cap."""
     if setting is None:
-        setting = AUTO_MAX_BS if total_memory_bytes >= 24 * GIB else AUTO_MAX_BS_SMALL_GPU
+        setting = (AUTO_MAX_BS_LARGE_GPU if total_memory_bytes >= 80 * GIB else
+                   AUTO_MAX_BS if total_memory_bytes >= 24 * GIB else AUTO_MAX_BS_SMALL_GPU)
     return min(setting, max_running_requests)
 
 

@@ -23,12 +23,15 @@ BLOCK_M = 16
 
 @triton.jit
 def _grouped_gemm(a_ptr, w_ptr, out_ptr, rows_ptr, block_experts_ptr, scale_ptr,
-                  n_rows, N, K, rows_per_a,
+                  n_rows, num_experts, N, K, rows_per_a,
                   stride_a, stride_we, stride_wn, stride_wk, stride_out,
-                  SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                  SCALE: tl.constexpr, IEEE: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     block = tl.program_id(0)
     tile_n = tl.program_id(1)
     expert = tl.load(block_experts_ptr + block).to(tl.int64)
+    if expert >= num_experts:  # a block past the last expert's rows
+        return
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     pair = tl.load(rows_ptr + offs_m)  # flattened (token, slot) index, or n_rows for padding
     valid = pair < n_rows
@@ -41,7 +44,10 @@ def _grouped_gemm(a_ptr, w_ptr, out_ptr, rows_ptr, block_experts_ptr, scale_ptr,
                     mask=valid[:, None] & (offs_k[None, :] < K), other=0.0)
         w = tl.load(w_ptr + expert * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk,
                     mask=(offs_n[None, :] < N) & (offs_k[:, None] < K), other=0.0)
-        acc += tl.dot(a, w)
+        if IEEE:  # fp32 stays fp32 (tl.dot would round it to TF32 on the GPU)
+            acc += tl.dot(a, w, input_precision="ieee")
+        else:
+            acc += tl.dot(a, w)
     if SCALE:
         acc *= tl.load(scale_ptr + pair, mask=valid, other=0.0).to(tl.float32)[:, None]
     out_row = pair.to(tl.int64)
@@ -50,17 +56,24 @@ def _grouped_gemm(a_ptr, w_ptr, out_ptr, rows_ptr, block_experts_ptr, scale_ptr,
 
 
 def _sort_by_expert(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pair index per padded row, expert per block of BLOCK_M rows); padding rows hold T * k."""
+    """(pair index per padded row, expert per block of BLOCK_M rows).
+
+    Sizes depend on the shapes alone, never on the routing, so a CUDA graph can capture it:
+    the rows are the worst case T*k + E*(BLOCK_M - 1); padding rows hold T*k and blocks past
+    the last expert's run hold E, which the kernel skips."""
     flat = topk_ids.flatten()
-    order = flat.argsort(stable=True)
-    counts = torch.bincount(flat, minlength=num_experts)
+    pairs = flat.numel()
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    rows = torch.full((int(padded.sum()),), flat.numel(), dtype=torch.int64, device=flat.device)
-    starts = torch.cumsum(padded, 0) - padded  # where each expert's run begins among the padded rows
+    ends = torch.cumsum(padded, 0)
+    num_blocks = triton.cdiv(pairs + num_experts * (BLOCK_M - 1), BLOCK_M)
+    rows = torch.full((num_blocks * BLOCK_M,), pairs, dtype=torch.int64, device=flat.device)
+    order = flat.argsort(stable=True)
     sorted_experts = flat[order]
-    rank_in_expert = torch.arange(flat.numel(), device=flat.device) - (torch.cumsum(counts, 0) - counts)[sorted_experts]
-    rows[starts[sorted_experts] + rank_in_expert] = order
-    block_experts = torch.repeat_interleave(torch.arange(num_experts, device=flat.device), padded // BLOCK_M)
+    rank_in_expert = torch.arange(pairs, device=flat.device) - (torch.cumsum(counts, 0) - counts)[sorted_experts]
+    rows[(ends - padded)[sorted_experts] + rank_in_expert] = order
+    block_starts = torch.arange(num_blocks, device=flat.device) * BLOCK_M
+    block_experts = torch.searchsorted(ends, block_starts, right=True)  # E past the last run
     return rows, block_experts
 
 
@@ -70,9 +83,9 @@ def _gemm(a: torch.Tensor, w: torch.Tensor, rows: torch.Tensor, block_experts: t
     out = torch.zeros((n_pairs, n), dtype=a.dtype, device=a.device)
     block_n, block_k = (max(16, min(64, triton.next_power_of_2(d))) for d in (n, k))  # tl.dot needs 16+
     grid = (block_experts.numel(), triton.cdiv(n, block_n))
-    _grouped_gemm[grid](a, w, out, rows, block_experts, scale if scale is not None else out, n_pairs, n, k, rows_per_a,
+    _grouped_gemm[grid](a, w, out, rows, block_experts, scale if scale is not None else out, n_pairs, w.shape[0], n, k, rows_per_a,
                         a.stride(0), w.stride(0), w.stride(1), w.stride(2), out.stride(0),
-                        SCALE=scale is not None, BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k)
+                        SCALE=scale is not None, IEEE=a.dtype == torch.float32, BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k)
     return out
 
 
