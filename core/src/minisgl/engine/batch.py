@@ -46,6 +46,12 @@ class SamplingBatch:
     # structured outputs: int32 [S, ceil(V / 32)], bit t of row s set = token t allowed (None: no grammar)
     # (a Future: the engine fills it on a worker thread while the forward runs; the sampler waits)
     vocab_mask: Future[torch.Tensor] | None = None
+    # what the host knows of the rows, so the sampler never stops to ask the device (a sync
+    # would end overlap scheduling); None: read from the tensors above
+    top_k_max: int | None = None  # the largest top_k in use (0: none)
+    any_top_p: bool | None = None
+    any_min_p: bool | None = None
+    any_seeded: bool | None = None
 
 
 @dataclass

@@ -426,8 +426,8 @@ class Engine:
         behind the device's work on N. Outputs (and finish detection) lag one step."""
         outputs: list[EngineOutput] = []
         previous = self._launched
-        if previous is not None and any(r.needs_penalties or r.grammar is not None for r in previous.sampled):
-            # penalties and grammars read every earlier token on the host: resolve before building
+        if previous is not None and any(r.needs_penalties for r in previous.sampled):
+            # penalties read every earlier token on the host: resolve before building
             outputs += self._process(previous)
             previous = None
         self._launched = None

@@ -65,9 +65,11 @@ def _gumbel(sampling: SamplingBatch, shape: torch.Size, device: torch.device) ->
     rows, vocab = shape
     u = torch.rand(rows, vocab, device=device, dtype=torch.float32).clamp_(min=1e-12, max=1.0 - 1e-7)
     seeded = sampling.seeds >= 0
-    if bool(seeded.any()):
+    if device.type == "cpu":  # asking is free here; draw for the seeded rows alone
         idx = seeded.nonzero(as_tuple=True)[0]
         u[idx] = seeded_uniform(sampling.seeds[idx], sampling.steps[idx], vocab)
+    elif bool(seeded.any()) if sampling.any_seeded is None else sampling.any_seeded:
+        u = torch.where(seeded[:, None], seeded_uniform(sampling.seeds, sampling.steps, vocab), u)
     return -torch.log(-torch.log(u))
 
 
@@ -122,7 +124,9 @@ def _filter(scaled: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
     top_k = torch.where((top_k <= 0) | (top_k > vocab), vocab, top_k)
     top_p = sampling.top_p.to(scaled.device)
     min_p = sampling.min_p.to(scaled.device)
-    need_k, need_p, need_min_p = bool((top_k < vocab).any()), bool((top_p < 1.0).any()), bool((min_p > 0).any())
+    need_k = bool((top_k < vocab).any()) if sampling.top_k_max is None else sampling.top_k_max > 0
+    need_p = bool((top_p < 1.0).any()) if sampling.any_top_p is None else sampling.any_top_p
+    need_min_p = bool((min_p > 0).any()) if sampling.any_min_p is None else sampling.any_min_p
     if need_p:
         sorted_logits, order = scaled.sort(dim=1, descending=True)
         rank = torch.arange(vocab, device=scaled.device)[None, :]
@@ -136,7 +140,7 @@ def _filter(scaled: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
         keep = torch.empty_like(drop).scatter_(1, order, ~drop)
         scaled = scaled.masked_fill(~keep, float("-inf"))
     elif need_k:
-        kmax = int(top_k.max())
+        kmax = int(top_k.max()) if sampling.top_k_max is None else min(sampling.top_k_max, vocab)
         kth = scaled.topk(kmax, dim=1).values.gather(1, (top_k - 1).clamp(max=kmax - 1)[:, None])
         kth = kth.masked_fill(top_k[:, None] >= vocab, float("-inf"))  # rows with top-k off
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))

@@ -82,6 +82,7 @@ class Scheduler:
         # fills grammar bitmask rows: fill_masks([(matcher, row)], bitmask), the engine's grammar backend
         self.fill_masks: Callable[[list[tuple[Any, int]], torch.Tensor], None] | None = None
         self._mask_worker: ThreadPoolExecutor | None = None
+        self._mask_pending: Future[torch.Tensor] | None = None  # the last mask fill submitted
         self.device = torch.device(sampler_device or runner.device)
         width = min(max_context_len, self.pool.num_slots) + 1
         self.page_table = torch.zeros(max_running_requests, width, dtype=torch.int64, device=self.device)
@@ -390,7 +391,7 @@ class Scheduler:
             extend_lens=extend_lens,
             prefix_lens=prefix_lens,
             sample_indices=self._tensor(sample_indices),
-            sampling=self._sampling(sampled) if sampled else None,
+            sampling=self._sampling(sampled, previous) if sampled else None,
             seq_lens=seq_lens,
             images=images,
         )
@@ -408,7 +409,7 @@ class Scheduler:
             return torch.tensor(values, dtype=dtype, device=self.device)
         return torch.tensor(values, dtype=dtype).pin_memory().to(self.device, non_blocking=True)
 
-    def _sampling(self, reqs: Sequence[Req]) -> SamplingBatch:
+    def _sampling(self, reqs: Sequence[Req], previous: ScheduledBatch | None) -> SamplingBatch:
         t = self._tensor
         self._write_row_sampling()
         rows = t([r.row for r in reqs])
@@ -427,7 +428,7 @@ class Scheduler:
             stop_ids = t([sorted(r.stop_ids) + [-1] * (k - len(r.stop_ids)) for r in reqs])
             min_mask = t(under_min, dtype=torch.bool)
         top_logprobs = max(r.params.top_logprobs for r in reqs)
-        grammar_rows = [(r.grammar, row) for row, r in enumerate(reqs) if r.grammar is not None]
+        grammar_rows = [(r, row) for row, r in enumerate(reqs) if r.grammar is not None]
         return SamplingBatch(
             temperature=floats[0], top_p=floats[1], min_p=floats[2], repetition_penalty=floats[3],
             frequency_penalty=floats[4], presence_penalty=floats[5], top_k=ints[0], seeds=ints[1],
@@ -439,7 +440,11 @@ class Scheduler:
             want_logprobs=top_logprobs > 0 or any(r.params.logprobs for r in reqs),
             all_greedy=all(r.temperature == 0.0 for r in reqs),
             needs_penalties=needs_penalties,
-            vocab_mask=self._vocab_mask(grammar_rows, len(reqs)) if grammar_rows else None,
+            top_k_max=max((r.params.top_k for r in reqs if r.temperature > 0), default=0),
+            any_top_p=any(r.params.top_p < 1.0 for r in reqs if r.temperature > 0),
+            any_min_p=any(r.params.min_p > 0 for r in reqs if r.temperature > 0),
+            any_seeded=any(r.seed >= 0 for r in reqs),
+            vocab_mask=self._vocab_mask(grammar_rows, len(reqs), previous) if grammar_rows else None,
         )
 
     def _write_row_sampling(self) -> None:
@@ -456,9 +461,12 @@ class Scheduler:
         self._row_ints.index_copy_(1, rows, self._tensor([[max(r.params.top_k, 0) for r in new],
                                                           [r.seed for r in new]]))
 
-    def _vocab_mask(self, rows: list[tuple[Any, int]], num_rows: int) -> Future[torch.Tensor]:
+    def _vocab_mask(self, rows: list[tuple[Req, int]], num_rows: int,
+                    previous: ScheduledBatch | None) -> Future[torch.Tensor]:
         """The step's grammar bitmask, filled by the grammar backend on a worker thread while
-        the forward runs (the sampler waits for it). Rows without a grammar allow everything."""
+        the forward runs (the sampler waits for it). Rows without a grammar allow everything.
+        Under overlap the matchers still lack step N's tokens: the worker waits for them, feeds
+        them, then fills, so the device runs step N+1's forward meanwhile."""
         words = -(-int(self.runner.vocab_size) // 32)
         mask = torch.full((num_rows, words), -1, dtype=torch.int32)
         for _, row in rows:
@@ -466,12 +474,27 @@ class Scheduler:
         if self._mask_worker is None:
             self._mask_worker = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
         assert self.fill_masks is not None, "requests with grammars need Scheduler.fill_masks"
+        index = {id(r): i for i, r in enumerate(previous.sampled)} if previous is not None else {}
+        unfed = [(req, index[id(req)]) for req, _ in rows if id(req) in index]
 
         def fill() -> torch.Tensor:
-            self.fill_masks(rows, mask)
+            if unfed:
+                assert previous is not None and previous.result is not None
+                tokens = previous.result.resolve().next_tokens.tolist()
+                for req, i in unfed:
+                    self._feed_grammar(req, int(tokens[i]))
+            self.fill_masks([(r.grammar, row) for r, row in rows], mask)
             return mask
 
-        return self._mask_worker.submit(fill)
+        self._mask_pending = self._mask_worker.submit(fill)
+        return self._mask_pending
+
+    @staticmethod
+    def _feed_grammar(req: Req, token: int) -> None:
+        """Each output token reaches the matcher once: from the mask worker under overlap,
+        else from `process`."""
+        req.grammar_ok = req.grammar.accept(token)
+        req.grammar_fed += 1
 
     def process(self, scheduled: ScheduledBatch, result: ForwardResult) -> list[EngineOutput]:
         """Append the sampled tokens, finish what is done, and say what each request got."""
@@ -479,6 +502,9 @@ class Scheduler:
         if not scheduled.sampled:
             return []
         result = result.resolve()  # the only wait for the device
+        if self._mask_pending is not None:
+            self._mask_pending.result()  # it may be feeding this step's tokens to the matchers
+            self._mask_pending = None
         tokens = result.next_tokens.tolist()
         logprobs = result.logprobs.tolist() if result.logprobs is not None else None
         top_ids = result.top_logprob_ids.tolist() if result.top_logprob_ids is not None else None
@@ -493,7 +519,9 @@ class Scheduler:
             req.num_output += 1
             self.counters["generation_tokens_total"] += 0 if req.warm_only else 1
             reason = None
-            if req.grammar is not None and not req.grammar.accept(tok) and tok not in req.stop_ids:
+            if req.grammar is not None and req.grammar_fed < req.num_output:
+                self._feed_grammar(req, tok)
+            if req.grammar is not None and not req.grammar_ok and tok not in req.stop_ids:
                 log.warning("rid=%s: token %d outside its grammar (%s)", req.rid, tok, req.grammar.error)
             if tok in req.stop_ids and req.num_output >= req.params.min_new_tokens:
                 reason = "stop"
