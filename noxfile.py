@@ -45,7 +45,7 @@ def _env() -> dict[str, str]:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Every distribution installed together (as users pip install them), then pytest."""
-    _install(session, CORE, *PLUGINS.values(), SERVER, *TEST_DEPS)
+    _install(session, CORE, *PLUGINS.values(), SERVER + "[ray]", *TEST_DEPS)
     session.run("pytest", *(session.posargs or ["-q"]), env=_env() | {"TRITON_INTERPRET": "1"})
 
 

@@ -42,6 +42,14 @@ tp_size = 2
 
 [instance.off.control]
 enabled = false
+
+[instance.cluster.control]
+ray_address = "ray://head:10001"
+
+[instance.cluster.server]
+port = 30003
+distributed_executor = "ray"
+dp_size = 4
 """
 
 
@@ -54,7 +62,7 @@ def toml_file(tmp_path):
 
 def test_plan_converts_keys_to_flags(toml_file):
     instances = {i.name: i for i in plan(load_config(toml_file, environ={}))}
-    assert set(instances) == {"small", "big"}
+    assert set(instances) == {"small", "big", "cluster"}
     small = instances["small"]
     assert small.argv[:3] == ["/opt/py/bin/python", "-m", "minisgl.launch_server"]
     assert small.argv[3:] == [
@@ -65,6 +73,9 @@ def test_plan_converts_keys_to_flags(toml_file):
     big = instances["big"]
     assert big.env == {"CUDA_VISIBLE_DEVICES": "0,1"} and big.log_file == "/tmp/big.log"
     assert big.background is False and "--tp-size" in big.argv and big.argv[big.argv.index("--tp-size", 4) + 1] == "2"
+    cluster = instances["cluster"]  # a server whose replicas are Ray actors on that cluster
+    assert cluster.env == {"RAY_ADDRESS": "ray://head:10001"}
+    assert cluster.argv[-6:] == ["--port", "30003", "--distributed-executor", "ray", "--dp-size", "4"]
 
 
 def test_overrides_deep_merge_and_master_switch(toml_file):

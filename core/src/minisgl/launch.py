@@ -4,7 +4,8 @@
 [master]                 enable, project_dir, python_path, server_module
 [instance.control]       defaults for every instance: log_dir, background
 [instance.server]        server flags shared by every instance (host, port, tp_size, ...)
-[instance.<name>.control]  enabled, background, log_file, gpu_ids ("all" | "none" | "0,1")
+[instance.<name>.control]  enabled, background, log_file, gpu_ids ("all" | "none" | "0,1"),
+                           ray_address (the Ray cluster for distributed_executor = "ray")
 [instance.<name>.server]   this instance's flags: key_name -> --key-name
 ```
 The file comes from `--config` or AUTO_INFER_SGLANG_CONFIG; AUTO_INFER_SGLANG_OVERRIDES (a
@@ -125,6 +126,8 @@ def plan(data: dict[str, Any]) -> list[Instance]:
             env["CUDA_VISIBLE_DEVICES"] = ""
         elif gpu_ids != "all":
             env["CUDA_VISIBLE_DEVICES"] = gpu_ids
+        if control.get("ray_address"):  # with server.distributed_executor = "ray": its replicas go there
+            env["RAY_ADDRESS"] = str(control["ray_address"])
         log_file = control.get("log_file") or os.path.join(control.get("log_dir", "/tmp"), f"minisgl-{name}.log")
         instances.append(Instance(
             name=name,

@@ -42,6 +42,7 @@ from minisgl.ipc.protocol import EngineReady
 from minisgl.plugins import PluginError, Registry
 from minisgl.settings import Settings
 
+from .ray_executor import RayExecutor
 from .replica import Replica
 from .replica_layout import ReplicaPlacement, describe, plan_replicas
 
@@ -82,7 +83,9 @@ class EnginePool:
         self.registry = registry
         self.placements: list[ReplicaPlacement] = plan_replicas(settings)
         self.ctx = zmq.asyncio.Context()
-        self.endpoints = EndpointAllocator()
+        self.executor = RayExecutor(settings) if settings.distributed_executor == "ray" else None
+        # engines on other hosts connect to the server's node address over tcp
+        self.endpoints = EndpointAllocator("tcp", self.executor.node_ip) if self.executor else EndpointAllocator()
         self.replicas: list[Replica] = []
         self.state = "created"  # created | starting | ready | draining | failed | stopped
         self.policy_name, self.policy = self._make_policy(settings.scheduler)
@@ -113,6 +116,7 @@ class EnginePool:
         return EngineClient(
             self.settings, placement.index, self.endpoints.for_replica(placement.index, generation), self.ctx,
             on_death=self._replica_died, env=placement.env,
+            **({"host": self.executor.host_factory()} if self.executor else {}),
         )
 
     async def start(
@@ -159,6 +163,8 @@ class EnginePool:
         await asyncio.gather(*self._supervisors.values(), return_exceptions=True)
         await asyncio.gather(*(r.client.stop() for r in self.replicas), return_exceptions=True)
         self.endpoints.close()
+        if self.executor is not None:
+            self.executor.close()
         self.ctx.term()
 
     def _replica_died(self, client: EngineClient) -> None:

@@ -23,6 +23,7 @@ from minisgl.settings import FAST_STREAM_DECODE_NOTE, Settings
 from .app import create_app
 from .engine_pool import SchedulerError
 from .http_protocol import header_timeout_protocol
+from .ray_executor import ExecutorError
 from .replica_layout import LayoutError
 from .state import ServerState
 
@@ -73,7 +74,7 @@ def run_server(settings: Settings, sources: dict[str, str] | None = None) -> Non
     registry = get_registry()
     try:
         state = ServerState(settings, sources or {}, registry)
-    except (SchedulerError, SelectionError, LayoutError) as exc:  # a usage error, like a bad flag: exit status 2
+    except (SchedulerError, SelectionError, LayoutError, ExecutorError) as exc:  # a usage error, like a bad flag: exit status 2
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     app = create_app(state)

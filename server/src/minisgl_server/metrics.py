@@ -1,7 +1,7 @@
 """GET /metrics: each replica's engine counters and the pool's view of it (`replicas`),
 their totals at the top level, and the server's rolling latency and throughput; as JSON
-(the seed's format) or Prometheus text with `minisgl:` names and a `replica` label on the
-per-replica series (the totals have none).
+(the seed's format) or Prometheus text with `minisgl:` names and `replica` and `node`
+labels on the per-replica series (the totals have none).
 
 Totals: gauges (running, waiting, KV) sum the live replicas; counters (`*_total`) also
 keep what a dead replica had counted, so they never go backwards."""
@@ -90,7 +90,7 @@ async def collect_metrics(state: Any) -> dict[str, Any]:
 
 class _Snapshot:
     """A prometheus_client collector over one metrics dict: one family per key, with a
-    sample for the total and one per replica (label `replica`)."""
+    sample for the total and one per replica (labels `replica` and `node`: where it runs)."""
 
     def __init__(self, metrics: dict[str, Any]) -> None:
         self.metrics = metrics
@@ -99,32 +99,32 @@ class _Snapshot:
         base_labels = {"model": str(self.metrics.get("model", "")), "backend": str(self.metrics.get("backend", ""))}
         families: dict[str, Any] = {}
 
-        def add(key: str, value: int | float, replica: str) -> None:
+        def add(key: str, value: int | float, replica: str, node: str) -> None:
             family = families.get(key)
             if family is None:
-                names = [*base_labels, "replica"]
+                names = [*base_labels, "replica", "node"]
                 if key in COUNTERS:
                     base = key[: -len("_total")] if key.endswith("_total") else key
                     family = CounterMetricFamily(f"minisgl:{base}", key.replace("_", " "), labels=names)
                 else:
                     family = GaugeMetricFamily(f"minisgl:{key}", key.replace("_", " "), labels=names)
                 families[key] = family
-            family.add_metric([*base_labels.values(), replica], value)
+            family.add_metric([*base_labels.values(), replica, node], value)
 
         for key, value in self.metrics.items():
             if isinstance(value, bool):
                 value = int(value)
             if isinstance(value, int | float):
-                add(key, value, "")
+                add(key, value, "", "")
         for section in self.metrics.get("replicas", []):
-            label = str(section.get("index", ""))
+            label, node = str(section.get("index", "")), str(section.get("node", ""))
             for key, value in section.items():
                 if key in ("index", "pid"):
                     continue
                 if isinstance(value, bool):
                     value = int(value)
                 if isinstance(value, int | float):
-                    add(key, value, label)
+                    add(key, value, label, node)
         yield from families.values()
 
 

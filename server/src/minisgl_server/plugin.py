@@ -1,7 +1,7 @@
 """minisgl-server's plugin: the `minisgl serve` subcommand and the settings only the server
 reads (HTTP, control plane, engine pool and backpressure, shutdown and supervision)."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -17,6 +17,9 @@ Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=86400.0)]
 SETTINGS = [
     ("dp_size", Positive, 1, "engine replicas behind one server"),
     ("enable_multi_device", bool, True, "one replica per GPU when several exist"),
+    ("distributed_executor", Literal["mp", "ray"], "mp",
+     "where engine replicas run: mp (local processes) or ray (Ray actors on the cluster RAY_ADDRESS names, "
+     "else on a local one; pip install 'minisgl-server[ray]')"),
     ("host", str, "127.0.0.1", "HTTP listen address"),
     ("port", Port, 1919, "HTTP listen port"),
     ("http_header_timeout", HeaderTimeout, 5.0, "seconds a connection has to send a request's headers (then it is closed)"),
@@ -40,7 +43,8 @@ SETTINGS = [
     ("engine_restart_backoff_s", Seconds, 1.0,
      "wait before the first restart of a dead engine; doubles with each failure in a row (at most 60 s)"),
 ]
-FLAGS = {"dp_size": ("--data-parallel-size", "--dp-size"), "drain_timeout_s": ("--drain-timeout",)}
+FLAGS = {"dp_size": ("--data-parallel-size", "--dp-size"), "drain_timeout_s": ("--drain-timeout",),
+         "distributed_executor": ("--distributed-executor", "--distributed-executor-backend")}
 
 
 @hookimpl

@@ -108,6 +108,7 @@ class Replica:
             "last_death": self.last_death,
             "pid": c.pid,
             "device": self.placement.device,
+            "node": c.host.node,
             "inflight": self.inflight,
             "requests_dispatched": self.requests_dispatched,
             "warmed_tokens": self.warmed_tokens,

@@ -57,6 +57,8 @@ def _tp_env(settings: Settings, replica: int) -> dict[str, str]:
 def plan_replicas(settings: Settings, gpus: list[str] | None = None) -> list[ReplicaPlacement]:
     """One placement per replica to start. `gpus` defaults to `visible_gpus()`."""
     tp = settings.tp_size
+    if settings.distributed_executor == "ray":  # Ray places each replica and gives it its GPUs
+        return [ReplicaPlacement(i, "ray", _tp_env(settings, i)) for i in range(settings.dp_size)]
     if settings.device in ("auto", "cuda") and settings.enable_multi_device:
         gpus = visible_gpus() if gpus is None else gpus
         if len(gpus) > 1 or (tp > 1 and gpus):

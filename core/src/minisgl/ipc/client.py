@@ -1,19 +1,17 @@
-"""The server's side of one engine replica: spawns the engine process, sends frames, and
-routes each step's outputs to the queue of the request they belong to.
+"""The server's side of one engine replica: starts the engine on its host (a local process,
+or a Ray actor: engine_host.py), sends frames, and routes each step's outputs to the queue
+of the request they belong to.
 
-Engine death (crash, kill, failed start) is noticed through the process sentinel: every
-in-flight request then receives an error output at once and new work is refused, so no
-caller ever hangs on a dead engine."""
+Engine death (crash, kill, failed start) is noticed by the host (the process sentinel, the
+actor's task): every in-flight request then receives an error output at once and new work
+is refused, so no caller ever hangs on a dead engine."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
-import multiprocessing
-import os
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
@@ -23,24 +21,10 @@ from ..engine.messages import AbortRequest, EngineOutput, EngineRequest
 from ..frontend.errors import ErrorKind, RequestError
 from ..settings import Settings
 from .endpoints import ReplicaEndpoints
-from .engine_process import run_engine_process
+from .engine_host import EngineHost, HostFactory, LocalProcess
 from .protocol import EngineCall, EngineFatal, EngineReady, EngineReply, FrameCodec, Shutdown, StepOutputs
 
 log = logging.getLogger("minisgl.ipc")
-
-
-@contextmanager
-def _environment(extra: Mapping[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class EngineUnavailable(RuntimeError):
@@ -56,10 +40,9 @@ class EngineClient:
         ctx: zmq.asyncio.Context,
         on_death: Callable[[EngineClient], None] | None = None,
         env: Mapping[str, str] | None = None,
+        host: HostFactory = LocalProcess,
     ) -> None:
         self.settings = settings
-        # extra environment for the engine process only (CUDA_VISIBLE_DEVICES: its GPU)
-        self.env = dict(env or {})
         self.replica = replica
         self.ctx = ctx
         self.codec = FrameCodec()
@@ -67,7 +50,6 @@ class EngineClient:
         self.state = "created"  # created | starting | ready | dead | stopped
         self.error: str | None = None
         self.ready_info: EngineReady | None = None
-        self.process: multiprocessing.process.BaseProcess | None = None
         # Sends are plain non-blocking calls on a synchronous socket with no high-water
         # mark, so an abort can be sent from any `finally`, even in a cancelled task.
         self._requests = zmq.Context.instance().socket(zmq.PUSH)
@@ -81,32 +63,29 @@ class EngineClient:
             requests=self._requests.getsockopt_string(zmq.LAST_ENDPOINT),
             outputs=self._outputs.getsockopt_string(zmq.LAST_ENDPOINT),
         )
+        # extra environment for the engine only (CUDA_VISIBLE_DEVICES: its GPU)
+        self.host: EngineHost = host(settings, replica, self.endpoints, dict(env or {}))
+        self._started = False
         self._routes: dict[str, asyncio.Queue[EngineOutput]] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._call_ids = itertools.count()
         self._ready: asyncio.Future[EngineReady] | None = None
         self._recv_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> EngineReady:
-        """Spawn the engine process and wait for its "ready" (model loaded and warmed)."""
+        """Start the engine and wait for its "ready" (model loaded and warmed)."""
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self.state = "starting"
-        # spawn, not fork: torch and CUDA are not fork-safe. Not a daemon: a tensor-parallel
-        # engine starts its rank processes; it ends itself when the server is gone (run_engine_process)
-        mp = multiprocessing.get_context("spawn")
-        self.process = mp.Process(
-            target=run_engine_process,
-            args=(self.settings, self.replica, self.endpoints),
-            name=f"minisgl-engine-{self.replica}",
-            daemon=False,
-        )
-        with _environment(self.env):  # spawn copies os.environ when the child starts
-            self.process.start()
-        log.info("engine replica %d: process %d started, loading %s", self.replica, self.process.pid, self.settings.model_path)
-        loop.add_reader(self.process.sentinel, self._on_process_exit)
+        self.host.start(self._on_host_exit)
+        self._started = True
+        log.info("engine replica %d: started on %s (pid %s), loading %s", self.replica, self.host.node,
+                 self.host.pid or "?", self.settings.model_path)
         self._recv_task = asyncio.create_task(self._receive_loop(), name=f"engine-{self.replica}-recv")
+        if self.host.remote:
+            self._watch_task = asyncio.create_task(self._watch_connection(), name=f"engine-{self.replica}-watch")
         info = await self._ready
         self.ready_info = info
         self.state = "ready"
@@ -114,7 +93,7 @@ class EngineClient:
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
+        return self.ready_info.pid if self.ready_info is not None else self.host.pid
 
     @property
     def alive(self) -> bool:
@@ -125,45 +104,55 @@ class EngineClient:
         return len(self._routes)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.state in ("stopped",):
+        if not self._started or self.state in ("stopped",):
             return
-        was_alive = self.process.is_alive()
+        was_alive = self.host.is_alive()
         loading = self.state in ("created", "starting")  # reads no Shutdown frame before it is loaded
+        connected = self.state != "dead"  # a remote engine can be lost while its host still runs
         self.state = "stopped"
         if was_alive and loading:
-            self.process.terminate()
-            self.process.join(5)
+            self.host.terminate()
         elif was_alive:
-            self._send(Shutdown())
+            if connected:
+                self._send(Shutdown())
             for _ in range(int(timeout * 10)):
-                if not self.process.is_alive():
+                if not self.host.is_alive():
                     break
                 await asyncio.sleep(0.1)
-            if self.process.is_alive():
-                self.process.terminate()
-                self.process.join(5)
+            if self.host.is_alive():
+                self.host.terminate()
         self._detach()
         self._fail_everything("engine stopped")
         self._requests.close(linger=0)
         self._outputs.close(linger=0)
 
     def _detach(self) -> None:
-        if self.process is not None:
-            try:
-                asyncio.get_running_loop().remove_reader(self.process.sentinel)
-            except (RuntimeError, ValueError, OSError):
-                pass
-        if self._recv_task is not None:
-            self._recv_task.cancel()
+        self.host.detach()
+        for task in (self._recv_task, self._watch_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
 
-    def _on_process_exit(self) -> None:
-        assert self.process is not None
-        self.process.join(1.0)  # the sentinel can fire before the exit status is there to reap
-        code = self.process.exitcode
+    async def _watch_connection(self) -> None:
+        """A ready engine whose outputs connection closes is dead (a killed process closes
+        its sockets at once; its host may take seconds to say so)."""
+        monitor = self._outputs.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        try:
+            while True:
+                await monitor.recv_multipart()
+                if self.state == "ready":
+                    self._die(f"lost the connection to engine replica {self.replica} on {self.host.node} "
+                              f"(process {self.pid})")
+                    return
+        finally:
+            if not self._outputs.closed:
+                self._outputs.disable_monitor()
+            monitor.close(linger=0)
+
+    def _on_host_exit(self, why: str) -> None:
         self._detach()
         if self.state == "stopped":
             return
-        self._die(self.error or f"engine process {self.process.pid} exited with code {code}")
+        self._die(self.error or why)
 
     def _die(self, error: str) -> None:
         if self.state in ("dead", "stopped"):

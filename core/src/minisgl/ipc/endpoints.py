@@ -1,5 +1,6 @@
 """Where the data-plane sockets live: ipc:// files under a private temp dir (the default on
-POSIX) or loopback tcp (MINISGL_IPC_TRANSPORT=tcp, or where ipc:// is unavailable).
+POSIX) or tcp (MINISGL_IPC_TRANSPORT=tcp, or where ipc:// is unavailable): on loopback, or
+on the address engines on other hosts reach (`host`, for Ray actors).
 
 The temp dir is removed when the allocator closes, at interpreter exit if nobody closed it
 (an exception, sys.exit), and by an engine process that outlives its server (kill -9 of
@@ -31,13 +32,14 @@ class ReplicaEndpoints:
 class EndpointAllocator:
     """Hands out endpoints for replicas and removes the ipc files when closed."""
 
-    def __init__(self, transport: str | None = None) -> None:
+    def __init__(self, transport: str | None = None, host: str = "127.0.0.1") -> None:
         transport = transport or os.environ.get("MINISGL_IPC_TRANSPORT", "")
         if not transport:
             transport = "ipc" if zmq.has("ipc") else "tcp"
         if transport not in ("ipc", "tcp"):
             raise ValueError(f"MINISGL_IPC_TRANSPORT must be 'ipc' or 'tcp', got {transport!r}")
         self.transport = transport
+        self.host = host
         self._tmpdir = tempfile.mkdtemp(prefix=IPC_DIR_PREFIX) if transport == "ipc" else None
         if self._tmpdir is not None:
             atexit.register(self.close)
@@ -52,7 +54,7 @@ class EndpointAllocator:
                 outputs=f"ipc://{self._tmpdir}/{name}-outputs",
             )
         # The binder picks a free port; it reads the real one back (zmq.LAST_ENDPOINT).
-        return ReplicaEndpoints(requests="tcp://127.0.0.1:*", outputs="tcp://127.0.0.1:*")
+        return ReplicaEndpoints(requests=f"tcp://{self.host}:*", outputs=f"tcp://{self.host}:*")
 
     def close(self) -> None:
         if self._tmpdir is not None:

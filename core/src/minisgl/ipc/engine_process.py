@@ -152,7 +152,10 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
     """multiprocessing (spawn) target: one engine replica."""
     from ..cli import setup_logging
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when this engine stops
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when this engine stops
+    except ValueError:  # not the main thread (a Ray actor's task): Ray delivers no SIGINT there
+        pass
     setup_logging(settings.log_level)
     codec = FrameCodec()
     ctx = zmq.Context()
