@@ -1,8 +1,9 @@
 """--distributed-executor ray: two CPU engine replicas as Ray actors on a local Ray cluster
-(`ray start --head --num-cpus 2`), behind one real server on loopback. They answer the
-official openai client, cache_aware keeps a shared prefix on one replica, and a killed
-actor leaves the rotation at once (its stream ends with an error event), is restarted by
-Ray and serves again. Without Ray the flag says what to install."""
+(`ray start --head --num-cpus 2`), behind one real server on loopback, their data path over
+tcp with the control plane's CURVE keys. They answer the official openai client,
+cache_aware keeps a shared prefix on one replica, and a killed actor leaves the rotation at
+once (its stream ends with an error event), is restarted by Ray and serves again. Without
+Ray the flag says what to install."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from helpers import LONG, BackgroundStream, engines, sse_data, sse_json, wait_un
 from server_process import free_port, start_server_with_control
 
 from minisgl.control.client import ControlClient
+from minisgl.control.security import create_curve_keys
 
 pytest.importorskip("ray", reason="needs Ray: pip install 'minisgl-server[ray]'")
 
@@ -42,11 +44,17 @@ def ray_address():
 
 
 @pytest.fixture(scope="module")
-def server(tiny_qwen3_path, ray_address, tmp_path_factory):
+def curve_keys(tmp_path_factory):
+    return str(create_curve_keys(tmp_path_factory.mktemp("curve")))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_qwen3_path, ray_address, curve_keys, tmp_path_factory):
     srv = start_server_with_control(
         tiny_qwen3_path, "--dp-size", "2", "--distributed-executor", "ray",
         log_dir=tmp_path_factory.mktemp("ray-server"),
-        env={**RAY_ENV, "RAY_ADDRESS": ray_address, "ENGINE_RESTART_BACKOFF_S": "0.2"},
+        env={**RAY_ENV, "RAY_ADDRESS": ray_address, "ENGINE_RESTART_BACKOFF_S": "0.2",
+             "ZMQ_CONTROL_CURVE_DIR": curve_keys},
     )
     yield srv
     srv.stop()
@@ -63,6 +71,7 @@ def dispatched(url: str) -> list[int]:
 def test_both_replicas_are_ray_actors_and_answer_the_openai_client(server, ray_address, tiny_qwen3_path):
     log = server.log()
     assert f"Ray: joined the cluster at {ray_address}" in log, log[-3000:]
+    assert "Ray: engines connect over CURVE" in log
     listed = engines(server.url)
     assert [e["state"] for e in listed] == ["ready", "ready"]
     assert all(e["node"].startswith("ray node ") and e["device"] == "ray" for e in listed), listed
@@ -78,7 +87,8 @@ def test_both_replicas_are_ray_actors_and_answer_the_openai_client(server, ray_a
     assert 'node="ray node ' in text and 'replica="1"' in text
 
 
-def test_cache_aware_keeps_a_shared_prefix_on_one_replica(server):
+def test_cache_aware_keeps_a_shared_prefix_on_one_replica(server, curve_keys, monkeypatch):
+    monkeypatch.setenv("ZMQ_CONTROL_CURVE_DIR", curve_keys)  # the control plane shares the keys
     with ControlClient(server.endpoint, timeout=60) as control:
         assert control.call("set_scheduler", name="cache_aware")["scheduler"] == "cache_aware"
         try:

@@ -82,10 +82,11 @@ class EnginePool:
         self.settings = settings
         self.registry = registry
         self.placements: list[ReplicaPlacement] = plan_replicas(settings)
-        self.ctx = zmq.asyncio.Context()
         self.executor = RayExecutor(settings) if settings.distributed_executor == "ray" else None
-        # engines on other hosts connect to the server's node address over tcp
-        self.endpoints = EndpointAllocator("tcp", self.executor.node_ip) if self.executor else EndpointAllocator()
+        if self.executor is None:
+            self.ctx, self.endpoints = zmq.asyncio.Context(), EndpointAllocator()
+        else:  # engines on other hosts connect to the server's node address over tcp
+            self.ctx, self.endpoints = self.executor.data_path()
         self.replicas: list[Replica] = []
         self.state = "created"  # created | starting | ready | draining | failed | stopped
         self.policy_name, self.policy = self._make_policy(settings.scheduler)
@@ -116,6 +117,7 @@ class EnginePool:
         return EngineClient(
             self.settings, placement.index, self.endpoints.for_replica(placement.index, generation), self.ctx,
             on_death=self._replica_died, env=placement.env,
+            curve_server_keys=self.endpoints.server_keys,
             **({"host": self.executor.host_factory()} if self.executor else {}),
         )
 
@@ -164,8 +166,9 @@ class EnginePool:
         await asyncio.gather(*(r.client.stop() for r in self.replicas), return_exceptions=True)
         self.endpoints.close()
         if self.executor is not None:
-            self.executor.close()
-        self.ctx.term()
+            self.executor.close()  # it owns the data path's context
+        else:
+            self.ctx.term()
 
     def _replica_died(self, client: EngineClient) -> None:
         replica = self.replicas[client.replica]

@@ -19,7 +19,11 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from minisgl.ipc.endpoints import ReplicaEndpoints
+import zmq
+import zmq.asyncio
+
+from minisgl.control.security import curve_dir
+from minisgl.ipc.endpoints import EndpointAllocator, ReplicaEndpoints
 from minisgl.ipc.engine_host import HostFactory
 from minisgl.settings import Settings
 
@@ -81,6 +85,26 @@ class RayExecutor:
         self.gpus_per_replica = settings.tp_size if self._wants_gpus(resources) else 0
         self._actor_class = ray.remote(EngineActor)
         self._actors: dict[int, tuple[Any, Any]] = {}  # replica -> (actor, placement group)
+        self._ctx: zmq.asyncio.Context | None = None
+        self._auth: Any = None
+
+    def data_path(self) -> tuple[zmq.asyncio.Context, EndpointAllocator]:
+        """The pool's sockets: tcp on this node's address. With ZMQ_CONTROL_CURVE_DIR (the
+        control plane's keys) every data socket is CURVE-encrypted and admits only engines
+        that hold the client key; one ZAP handler serves both sockets of a replica, since
+        the asyncio context shadows the process's global one that the request sockets use."""
+        root = curve_dir()
+        if root is None:
+            self._ctx = zmq.asyncio.Context()
+            return self._ctx, EndpointAllocator("tcp", self.node_ip)
+        from zmq.auth.thread import ThreadAuthenticator
+
+        shared = zmq.Context.instance()
+        self._auth = ThreadAuthenticator(shared)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(root / "clients"))
+        log.info("Ray: engines connect over CURVE (keys in %s)", root)
+        return zmq.asyncio.Context.shadow(shared.underlying), EndpointAllocator("tcp", self.node_ip, curve_root=root)
 
     def _wants_gpus(self, resources: Mapping[str, float]) -> bool:
         return self.settings.device == "cuda" or (self.settings.device == "auto" and resources.get("GPU", 0) > 0)
@@ -129,6 +153,10 @@ class RayExecutor:
         for entry in self._actors.values():
             self._remove(*entry)
         self._actors.clear()
+        if self._auth is not None:
+            self._auth.stop()  # the shared context stays: it is the process's
+        elif self._ctx is not None:
+            self._ctx.term()
         if self._started_cluster:
             _ray().shutdown()
 

@@ -41,6 +41,7 @@ class EngineClient:
         on_death: Callable[[EngineClient], None] | None = None,
         env: Mapping[str, str] | None = None,
         host: HostFactory = LocalProcess,
+        curve_server_keys: tuple[bytes, bytes] | None = None,
     ) -> None:
         self.settings = settings
         self.replica = replica
@@ -57,11 +58,16 @@ class EngineClient:
         self._outputs = ctx.socket(zmq.PULL)
         self._requests.setsockopt(zmq.LINGER, 0)
         self._outputs.setsockopt(zmq.LINGER, 0)
+        if curve_server_keys is not None:  # engines must hold the keys of endpoints.curve (ZAP checks theirs)
+            for socket in (self._requests, self._outputs):
+                socket.curve_publickey, socket.curve_secretkey = curve_server_keys
+                socket.curve_server = True
         self._requests.bind(endpoints.requests)
         self._outputs.bind(endpoints.outputs)
         self.endpoints = ReplicaEndpoints(
             requests=self._requests.getsockopt_string(zmq.LAST_ENDPOINT),
             outputs=self._outputs.getsockopt_string(zmq.LAST_ENDPOINT),
+            curve=endpoints.curve,
         )
         # extra environment for the engine only (CUDA_VISIBLE_DEVICES: its GPU)
         self.host: EngineHost = host(settings, replica, self.endpoints, dict(env or {}))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+import zmq.auth
 
 IPC_DIR_PREFIX = "minisgl-ipc-"
 
@@ -27,12 +28,15 @@ class ReplicaEndpoints:
 
     requests: str
     outputs: str
+    # CURVE for the engine's side of both sockets (server public key, engine public and
+    # secret keys, z85); None: plain
+    curve: tuple[bytes, bytes, bytes] | None = None
 
 
 class EndpointAllocator:
     """Hands out endpoints for replicas and removes the ipc files when closed."""
 
-    def __init__(self, transport: str | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, transport: str | None = None, host: str = "127.0.0.1", curve_root: Path | None = None) -> None:
         transport = transport or os.environ.get("MINISGL_IPC_TRANSPORT", "")
         if not transport:
             transport = "ipc" if zmq.has("ipc") else "tcp"
@@ -40,6 +44,14 @@ class EndpointAllocator:
             raise ValueError(f"MINISGL_IPC_TRANSPORT must be 'ipc' or 'tcp', got {transport!r}")
         self.transport = transport
         self.host = host
+        # CURVE keys as the control plane keeps them (`minisgl control --curve-keygen DIR`):
+        # the server's pair secures the bound sockets, the client's pair is the engines'
+        self.server_keys: tuple[bytes, bytes] | None = None
+        self._engine_keys: tuple[bytes, bytes, bytes] | None = None
+        if curve_root is not None:
+            self.server_keys = zmq.auth.load_certificate(str(curve_root / "server.key_secret"))
+            client_public, client_secret = zmq.auth.load_certificate(str(curve_root / "client.key_secret"))
+            self._engine_keys = (self.server_keys[0], client_public, client_secret)
         self._tmpdir = tempfile.mkdtemp(prefix=IPC_DIR_PREFIX) if transport == "ipc" else None
         if self._tmpdir is not None:
             atexit.register(self.close)
@@ -54,7 +66,7 @@ class EndpointAllocator:
                 outputs=f"ipc://{self._tmpdir}/{name}-outputs",
             )
         # The binder picks a free port; it reads the real one back (zmq.LAST_ENDPOINT).
-        return ReplicaEndpoints(requests=f"tcp://{self.host}:*", outputs=f"tcp://{self.host}:*")
+        return ReplicaEndpoints(requests=f"tcp://{self.host}:*", outputs=f"tcp://{self.host}:*", curve=self._engine_keys)
 
     def close(self) -> None:
         if self._tmpdir is not None:

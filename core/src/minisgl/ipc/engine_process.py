@@ -160,8 +160,11 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
     codec = FrameCodec()
     ctx = zmq.Context()
     requests = ctx.socket(zmq.PULL)
-    requests.connect(endpoints.requests)
     outputs = ctx.socket(zmq.PUSH)
+    if endpoints.curve is not None:  # the server's sockets are CURVE servers
+        for socket in (requests, outputs):
+            socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = endpoints.curve
+    requests.connect(endpoints.requests)
     outputs.connect(endpoints.outputs)
     started = time.perf_counter()
     try:
