@@ -45,6 +45,7 @@ def _env() -> dict[str, str]:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Every distribution installed together (as users pip install them), then pytest."""
+    # the server's [ray] extra: tests/reliability/test_ray_executor.py runs replicas on a local Ray cluster
     _install(session, CORE, *PLUGINS.values(), SERVER + "[ray]", *TEST_DEPS)
     session.run("pytest", *(session.posargs or ["-q"]), env=_env() | {"TRITON_INTERPRET": "1"})
 

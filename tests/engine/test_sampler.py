@@ -94,3 +94,18 @@ def test_a_token_with_minus_infinity_is_never_drawn_whatever_the_seed():
     for step in range(12):
         out = sample(logits, batch(rows, seeds=torch.arange(rows), steps=torch.full((rows,), step))).next_tokens
         assert out.tolist() == [5] * rows, step
+
+
+def test_host_flags_draw_what_the_tensors_say():
+    """The scheduler tells the sampler which filters and seeds rows use (so it never asks the
+    device); the draws equal those of a sampler that reads the tensors, and a flag that says
+    "none" where the tensors say "some" really skips that filter."""
+    logits = torch.randn(4, 500)
+    rows = dict(seeds=torch.tensor([3, 4, 5, 6]), top_k=torch.tensor([0, 20, 0, 5]),
+                top_p=torch.tensor([1.0, 1.0, 0.8, 1.0]), min_p=torch.tensor([0.0, 0.0, 0.0, 0.1]))
+    derived = sample(logits, batch(4, **rows)).next_tokens
+    told = sample(logits, batch(4, **rows, top_k_max=20, any_top_p=True, any_min_p=True, any_seeded=True)).next_tokens
+    assert told.tolist() == derived.tolist()
+    only_k = dict(seeds=torch.tensor([1, 2, 3, 4]), top_k=torch.tensor([2, 2, 2, 2]))
+    skipped = sample(logits, batch(4, **only_k, top_k_max=0, any_seeded=True)).next_tokens
+    assert skipped.tolist() == sample(logits, batch(4, seeds=only_k["seeds"])).next_tokens.tolist()
