@@ -213,6 +213,19 @@ def test_a_third_partys_grammar_backend_checks_and_masks(tiny_qwen3_path):
             LLM(tiny_qwen3_path, grammar_backend="outlines")
 
 
+class MissingLibraryPlugin:
+    @hookimpl
+    def minisgl_register_grammar_backends(self, register):
+        register(GrammarBackendSpec(name="outlines", description="needs a library this machine lacks",
+                                    factory="outlines_that_is_not_installed:Backend"))
+
+
+def test_a_backend_whose_library_is_missing_is_a_usage_error_that_names_the_flag(tiny_qwen3_path):
+    with installed(MissingLibraryPlugin(), "outlines-plugin"):
+        with pytest.raises(SelectionError, match="--grammar-backend: No module named 'outlines_that_is_not_installed'"):
+            LLM(tiny_qwen3_path, grammar_backend="outlines")
+
+
 class SlowGrammars(LLGuidance):
     """llguidance whose matchers take a while to compile, as a large schema's would."""
 

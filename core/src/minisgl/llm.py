@@ -21,11 +21,10 @@ from typing import Any
 from .engine.engine import Engine
 from .engine.messages import ImageInput
 from .frontend.errors import invalid
-from .frontend.generation import Frontend, Generation
+from .frontend.generation import Frontend, Generation, selected_plugins
 from .frontend.images import ImageRules
 from .frontend.tokenizer import ChatPrompt, Tokenizer, encode_chat, encode_prompts, prompt_items
 from .frontend.tool_calls import ToolCall, ToolUse
-from .plugins import load_selected
 from .sampling_params import SamplingParams
 from .settings import Settings, settings_from_kwargs
 
@@ -89,15 +88,12 @@ class StreamDelta:
 class LLM:
     def __init__(self, model: str, backend: str = "auto", dtype: str = "auto", **settings: Any) -> None:
         self.settings: Settings = settings_from_kwargs(model=model, backend=backend, dtype=dtype, **settings)
-        reasoning = load_selected("reasoning_parser", self.settings.reasoning_parser)
-        tool_calls = load_selected("tool_call_parser", self.settings.tool_call_parser)
+        plugins = selected_plugins(self.settings)
         self.engine = Engine(self.settings)
         tokenizer = Tokenizer(str(self.engine.model.path), self.settings.trust_remote_code, self.settings.token_cache_size)
         self.frontend = Frontend(tokenizer, max_context_len=self.engine.max_context_len,
                                  eos_token_ids=self.engine.eos_token_ids,
-                                 max_new_tokens_default=self.settings.max_new_tokens_default,
-                                 reasoning=reasoning, tool_calls=tool_calls,
-                                 grammar_backend=load_selected("grammar_backend", self.settings.grammar_backend))
+                                 max_new_tokens_default=self.settings.max_new_tokens_default, **plugins)
         self._ids = itertools.count()
         self.image_rules = ImageRules.from_settings(self.settings)
 

@@ -266,7 +266,7 @@ def load_selected(kind: Kind, name: str | None, registry: Registry | None = None
         return None
     try:
         return (registry or get_registry()).get(kind, name).load()
-    except PluginError as exc:
+    except (PluginError, ImportError) as exc:  # ImportError: the plugin's library is missing
         raise SelectionError(f"--{kind.replace('_', '-')}: {exc}") from None
 
 

@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from minisgl.frontend.generation import Frontend
+from minisgl.frontend.generation import Frontend, selected_plugins
 from minisgl.frontend.tokenizer import Tokenizer, encode_prompts
 from minisgl.frontend.tokenizer_pool import TokenizerPool
 from minisgl.ipc.protocol import EngineReady
-from minisgl.plugins import Registry, load_selected
+from minisgl.plugins import Registry
 from minisgl.settings import Settings
 
 from .engine_pool import EnginePool
@@ -39,9 +39,7 @@ def vision_settings(settings: Settings) -> Settings | None:
 class ServedModel:
     def __init__(self, settings: Settings, registry: Registry, *, served_name: str | None = None, role: str = "") -> None:
         self.settings = settings
-        self.reasoning = load_selected("reasoning_parser", settings.reasoning_parser)
-        self.tool_calls = load_selected("tool_call_parser", settings.tool_call_parser)
-        self.grammar_backend = load_selected("grammar_backend", settings.grammar_backend)
+        self.plugins = selected_plugins(settings)  # a bad name fails before any engine starts
         self.pool = EnginePool(settings, registry)
         self.served_name = served_name
         self.role = role  # "" for MODEL_NAME, "vision" for VLM_MODEL_NAME
@@ -85,8 +83,7 @@ class ServedModel:
                                         trust_remote_code=s.trust_remote_code)
         await self.tokenizers.start()
         self.frontend = Frontend(tokenizer, max_context_len=self.max_context_len, eos_token_ids=info.eos_token_ids,
-                                 max_new_tokens_default=s.max_new_tokens_default, reasoning=self.reasoning,
-                                 tool_calls=self.tool_calls, grammar_backend=self.grammar_backend)
+                                 max_new_tokens_default=s.max_new_tokens_default, **self.plugins)
 
     async def warm(self, prefixes: list[str], replicas: list[Replica] | None = None) -> list[int]:
         assert self.tokenizers is not None

@@ -26,6 +26,7 @@ import msgspec
 
 from ..engine.messages import EngineOutput, EngineRequest, ImageInput
 from ..grammar import GrammarBackend, GrammarError, LLGuidance, constraint_of
+from ..plugins import load_selected
 from ..sampling_params import SamplingParams
 from .errors import ErrorKind, RequestError, invalid
 from .tokenizer import check_token_ids
@@ -213,6 +214,15 @@ class Generation:
     @property
     def first_token_at(self) -> float | None:
         return min((s.first_token_at for s in self.sequences if s.first_token_at is not None), default=None)
+
+
+def selected_plugins(settings: Any) -> dict[str, Any]:
+    """The request layer's plugins that settings choose (--reasoning-parser,
+    --tool-call-parser, --grammar-backend), as Frontend's keywords. A name that no plugin
+    registers raises SelectionError here, before any model loads."""
+    return {"reasoning": load_selected("reasoning_parser", settings.reasoning_parser),
+            "tool_calls": load_selected("tool_call_parser", settings.tool_call_parser),
+            "grammar_backend": load_selected("grammar_backend", settings.grammar_backend)}
 
 
 class Frontend:
