@@ -87,8 +87,9 @@ class EngineClient:
         self.state = "starting"
         self.host.start(self._on_host_exit)
         self._started = True
-        log.info("engine replica %d: started on %s (pid %s), loading %s", self.replica, self.host.node,
-                 self.host.pid or "?", self.settings.model_path)
+        pid = self.host.pid  # a Ray actor's is known once Ray has placed it
+        log.info("engine replica %d: started on %s%s, loading %s", self.replica, self.host.node,
+                 f" (process {pid})" if pid else "", self.settings.model_path)
         self._recv_task = asyncio.create_task(self._receive_loop(), name=f"engine-{self.replica}-recv")
         if self.host.remote:
             self._watch_task = asyncio.create_task(self._watch_connection(), name=f"engine-{self.replica}-watch")
