@@ -29,7 +29,6 @@ from minisgl.settings import Settings
 
 log = logging.getLogger("minisgl.server")
 
-EXECUTORS = ("mp", "ray")
 PLACEMENT_TIMEOUT_S = 120.0
 
 
