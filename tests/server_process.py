@@ -60,9 +60,12 @@ class ServerProcess:
             time.sleep(0.25)
         raise TimeoutError(f"server not ready in {timeout}s:\n{self.log()}")
 
-    def log(self) -> str:
+    def log(self, tail: int | None = 6000) -> str:
+        """The server's output: its last `tail` characters (for error messages), or all of it
+        (None: for assertions on what it logged early)."""
         self._log.flush()
-        return self.log_path.read_text()[-6000:]
+        text = self.log_path.read_text()
+        return text if tail is None else text[-tail:]
 
     def stop(self) -> None:
         """Ctrl-C: the server drains (up to DRAIN_TIMEOUT_S); a second Ctrl-C ends the drain."""

@@ -75,7 +75,7 @@ def test_a_killed_engine_is_restarted_rewarmed_and_serves_again(tiny_qwen3_path,
         assert down.status_code == 503
         assert "ENGINE_RESTART_LIMIT" in down.json()["reason"], down.json()
         assert complete(url).status_code == 503
-        assert "restarting engine replica 0 (attempt 1/1" in srv.log()
+        assert "restarting engine replica 0 (attempt 1/1" in srv.log(tail=None)
     finally:
         srv.stop()
 
@@ -139,7 +139,7 @@ def test_restarts_that_fail_to_load_back_off_then_give_up(tiny_qwen3_path, tmp_p
         assert h.status_code == 503
         reason = h.json()["reason"]
         assert "failed 3 times in a row (ENGINE_RESTART_LIMIT=2)" in reason, reason
-        log = srv.log()
+        log = srv.log(tail=None)
         assert "restarting engine replica 0 (attempt 1/2 in 0.2s)" in log
         assert "restarting engine replica 0 (attempt 2/2 in 0.4s)" in log  # the backoff doubled
         assert "restart attempt 2 failed" in log
