@@ -59,16 +59,30 @@ def create_curve_keys(directory: str | Path) -> Path:
     return root
 
 
-def apply_server_curve(socket: zmq.Socket, root: Path) -> None:
-    public, secret = zmq.auth.load_certificate(str(root / "server.key_secret"))
-    socket.curve_publickey = public
-    socket.curve_secretkey = secret
+def server_keys(root: Path) -> tuple[bytes, bytes]:
+    """The server's (public, secret) keys, z85."""
+    return zmq.auth.load_certificate(str(root / "server.key_secret"))
+
+
+def client_keys(root: Path) -> tuple[bytes, bytes, bytes]:
+    """What a client needs, z85: (the server's public key, its own public and secret keys)."""
+    server_public, _ = zmq.auth.load_certificate(str(root / "server.key"))
+    public, secret = zmq.auth.load_certificate(str(root / "client.key_secret"))
+    return server_public, public, secret
+
+
+def secure_server(socket: zmq.Socket, keys: tuple[bytes, bytes]) -> None:
+    socket.curve_publickey, socket.curve_secretkey = keys
     socket.curve_server = True
 
 
+def secure_client(socket: zmq.Socket, keys: tuple[bytes, bytes, bytes]) -> None:
+    socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = keys
+
+
+def apply_server_curve(socket: zmq.Socket, root: Path) -> None:
+    secure_server(socket, server_keys(root))
+
+
 def apply_client_curve(socket: zmq.Socket, root: Path) -> None:
-    server_public, _ = zmq.auth.load_certificate(str(root / "server.key"))
-    public, secret = zmq.auth.load_certificate(str(root / "client.key_secret"))
-    socket.curve_serverkey = server_public
-    socket.curve_publickey = public
-    socket.curve_secretkey = secret
+    secure_client(socket, client_keys(root))

@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from ..control.security import secure_server
 from ..engine.messages import AbortRequest, EngineOutput, EngineRequest
 from ..frontend.errors import ErrorKind, RequestError
 from ..settings import Settings
@@ -60,8 +61,7 @@ class EngineClient:
         self._outputs.setsockopt(zmq.LINGER, 0)
         if curve_server_keys is not None:  # engines must hold the keys of endpoints.curve (ZAP checks theirs)
             for socket in (self._requests, self._outputs):
-                socket.curve_publickey, socket.curve_secretkey = curve_server_keys
-                socket.curve_server = True
+                secure_server(socket, curve_server_keys)
         self._requests.bind(endpoints.requests)
         self._outputs.bind(endpoints.outputs)
         self.endpoints = ReplicaEndpoints(

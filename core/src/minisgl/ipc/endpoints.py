@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
-import zmq.auth
+
+from ..control.security import client_keys, server_keys
 
 IPC_DIR_PREFIX = "minisgl-ipc-"
 
@@ -49,9 +50,8 @@ class EndpointAllocator:
         self.server_keys: tuple[bytes, bytes] | None = None
         self._engine_keys: tuple[bytes, bytes, bytes] | None = None
         if curve_root is not None:
-            self.server_keys = zmq.auth.load_certificate(str(curve_root / "server.key_secret"))
-            client_public, client_secret = zmq.auth.load_certificate(str(curve_root / "client.key_secret"))
-            self._engine_keys = (self.server_keys[0], client_public, client_secret)
+            self.server_keys = server_keys(curve_root)
+            self._engine_keys = client_keys(curve_root)
         self._tmpdir = tempfile.mkdtemp(prefix=IPC_DIR_PREFIX) if transport == "ipc" else None
         if self._tmpdir is not None:
             atexit.register(self.close)

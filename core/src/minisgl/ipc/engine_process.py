@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from ..control.security import secure_client
 from ..engine.messages import AbortRequest, EngineOutput, EngineRequest
 from ..frontend.errors import ErrorKind
 from ..sampling_params import SamplingParams
@@ -163,7 +164,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
     outputs = ctx.socket(zmq.PUSH)
     if endpoints.curve is not None:  # the server's sockets are CURVE servers
         for socket in (requests, outputs):
-            socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = endpoints.curve
+            secure_client(socket, endpoints.curve)
     requests.connect(endpoints.requests)
     outputs.connect(endpoints.outputs)
     started = time.perf_counter()
