@@ -82,6 +82,8 @@ class RayExecutor:
                      len([n for n in ray.nodes() if n.get("Alive")]), resources.get("CPU", 0), resources.get("GPU", 0))
         self.node_ip = ray.util.get_node_ip_address()  # where engines reach the server's sockets
         self.gpus_per_replica = settings.tp_size if self._wants_gpus(resources) else 0
+        # what one replica's placement group holds
+        self.bundle = {"CPU": 1.0, **({"GPU": float(self.gpus_per_replica)} if self.gpus_per_replica else {})}
         self._actor_class = ray.remote(EngineActor)
         self._actors: dict[int, tuple[Any, Any]] = {}  # replica -> (actor, placement group)
         self._ctx: zmq.asyncio.Context | None = None
@@ -118,8 +120,7 @@ class RayExecutor:
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-            bundle = {"CPU": 1.0, **({"GPU": float(self.gpus_per_replica)} if self.gpus_per_replica else {})}
-            group = placement_group([bundle], strategy="STRICT_PACK", name=f"minisgl-replica-{replica}-{os.getpid()}")
+            group = placement_group([self.bundle], strategy="STRICT_PACK", name=f"minisgl-replica-{replica}-{os.getpid()}")
             actor = self._actor_class.options(
                 num_cpus=1, num_gpus=self.gpus_per_replica,
                 max_restarts=self.settings.engine_restart_limit,
@@ -182,10 +183,9 @@ class RayActorHost:
         try:
             await asyncio.wait_for(group.ready(), PLACEMENT_TIMEOUT_S)
         except asyncio.TimeoutError:
-            bundle = {"CPU": 1, **({"GPU": self.executor.gpus_per_replica} if self.executor.gpus_per_replica else {})}
             self.executor.forget(self.replica)
             on_exit(f"Ray could not place replica {self.replica} within {PLACEMENT_TIMEOUT_S:.0f} s: it needs "
-                    f"{bundle} on one node; free in the cluster: {ray.available_resources()}")
+                    f"{self.executor.bundle} on one node; free in the cluster: {ray.available_resources()}")
             return
         deadline = asyncio.get_running_loop().time() + PLACEMENT_TIMEOUT_S
         while True:
