@@ -8,6 +8,8 @@ must read (all weights + the batch's KV) over the measured copy bandwidth. The p
 transformers' own forward with a StaticCache at the same shapes (eager, bf16, sdpa).
 
     PYTHONPATH=core/src:plugins/backend-sgl/src:plugins/backend-sgl/tests python plugins/backend-sgl/gpu/bench_decode.py
+
+BENCH_PROFILE=1,64 also prints the kernels one graph replay runs at those batch sizes, with their times.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ BATCHES = [int(b) for b in os.environ.get("BENCH_BATCHES", "1,16,64,256").split(
 PRESETS = os.environ.get("BENCH_PRESETS", "qwen3-0.6b,llama-3.1-8b").split(",")
 STEPS = int(os.environ.get("BENCH_STEPS", "30"))
 PRESET_DIR = Path(__file__).resolve().parents[3] / "core/src/minisgl/models/presets"
+PROFILE_BATCHES = [int(b) for b in os.environ.get("BENCH_PROFILE", "").split(",") if b]
 ROWS: list[dict] = []
 
 
@@ -85,6 +88,23 @@ def time_steps(step, steps: int = STEPS) -> float:
     return statistics.median(times)
 
 
+def profile_replays(name: str, b: int, graph: torch.cuda.CUDAGraph, replays: int = 20) -> None:
+    """Each kernel's device time and count per replay of one decode graph (what a step is made of)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    kernels = sorted((e for e in prof.key_averages() if e.self_device_time_total > 0), key=lambda e: -e.self_device_time_total)
+    total = sum(e.self_device_time_total for e in kernels) / replays
+    print(f"{name} B={b}: kernels per replay {sum(e.count for e in kernels) / replays:.0f}, "
+          f"kernel time {total:.1f} us per replay", flush=True)
+    for e in kernels[:14]:
+        print(f"  {e.self_device_time_total / replays:8.1f} us  {e.count / replays:5.0f}x  "
+              f"{e.self_device_time_total / e.count:6.2f} us each  {e.key[:90]}", flush=True)
+
+
 def bench_ours(name: str, path: str, bw: float) -> None:
     for graphs in (True, False):
         settings = Settings(num_pages=max(BATCHES) * (CONTEXT + 8) + 64, max_running_requests=max(BATCHES), dummy_weight=True)
@@ -108,6 +128,8 @@ def bench_ours(name: str, path: str, bw: float) -> None:
                 end.record()
                 torch.cuda.synchronize()
                 row["replay_ms"] = start.elapsed_time(end) / 50
+                if b in PROFILE_BATCHES:
+                    profile_replays(name, b, graph)
             ROWS.append(row)
             print(json.dumps(row), flush=True)
         runner.shutdown()
