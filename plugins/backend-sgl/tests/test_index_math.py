@@ -45,7 +45,8 @@ def test_validate_batch_names_the_field():
 
 def test_decode_splits_fill_the_gpu_and_stay_bounded():
     assert decode_splits(1, 8, 132) == MAX_DECODE_SPLITS
-    assert decode_splits(16, 8, 132) == 3
+    assert decode_splits(16, 8, 132) == 5
+    assert decode_splits(64, 8, 132) == 2
     assert decode_splits(256, 8, 132) == 1
 
 
