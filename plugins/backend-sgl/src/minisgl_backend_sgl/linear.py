@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 WeightLoader = Callable[[Any, "str | int | None"], None]
+Linear = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # (x, weight, bias): F.linear's
 
 
 class TPGroup(Protocol):
@@ -85,8 +86,8 @@ class ColumnParallelLinear(nn.Module):
 
         return load
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+    def forward(self, x: torch.Tensor, linear: Linear = F.linear) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 @dataclass(frozen=True)
@@ -176,8 +177,8 @@ class RowParallelLinear(nn.Module):
         else:
             self.bias.data.zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+    def forward(self, x: torch.Tensor, linear: Linear = F.linear) -> torch.Tensor:
+        y = linear(x, self.weight, self.bias)
         return self.tp.all_reduce(y) if self.tp is not None and self.tp_size > 1 else y
 
 

@@ -41,7 +41,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, meta: ForwardMeta, kv: KVCache, cos_sin: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
         n = x.shape[0]
-        qkv = self.qkv_proj(x)
+        qkv = self.qkv_proj(x, kernels.linear)
         k_cache, v_cache = kv.layer(self.layer_id)
         kernels.rope_and_store_kv(
             qkv, meta.positions, meta.out_slots, cos_sin, k_cache, v_cache,
@@ -56,7 +56,7 @@ class Attention(nn.Module):
         else:
             out = kernels.extend_attention(q, k_cache, v_cache, meta.page_table, meta.qo_start, meta.extend_lens,
                                            meta.prefix_lens, meta.max_extend_len)
-        return self.o_proj(out.view(n, self.q_size))
+        return self.o_proj(out.view(n, self.q_size), kernels.linear)
 
 
 class MLP(nn.Module):
@@ -69,7 +69,7 @@ class MLP(nn.Module):
                                            tp_rank=tp_rank, tp_size=tp_size, tp=tp, **factory)
 
     def forward(self, x: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
-        return self.down_proj(kernels.silu_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.gate_up_proj(x, kernels.linear), kernels.silu_mul_linear)
 
 
 class DecoderLayer(nn.Module):

@@ -1,6 +1,7 @@
 """Which kernels the model runs: a KernelSet of callables, picked once per runner.
 
-- CUDA: Triton kernels of this package; where an ABI-compatible `sgl_kernel` imports and
+- CUDA: Triton kernels of this package (the projections of decode-sized batches too, cuBLAS
+  for the rest); where an ABI-compatible `sgl_kernel` imports and
   agrees with them on a smoke test, its RMSNorm and SiLU-mul are used instead.
 - CPU: the torch references (for tests; backend-sgl serves on CUDA only).
 The choice is logged, so a user sees which path runs.
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from . import reference
 
@@ -29,6 +31,8 @@ class KernelSet:
     extend_attention: Callable[..., torch.Tensor]
     decode_attention: Callable[..., torch.Tensor]
     fused_moe: Callable[..., torch.Tensor] = reference.fused_moe  # routed experts of MoE models
+    linear: Callable[..., torch.Tensor] = F.linear  # (x, weight, bias)
+    silu_mul_linear: Callable[..., torch.Tensor] = reference.silu_mul_linear  # the MLP's down projection
 
 
 REFERENCE = KernelSet(
@@ -42,7 +46,7 @@ REFERENCE = KernelSet(
 
 
 def triton_kernels() -> KernelSet:
-    from . import activation, attention, moe, norm, rope_store
+    from . import activation, attention, moe, norm, rope_store, skinny_gemm
 
     return KernelSet(
         name="triton",
@@ -52,6 +56,8 @@ def triton_kernels() -> KernelSet:
         extend_attention=attention.extend_attention,
         decode_attention=attention.decode_attention,
         fused_moe=moe.fused_moe,
+        linear=skinny_gemm.linear,
+        silu_mul_linear=skinny_gemm.silu_mul_linear_with(activation.silu_mul),
     )
 
 
@@ -100,11 +106,18 @@ def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: 
     if attention_backend in ("fa", "fi"):
         logger.warning("--attention-backend %s: FlashAttention/FlashInfer paged kernels are not wired in backend-sgl; using Triton", attention_backend)
     kernels = triton_kernels()
+    from .skinny_gemm import MAX_ROWS as skinny_rows
+
     sgl = _sgl_kernel_ops(device, dtype)
     if isinstance(sgl, str):
-        logger.info("backend-sgl kernels: Triton attention, RMSNorm, RoPE+KV store, SiLU-mul, fused MoE; %s", sgl)
+        logger.info("backend-sgl kernels: Triton attention, RMSNorm, RoPE+KV store, SiLU-mul, fused MoE, "
+                    "skinny GEMM (decode projections up to %d rows; cuBLAS above); %s", skinny_rows, sgl)
         return kernels
     rmsnorm, silu_mul = sgl
-    logger.info("backend-sgl kernels: Triton attention, RoPE+KV store and fused MoE; sgl_kernel RMSNorm and SiLU-mul")
-    return dataclasses.replace(kernels, name="triton+sgl_kernel", rmsnorm=rmsnorm, silu_mul=silu_mul)
+    logger.info("backend-sgl kernels: Triton attention, RoPE+KV store, fused MoE and skinny GEMM (up to %d rows); "
+                "sgl_kernel RMSNorm and SiLU-mul", skinny_rows)
+    from .skinny_gemm import silu_mul_linear_with
+
+    return dataclasses.replace(kernels, name="triton+sgl_kernel", rmsnorm=rmsnorm, silu_mul=silu_mul,
+                               silu_mul_linear=silu_mul_linear_with(silu_mul))
 
