@@ -69,7 +69,7 @@ class MLP(nn.Module):
                                            tp_rank=tp_rank, tp_size=tp_size, tp=tp, **factory)
 
     def forward(self, x: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
-        return self.down_proj(self.gate_up_proj(x, kernels.linear), kernels.silu_mul_linear)
+        return self.down_proj(kernels.silu_mul(self.gate_up_proj(x, kernels.linear)), kernels.linear)
 
 
 class DecoderLayer(nn.Module):
@@ -114,6 +114,10 @@ class CausalLM(nn.Module):
         self.model = DecoderModel(config, tp, **factory)
         self.lm_head = (None if config.tie_word_embeddings
                         else VocabEmbedding(config.vocab_size, config.hidden_size, tp=tp, **factory))
+
+    def projection_weights(self) -> list[torch.Tensor]:
+        """The weights the decoder layers' projections multiply by (what KernelSet.linear serves)."""
+        return [m.weight for m in self.modules() if isinstance(m, (ColumnParallelLinear, RowParallelLinear))]
 
     @property
     def lm_head_weight(self) -> torch.Tensor:

@@ -137,6 +137,8 @@ class SglModelRunner:
         self.graphs: DecodeGraphs | None = None
         if sizes:
             with torch.inference_mode():
+                if self.kernels.choose_linears is not None:
+                    self.kernels.choose_linears(self.model.projection_weights(), sizes)
                 self.graphs = DecodeGraphs(self.model, self.kv, self.cos_sin, self.kernels, sizes,
                                            self.max_context_len, self.num_sms, self.device)
         elif self.cuda:

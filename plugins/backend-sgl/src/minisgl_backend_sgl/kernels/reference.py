@@ -131,7 +131,3 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights
         out.index_add_(0, rows, y * topk_weights[rows, slot, None].to(y.dtype))
     return out
 
-
-def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The MLP's down projection of silu(gate) * up, x = [gate | up]."""
-    return F.linear(silu_mul(x), weight, bias)

@@ -31,8 +31,9 @@ class KernelSet:
     extend_attention: Callable[..., torch.Tensor]
     decode_attention: Callable[..., torch.Tensor]
     fused_moe: Callable[..., torch.Tensor] = reference.fused_moe  # routed experts of MoE models
-    linear: Callable[..., torch.Tensor] = F.linear  # (x, weight, bias)
-    silu_mul_linear: Callable[..., torch.Tensor] = reference.silu_mul_linear  # the MLP's down projection
+    linear: Callable[..., torch.Tensor] = F.linear  # (x, weight, bias): the projections
+    # (projection weights, decode batch sizes): measures which kernel `linear` runs, before graph capture
+    choose_linears: Callable[[list[torch.Tensor], list[int]], None] | None = None
 
 
 REFERENCE = KernelSet(
@@ -57,7 +58,7 @@ def triton_kernels() -> KernelSet:
         decode_attention=attention.decode_attention,
         fused_moe=moe.fused_moe,
         linear=skinny_gemm.linear,
-        silu_mul_linear=skinny_gemm.silu_mul_linear_with(activation.silu_mul),
+        choose_linears=skinny_gemm.choose,
     )
 
 
@@ -111,13 +112,10 @@ def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: 
     sgl = _sgl_kernel_ops(device, dtype)
     if isinstance(sgl, str):
         logger.info("backend-sgl kernels: Triton attention, RMSNorm, RoPE+KV store, SiLU-mul, fused MoE, "
-                    "skinny GEMM (decode projections up to %d rows; cuBLAS above); %s", skinny_rows, sgl)
+                    "skinny GEMM (decode projections up to %d rows, where it measures faster than cuBLAS); %s", skinny_rows, sgl)
         return kernels
     rmsnorm, silu_mul = sgl
     logger.info("backend-sgl kernels: Triton attention, RoPE+KV store, fused MoE and skinny GEMM (up to %d rows); "
                 "sgl_kernel RMSNorm and SiLU-mul", skinny_rows)
-    from .skinny_gemm import silu_mul_linear_with
-
-    return dataclasses.replace(kernels, name="triton+sgl_kernel", rmsnorm=rmsnorm, silu_mul=silu_mul,
-                               silu_mul_linear=silu_mul_linear_with(silu_mul))
+    return dataclasses.replace(kernels, name="triton+sgl_kernel", rmsnorm=rmsnorm, silu_mul=silu_mul)
 

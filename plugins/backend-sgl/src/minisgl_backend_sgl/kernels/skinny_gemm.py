@@ -1,19 +1,20 @@
-"""y = x W^T for decode-sized batches (a few to 64 rows), in one Triton launch.
+"""y = x W^T for decode batches of a few rows, in one Triton launch, where it beats cuBLAS.
 
-cuBLAS picks tiles for large M; at 1-64 rows a decode layer's projections are reads of the
-weight, and its kernels reached a quarter to a half of the copy rate on an H200 (qwen3-0.6b's
-gate_up at one row: 12.4 us for 12.6 MB). Here each program streams a BLOCK_N x K/SPLIT_K
-slab of W; the K splits of an output tile write float32 partials, and the last to arrive
-(an atomic count per tile) sums them in split order, so the result is deterministic, and
-resets the count, so a CUDA graph replays it. `SILU_MUL` reads x as [gate | up] and
-multiplies by silu(gate) * up, rounded as the separate kernel rounds it: the MLP's down
-projection then needs no activation kernel of its own.
+At a few rows a projection is a read of its weight, and the kernels cuBLAS picks for some
+shapes use few programs: qwen3-0.6b's o_proj (1024 x 2048) at one row took 13.0 us in
+cuBLAS on an H200 against 5.5 us here (gpu/tune_skinny.py; most other shapes were even).
+Each program streams a BLOCK_N x K/SPLIT_K slab of W; the K splits of an output tile write
+float32 partials, and the last to arrive (an arrival count per tile) sums them in split
+order, so the result is deterministic, and resets the count, so a CUDA graph replays it.
+
+Which kernel serves a (rows, shape) is measured once per runner, on the model's own weights
+(`choose`), and only for the batch sizes decode graphs capture up to MAX_ROWS.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +22,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-MAX_ROWS = 64  # above this, cuBLAS's tiles win
-_MAX_TILES = 1 << 15
+from .counters import arrival_counters
+
+logger = logging.getLogger(__name__)
+
+MAX_ROWS = 16  # from 16 rows up cuBLAS was as fast on every projection measured
+_MIN_GAIN = 1.1  # the skinny GEMM must be this much faster to be chosen
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class SkinnyConfig:
 def _skinny_gemm_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, part_ptr, count_ptr,
     M, N, K, stride_xm, stride_wn, stride_om, k_per_split, split_k, split_stride,
-    HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -56,10 +61,6 @@ def _skinny_gemm_kernel(
         rk = k + tl.arange(0, BLOCK_K)
         k_mask = rk < K
         a = tl.load(x_rows + rk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        if SILU_MUL:
-            up = tl.load(x_rows + K + rk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-            g = a.to(tl.float32)
-            a = (g / (1.0 + tl.exp(-g))).to(up.dtype) * up
         w = tl.load(w_rows + rk[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         if IEEE:
             acc = tl.dot(a, w, acc, input_precision="ieee")
@@ -75,9 +76,8 @@ def _skinny_gemm_kernel(
         tile_offs = rm[:, None].to(tl.int64) * N + rn[None, :]
         tl.store(part_ptr + pid_k * split_stride + tile_offs, acc, mask=out_mask)
         tl.debug_barrier()  # every thread's partial is written before the count says so
-        tile = pid_m * tl.num_programs(0) + pid_n
-        arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")
-        if arrived == split_k - 1:  # the last split of this tile sums them all, in split order
+        counter = count_ptr + pid_m * tl.num_programs(0) + pid_n
+        if tl.atomic_add(counter, 1, sem="acq_rel") == split_k - 1:  # the last split sums them, in split order
             tl.debug_barrier()
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for s in range(split_k):
@@ -85,32 +85,18 @@ def _skinny_gemm_kernel(
             if HAS_BIAS:
                 total += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
             tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
-            tl.atomic_xchg(count_ptr + tile, 0)
-
-
-_counters: dict[torch.device, torch.Tensor] = {}
-
-
-def _tile_counters(device: torch.device) -> torch.Tensor:
-    """Per-tile arrival counts, zero between calls (each call's last split resets its own)."""
-    counters = _counters.get(device)
-    if counters is None:
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("skinny_gemm: run once before capturing a CUDA graph (its tile counters are allocated then)")
-        counters = _counters[device] = torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
-    return counters
+            tl.atomic_xchg(counter, 0)  # zero again for the next call (and graph replay)
 
 
 def block_m(rows: int) -> int:
     return max(16, triton.next_power_of_2(rows))
 
 
-def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: SkinnyConfig,
-                silu_mul: bool = False) -> torch.Tensor:
-    """x [M, K] (or [M, 2K] = gate | up with `silu_mul`) @ weight [N, K]^T (+ bias) -> [M, N]."""
+def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: SkinnyConfig) -> torch.Tensor:
+    """x [M, K] @ weight [N, K]^T (+ bias) -> [M, N]."""
     m = x.shape[0]
     n, k = weight.shape
-    assert x.shape[1] == (2 * k if silu_mul else k) and x.stride(1) == 1 and weight.stride(1) == 1
+    assert x.shape[1] == k and x.stride(1) == 1 and weight.stride(1) == 1
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
@@ -120,52 +106,84 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     grid = (triton.cdiv(n, config.block_n), split_k, triton.cdiv(m, bm))
     counters = part = out
     if split_k > 1:
-        assert grid[0] * grid[2] <= _MAX_TILES
-        counters = _tile_counters(x.device)
+        counters = arrival_counters(x.device, grid[0] * grid[2])
         part = torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
     _skinny_gemm_kernel[grid](
         x, weight, bias if bias is not None else weight, out, part, counters,
         m, n, k, x.stride(0), weight.stride(0), out.stride(0), k_per_split, split_k, m * n,
-        HAS_BIAS=bias is not None, SILU_MUL=silu_mul, IEEE=x.dtype == torch.float32, SPLIT=split_k > 1,
+        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, SPLIT=split_k > 1,
         BLOCK_M=bm, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    # one, for Triton's interpreter on a CPU (the tests)
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-
-
-@functools.cache
-def pick(m: int, n: int, k: int, device: torch.device) -> SkinnyConfig | None:
-    """The configuration for x [m, k] @ W [n, k]^T, or None where cuBLAS is the better kernel:
-    tiles of 32 outputs, and enough K splits that the programs fill the GPU twice."""
-    if m == 0 or m > MAX_ROWS:
-        return None
-    block_n, block_k = 32, (128 if k <= 2048 else 256)
-    programs = triton.cdiv(n, block_n) * triton.cdiv(m, block_m(m))
-    split = 1
-    while programs * split < 2 * _num_sms(device) and split < 16 and k // (2 * split) >= block_k:
-        split *= 2
-    return SkinnyConfig(block_n=block_n, block_k=block_k, split_k=split)
+# (rows, N, K, device) -> the configuration chosen by `choose`; absent: cuBLAS
+_chosen: dict[tuple[int, int, int, torch.device], SkinnyConfig] = {}
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, through the skinny GEMM at decode batch sizes."""
-    config = pick(x.shape[0], *weight.shape, x.device) if x.stride(1) == 1 else None
-    return F.linear(x, weight, bias) if config is None else skinny_gemm(x, weight, bias, config)
+    """F.linear, through the skinny GEMM where `choose` measured it faster."""
+    config = _chosen.get((x.shape[0], weight.shape[0], weight.shape[1], x.device)) if _chosen else None
+    if config is None or x.stride(1) != 1:
+        return F.linear(x, weight, bias)
+    return skinny_gemm(x, weight, bias, config)
 
 
-def silu_mul_linear_with(silu_mul: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """down(silu(gate) * up) in one skinny GEMM at decode batch sizes, else `silu_mul`, then cuBLAS."""
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
-    def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        config = pick(x.shape[0], *weight.shape, x.device) if x.stride(1) == 1 else None
-        if config is None:
-            return F.linear(silu_mul(x), weight, bias)
-        return skinny_gemm(x, weight, bias, config, silu_mul=True)
 
-    return silu_mul_linear
+def candidates(rows: int, n: int, k: int, device: torch.device) -> list[SkinnyConfig]:
+    """Tiles of 32 outputs, and K splits from none to enough to fill the GPU twice over."""
+    block_k = 128 if k <= 2048 else 256
+    tiles = triton.cdiv(n, 32) * triton.cdiv(rows, block_m(rows))
+    fill = 1
+    while tiles * fill < 2 * _num_sms(device) and fill < 16 and k // (2 * fill) >= block_k:
+        fill *= 2
+    return [SkinnyConfig(32, block_k, split) for split in sorted({1, max(1, fill // 4), fill})]
+
+
+def _seconds_per_call(fn, weights: list[torch.Tensor]) -> float:
+    """One call per weight, captured in a graph and replayed: each weight read from memory
+    once per pass, as a decode step reads each layer's."""
+    for w in weights[:2]:
+        fn(w)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for w in weights:
+            fn(w)
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / (5 * len(weights))
+
+
+@torch.inference_mode()
+def choose(weights: list[torch.Tensor], batch_sizes: list[int]) -> None:
+    """For each projection shape among `weights` (a model's, all layers) and each batch size
+    up to MAX_ROWS, time cuBLAS and the skinny GEMM's candidates; keep the skinny GEMM where
+    it is at least 10% faster. Logged, so a user sees which kernel serves what."""
+    by_shape: dict[tuple[int, int, torch.dtype], list[torch.Tensor]] = {}
+    for w in weights:
+        by_shape.setdefault((*w.shape, w.dtype), []).append(w)
+    picked = []
+    for (n, k, dtype), group in by_shape.items():
+        device = group[0].device
+        for rows in (r for r in batch_sizes if r <= MAX_ROWS):
+            x = torch.randn(rows, k, device=device, dtype=dtype)
+            cublas = _seconds_per_call(lambda w, x=x: F.linear(x, w), group)
+            best, best_config = cublas / _MIN_GAIN, None
+            for config in candidates(rows, n, k, device):
+                t = _seconds_per_call(lambda w, x=x, c=config: skinny_gemm(x, w, None, c), group)
+                if t < best:
+                    best, best_config = t, config
+            if best_config is not None:
+                _chosen[(rows, n, k, device)] = best_config
+                picked.append(f"{n}x{k} at {rows} rows ({cublas * 1e6:.1f} -> {best * 1e6:.1f} us, split {best_config.split_k})")
+    logger.info("skinny GEMM serves %s; cuBLAS the rest", ", ".join(picked) if picked else "no projection")
