@@ -8,10 +8,10 @@ table lists the slot of each of its positions, so a block of keys is a gather of
   request holds: the cached prefix and the chunk itself (whose K/V were stored first).
 - `decode_attention`: one new token per request. Flash-decoding: the keys of a request are
   cut into NUM_SPLITS ranges, each program handles one range for all query heads that share
-  a KV head (GQA packing, so K/V are read once per group), and the last of a group's splits
-  to finish merges the partial results by their log-sum-exp (an arrival count per group), so
-  a decode layer's attention is one launch. NUM_SPLITS depends only on the batch shape, never
-  on the lengths, so the launch is the same at every step and fits in a CUDA graph.
+  a KV head (GQA packing, so K/V are read once per group), and a second kernel merges the
+  partial results by their log-sum-exp (with one split the first writes the answer itself;
+  merging in the split kernel, by its last program to finish, measured slower at 16 splits). NUM_SPLITS depends only on the batch shape, never on
+  the lengths, so the launch is the same at every step and fits in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import math
 import torch
 import triton
 import triton.language as tl
-
-from .counters import arrival_counters
 
 LOG2E = 1.4426950408889634
 
@@ -127,7 +125,7 @@ def extend_attention(
 
 @triton.jit
 def _decode_split_kernel(
-    q_ptr, k_cache, v_cache, o_ptr, mid_o, mid_lse, count_ptr, page_table, seq_lens_ptr,
+    q_ptr, k_cache, v_cache, o_ptr, mid_o, mid_lse, page_table, seq_lens_ptr,
     stride_qt, stride_qh, stride_ks, stride_kh, stride_pt, stride_ot, stride_oh, sm_scale_log2,
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr,
@@ -145,8 +143,10 @@ def _decode_split_kernel(
     heads = kv_head * GROUP + offs_g
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
-    gd_mask = g_mask[:, None] & d_mask[None, :]
-    q = tl.load(q_ptr + b * stride_qt + heads[:, None] * stride_qh + offs_d[None, :], mask=gd_mask, other=0.0)
+    q = tl.load(
+        q_ptr + b * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+        mask=g_mask[:, None] & d_mask[None, :], other=0.0,
+    )
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
@@ -173,36 +173,36 @@ def _decode_split_kernel(
         m_i = m_new
     has_keys = l_i > 0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    o_offs = b * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
-    if NUM_SPLITS == 1:
-        tl.store(o_ptr + o_offs, out.to(o_ptr.dtype.element_ty), mask=gd_mask)
+    if NUM_SPLITS == 1:  # the whole answer: no partials to merge
+        tl.store(o_ptr + b * stride_ot + heads[:, None] * stride_oh + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=g_mask[:, None] & d_mask[None, :])
     else:
         lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
         # mid buffers: [B, H, NUM_SPLITS, D] and [B, H, NUM_SPLITS], contiguous
-        mid_rows = (b * NUM_HEADS + heads) * NUM_SPLITS
-        tl.store(mid_o + (mid_rows + split)[:, None] * HEAD_DIM + offs_d[None, :], out, mask=gd_mask)
-        tl.store(mid_lse + mid_rows + split, lse, mask=g_mask)
-        tl.debug_barrier()  # every thread's part is written before the count says so
-        counter = count_ptr + b * tl.num_programs(1) + kv_head
-        if tl.atomic_add(counter, 1, sem="acq_rel") == NUM_SPLITS - 1:
-            # the last split of this (request, KV head) merges them all, in split order;
-            # split 0 always holds a key, so each head's max is finite
-            tl.debug_barrier()
-            m = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
-            for s in range(NUM_SPLITS):
-                m = tl.maximum(m, tl.load(mid_lse + mid_rows + s, mask=g_mask, other=float("-inf"), cache_modifier=".cg"))
-            m = tl.where(g_mask, m, 0.0)
-            total = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-            weight_sum = tl.zeros([BLOCK_G], dtype=tl.float32)
-            for s in range(NUM_SPLITS):
-                w = tl.exp2(tl.load(mid_lse + mid_rows + s, mask=g_mask, other=float("-inf"), cache_modifier=".cg") - m)
-                part = tl.load(mid_o + (mid_rows + s)[:, None] * HEAD_DIM + offs_d[None, :], mask=gd_mask, other=0.0,
-                               cache_modifier=".cg")
-                total += w[:, None] * part
-                weight_sum += w
-            merged = total / tl.where(g_mask, weight_sum, 1.0)[:, None]
-            tl.store(o_ptr + o_offs, merged.to(o_ptr.dtype.element_ty), mask=gd_mask)
-            tl.atomic_xchg(counter, 0)  # zero again for the next call (and graph replay)
+        mid_row = (b * NUM_HEADS + heads) * NUM_SPLITS + split
+        tl.store(mid_o + mid_row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=g_mask[:, None] & d_mask[None, :])
+        tl.store(mid_lse + mid_row, lse, mask=g_mask)
+
+
+@triton.jit
+def _decode_merge_kernel(
+    mid_o, mid_lse, o_ptr, stride_ot, stride_oh,
+    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    s_mask = offs_s < NUM_SPLITS
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    base = (b * NUM_HEADS + h) * NUM_SPLITS
+    lse = tl.load(mid_lse + base + offs_s, mask=s_mask, other=float("-inf"))
+    weights = tl.exp2(lse - tl.max(lse, axis=0))  # split 0 always holds a key: the max is finite
+    parts = tl.load(mid_o + (base + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=s_mask[:, None] & d_mask[None, :], other=0.0)
+    out = tl.sum(weights[:, None] * parts, axis=0) / tl.sum(weights, axis=0)
+    tl.store(o_ptr + b * stride_ot + h * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty), mask=d_mask)
 
 
 def decode_attention(
@@ -228,21 +228,27 @@ def decode_attention(
         out = torch.empty((batch, num_heads, head_dim), dtype=q.dtype, device=q.device)
     if batch == 0:
         return out
-    mid_o = mid_lse = counters = out  # unused with one split
+    mid_o = mid_lse = out  # unused with one split
     if num_splits > 1:
         mid_o = torch.empty((batch, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
         mid_lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
-        counters = arrival_counters(q.device, batch * num_kv_heads)
     block_d = triton.next_power_of_2(head_dim)
     wide = q.dtype != torch.float32 and head_dim <= 128
     block_n = block_n or (128 if wide else 64)
     num_stages = num_stages or (3 if wide else 2)
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, out, mid_o, mid_lse, counters, page_table, seq_lens,
+        q, k_cache, v_cache, out, mid_o, mid_lse, page_table, seq_lens,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), page_table.stride(0),
         out.stride(0), out.stride(1), LOG2E / math.sqrt(head_dim),
         NUM_HEADS=num_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, NUM_SPLITS=num_splits,
         IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
+    )
+    if num_splits == 1:
+        return out
+    _decode_merge_kernel[(batch, num_heads)](
+        mid_o, mid_lse, out, out.stride(0), out.stride(1),
+        NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
+        NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4,
     )
     return out

@@ -22,8 +22,6 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .counters import arrival_counters
-
 logger = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # from 16 rows up cuBLAS was as fast on every projection measured
@@ -86,6 +84,24 @@ def _skinny_gemm_kernel(
                 total += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
             tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
             tl.atomic_xchg(counter, 0)  # zero again for the next call (and graph replay)
+
+
+_COUNTERS = 1 << 16  # output tiles of one call, at most
+_counters: dict[torch.device, torch.Tensor] = {}
+
+
+def arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    """int32 zeros, one per output tile; each tile's last split puts its count back to zero,
+    so the next call and every graph replay find zeros. Allocated once, on the first eager
+    call (a graph captured later keeps using the same buffer)."""
+    if tiles > _COUNTERS:
+        raise ValueError(f"skinny GEMM of {tiles} output tiles; at most {_COUNTERS}")
+    counters = _counters.get(device)
+    if counters is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("skinny GEMM: run it once eagerly before capturing it in a CUDA graph")
+        counters = _counters[device] = torch.zeros(_COUNTERS, dtype=torch.int32, device=device)
+    return counters
 
 
 def block_m(rows: int) -> int:
