@@ -111,8 +111,7 @@ def apply_vocab_mask(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Ten
     if sampling.vocab_mask is None:
         return logits
     vocab = logits.shape[1]
-    # non_blocking: a blocking copy would wait for the device's queue, i.e. the forward
-    # launched ahead of this step under overlap, and stall the host on it
+    # queued behind the forward in flight instead of waiting for it (the bitmask is pinned)
     words = sampling.vocab_mask.result().to(logits.device, non_blocking=True)
     bits = torch.arange(32, device=logits.device, dtype=torch.int32)
     allowed = ((words[:, :, None] >> bits) & 1).bool().reshape(words.shape[0], -1)[:, :vocab]

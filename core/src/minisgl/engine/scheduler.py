@@ -468,7 +468,9 @@ class Scheduler:
         Under overlap the matchers still lack step N's tokens: the worker waits for them, feeds
         them, then fills, so the device runs step N+1's forward meanwhile."""
         words = -(-int(self.runner.vocab_size) // 32)
-        mask = torch.full((num_rows, words), -1, dtype=torch.int32)
+        # pinned on CUDA, so the sampler's copy to the device is queued on the stream: from
+        # pageable memory it waits for the forward in flight (2.3 ms a step at 64 rows, H200)
+        mask = torch.full((num_rows, words), -1, dtype=torch.int32, pin_memory=self.device.type == "cuda")
         for _, row in rows:
             mask[row].zero_()  # ids past the tokenizer's vocabulary (padding rows) stay banned
         if self._mask_worker is None:
