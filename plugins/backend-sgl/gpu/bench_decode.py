@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from batches import greedy_sampling
 
+from minisgl.bench.roofline import measure_ceilings
 from minisgl.engine.batch import ForwardBatch
 from minisgl.settings import Settings
 from minisgl_backend_sgl.runner import SglModelRunner
@@ -37,23 +38,6 @@ STEPS = int(os.environ.get("BENCH_STEPS", "30"))
 PRESET_DIR = Path(__file__).resolve().parents[3] / "core/src/minisgl/models/presets"
 PROFILE_BATCHES = [int(b) for b in os.environ.get("BENCH_PROFILE", "").split(",") if b]
 ROWS: list[dict] = []
-
-
-def copy_bandwidth() -> float:
-    """Bytes read + written per second by a large device-to-device copy."""
-    src = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize()
-    bw = 2 * src.numel() * 10 / (start.elapsed_time(end) / 1e3)
-    del src, dst
-    return bw
 
 
 def write_config(name: str) -> str:
@@ -176,7 +160,7 @@ def bench_transformers(name: str, path: str) -> None:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
-    bw = copy_bandwidth()
+    bw = measure_ceilings("cuda", torch.bfloat16).bandwidth
     print(f"device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)", flush=True)
     for name in PRESETS:
         path = write_config(name)

@@ -15,8 +15,9 @@ import os
 import random
 
 import torch
-from triton.testing import do_bench, do_bench_cudagraph
+from triton.testing import do_bench_cudagraph
 
+from minisgl.bench.roofline import measure_ceilings
 from minisgl_backend_sgl.forward_meta import decode_splits
 from minisgl_backend_sgl.kernels.attention import decode_attention
 
@@ -27,13 +28,6 @@ SHAPES = {k: SHAPES[k] for k in os.environ.get("TUNE_SHAPES", ",".join(SHAPES)).
 BATCHES = [(1, [1024]), (16, [1024]), (64, [1024]), (256, None)]
 BATCHES = [b for b in BATCHES if str(b[0]) in os.environ.get("TUNE_BATCHES", "1,16,64,256").split(",")]
 CONFIGS = list(itertools.product((1, 2, 4, 8, 16), (32, 64, 128), ((4, 2), (8, 2), (4, 3))))
-
-
-def copy_rate(device: torch.device) -> float:
-    a = torch.empty(1 << 28, dtype=torch.uint8, device=device)
-    b = torch.empty_like(a)
-    ms = do_bench(lambda: b.copy_(a), warmup=10, rep=50)
-    return 2 * a.numel() / (ms * 1e-3)
 
 
 def sweep(heads: int, kv_heads: int, lens: list[int], device: torch.device, today: tuple) -> tuple[dict, int]:
@@ -66,7 +60,7 @@ def sweep(heads: int, kv_heads: int, lens: list[int], device: torch.device, toda
 def main() -> None:
     device = torch.device("cuda")
     torch.manual_seed(0)
-    rate = copy_rate(device)
+    rate = measure_ceilings("cuda", torch.bfloat16).bandwidth
     num_sms = torch.cuda.get_device_properties(device).multi_processor_count
     print(f"copy rate {rate / 1e9:.0f} GB/s, {num_sms} SMs")
     rng = random.Random(0)

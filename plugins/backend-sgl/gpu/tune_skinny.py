@@ -2,9 +2,10 @@
 
 For the projections of qwen3-0.6b and llama-3.1-8b (qkv, o, gate_up, down), rows M in
 1..16, bf16: every
-Triton configuration in the sweep and F.linear, each captured 20 times in a CUDA graph over
-copies of the weight that together exceed the L2 cache (as a decode step reads each layer's
-weights once), timed by replaying. Prints the best configuration per shape and M, its time
+Triton configuration in the sweep and F.linear, each captured in a CUDA graph once per copy
+of the weight, the copies together past the L2 cache (as a decode step reads each layer's
+weights once), timed by replaying (skinny_gemm.seconds_per_call). Prints the best
+configuration per shape and M, its time
 against cuBLAS's, and the share of the copy rate its weight read reaches; writes them as
 JSON to $OUT/tune_skinny.json.
 
@@ -23,7 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minisgl_backend_sgl.kernels.skinny_gemm import SkinnyConfig, skinny_gemm
+from minisgl.bench.roofline import measure_ceilings
+from minisgl_backend_sgl.kernels.skinny_gemm import SkinnyConfig, seconds_per_call, skinny_gemm
 
 SHAPES = {  # name: (N, K) of W [N, K]
     "qwen3-0.6b": {"qkv": (4096, 1024), "o": (1024, 2048), "gate_up": (6144, 1024), "down": (1024, 3072)},
@@ -34,45 +36,11 @@ MODELS = os.environ.get("TUNE_MODELS", "qwen3-0.6b,llama-3.1-8b").split(",")
 CONFIGS = [SkinnyConfig(block_n=bn, block_k=bk, split_k=s, num_stages=st)
            for bn, bk, s, st in itertools.product((16, 32, 64), (128, 256), (1, 2, 4, 8, 16), (3, 4))]
 L2_BYTES = 128 * 1024**2
-CALLS = 20
-
-
-def copy_bandwidth() -> float:
-    src = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * src.numel() * 10 / (start.elapsed_time(end) / 1e3)
-
-
-def graph_time(fn, weights: list[torch.Tensor]) -> float:
-    """Seconds per call: CALLS calls over rotating weight copies, captured once, replayed."""
-    for w in weights[:2]:
-        fn(w)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(CALLS):
-            fn(weights[i % len(weights)])
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / (10 * CALLS)
 
 
 def main() -> int:
     torch.manual_seed(0)
-    bw = copy_bandwidth()
+    bw = measure_ceilings("cuda", torch.bfloat16).bandwidth
     print(f"{torch.cuda.get_device_name()}: copy {bw / 1e12:.2f} TB/s (read + write)", flush=True)
     dtype = torch.bfloat16
     results = []
@@ -87,7 +55,7 @@ def main() -> int:
                     return F.linear(x, w)
 
                 ref = cublas(weights[0]).float()
-                t_cublas = graph_time(cublas, weights)
+                t_cublas = seconds_per_call(cublas, weights)
                 best = None
                 for cfg in CONFIGS:
                     if k // cfg.split_k < cfg.block_k:
@@ -98,7 +66,7 @@ def main() -> int:
                         if err > 2e-2:
                             print(f"  {model} {name} M={m} {cfg}: relative error {err:.2e}", flush=True)
                             continue
-                        t = graph_time(lambda w, cfg=cfg, x=x: skinny_gemm(x, w, None, cfg), weights)
+                        t = seconds_per_call(lambda w, cfg=cfg, x=x: skinny_gemm(x, w, None, cfg), weights)
                     except Exception as exc:  # a configuration that does not compile or fit
                         print(f"  {model} {name} M={m} {cfg}: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
                         continue

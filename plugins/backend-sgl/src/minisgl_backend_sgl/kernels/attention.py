@@ -10,8 +10,9 @@ table lists the slot of each of its positions, so a block of keys is a gather of
   cut into NUM_SPLITS ranges, each program handles one range for all query heads that share
   a KV head (GQA packing, so K/V are read once per group), and a second kernel merges the
   partial results by their log-sum-exp (with one split the first writes the answer itself;
-  merging in the split kernel, by its last program to finish, measured slower at 16 splits). NUM_SPLITS depends only on the batch shape, never on
-  the lengths, so the launch is the same at every step and fits in a CUDA graph.
+  merging in the split kernel, by its last program to finish, measured slower at 16 splits).
+  NUM_SPLITS depends only on the batch shape, never on the lengths, so the launch is the
+  same at every step and fits in a CUDA graph.
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def candidates(rows: int, n: int, k: int, device: torch.device) -> list[SkinnyCo
     return [SkinnyConfig(32, block_k, split) for split in sorted({1, max(1, fill // 4), fill})]
 
 
-def _seconds_per_call(fn, weights: list[torch.Tensor]) -> float:
+def seconds_per_call(fn, weights: list[torch.Tensor]) -> float:
     """One call per weight, captured in a graph and replayed: each weight read from memory
     once per pass, as a decode step reads each layer's."""
     for w in weights[:2]:
@@ -193,10 +193,10 @@ def choose(weights: list[torch.Tensor], batch_sizes: list[int]) -> None:
         device = group[0].device
         for rows in (r for r in batch_sizes if r <= MAX_ROWS):
             x = torch.randn(rows, k, device=device, dtype=dtype)
-            cublas = _seconds_per_call(lambda w, x=x: F.linear(x, w), group)
+            cublas = seconds_per_call(lambda w, x=x: F.linear(x, w), group)
             best, best_config = cublas / _MIN_GAIN, None
             for config in candidates(rows, n, k, device):
-                t = _seconds_per_call(lambda w, x=x, c=config: skinny_gemm(x, w, None, c), group)
+                t = seconds_per_call(lambda w, x=x, c=config: skinny_gemm(x, w, None, c), group)
                 if t < best:
                     best, best_config = t, config
             if best_config is not None:
