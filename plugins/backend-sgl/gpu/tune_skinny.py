@@ -1,13 +1,11 @@
 """The skinny GEMM against cuBLAS at decode batch sizes, per projection shape, on a GPU.
 
 For the projections of qwen3-0.6b and llama-3.1-8b (qkv, o, gate_up, down), rows M in
-1..16, bf16: every
-Triton configuration in the sweep and F.linear, each captured in a CUDA graph once per copy
-of the weight, the copies together past the L2 cache (as a decode step reads each layer's
-weights once), timed by replaying (skinny_gemm.seconds_per_call). Prints the best
-configuration per shape and M, its time
-against cuBLAS's, and the share of the copy rate its weight read reaches; writes them as
-JSON to $OUT/tune_skinny.json.
+1..16, bf16: every Triton configuration in the sweep and F.linear, each captured in a CUDA
+graph once per copy of the weight, the copies together past the L2 cache (as a decode step
+reads each layer's weights once), timed by replaying (skinny_gemm.seconds_per_call).
+Prints the best configuration per shape and M, its time against cuBLAS's, and the share of
+the copy rate its weight read reaches; writes them as JSON to $OUT/tune_skinny.json.
 
     PYTHONPATH=core/src:plugins/backend-sgl/src python plugins/backend-sgl/gpu/tune_skinny.py
 Env: TUNE_ROWS (default 1,2,4,8,16), TUNE_MODELS (default qwen3-0.6b,llama-3.1-8b).
