@@ -49,12 +49,13 @@ log = logging.getLogger("minisgl.engine")
 
 
 def _one_host_thread(device: Any) -> int | None:
-    """On an accelerator, torch's CPU work is a few small tensors per step, and its idle
+    """On a CUDA device, torch's CPU work is a few small tensors per step, and its idle
     OpenMP threads spin for milliseconds after each: they took the cores the grammar
     backend's threads fill masks on (64 rows: 5.7 ms, 0.7 ms with one thread, H200 host).
-    So a GPU engine runs torch on one thread, as vLLM's GPU workers do, unless
-    OMP_NUM_THREADS says otherwise. Returns the count to restore at shutdown."""
-    if str(device).startswith("cpu") or "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() == 1:
+    So a CUDA engine runs torch on one thread, as vLLM does, unless OMP_NUM_THREADS says
+    otherwise. (Backends that sample on the CPU keep their threads.) Returns the count to
+    restore at shutdown."""
+    if not str(device).startswith("cuda") or "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() == 1:
         return None
     before = torch.get_num_threads()
     torch.set_num_threads(1)
