@@ -30,7 +30,7 @@ from .kernels.select import select_kernels
 from .kv_cache import GIB, KVCache, KVLayout, plan_num_pages
 from .model import CausalLM
 from .rope import cos_sin_table
-from .tp import TensorParallel, Workers, batch_metadata, check_port_free, init_port
+from .tp import TensorParallel, Workers, batch_metadata, bind_store, init_port
 from .weights import init_dummy_weights, iter_checkpoint, load_weights
 
 logger = logging.getLogger(__name__)
@@ -151,14 +151,15 @@ class SglModelRunner:
     def _join_group(self, settings: Any, model_path: str, dummy: bool, rank: int) -> None:
         """Rank 0 starts the other ranks; every rank joins the group (see tp.py)."""
         port = init_port(settings)
+        store = None
         if rank == 0:
-            check_port_free(port)
+            store = bind_store(port, settings.tp_size)
             self.workers = Workers(settings, model_path, dummy, settings.tp_size, port)
             self.workers.wait_ready()
         if not self.cuda:  # the ranks share the CPU's cores (given back at shutdown)
             self._threads = torch.get_num_threads()
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.tp_size))
-        self.tp = TensorParallel(rank, settings.tp_size, port, self.device)
+        self.tp = TensorParallel(rank, settings.tp_size, port, self.device, store)
 
     @torch.inference_mode()
     def logits(self, batch: ForwardBatch) -> torch.Tensor:

@@ -18,7 +18,6 @@ import logging
 import multiprocessing
 import os
 import queue
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -43,24 +42,28 @@ def init_port(settings: Any) -> int:
     return int(getattr(settings, "port", None) or DEFAULT_PORT) + 1
 
 
-def check_port_free(port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's store binds: TIME_WAIT is free
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise RuntimeError(f"--tp-size > 1 meets its ranks on port {port} (--port + 1), which is in use "
-                               f"({exc.strerror}): free it or pick another --port") from None
+def bind_store(port: int, size: int) -> dist.TCPStore:
+    """Rank 0's store, bound at once: the port is held from here until the group closes. A
+    check now and a bind after the other ranks load lost the port in between to an outgoing
+    connection (ports above 32768 are also the system's ephemeral range)."""
+    try:
+        return dist.TCPStore("127.0.0.1", port, size, is_master=True, timeout=COLLECTIVE_TIMEOUT, wait_for_workers=False)
+    except RuntimeError as exc:  # torch's DistNetworkError
+        why = "address already in use" if "EADDRINUSE" in str(exc) else str(exc).splitlines()[0]
+        raise RuntimeError(f"--tp-size > 1 meets its ranks on port {port} (--port + 1), which is in use "
+                           f"({why}): free it or pick another --port") from None
 
 
 class TensorParallel:
     """This process's place in the group, and the collectives the sharded layers call."""
 
-    def __init__(self, rank: int, size: int, port: int, device: torch.device) -> None:
+    def __init__(self, rank: int, size: int, port: int, device: torch.device, store: dist.Store | None = None) -> None:
+        """`store`: rank 0's (bind_store); the other ranks connect to it at `port`."""
         self.rank, self.size, self.device = rank, size, device
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size,
-                                timeout=COLLECTIVE_TIMEOUT)
+        if store is None:
+            store = dist.TCPStore("127.0.0.1", port, size, is_master=False, timeout=COLLECTIVE_TIMEOUT)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=COLLECTIVE_TIMEOUT)
         logger.info("tensor parallel rank %d of %d (%s) on %s", rank, size, backend, device)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
