@@ -130,4 +130,3 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights
         y = h @ w2[expert].t()
         out.index_add_(0, rows, y * topk_weights[rows, slot, None].to(y.dtype))
     return out
-
