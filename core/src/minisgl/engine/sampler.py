@@ -113,9 +113,10 @@ def apply_vocab_mask(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Ten
     vocab = logits.shape[1]
     # queued behind the forward in flight instead of waiting for it (the bitmask is pinned)
     words = sampling.vocab_mask.result().to(logits.device, non_blocking=True)
-    bits = torch.arange(32, device=logits.device, dtype=torch.int32)
-    allowed = ((words[:, :, None] >> bits) & 1).bool().reshape(words.shape[0], -1)[:, :vocab]
-    return logits.masked_fill(~allowed, float("-inf"))
+    bits = 1 << torch.arange(32, device=logits.device, dtype=torch.int32)  # bit 31 is int32's sign: & still works
+    allowed = ((words[:, :, None] & bits) != 0).reshape(words.shape[0], -1)[:, :vocab]
+    # where, not masked_fill(~allowed): half the time on a CPU (64 x 49k: 4.3 against 8.3 ms)
+    return torch.where(allowed, logits, float("-inf"))
 
 
 def _filter(scaled: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:

@@ -1,0 +1,106 @@
+"""Where a constrained decode step's time goes on backend-sgl: `minisgl bench grammar`'s
+batch, free and under its JSON schema, with the GPU's busy share of each step and the host's
+waits that could leave it idle.
+
+Per run (free, json_schema), median over the full-batch steps:
+- step: wall time of `engine.step()`;
+- GPU: CUDA kernel time per step under torch.profiler (its wall is slower; the share counts);
+- mask wait: the engine thread blocked on the step's bitmask in the sampler;
+- feed / fill: the mask worker consuming the last step's tokens, then filling the rows.
+A json_schema step longer than a free one while the GPU is less busy is host time the
+overlap does not hide.
+
+    python plugins/backend-sgl/gpu/profile_grammar.py [preset] [batch] [key=value settings...]
+Writes profile_grammar_<preset>.txt and a Chrome trace of a few constrained steps under $OUT.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from minisgl import LLM
+from minisgl.bench import grammar_step
+from minisgl.engine import sampler
+from minisgl.engine.scheduler import Scheduler
+
+from profile_w1 import settings_from_argv
+
+
+class Timers:
+    """Seconds spent in the wrapped calls, reset per run."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[float]] = {}
+
+    def wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.calls.setdefault(name, []).append(time.perf_counter() - t0)
+        return timed
+
+    def per_step_ms(self, name: str, steps: int) -> float:
+        return 1e3 * sum(self.calls.get(name, [])) / max(steps, 1)
+
+
+def main() -> None:
+    preset = sys.argv[1] if len(sys.argv) > 1 else "qwen3-0.6b"
+    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 64
+    extra = settings_from_argv(sys.argv[3:])
+    out = Path(os.environ.get("OUT", "/tmp"))
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    device_activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU  # CPU: a dry run of the script
+    timers = Timers()
+    sampler.apply_vocab_mask = timers.wrap("mask wait", sampler.apply_vocab_mask)
+    Scheduler._feed_grammar = staticmethod(timers.wrap("feed", Scheduler._feed_grammar))
+    settings = {"backend": "sgl", "max_running_requests": batch, "grammar_backend": "llguidance", **extra}
+    say(f"grammar steps on {preset}, batch {batch}, settings {settings}")
+    with LLM(model=preset, dtype="bfloat16", **settings) as llm:
+        prompts = grammar_step._prompts(llm, batch, 0)
+        free, constrained = grammar_step.measure(llm, batch, 64, 2, 0)
+        say(f"bench grammar: free {free.median_step:.2f} ms, json_schema {constrained.median_step:.2f} ms "
+            f"({(constrained.median_step - free.median_step) / free.median_step:+.1%}), fill {constrained.median_fill:.2f} ms")
+        for constrained_run in (False, True):
+            timers.calls.clear()
+            times = grammar_step.StepTimes("json_schema" if constrained_run else "free")
+            sync()
+            with profile(activities=[device_activity]) as prof:
+                t0 = time.perf_counter()
+                grammar_step.run_steps(llm, prompts, 64, constrained_run, times)
+                sync()
+                wall = time.perf_counter() - t0
+            llm.flush_cache()
+            steps = len(times.step_ms) + 1
+            gpu = sum(e.self_device_time_total for e in prof.key_averages() if e.device_time_total > 0) / 1e3
+            say(f"{times.kind:12s} profiled step {times.median_step:.2f} ms (wall {1e3 * wall / steps:.2f} ms/step), "
+                f"GPU kernels {gpu / steps:.2f} ms/step ({100 * gpu / 1e3 / wall:.0f}% busy), "
+                f"mask wait {timers.per_step_ms('mask wait', steps):.2f} ms, feed {timers.per_step_ms('feed', steps):.2f} ms, "
+                f"fill {statistics.median(times.fill_ms) if times.fill_ms else 0:.2f} ms")
+            if constrained_run:
+                say(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=50))
+        # a few constrained steps with the host's side, to read in chrome://tracing or Perfetto
+        times = grammar_step.StepTimes("trace")
+        with profile(activities=list({ProfilerActivity.CPU, device_activity})) as prof:
+            grammar_step.run_steps(llm, prompts, 12, True, times)
+        prof.export_chrome_trace(str(out / f"trace_grammar_{preset}.json"))
+    (out / f"profile_grammar_{preset}.txt").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
