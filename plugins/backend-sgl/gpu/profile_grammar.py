@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 
 import torch
+from profile_w1 import settings_from_argv
 from torch.profiler import ProfilerActivity, profile
 
 from minisgl import LLM
 from minisgl.bench import grammar_step
 from minisgl.engine import sampler
 from minisgl.engine.scheduler import Scheduler
-
-from profile_w1 import settings_from_argv
 
 
 class Timers:
@@ -73,9 +72,9 @@ def main() -> None:
     say(f"grammar steps on {preset}, batch {batch}, settings {settings}")
     with LLM(model=preset, dtype="bfloat16", **settings) as llm:
         prompts = grammar_step._prompts(llm, batch, 0)
-        free, constrained = grammar_step.measure(llm, batch, 64, 2, 0)
+        free, constrained, costs = grammar_step.measure(llm, batch, 64, 2, 0)
         say(f"bench grammar: free {free.median_step:.2f} ms, json_schema {constrained.median_step:.2f} ms "
-            f"({(constrained.median_step - free.median_step) / free.median_step:+.1%}), fill {constrained.median_fill:.2f} ms")
+            f"(rounds {', '.join(f'{c:+.1%}' for c in costs)}), fill {constrained.median_fill:.2f} ms")
         for constrained_run in (False, True):
             timers.calls.clear()
             times = grammar_step.StepTimes("json_schema" if constrained_run else "free")

@@ -85,13 +85,19 @@ def run_steps(llm: Any, prompts: list[list[int]], tokens: int, constrained: bool
         engine.scheduler.fill_masks = fill
 
 
-def measure(llm: Any, batch: int, tokens: int, rounds: int, seed: int) -> tuple[StepTimes, StepTimes]:
+def measure(llm: Any, batch: int, tokens: int, rounds: int, seed: int) -> tuple[StepTimes, StepTimes, list[float]]:
+    """Free and constrained steps, and each round's cost: its constrained median step over its
+    free one, minus one (a round runs both within a minute, so the machine's drift over the
+    whole run, 10-30% on a shared CPU, cancels inside it)."""
     prompts = _prompts(llm, batch, seed)
     free, constrained = StepTimes("free"), StepTimes("json_schema")
     run_steps(llm, prompts[:2], 4, True, StepTimes("warm-up"))  # the backend's tokenizer, the schema's grammar
+    costs = []
     for _ in range(rounds):
+        f, c = len(free.step_ms), len(constrained.step_ms)
         run_steps(llm, prompts, tokens, False, free)
         llm.flush_cache()
         run_steps(llm, prompts, tokens, True, constrained)
         llm.flush_cache()
-    return free, constrained
+        costs.append(statistics.median(constrained.step_ms[c:]) / statistics.median(free.step_ms[f:]) - 1)
+    return free, constrained, costs

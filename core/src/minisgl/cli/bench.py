@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import statistics
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -238,15 +239,15 @@ def grammar(model, backend, dtype, batch, tokens, rounds, seed, grammar_backend)
     settings = {"max_running_requests": max(batch, 1), "grammar_backend": grammar_backend}
     _model_path(model)  # fetch or resolve first, with a clear error; LLM takes the name (a preset may be dummy)
     with LLM(model, backend=backend, dtype=dtype, **settings) as llm:
-        free, constrained = measure(llm, batch, tokens, rounds, seed)
+        free, constrained, costs = measure(llm, batch, tokens, rounds, seed)
     table = Table(title=f"decode steps at {batch} rows, {model}")
     for col in ("run", "steps", "median step ms", "median mask fill ms (worker thread)"):
         table.add_column(col, justify="right" if col != "run" else "left")
     for t in (free, constrained):
         table.add_row(t.kind, str(len(t.step_ms)), f"{t.median_step:.2f}", f"{t.median_fill:.2f}" if t.fill_ms else "-")
     console.print(table)
-    share = (constrained.median_step - free.median_step) / free.median_step if free.median_step else float("nan")
-    console.print(f"grammar cost: {share:+.1%} of a free step (goal: under 10%); the fill alone is "
+    console.print(f"grammar cost: {statistics.median(costs):+.1%} of a free step (goal: under 10%; the median of "
+                  f"the rounds' {', '.join(f'{c:+.1%}' for c in costs)}); the fill alone is "
                   f"{constrained.median_fill / free.median_step:.1%} of it")
     for line in header_lines(header(model=model, dtype=dtype, backend=backend, settings=settings)):
         console.print(line)
