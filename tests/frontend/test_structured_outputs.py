@@ -150,6 +150,9 @@ class ChoicesBackend:
         self.check(field, source)
         return ChoiceMatcher(self, source[1:-1].split("|"))
 
+    def accept(self, tokens):
+        return [m.accept(token) for m, token in tokens]
+
     def fill(self, rows, bitmask):
         self.fills += 1
         bits = bitmask.numpy().view(np.uint32)

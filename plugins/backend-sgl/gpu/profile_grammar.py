@@ -67,7 +67,7 @@ def main() -> None:
     device_activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU  # CPU: a dry run of the script
     timers = Timers()
     sampler.apply_vocab_mask = timers.wrap("mask wait", sampler.apply_vocab_mask)
-    Scheduler._feed_grammar = staticmethod(timers.wrap("feed", Scheduler._feed_grammar))
+    Scheduler._feed_grammars = timers.wrap("feed", Scheduler._feed_grammars)
     settings = {"backend": "sgl", "max_running_requests": batch, "grammar_backend": "llguidance", **extra}
     say(f"grammar steps on {preset}, batch {batch}, settings {settings}")
     with LLM(model=preset, dtype="bfloat16", **settings) as llm:

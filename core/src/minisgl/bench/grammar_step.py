@@ -64,14 +64,15 @@ def run_steps(llm: Any, prompts: list[list[int]], tokens: int, constrained: bool
         params = SamplingParams(max_new_tokens=tokens, temperature=1.0, seed=i, ignore_eos=True, json_schema=schema)
         for req in llm.frontend.generation(f"grammar-{into.kind}-{time.monotonic_ns()}-{i}", [ids], params).engine_requests():
             engine.add_request(req)
-    fill = engine.scheduler.fill_masks
+    backend = engine.grammars
+    fill = backend.fill
 
     def timed_fill(rows: Any, bitmask: Any) -> None:
         t0 = time.perf_counter()
         fill(rows, bitmask)
         into.fill_ms.append((time.perf_counter() - t0) * 1e3)
 
-    engine.scheduler.fill_masks = timed_fill
+    backend.fill = timed_fill
     try:
         left = len(prompts)
         while left:
@@ -82,7 +83,7 @@ def run_steps(llm: Any, prompts: list[list[int]], tokens: int, constrained: bool
                 into.step_ms.append((time.perf_counter() - t0) * 1e3)
             left -= sum(1 for o in outs if o.finished)
     finally:
-        engine.scheduler.fill_masks = fill
+        backend.fill = fill
 
 
 def measure(llm: Any, batch: int, tokens: int, rounds: int, seed: int) -> tuple[StepTimes, StepTimes, list[float]]:

@@ -245,7 +245,6 @@ class Engine:
         self._grammars: GrammarBackend | None = None
         self._compiler: ThreadPoolExecutor | None = None
         self._compiling: list[_Compiling] = []  # requests waiting for their grammar's matcher
-        self.scheduler.fill_masks = lambda rows, bitmask: self.grammars.fill(rows, bitmask)
 
     # ---- requests -----------------------------------------------------------------
     def add_request(self, req: EngineRequest) -> None:
@@ -371,6 +370,7 @@ class Engine:
             tokenizer = AutoTokenizer.from_pretrained(str(self.model.path),
                                                       trust_remote_code=self.settings.trust_remote_code)
             self._grammars = self._grammar_factory(tokenizer, getattr(self.runner, "vocab_size", None))
+            self.scheduler.grammars = self._grammars
         return self._grammars
 
     def _drain_inbox(self) -> list[EngineOutput]:

@@ -45,7 +45,7 @@ class Req:
     temperature: float = 1.0
     seed: int = -1
     grammar: Any = None  # a minisgl.grammar.GrammarMatcher: structured outputs
-    grammar_fed: int = 0  # output tokens the matcher has been given (see Scheduler._feed_grammar)
+    grammar_fed: int = 0  # output tokens the matcher has been given (see Scheduler._feed_grammars)
     grammar_ok: bool = True  # whether the matcher took the last of them
 
     def __post_init__(self) -> None:

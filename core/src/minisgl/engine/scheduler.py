@@ -34,12 +34,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from ..cache.base import PrefixCache
 from ..cache.pool import PagePool
+from ..grammar import GrammarBackend
 from .batch import ForwardBatch, ForwardResult, ImageSlice, ModelRunner, SamplingBatch
 from .messages import EngineOutput
 from .queue_policy import QueuePolicy
@@ -79,8 +79,8 @@ class Scheduler:
         self.max_prefill = max_prefill_length
         self.max_context_len = max_context_len
         self.decode_log_stride = decode_log_stride
-        # fills grammar bitmask rows: fill_masks([(matcher, row)], bitmask), the engine's grammar backend
-        self.fill_masks: Callable[[list[tuple[Any, int]], torch.Tensor], None] | None = None
+        # the engine's grammar backend (minisgl.grammar), set with the first constrained request
+        self.grammars: GrammarBackend | None = None
         self._mask_worker: ThreadPoolExecutor | None = None
         self._mask_pending: Future[torch.Tensor] | None = None  # the last mask fill submitted
         self.device = torch.device(sampler_device or runner.device)
@@ -475,7 +475,8 @@ class Scheduler:
         mask.index_fill_(0, torch.tensor([row for _, row in rows]), 0)
         if self._mask_worker is None:
             self._mask_worker = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
-        assert self.fill_masks is not None, "requests with grammars need Scheduler.fill_masks"
+        grammars = self.grammars
+        assert grammars is not None, "requests with grammars need Scheduler.grammars"
         index = {id(r): i for i, r in enumerate(previous.sampled)} if previous is not None else {}
         unfed = [(req, index[id(req)]) for req, _ in rows if id(req) in index]
 
@@ -483,20 +484,22 @@ class Scheduler:
             if unfed:
                 assert previous is not None and previous.result is not None
                 tokens = previous.result.resolve().next_tokens.tolist()
-                for req, i in unfed:
-                    self._feed_grammar(req, int(tokens[i]))
-            self.fill_masks([(r.grammar, row) for r, row in rows], mask)
+                self._feed_grammars([(req, int(tokens[i])) for req, i in unfed])
+            grammars.fill([(r.grammar, row) for r, row in rows], mask)
             return mask
 
         self._mask_pending = self._mask_worker.submit(fill)
         return self._mask_pending
 
-    @staticmethod
-    def _feed_grammar(req: Req, token: int) -> None:
-        """Each output token reaches the matcher once: from the mask worker under overlap,
+    def _feed_grammars(self, tokens: list[tuple[Req, int]]) -> None:
+        """Each output token reaches its matcher once: from the mask worker under overlap,
         else from `process`."""
-        req.grammar_ok = req.grammar.accept(token)
-        req.grammar_fed += 1
+        if not tokens:
+            return
+        assert self.grammars is not None
+        for (req, _), ok in zip(tokens, self.grammars.accept([(req.grammar, token) for req, token in tokens])):
+            req.grammar_ok = ok
+            req.grammar_fed += 1
 
     def process(self, scheduled: ScheduledBatch, result: ForwardResult) -> list[EngineOutput]:
         """Append the sampled tokens, finish what is done, and say what each request got."""
@@ -511,6 +514,10 @@ class Scheduler:
         logprobs = result.logprobs.tolist() if result.logprobs is not None else None
         top_ids = result.top_logprob_ids.tolist() if result.top_logprob_ids is not None else None
         top_vals = result.top_logprob_values.tolist() if result.top_logprob_values is not None else None
+        # tokens the mask worker has not fed to their matchers (without overlap: all of them)
+        self._feed_grammars([(req, int(tokens[i])) for i, req in enumerate(scheduled.sampled)
+                             if req.grammar is not None and req.finished_reason is None
+                             and req.grammar_fed <= req.num_output])
         outputs = []
         for i, req in enumerate(scheduled.sampled):
             req.inflight -= 1
@@ -521,8 +528,6 @@ class Scheduler:
             req.num_output += 1
             self.counters["generation_tokens_total"] += 0 if req.warm_only else 1
             reason = None
-            if req.grammar is not None and req.grammar_fed < req.num_output:
-                self._feed_grammar(req, tok)
             if req.grammar is not None and not req.grammar_ok and tok not in req.stop_ids:
                 log.warning("rid=%s: token %d outside its grammar (%s)", req.rid, tok, req.grammar.error)
             if tok in req.stop_ids and req.num_output >= req.params.min_new_tokens:
