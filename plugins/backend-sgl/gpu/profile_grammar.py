@@ -2,7 +2,8 @@
 batch, free and under its JSON schema, with the GPU's busy share of each step and the host's
 waits that could leave it idle.
 
-Per run (free, json_schema), median over the full-batch steps:
+Per run (free, json_schema; `minisgl bench grammar` gives the unprofiled steps), median over
+the full-batch steps:
 - step: wall time of `engine.step()`;
 - GPU: CUDA kernel time per step under torch.profiler (its wall is slower; the share counts);
 - mask wait: the engine thread blocked on the step's bitmask in the sampler;
@@ -72,9 +73,10 @@ def main() -> None:
     say(f"grammar steps on {preset}, batch {batch}, settings {settings}")
     with LLM(model=preset, dtype="bfloat16", **settings) as llm:
         prompts = grammar_step._prompts(llm, batch, 0)
-        free, constrained, costs = grammar_step.measure(llm, batch, 64, 2, 0)
-        say(f"bench grammar: free {free.median_step:.2f} ms, json_schema {constrained.median_step:.2f} ms "
-            f"(rounds {', '.join(f'{c:+.1%}' for c in costs)}), fill {constrained.median_fill:.2f} ms")
+        grammar_step.run_steps(llm, prompts[:2], 4, True, grammar_step.StepTimes("warm-up"))
+        for constrained_run in (False, True):  # the kernels of every batch size, compiled before the profile
+            grammar_step.run_steps(llm, prompts, 8, constrained_run, grammar_step.StepTimes("warm-up"))
+            llm.flush_cache()
         for constrained_run in (False, True):
             timers.calls.clear()
             times = grammar_step.StepTimes("json_schema" if constrained_run else "free")
