@@ -89,7 +89,7 @@ class GrammarBackend(Protocol):
     def fill(self, rows: list[tuple[Any, int]], bitmask: Any) -> None:
         """For each (matcher, row): row `row` of an int32 bitmask [rows, ceil(vocab / 32)],
         cleared to 0 beforehand, bit t set = token t allowed next. Called on a worker thread
-        while the forward runs."""
+        while the forward runs (on a CPU engine, on the engine's thread before it)."""
 
 
 class LLGuidance:

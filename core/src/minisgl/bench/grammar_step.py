@@ -2,10 +2,10 @@
 
 `batch` requests decode `tokens` tokens each (sampled with seeds, EOS ignored) in one
 process, alternately free and under a JSON schema that cannot complete within them (an array
-of at least 8 objects of three fields), so both decode the same full-batch steps. Reported: the median
-step time of each, the difference as the mask's share of a free step (the goal is under
-10%), and the grammar backend's fill time per step, which runs on a worker thread while the
-forward runs (so it costs the step only where it is longer than the forward).
+of at least 8 objects of three fields), so both decode the same full-batch steps. Reported: the
+median step time of each, the mask's cost as a share of a free step (the median of the rounds'
+own; the goal is under 10%), and the grammar backend's fill time per step (on a GPU it runs on
+a worker thread while the forward runs, so it costs the step only where it is longer).
 """
 
 from __future__ import annotations

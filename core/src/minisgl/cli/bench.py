@@ -241,7 +241,7 @@ def grammar(model, backend, dtype, batch, tokens, rounds, seed, grammar_backend)
     with LLM(model, backend=backend, dtype=dtype, **settings) as llm:
         free, constrained, costs = measure(llm, batch, tokens, rounds, seed)
     table = Table(title=f"decode steps at {batch} rows, {model}")
-    for col in ("run", "steps", "median step ms", "median mask fill ms (worker thread)"):
+    for col in ("run", "steps", "median step ms", "median mask fill ms"):
         table.add_column(col, justify="right" if col != "run" else "left")
     for t in (free, constrained):
         table.add_row(t.kind, str(len(t.step_ms)), f"{t.median_step:.2f}", f"{t.median_fill:.2f}" if t.fill_ms else "-")
