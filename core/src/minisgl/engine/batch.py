@@ -151,3 +151,6 @@ class ModelRunner(Protocol):
 # A runner whose `forward` returns before the device is done (ForwardResult.ready set, and
 # device_next_tokens where next_tokens is a host copy) declares `supports_overlap = True`;
 # the engine then launches step N+1 before it reads step N's tokens (overlap scheduling).
+# A runner whose engine tensors live on the CPU (`device`) while its forward runs elsewhere
+# declares `forward_on_host = False` (by default it is `device.type == "cpu"`): the engine
+# then fills grammar masks beside the forward instead of before it.

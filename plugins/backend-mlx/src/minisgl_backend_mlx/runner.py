@@ -89,6 +89,7 @@ class MLXModelRunner:
         mx.set_default_device(self.mlx_device)
         # the engine's tensors (ids, page table, sampling) stay torch tensors on the host
         self.device = torch.device("cpu")
+        self.forward_on_host = self.mlx_device.type == mx.cpu  # on Metal, grammar masks fill beside the forward
         trust = settings.mlx_trust_remote_code or settings.trust_remote_code
         self.model, self.config = load_mlx_model(
             model.path,
