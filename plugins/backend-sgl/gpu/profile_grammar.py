@@ -98,8 +98,8 @@ def main() -> None:
         # a few constrained steps with the host's side, to read in chrome://tracing or Perfetto
         times = grammar_step.StepTimes("trace")
         with profile(activities=list({ProfilerActivity.CPU, device_activity})) as prof:
-            grammar_step.run_steps(llm, prompts, 12, True, times)
-        prof.export_chrome_trace(str(out / f"trace_grammar_{preset}.json"))
+            grammar_step.run_steps(llm, prompts, 8, True, times)
+        prof.export_chrome_trace(str(out / f"trace_grammar_{preset}.json.gz"))
     (out / f"profile_grammar_{preset}.txt").write_text("\n".join(lines) + "\n")
 
 
