@@ -115,7 +115,7 @@ def apply_vocab_mask(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Ten
     words = sampling.vocab_mask.result().to(logits.device, non_blocking=True)
     bits = 1 << torch.arange(32, device=logits.device, dtype=torch.int32)  # bit 31 is int32's sign: & still works
     allowed = ((words[:, :, None] & bits) != 0).reshape(words.shape[0], -1)[:, :vocab]
-    # where, not masked_fill(~allowed): half the time on a CPU (64 x 49k: 4.3 against 8.3 ms)
+    # where, not masked_fill(~allowed): about half the time on a CPU (64 x 49k: 4.8 against 8.3 ms)
     return torch.where(allowed, logits, float("-inf"))
 
 
