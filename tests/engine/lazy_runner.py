@@ -1,7 +1,8 @@
 """A test-only runner that behaves like an asynchronous GPU runner on the CPU: it wraps the
 real backend-hf runner, and the host copies of each step's results hold garbage (-1) until
 the scheduler waits on `ready`. Reading tokens before waiting gives wrong tokens, and each
-launch records whether the step before it was still unresolved (true overlap)."""
+launch records whether the step before it was still unresolved (true overlap). A step with
+a grammar mask leaves its sampling for the engine to launch later, as backend-sgl does."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from minisgl.engine.batch import ForwardBatch, ForwardResult
+from minisgl.engine.sampler import sample
 
 
 class LazyEvent:
@@ -36,6 +38,7 @@ class LazyRunner:
         self.device = inner.device
         self.forwards = 0
         self.overlapped_launches = 0  # launches while the previous step was unresolved
+        self.deferred_samples = 0  # steps whose sampling the engine launched after the forward
         self._last: LazyEvent | None = None
 
     def kv_capacity(self) -> int:
@@ -45,7 +48,16 @@ class LazyRunner:
         self.forwards += 1
         if self._last is not None and not self._last.done:
             self.overlapped_launches += 1
-        real = self.inner.forward(batch)
+        sampling = batch.sampling
+        if sampling is not None and sampling.vocab_mask is not None:
+            # as backend-sgl does while a mask is being filled: the engine launches the sampling later
+            logits = self.inner.compute_logits(batch)
+            self.deferred_samples += 1
+            return ForwardResult(next_tokens=torch.empty(0, dtype=torch.int64),
+                                 sample_later=lambda: self._lazy(sample(logits, sampling)))
+        return self._lazy(self.inner.forward(batch))
+
+    def _lazy(self, real: ForwardResult) -> ForwardResult:
         names = ("next_tokens", "logprobs", "top_logprob_ids", "top_logprob_values")
         device = {n: getattr(real, n) for n in names if getattr(real, n) is not None}
         host = {n: torch.full_like(t, -1) for n, t in device.items()}

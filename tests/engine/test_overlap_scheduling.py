@@ -126,3 +126,4 @@ def test_grammars_hold_through_overlap_and_retraction(engines, tiny_llama_path):
         text = tok.decode(tokens(got[rid]), skip_special_tokens=True)
         assert re.fullmatch(pattern, text) and got[rid][-1].finish_reason == "stop", (rid, text)
     assert lazy.metrics()["retractions_total"] > 0
+    assert lazy.runner.deferred_samples > 0 and lazy.runner.overlapped_launches > 0

@@ -9,7 +9,10 @@ the full-batch steps:
 - mask wait: the engine thread blocked on the step's bitmask in the sampler;
 - feed / fill: the mask worker consuming the last step's tokens, then filling the rows.
 A json_schema step longer than a free one while the GPU is less busy is host time the
-overlap does not hide.
+overlap does not hide. Then, unprofiled, the timeline of a median step: when each thread
+reaches each point (ms from the start of `engine.step()`), and the GPU's share (CUDA events
+around the graph replay and the sampler): the idle gap before the sampler is the mask the
+GPU waits for.
 
     python plugins/backend-sgl/gpu/profile_grammar.py [preset] [batch] [key=value settings...]
 Writes profile_grammar_<preset>.txt and a Chrome trace of a few constrained steps under $OUT.
@@ -50,6 +53,97 @@ class Timers:
 
     def per_step_ms(self, name: str, steps: int) -> float:
         return 1e3 * sum(self.calls.get(name, [])) / max(steps, 1)
+
+
+class Timeline:
+    """(point, seconds) stamps of the engine's steps, host side, and CUDA events around each
+    step's graph replay and sampling, without the profiler's overhead."""
+
+    def __init__(self, llm) -> None:
+        import threading
+
+        self.stamps: list[tuple[str, float]] = []
+        self.gpu: list[tuple[str, torch.cuda.Event]] = []
+        self.on = False
+        engine, runner = llm.engine, llm.engine.runner
+        worker = threading.current_thread
+
+        def stamp(name: str) -> None:
+            if self.on:
+                where = "engine" if worker() is threading.main_thread() else "worker"
+                self.stamps.append((f"{where}: {name}", time.perf_counter()))
+
+        def event(name: str) -> None:
+            if self.on:
+                e = torch.cuda.Event(enable_timing=True)
+                e.record()
+                self.gpu.append((name, e))
+
+        def around(obj, attr: str, before: str, after: str, gpu: bool = False) -> None:
+            fn = getattr(obj, attr)
+
+            def wrapped(*args, **kwargs):
+                stamp(before)
+                if gpu:
+                    event(before)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    stamp(after)
+                    if gpu:
+                        event(after)
+            setattr(obj, attr, wrapped)
+
+        step = engine.step
+
+        def timed_step():
+            stamp("step")
+            return step()
+        engine.step = timed_step
+        around(runner, "forward", "forward launch", "forward returned")
+        around(runner.graphs, "run", "graph start", "graph end", gpu=True)
+        around(engine.scheduler, "process", "process start", "process end")
+        around(engine.scheduler, "_feed_grammars", "feed start", "feed end")
+        around(engine.grammars, "fill", "fill start", "fill end")
+        sample = runner._sample
+
+        def timed_sample(logits, sampling):
+            if sampling.vocab_mask is not None:
+                stamp("mask wait")
+                sampling.vocab_mask.result()
+                stamp("mask ready")
+            event("sampler start")
+            try:
+                return sample(logits, sampling)
+            finally:
+                stamp("sampler launched")
+                event("sampler end")
+        runner._sample = timed_sample
+
+    def report(self, say) -> None:
+        torch.cuda.synchronize()
+        starts = [i for i, (name, _) in enumerate(self.stamps) if name == "engine: step"]
+        offsets: dict[str, list[float]] = {}
+        for a, b in zip(starts, starts[1:]):
+            t0 = self.stamps[a][1]
+            seen: set[str] = set()
+            for name, t in self.stamps[a + 1:b]:
+                if name not in seen:
+                    seen.add(name)
+                    offsets.setdefault(name, []).append(1e3 * (t - t0))
+            offsets.setdefault("(next step)", []).append(1e3 * (self.stamps[b][1] - t0))
+        for name, values in sorted(offsets.items(), key=lambda kv: statistics.median(kv[1])):
+            say(f"    {name:28s} {statistics.median(values):6.2f} ms  (in {len(values)} steps)")
+        phases: dict[str, list[float]] = {}
+        for (n0, e0), (n1, e1) in zip(self.gpu, self.gpu[1:]):
+            label = {("graph start", "graph end"): "GPU graph replay", ("graph end", "sampler start"): "GPU idle before the sampler",
+                     ("sampler start", "sampler end"): "GPU sampler", ("sampler end", "graph start"): "GPU between steps"}.get((n0, n1))
+            if label:
+                phases.setdefault(label, []).append(e0.elapsed_time(e1))
+        for label, values in phases.items():
+            say(f"    {label:28s} {statistics.median(values):6.2f} ms  (median of {len(values)})")
+        self.stamps.clear()
+        self.gpu.clear()
 
 
 def main() -> None:
@@ -95,6 +189,16 @@ def main() -> None:
                 f"fill {statistics.median(times.fill_ms) if times.fill_ms else 0:.2f} ms")
             if constrained_run:
                 say(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=50))
+        if cuda:
+            timeline = Timeline(llm)
+            for constrained_run in (False, True):
+                times = grammar_step.StepTimes("json_schema" if constrained_run else "free")
+                timeline.on = True
+                grammar_step.run_steps(llm, prompts, 64, constrained_run, times)
+                timeline.on = False
+                llm.flush_cache()
+                say(f"{times.kind} timeline, median step {times.median_step:.2f} ms:")
+                timeline.report(say)
         # a few constrained steps with the host's side, to read in chrome://tracing or Perfetto
         times = grammar_step.StepTimes("trace")
         with profile(activities=list({ProfilerActivity.CPU, device_activity})) as prof:

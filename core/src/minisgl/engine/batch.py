@@ -12,6 +12,7 @@ the page), so a paged kernel may read every P-th entry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -112,13 +113,19 @@ class ForwardResult:
     # next_tokens as the sampler left them on the runner's device, when next_tokens is a host
     # copy still in flight: overlap scheduling feeds these to step N+1 without waiting
     device_next_tokens: torch.Tensor | None = None
+    # the step's sampling, not launched yet: the forward is queued but the grammar mask was
+    # still being filled, so the engine calls this (the whole result) once it has processed
+    # the step before, instead of waiting for the mask
+    sample_later: Callable[[], ForwardResult] | None = None
 
     @property
     def future_tokens(self) -> torch.Tensor:
         """The sampled tokens, possibly not computed yet, for the device's stream to read."""
+        assert self.sample_later is None, "the step's sampling was never launched"
         return self.device_next_tokens if self.device_next_tokens is not None else self.next_tokens
 
     def resolve(self) -> ForwardResult:
+        assert self.sample_later is None, "the step's sampling was never launched"
         if self.ready is not None:
             self.ready.synchronize()
         return self
@@ -151,6 +158,8 @@ class ModelRunner(Protocol):
 # A runner whose `forward` returns before the device is done (ForwardResult.ready set, and
 # device_next_tokens where next_tokens is a host copy) declares `supports_overlap = True`;
 # the engine then launches step N+1 before it reads step N's tokens (overlap scheduling).
+# Such a runner may also return before the step's grammar mask is filled, with the sampling
+# in `sample_later`; the engine launches it after processing step N.
 # A runner whose engine tensors live on the CPU (`device`) while its forward runs elsewhere
 # declares `forward_on_host = False` (by default it is `device.type == "cpu"`): the engine
 # then fills grammar masks beside the forward instead of before it.

@@ -454,6 +454,9 @@ class Engine:
             self._launched = scheduled
         if previous is not None:
             outputs += self._process(previous)
+        if scheduled is not None and scheduled.result.sample_later is not None:
+            # its grammar mask was being filled at launch; processing step N gave it the time
+            scheduled.result = scheduled.result.sample_later()
         return outputs
 
     def has_work(self) -> bool:

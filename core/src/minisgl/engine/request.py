@@ -46,7 +46,10 @@ class Req:
     seed: int = -1
     grammar: Any = None  # a minisgl.grammar.GrammarMatcher: structured outputs
     grammar_fed: int = 0  # output tokens the matcher has been given (see Scheduler._feed_grammars)
-    grammar_ok: bool = True  # whether the matcher took the last of them
+    # the matcher's state after the last of them (the engine thread never reads the matcher,
+    # which the mask worker may be filling from): complete, and why it refused the token ("" if not)
+    grammar_done: bool = False
+    grammar_error: str = ""
 
     def __post_init__(self) -> None:
         if not self.all_ids:

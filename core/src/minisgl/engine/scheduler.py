@@ -82,7 +82,8 @@ class Scheduler:
         # the engine's grammar backend (minisgl.grammar), set with the first constrained request
         self.grammars: GrammarBackend | None = None
         self._mask_worker: ThreadPoolExecutor | None = None
-        self._mask_pending: Future[torch.Tensor] | None = None  # the last mask fill submitted
+        # the mask worker's feed of step N's tokens to their matchers, which `process` waits for
+        self._grammars_fed: Future[None] | None = None
         self.device = torch.device(sampler_device or runner.device)
         self.forward_on_host = bool(getattr(runner, "forward_on_host", self.device.type == "cpu"))
         width = min(max_context_len, self.pool.num_slots) + 1
@@ -481,12 +482,18 @@ class Scheduler:
         assert grammars is not None, "requests with grammars need Scheduler.grammars"
         index = {id(r): i for i, r in enumerate(previous.sampled)} if previous is not None else {}
         unfed = [(req, index[id(req)]) for req, _ in rows if id(req) in index]
+        fed: Future[None] = Future()
 
         def fill() -> torch.Tensor:
             if unfed:
                 assert previous is not None and previous.result is not None
-                tokens = previous.result.resolve().next_tokens.tolist()
-                self._feed_grammars([(req, int(tokens[i])) for req, i in unfed])
+                try:
+                    tokens = previous.result.resolve().next_tokens.tolist()
+                    self._feed_grammars([(req, int(tokens[i])) for req, i in unfed])
+                except BaseException as exc:
+                    fed.set_exception(exc)
+                    raise
+                fed.set_result(None)  # from here the engine may process step N while the fill runs
             grammars.fill([(r.grammar, row) for r, row in rows], mask)
             return mask
 
@@ -496,8 +503,8 @@ class Scheduler:
             return filled
         if self._mask_worker is None:
             self._mask_worker = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
-        self._mask_pending = self._mask_worker.submit(fill)
-        return self._mask_pending
+        self._grammars_fed = fed if unfed else None
+        return self._mask_worker.submit(fill)
 
     def _feed_grammars(self, tokens: list[tuple[Req, int]]) -> None:
         """Each output token reaches its matcher once: from the mask worker under overlap,
@@ -506,8 +513,10 @@ class Scheduler:
             return
         assert self.grammars is not None
         for (req, _), ok in zip(tokens, self.grammars.accept([(req.grammar, token) for req, token in tokens])):
-            req.grammar_ok = ok
             req.grammar_fed += 1
+            # read now, by the thread that owns the matcher: `process` may run while a fill uses it
+            req.grammar_done = req.grammar.done
+            req.grammar_error = "" if ok else req.grammar.error or "refused"
 
     def process(self, scheduled: ScheduledBatch, result: ForwardResult) -> list[EngineOutput]:
         """Append the sampled tokens, finish what is done, and say what each request got."""
@@ -515,9 +524,9 @@ class Scheduler:
         if not scheduled.sampled:
             return []
         result = result.resolve()  # the only wait for the device
-        if self._mask_pending is not None:
-            self._mask_pending.result()  # it may be feeding this step's tokens to the matchers
-            self._mask_pending = None
+        if self._grammars_fed is not None:
+            self._grammars_fed.result()  # the mask worker feeds this step's tokens to their matchers
+            self._grammars_fed = None
         tokens = result.next_tokens.tolist()
         logprobs = result.logprobs.tolist() if result.logprobs is not None else None
         top_ids = result.top_logprob_ids.tolist() if result.top_logprob_ids is not None else None
@@ -536,11 +545,11 @@ class Scheduler:
             req.num_output += 1
             self.counters["generation_tokens_total"] += 0 if req.warm_only else 1
             reason = None
-            if req.grammar is not None and not req.grammar_ok and tok not in req.stop_ids:
-                log.warning("rid=%s: token %d outside its grammar (%s)", req.rid, tok, req.grammar.error)
+            if req.grammar_error and tok not in req.stop_ids:
+                log.warning("rid=%s: token %d outside its grammar (%s)", req.rid, tok, req.grammar_error)
             if tok in req.stop_ids and req.num_output >= req.params.min_new_tokens:
                 reason = "stop"
-            elif req.grammar is not None and req.grammar.done:
+            elif req.grammar_done:
                 reason = "stop"  # the grammar is complete: only EOS could follow
             elif req.num_output >= req.max_new_tokens or len(req.all_ids) >= self.max_context_len:
                 reason = "length"

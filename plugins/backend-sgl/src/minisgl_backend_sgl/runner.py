@@ -189,7 +189,19 @@ class SglModelRunner:
         logits = self.logits(batch)
         if batch.sampling is None or logits.shape[0] == 0:
             return ForwardResult(next_tokens=torch.empty(0, dtype=torch.int64))
-        result = sample(logits, _to_device(batch.sampling, self.device))
+        sampling = _to_device(batch.sampling, self.device)
+        mask = sampling.vocab_mask
+        if self.supports_overlap and mask is not None and not mask.done():
+            # the forward is queued; the engine launches the sampling once it has processed
+            # the step before, while the mask's worker finishes, instead of waiting here
+            return ForwardResult(next_tokens=torch.empty(0, dtype=torch.int64),
+                                 sample_later=lambda: self._sample(logits, sampling))
+        return self._sample(logits, sampling)
+
+    @torch.inference_mode()
+    def _sample(self, logits: torch.Tensor, sampling: SamplingBatch) -> ForwardResult:
+        """Sample on the device and queue the tokens' copy to the host, without waiting."""
+        result = sample(logits, sampling)
         if not self.cuda:
             return result
         host = ForwardResult(
