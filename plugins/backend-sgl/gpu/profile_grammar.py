@@ -103,6 +103,8 @@ class Timeline:
         around(runner, "forward", "forward launch", "forward returned")
         around(runner.graphs, "run", "graph start", "graph end", gpu=True)
         around(engine.scheduler, "process", "process start", "process end")
+        around(engine.scheduler, "_sampling", "sampling rows start", "sampling rows end")
+        around(engine.scheduler, "_vocab_mask", "mask submit start", "mask submit end")
         around(engine.scheduler, "_feed_grammars", "feed start", "feed end")
         around(engine.grammars, "fill", "fill start", "fill end")
         sample = runner._sample

@@ -210,3 +210,55 @@ def test_skinny_gemm_replays_in_a_cuda_graph(device):
         x = torch.randn(rows, 2048, device=device, dtype=torch.bfloat16)
         torch.testing.assert_close(skinny_gemm.linear(x, o_proj[0]), torch.nn.functional.linear(x, o_proj[0]),
                                    **tol(torch.bfloat16))
+
+
+def _sampling(seeds: torch.Tensor, steps: torch.Tensor):
+    from minisgl.engine.batch import SamplingBatch
+
+    rows = len(seeds)
+    ones, zeros = torch.ones(rows, device=seeds.device), torch.zeros(rows, device=seeds.device)
+    return SamplingBatch(temperature=ones, top_p=ones, top_k=zeros.long(), min_p=zeros, repetition_penalty=ones,
+                         frequency_penalty=zeros, presence_penalty=zeros, seeds=seeds, steps=steps, all_greedy=False)
+
+
+@pytest.mark.parametrize("rows", [2, 7])  # 2 rows: the vocabulary splits across programs
+def test_gumbel_argmax_draws_what_the_torch_sampler_draws(device, rows):
+    from minisgl.engine import sampler as torch_sampler
+    from minisgl_backend_sgl.kernels import sampling
+
+    vocab = 3000  # three blocks, the last one partial
+    scaled = torch.randn(rows, vocab, device=device) * 2
+    scaled[:, ::3] = float("-inf")  # banned tokens (a grammar, top-k) are never drawn
+    seeds = torch.arange(rows, device=device) * 1000 + 7
+    steps = torch.randint(0, 50, (rows,), device=device)
+    got = sampling.gumbel_argmax(scaled, _sampling(seeds, steps))
+    want = torch_sampler.gumbel_argmax(scaled, _sampling(seeds, steps))
+    assert got.tolist() == want.tolist()
+    assert bool((scaled.gather(1, got[:, None]) > float("-inf")).all())
+
+
+def test_gumbel_argmax_without_seeds_draws_anew_each_call(device):
+    from minisgl_backend_sgl.kernels import sampling
+
+    scaled = torch.zeros(4, 500, device=device)
+    scaled[:, 100:] = float("-inf")
+    unseeded = _sampling(torch.full((4,), -1, device=device), torch.zeros(4, dtype=torch.int64, device=device))
+    draws = [sampling.gumbel_argmax(scaled, unseeded).tolist() for _ in range(3)]
+    assert all(0 <= t < 100 for d in draws for t in d)
+    assert len({tuple(d) for d in draws}) > 1
+    torch.manual_seed(3)
+    again = sampling.gumbel_argmax(scaled, unseeded).tolist()
+    torch.manual_seed(3)
+    assert sampling.gumbel_argmax(scaled, unseeded).tolist() == again  # the salt comes from torch's generator
+
+
+def test_bitmask_logits_bans_the_clear_bits(device):
+    from minisgl.engine import sampler as torch_sampler
+    from minisgl_backend_sgl.kernels import sampling
+
+    vocab = 2085  # not a multiple of 32 nor of the block
+    logits = torch.randn(5, vocab, device=device)
+    words = torch.randint(-(1 << 31), 1 << 31, (5, -(-vocab // 32)), dtype=torch.int32, device=device)
+    got = sampling.bitmask_logits(logits, words)
+    torch.testing.assert_close(got, torch_sampler.bitmask_logits(logits, words), atol=0, rtol=0)
+    assert got.data_ptr() != logits.data_ptr() and bool(torch.isfinite(logits).all())

@@ -28,9 +28,13 @@ The all_greedy fast path, with no penalties, masks or logprobs, is a plain argma
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .batch import ForwardResult, SamplingBatch
+
+BitmaskKernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # splitmix64 constants as signed int64 (torch has no uint64 arithmetic everywhere).
 _GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
@@ -106,17 +110,26 @@ def mask_stop_tokens(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Ten
     return logits.masked_fill(banned, float("-inf"))
 
 
-def apply_vocab_mask(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
-    """-inf where a row's grammar bitmask has the token's bit clear."""
-    if sampling.vocab_mask is None:
-        return logits
+def bitmask_logits(logits: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """-inf where the int32 bitmask `words` [S, ceil(V / 32)] has the token's bit clear."""
     vocab = logits.shape[1]
-    # queued behind the forward in flight instead of waiting for it (the bitmask is pinned)
-    words = sampling.vocab_mask.result().to(logits.device, non_blocking=True)
     bits = 1 << torch.arange(32, device=logits.device, dtype=torch.int32)  # bit 31 is int32's sign: & still works
     allowed = ((words[:, :, None] & bits) != 0).reshape(words.shape[0], -1)[:, :vocab]
     # where, not masked_fill(~allowed): about half the time on a CPU (64 x 49k: 4.8 against 8.3 ms)
     return torch.where(allowed, logits, float("-inf"))
+
+
+def apply_vocab_mask(logits: torch.Tensor, sampling: SamplingBatch, bitmask: BitmaskKernel = bitmask_logits) -> torch.Tensor:
+    """-inf where a row's grammar bitmask has the token's bit clear."""
+    if sampling.vocab_mask is None:
+        return logits
+    # queued behind the forward in flight instead of waiting for it (the bitmask is pinned)
+    return bitmask(logits, sampling.vocab_mask.result().to(logits.device, non_blocking=True))
+
+
+def gumbel_argmax(scaled: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
+    """The Gumbel-max draw: argmax of each row of `scaled` plus its Gumbel noise."""
+    return (scaled + _gumbel(sampling, scaled.shape, scaled.device)).argmax(dim=1)
 
 
 def _filter(scaled: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
@@ -161,13 +174,16 @@ def _logprobs(logits: torch.Tensor, next_tokens: torch.Tensor, sampling: Samplin
         result.top_logprob_values, result.top_logprob_ids = top.values, top.indices
 
 
-def sample(logits: torch.Tensor, sampling: SamplingBatch) -> ForwardResult:
-    """Next token per row of `logits` [S, V] under each row's parameters."""
+def sample(logits: torch.Tensor, sampling: SamplingBatch, *, bitmask: BitmaskKernel = bitmask_logits,
+           draw: Callable[[torch.Tensor, SamplingBatch], torch.Tensor] = gumbel_argmax) -> ForwardResult:
+    """Next token per row of `logits` [S, V] under each row's parameters. A backend may pass
+    fused kernels for the two passes over the whole vocabulary (`bitmask_logits`,
+    `gumbel_argmax`), with the same results."""
     raw = logits
     processed = logits.float()
     if sampling.needs_penalties:
         processed = apply_penalties(processed, sampling)
-    processed = apply_vocab_mask(mask_stop_tokens(processed, sampling), sampling)
+    processed = apply_vocab_mask(mask_stop_tokens(processed, sampling), sampling, bitmask)
     if sampling.all_greedy:
         next_tokens = processed.argmax(dim=1)
     else:
@@ -175,7 +191,7 @@ def sample(logits: torch.Tensor, sampling: SamplingBatch) -> ForwardResult:
         greedy_rows = (temperature <= 0) | (sampling.top_k.to(processed.device) == 1)
         scaled = processed / torch.where(greedy_rows, 1.0, temperature)[:, None]
         scaled = _filter(scaled, sampling)
-        drawn = (scaled + _gumbel(sampling, scaled.shape, scaled.device)).argmax(dim=1)
+        drawn = draw(scaled, sampling)
         next_tokens = torch.where(greedy_rows, processed.argmax(dim=1), drawn)
     result = ForwardResult(next_tokens=next_tokens)
     if sampling.want_logprobs or sampling.top_logprobs > 0:

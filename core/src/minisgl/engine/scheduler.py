@@ -468,16 +468,14 @@ class Scheduler:
         """The step's grammar bitmask, filled by the grammar backend on a worker thread while
         the forward runs (the sampler waits for it). Rows without a grammar allow everything.
         Under overlap the matchers still lack step N's tokens: the worker waits for them, feeds
-        them, then fills, so the device runs step N+1's forward meanwhile. A forward on the
+        them, then fills, so the device runs step N+1's forward meanwhile and the engine
+        processes step N once they are fed (a runner may leave the sampling for after that,
+        ForwardResult.sample_later). The mask is made on the worker too. A forward on the
         host's cores takes all of them, and a fill beside it only contends with it
         (smollm2-135m, 64 rows, 2 cores: +11% a step against +5% filled first): there the
         mask is filled here, unless it must wait for step N's tokens."""
         words = -(-int(self.runner.vocab_size) // 32)
-        # pinned on CUDA, so the sampler's copy to the device is queued on the stream: from
-        # pageable memory it waits for the forward in flight (2.3 ms a step at 64 rows, H200)
-        mask = torch.full((num_rows, words), -1, dtype=torch.int32, pin_memory=self.device.type == "cuda")
-        # the backend sets the allowed bits: ids past the tokenizer's vocabulary (padding) stay banned
-        mask.index_fill_(0, torch.tensor([row for _, row in rows]), 0)
+        pinned = self.device.type == "cuda"
         grammars = self.grammars
         assert grammars is not None, "requests with grammars need Scheduler.grammars"
         index = {id(r): i for i, r in enumerate(previous.sampled)} if previous is not None else {}
@@ -494,6 +492,11 @@ class Scheduler:
                     fed.set_exception(exc)
                     raise
                 fed.set_result(None)  # from here the engine may process step N while the fill runs
+            # pinned on CUDA, so the sampler's copy to the device is queued on the stream: from
+            # pageable memory it waits for the forward in flight (2.3 ms a step at 64 rows, H200)
+            mask = torch.full((num_rows, words), -1, dtype=torch.int32, pin_memory=pinned)
+            # the backend sets the allowed bits: ids past the tokenizer's vocabulary (padding) stay banned
+            mask.index_fill_(0, torch.tensor([row for _, row in rows]), 0)
             grammars.fill([(r.grammar, row) for r, row in rows], mask)
             return mask
 

@@ -201,7 +201,7 @@ class SglModelRunner:
     @torch.inference_mode()
     def _sample(self, logits: torch.Tensor, sampling: SamplingBatch) -> ForwardResult:
         """Sample on the device and queue the tokens' copy to the host, without waiting."""
-        result = sample(logits, sampling)
+        result = sample(logits, sampling, bitmask=self.kernels.bitmask_logits, draw=self.kernels.gumbel_argmax)
         if not self.cuda:
             return result
         host = ForwardResult(

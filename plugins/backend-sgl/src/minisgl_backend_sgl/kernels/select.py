@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from minisgl.engine import sampler
+from minisgl.engine.batch import SamplingBatch
+
 from . import reference
 
 logger = logging.getLogger(__name__)
@@ -34,6 +37,9 @@ class KernelSet:
     linear: Callable[..., torch.Tensor] = F.linear  # (x, weight, bias): the projections
     # (projection weights, decode batch sizes): measures which kernel `linear` runs, before graph capture
     choose_linears: Callable[[list[torch.Tensor], list[int]], None] | None = None
+    # the sampler's passes over the whole vocabulary (minisgl.engine.sampler.sample's `bitmask` and `draw`)
+    bitmask_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = sampler.bitmask_logits
+    gumbel_argmax: Callable[[torch.Tensor, SamplingBatch], torch.Tensor] = sampler.gumbel_argmax
 
 
 REFERENCE = KernelSet(
@@ -47,7 +53,7 @@ REFERENCE = KernelSet(
 
 
 def triton_kernels() -> KernelSet:
-    from . import activation, attention, moe, norm, rope_store, skinny_gemm
+    from . import activation, attention, moe, norm, rope_store, sampling, skinny_gemm
 
     return KernelSet(
         name="triton",
@@ -59,6 +65,8 @@ def triton_kernels() -> KernelSet:
         fused_moe=moe.fused_moe,
         linear=skinny_gemm.linear,
         choose_linears=skinny_gemm.choose,
+        bitmask_logits=sampling.bitmask_logits,
+        gumbel_argmax=sampling.gumbel_argmax,
     )
 
 
@@ -112,10 +120,11 @@ def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: 
     sgl = _sgl_kernel_ops(device, dtype)
     if isinstance(sgl, str):
         logger.info("backend-sgl kernels: Triton attention, RMSNorm, RoPE+KV store, SiLU-mul, fused MoE, "
-                    "skinny GEMM (decode projections up to %d rows, where it measures faster than cuBLAS); %s", skinny_rows, sgl)
+                    "skinny GEMM (decode projections up to %d rows, where it measures faster than cuBLAS), "
+                    "sampler bitmask and Gumbel-max; %s", skinny_rows, sgl)
         return kernels
     rmsnorm, silu_mul = sgl
-    logger.info("backend-sgl kernels: Triton attention, RoPE+KV store, fused MoE and skinny GEMM (up to %d rows); "
-                "sgl_kernel RMSNorm and SiLU-mul", skinny_rows)
+    logger.info("backend-sgl kernels: Triton attention, RoPE+KV store, fused MoE, skinny GEMM (up to %d rows), "
+                "sampler bitmask and Gumbel-max; sgl_kernel RMSNorm and SiLU-mul", skinny_rows)
     return dataclasses.replace(kernels, name="triton+sgl_kernel", rmsnorm=rmsnorm, silu_mul=silu_mul)
 

@@ -1,0 +1,120 @@
+"""The sampler's two passes over the whole vocabulary, in Triton: the grammar bitmask, and the
+Gumbel-max draw fused with its noise.
+
+They replace the torch code of minisgl.engine.sampler (`bitmask_logits`, `gumbel_argmax`)
+with the same results: a seeded row's noise is the same counter-based hash of (seed, step,
+token id), computed in registers instead of some twenty int64 passes over [rows, vocab]
+tensors (64 rows of a 152k vocabulary: about 1 ms of an H200 a step, and as many launches).
+Unseeded rows hash a salt drawn from torch's generator on the host each call, so they need
+no per-row state either.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from minisgl.engine.batch import SamplingBatch
+
+_BLOCK = 1024
+
+
+@triton.jit
+def _mix64(x):
+    """splitmix64's finaliser on uint64 (the multiplications wrap)."""
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EB
+    return x ^ (x >> 31)
+
+
+@triton.jit
+def _gumbel_argmax_kernel(
+    x_ptr, stride_x, seeds_ptr, steps_ptr, salt, vals_ptr, idx_ptr,
+    n_cols, cols_per_split, n_splits,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    seed = tl.load(seeds_ptr + row)
+    step = tl.load(steps_ptr + row)
+    seeded = seed >= 0
+    seed = tl.where(seeded, seed, salt + row).to(tl.uint64, bitcast=True)
+    step = tl.where(seeded, step, 0).to(tl.uint64, bitcast=True)
+    key = _mix64(_mix64(seed + 0x9E3779B97F4A7C15) ^ (step * 0x94D049BB133111EB))
+    lo = split * cols_per_split
+    hi = tl.minimum(lo + cols_per_split, n_cols)
+    best_v = -float("inf")
+    best_i = lo
+    for start in range(lo, hi, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        inside = cols < hi
+        x = tl.load(x_ptr + row.to(tl.int64) * stride_x + cols, mask=inside, other=-float("inf")).to(tl.float32)
+        bits = _mix64(key + (cols.to(tl.uint64) + 1) * 0x9E3779B97F4A7C15)
+        # 23 high bits + 0.5: strictly inside (0, 1), as minisgl.engine.sampler.seeded_uniform
+        u = ((bits >> 41).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
+        v = tl.where(inside, x - tl.log(-tl.log(u)), -float("inf"))
+        m = tl.max(v, axis=0)
+        i = tl.argmax(v, axis=0)
+        take = m > best_v  # strictly: the first maximum wins, as torch.argmax
+        best_i = tl.where(take, start + i, best_i)
+        best_v = tl.where(take, m, best_v)
+    tl.store(vals_ptr + row * n_splits + split, best_v)
+    tl.store(idx_ptr + row * n_splits + split, best_i)
+
+
+@functools.cache
+def _programs_wanted(device: torch.device) -> int:
+    """Enough programs to fill the GPU a few times over (one per row is 64 of 132 SMs)."""
+    if device.type != "cuda":
+        return 4
+    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def gumbel_argmax(scaled: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
+    """argmax over each row of `scaled` [S, V] plus Gumbel noise: int64 [S] token ids."""
+    rows, vocab = scaled.shape
+    scaled = scaled.contiguous()
+    blocks = triton.cdiv(vocab, _BLOCK)
+    splits = max(1, min(blocks, _programs_wanted(scaled.device) // max(rows, 1)))
+    cols_per_split = triton.cdiv(blocks, splits) * _BLOCK
+    splits = triton.cdiv(vocab, cols_per_split)
+    vals = torch.empty(rows, splits, device=scaled.device, dtype=torch.float32)
+    idx = torch.empty(rows, splits, device=scaled.device, dtype=torch.int32)
+    salt = int(torch.randint(0, 1 << 62, ()).item())  # torch's CPU generator: no device sync
+    seeds = sampling.seeds.to(scaled.device, torch.int64)
+    steps = sampling.steps.to(scaled.device, torch.int64)
+    _gumbel_argmax_kernel[(rows, splits)](
+        scaled, scaled.stride(0), seeds, steps, salt, vals, idx,
+        vocab, cols_per_split, splits, BLOCK=_BLOCK, num_warps=4,
+    )
+    if splits == 1:
+        return idx[:, 0].long()
+    return idx.gather(1, vals.argmax(dim=1, keepdim=True)).squeeze(1).long()
+
+
+@triton.jit
+def _bitmask_kernel(x_ptr, stride_x, words_ptr, stride_w, out_ptr, n_cols, n_words, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < n_cols
+    x = tl.load(x_ptr + row * stride_x + cols, mask=inside)
+    word = tl.load(words_ptr + row * stride_w + cols // 32, mask=inside & (cols // 32 < n_words), other=0)
+    allowed = ((word >> (cols % 32)) & 1) != 0  # an arithmetic shift: bit 31 still reads 1
+    tl.store(out_ptr + row * n_cols + cols, tl.where(allowed, x, -float("inf")), mask=inside)
+
+
+def bitmask_logits(logits: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """`logits` [S, V] with -inf where the int32 bitmask `words` [S, ceil(V / 32)] has the
+    token's bit clear (a new tensor: the raw logits stay for logprobs)."""
+    rows, vocab = logits.shape
+    out = torch.empty((rows, vocab), device=logits.device, dtype=logits.dtype)
+    if rows == 0:
+        return out
+    logits, words = logits.contiguous(), words.contiguous()
+    _bitmask_kernel[(rows, triton.cdiv(vocab, _BLOCK))](
+        logits, logits.stride(0), words, words.stride(0), out, vocab, words.shape[1], BLOCK=_BLOCK, num_warps=4,
+    )
+    return out
