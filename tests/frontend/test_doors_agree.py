@@ -24,15 +24,20 @@ NOVA = 23324  # " Nova" in SmolLM2's vocabulary
 GREEDY = {"temperature": 0.0}
 
 
+# float32 on every CPU: the cases compare draws across batches of different sizes, and bf16
+# (auto's choice where the CPU has native bf16) moves logits by tenths between batch shapes
+DTYPE = "float32"
+
+
 @pytest.fixture(scope="module")
 def llm(smollm2_path):
-    with LLM(smollm2_path, backend="hf", num_pages=4096) as llm:
+    with LLM(smollm2_path, backend="hf", dtype=DTYPE, num_pages=4096) as llm:
         yield llm
 
 
 @pytest.fixture(scope="module")
 def server(smollm2_path, tmp_path_factory):
-    srv = start_server(smollm2_path, "--backend", "hf", log_dir=tmp_path_factory.mktemp("doors"))
+    srv = start_server(smollm2_path, "--backend", "hf", "--dtype", DTYPE, log_dir=tmp_path_factory.mktemp("doors"))
     yield srv
     srv.stop()
 

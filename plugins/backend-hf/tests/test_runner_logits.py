@@ -119,21 +119,34 @@ def test_smollm2_float32_matches_transformers(smollm2_path):
         torch.testing.assert_close(second[row], reference_logits(ref, prompt + [42 + row])[-1], atol=FP32_ATOL, rtol=0)
 
 
+def kl_divergence(want: torch.Tensor, got: torch.Tensor) -> float:
+    """KL(want || got) of the two logit rows' distributions: blind to a uniform logit shift,
+    which bf16 rounding produces and sampling ignores."""
+    want, got = want.log_softmax(-1), got.log_softmax(-1)
+    return float((want.exp() * (want - got)).sum())
+
+
 @pytest.mark.slow
 def test_smollm2_bfloat16_is_as_close_to_float32_as_transformers_bfloat16(smollm2_path):
-    """bf16 rounding moves logits by tenths; the paged path must not move them more than
-    transformers' own bf16 forward does (both measured against the float32 model)."""
+    """bf16 rounding moves logits by tenths, and which prompt it moves most differs between
+    any two bf16 implementations; over a dozen prompts, the paged path's distributions must be
+    about as close to the float32 model's as transformers' own bf16 forward is."""
     runner = make_runner(smollm2_path, dtype="bfloat16")  # the checkpoint's own
     assert runner.dtype == torch.bfloat16
     exact = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
     hf_bf16 = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.bfloat16).eval()
-    prompts = [random_tokens(n, runner.vocab_size, seed=n) for n in (48, 9)]
-    first, second = smollm2_steps(runner, prompts)
-    for row, prompt in enumerate(prompts):
-        for got, tokens in ((first[row], prompt), (second[row], prompt + [42 + row])):
-            want = reference_logits(exact, tokens)[-1]
-            hf_error = (reference_logits(hf_bf16, tokens)[-1] - want).abs()
-            our_error = (got - want).abs()
-            assert our_error.max() <= 2 * hf_error.max() + 0.05
-            assert our_error.mean() <= 2 * hf_error.mean() + 0.01
-            assert got.argmax() == want.argmax()
+    ours = theirs = 0.0
+    ours_right = theirs_right = 0
+    for seed in range(6):
+        prompts = [random_tokens(n, runner.vocab_size, seed=n + 100 * seed) for n in (48, 9)]
+        first, second = smollm2_steps(runner, prompts)
+        for row, prompt in enumerate(prompts):
+            for got, tokens in ((first[row], prompt), (second[row], prompt + [42 + row])):
+                want = reference_logits(exact, tokens)[-1]
+                hf = reference_logits(hf_bf16, tokens)[-1]
+                ours, theirs = ours + kl_divergence(want, got), theirs + kl_divergence(want, hf)
+                ours_right += int(got.argmax() == want.argmax())
+                theirs_right += int(hf.argmax() == want.argmax())
+    # measured on AVX-512 bf16: 0.057 against 0.053 summed over the 24 rows, 22 right against 21
+    assert ours <= 1.5 * theirs
+    assert ours_right >= theirs_right - 1
