@@ -20,6 +20,7 @@ Writes profile_grammar_<preset>.txt and a Chrome trace of a few constrained step
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import sys
@@ -79,9 +80,7 @@ class Timeline:
                 e.record()
                 self.gpu.append((name, e))
 
-        def around(obj, attr: str, before: str, after: str, gpu: bool = False) -> None:
-            fn = getattr(obj, attr)
-
+        def timed(fn, before: str, after: str, gpu: bool = False):
             def wrapped(*args, **kwargs):
                 stamp(before)
                 if gpu:
@@ -92,7 +91,10 @@ class Timeline:
                     stamp(after)
                     if gpu:
                         event(after)
-            setattr(obj, attr, wrapped)
+            return wrapped
+
+        def around(obj, attr: str, before: str, after: str, gpu: bool = False) -> None:
+            setattr(obj, attr, timed(getattr(obj, attr), before, after, gpu))
 
         step = engine.step
 
@@ -107,6 +109,10 @@ class Timeline:
         around(engine.scheduler, "_vocab_mask", "mask submit start", "mask submit end")
         around(engine.scheduler, "_feed_grammars", "feed start", "feed end")
         around(engine.grammars, "fill", "fill start", "fill end")
+        runner.kernels = dataclasses.replace(
+            runner.kernels,
+            bitmask_logits=timed(runner.kernels.bitmask_logits, "bitmask launch", "bitmask launched"),
+            gumbel_argmax=timed(runner.kernels.gumbel_argmax, "draw launch", "draw launched"))
         sample = runner._sample
 
         def timed_sample(logits, sampling):
