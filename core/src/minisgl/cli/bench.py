@@ -240,6 +240,10 @@ def grammar(model, backend, dtype, batch, tokens, rounds, seed, grammar_backend)
     _model_path(model)  # fetch or resolve first, with a clear error; LLM takes the name (a preset may be dummy)
     with LLM(model, backend=backend, dtype=dtype, **settings) as llm:
         free, constrained, costs = measure(llm, batch, tokens, rounds, seed)
+        # what `auto` became on this machine
+        ran_in = str(getattr(llm.engine.runner, "dtype", "")).removeprefix("torch.")
+        dtype = f"{dtype} ({ran_in})" if dtype == "auto" and ran_in else dtype
+        backend = f"{backend} ({llm.engine.backend_name})" if backend == "auto" else backend
     table = Table(title=f"decode steps at {batch} rows, {model}")
     for col in ("run", "steps", "median step ms", "median mask fill ms"):
         table.add_column(col, justify="right" if col != "run" else "left")
