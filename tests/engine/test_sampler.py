@@ -109,3 +109,30 @@ def test_host_flags_draw_what_the_tensors_say():
     only_k = dict(seeds=torch.tensor([1, 2, 3, 4]), top_k=torch.tensor([2, 2, 2, 2]))
     skipped = sample(logits, batch(4, **only_k, top_k_max=0, any_seeded=True)).next_tokens
     assert skipped.tolist() == sample(logits, batch(4, seeds=only_k["seeds"])).next_tokens.tolist()
+
+
+def test_a_grammar_mask_holds_in_the_one_pass_draw_and_under_filters():
+    """Without filters the draw applies the bitmask itself; with top-k or top-p the sampler
+    masks the whole logits first. Either way a seeded row draws only allowed tokens, the same
+    as unconstrained whenever its unconstrained draw was allowed, and greedy rows take the
+    allowed argmax."""
+    from concurrent.futures import Future
+
+    vocab, rows = 256, 4
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 3
+    words = torch.zeros(rows, vocab // 32, dtype=torch.int32)
+    words[:, 1::2] = -1  # tokens 32-63, 96-127, ... allowed
+    allowed = ((torch.arange(vocab) // 32) % 2 == 1).expand(rows, vocab)
+    filled = Future()
+    filled.set_result(words)
+    temperature = torch.tensor([0.0, 1.0, 0.7, 1.3])
+    for filters in ({}, {"top_k": torch.full((rows,), 40)}, {"top_p": torch.full((rows,), 0.9)}):
+        for seed in range(12):
+            kw = dict(temperature=temperature, seeds=torch.full((rows,), seed), **filters)
+            got = sample(logits, batch(rows, vocab_mask=filled, **kw)).next_tokens
+            assert bool(allowed.gather(1, got[:, None]).all())
+            assert int(got[0]) == int(logits[0].masked_fill(~allowed[0], float("-inf")).argmax())
+            free = sample(logits, batch(rows, **kw)).next_tokens
+            if not filters:  # the same noise: an allowed unconstrained draw stays the draw
+                keep = allowed.gather(1, free[:, None]).squeeze(1)
+                assert got[keep].tolist() == free[keep].tolist()

@@ -20,7 +20,7 @@ from server_process import start_server
 
 from minisgl import LLM, SamplingParams
 from minisgl.engine.batch import SamplingBatch
-from minisgl.engine.sampler import apply_vocab_mask
+from minisgl.engine.sampler import bitmask_logits, vocab_mask_words
 from minisgl.frontend.errors import RequestError
 from minisgl.grammar import GrammarError, LLGuidance
 from minisgl.hookspecs import hookimpl
@@ -48,7 +48,7 @@ def test_the_sampler_bans_what_the_bitmask_clears():
     filled = Future()
     filled.set_result(mask)
     sampling = SamplingBatch(*[torch.zeros(2)] * 9, vocab_mask=filled)
-    allowed = apply_vocab_mask(logits, sampling) > float("-inf")
+    allowed = bitmask_logits(logits, vocab_mask_words(sampling, logits.device)) > float("-inf")
     assert allowed[0].nonzero().flatten().tolist() == [1, 3, 32]  # 63 is past the 40-token vocabulary
     assert bool(allowed[1].all())
 

@@ -169,7 +169,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     device_activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU  # CPU: a dry run of the script
     timers = Timers()
-    sampler.apply_vocab_mask = timers.wrap("mask wait", sampler.apply_vocab_mask)
+    sampler.vocab_mask_words = timers.wrap("mask wait", sampler.vocab_mask_words)
     Scheduler._feed_grammars = timers.wrap("feed", Scheduler._feed_grammars)
     settings = {"backend": "sgl", "max_running_requests": batch, "grammar_backend": "llguidance", **extra}
     say(f"grammar steps on {preset}, batch {batch}, settings {settings}")

@@ -222,19 +222,27 @@ def _sampling(seeds: torch.Tensor, steps: torch.Tensor):
 
 
 @pytest.mark.parametrize("rows", [2, 7])  # 2 rows: the vocabulary splits across programs
-def test_gumbel_argmax_draws_what_the_torch_sampler_draws(device, rows):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gumbel_argmax_draws_what_the_torch_sampler_draws(device, rows, dtype):
     from minisgl.engine import sampler as torch_sampler
     from minisgl_backend_sgl.kernels import sampling
 
     vocab = 3000  # three blocks, the last one partial
-    scaled = torch.randn(rows, vocab, device=device) * 2
-    scaled[:, ::3] = float("-inf")  # banned tokens (a grammar, top-k) are never drawn
+    x = (torch.randn(rows, vocab, device=device) * 2).to(dtype)
+    x[:, ::3] = float("-inf")  # banned tokens (top-k, stop tokens) are never drawn
+    words = torch.randint(-(1 << 31), 1 << 31, (rows, -(-vocab // 32)), dtype=torch.int32, device=device)
     seeds = torch.arange(rows, device=device) * 1000 + 7
     steps = torch.randint(0, 50, (rows,), device=device)
-    got = sampling.gumbel_argmax(scaled, _sampling(seeds, steps))
-    want = torch_sampler.gumbel_argmax(scaled, _sampling(seeds, steps))
-    assert got.tolist() == want.tolist()
-    assert bool((scaled.gather(1, got[:, None]) > float("-inf")).all())
+    temperature = torch.linspace(0.3, 1.7, rows, device=device)
+    temperature[0] = 0.0  # a greedy row beside sampled ones
+    batch = _sampling(seeds, steps)
+    for mask in (None, words):
+        got = sampling.gumbel_argmax(x, mask, temperature, batch)
+        want = torch_sampler.gumbel_argmax(x, mask, temperature, batch)
+        assert got.tolist() == want.tolist()
+        allowed = x if mask is None else torch_sampler.bitmask_logits(x, mask)
+        assert bool((allowed.gather(1, got[:, None]) > float("-inf")).all())
+        assert int(got[0]) == int(allowed[0].float().argmax())
 
 
 def test_gumbel_argmax_without_seeds_draws_anew_each_call(device):
@@ -243,13 +251,18 @@ def test_gumbel_argmax_without_seeds_draws_anew_each_call(device):
     scaled = torch.zeros(4, 500, device=device)
     scaled[:, 100:] = float("-inf")
     unseeded = _sampling(torch.full((4,), -1, device=device), torch.zeros(4, dtype=torch.int64, device=device))
-    draws = [sampling.gumbel_argmax(scaled, unseeded).tolist() for _ in range(3)]
+    ones = torch.ones(4, device=device)
+
+    def draw() -> list[int]:
+        return sampling.gumbel_argmax(scaled, None, ones, unseeded).tolist()
+
+    draws = [draw() for _ in range(3)]
     assert all(0 <= t < 100 for d in draws for t in d)
     assert len({tuple(d) for d in draws}) > 1
     torch.manual_seed(3)
-    again = sampling.gumbel_argmax(scaled, unseeded).tolist()
+    again = draw()
     torch.manual_seed(3)
-    assert sampling.gumbel_argmax(scaled, unseeded).tolist() == again  # the salt comes from torch's generator
+    assert draw() == again  # the salt comes from torch's generator
 
 
 def test_bitmask_logits_bans_the_clear_bits(device):

@@ -10,9 +10,14 @@ Order of processing, the same as transformers' and vLLM's:
 2. min_new_tokens: rows still under their minimum get -inf on `stop_token_ids` (the engine
    puts the EOS ids there unless the request ignores EOS); structured outputs: tokens their
    grammar does not allow get -inf (the engine's bitmask, filled on the host);
-3. temperature-0 rows (and top_k == 1 rows) take the argmax of the processed logits;
+3. temperature-0 rows (the engine gives top_k == 1 rows temperature 0 too) take the argmax
+   of the processed logits;
 4. the other rows: divide by temperature, keep top-k, top-p (nucleus, at least one token)
    and min-p (prob >= min_p x max prob), then draw with the Gumbel-max trick.
+
+Without top-k, top-p or min-p in the batch, steps 2 (the bitmask) to 4 are one pass over the
+vocabulary, `draw`, which a backend may replace with a fused kernel: its host launches are
+what a small model's decode step waits on.
 
 Reproducible seeds: a seeded row's noise is a counter-based hash of (seed, step, token id)
 (splitmix64 in int64 torch ops), so the same (seed, step) gives the same draw whatever the
@@ -35,6 +40,8 @@ import torch
 from .batch import ForwardResult, SamplingBatch
 
 BitmaskKernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# draw(x, words, temperature, sampling) -> int64 [S] token ids
+DrawKernel = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor, SamplingBatch], torch.Tensor]
 
 # splitmix64 constants as signed int64 (torch has no uint64 arithmetic everywhere).
 _GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
@@ -119,29 +126,43 @@ def bitmask_logits(logits: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     return torch.where(allowed, logits, float("-inf"))
 
 
-def apply_vocab_mask(logits: torch.Tensor, sampling: SamplingBatch, bitmask: BitmaskKernel = bitmask_logits) -> torch.Tensor:
-    """-inf where a row's grammar bitmask has the token's bit clear."""
+def vocab_mask_words(sampling: SamplingBatch, device: torch.device) -> torch.Tensor | None:
+    """The step's grammar bitmask on the device, once its worker has filled it (None: no grammar)."""
     if sampling.vocab_mask is None:
-        return logits
+        return None
     # queued behind the forward in flight instead of waiting for it (the bitmask is pinned)
-    return bitmask(logits, sampling.vocab_mask.result().to(logits.device, non_blocking=True))
+    return sampling.vocab_mask.result().to(device, non_blocking=True)
 
 
-def gumbel_argmax(scaled: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
-    """The Gumbel-max draw: argmax of each row of `scaled` plus its Gumbel noise."""
-    return (scaled + _gumbel(sampling, scaled.shape, scaled.device)).argmax(dim=1)
+def gumbel_argmax(x: torch.Tensor, words: torch.Tensor | None, temperature: torch.Tensor,
+                  sampling: SamplingBatch) -> torch.Tensor:
+    """The draw: per row, the argmax of x / temperature plus Gumbel noise, over the tokens the
+    int32 bitmask `words` [S, ceil(V / 32)] allows (every token without one); rows at
+    temperature 0 take the plain argmax."""
+    x = x.float()
+    if words is not None:
+        x = bitmask_logits(x, words)
+    greedy = temperature <= 0
+    drawn = (x / torch.where(greedy, 1.0, temperature)[:, None] + _gumbel(sampling, x.shape, x.device)).argmax(dim=1)
+    return torch.where(greedy, x.argmax(dim=1), drawn)
+
+
+def _filters_in_use(sampling: SamplingBatch) -> tuple[bool, bool, bool]:
+    """Whether top-k, top-p and min-p act on any row (from the scheduler's flags, free to ask)."""
+    need_k = bool((sampling.top_k > 0).any()) if sampling.top_k_max is None else sampling.top_k_max > 0
+    need_p = bool((sampling.top_p < 1.0).any()) if sampling.any_top_p is None else sampling.any_top_p
+    need_min_p = bool((sampling.min_p > 0).any()) if sampling.any_min_p is None else sampling.any_min_p
+    return need_k, need_p, need_min_p
 
 
 def _filter(scaled: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
     """Top-k, top-p and min-p masks on temperature-scaled logits (rows independent)."""
     vocab = scaled.shape[1]
+    need_k, need_p, need_min_p = _filters_in_use(sampling)
     top_k = sampling.top_k.to(scaled.device)
     top_k = torch.where((top_k <= 0) | (top_k > vocab), vocab, top_k)
     top_p = sampling.top_p.to(scaled.device)
     min_p = sampling.min_p.to(scaled.device)
-    need_k = bool((top_k < vocab).any()) if sampling.top_k_max is None else sampling.top_k_max > 0
-    need_p = bool((top_p < 1.0).any()) if sampling.any_top_p is None else sampling.any_top_p
-    need_min_p = bool((min_p > 0).any()) if sampling.any_min_p is None else sampling.any_min_p
     if need_p:
         sorted_logits, order = scaled.sort(dim=1, descending=True)
         rank = torch.arange(vocab, device=scaled.device)[None, :]
@@ -175,25 +196,25 @@ def _logprobs(logits: torch.Tensor, next_tokens: torch.Tensor, sampling: Samplin
 
 
 def sample(logits: torch.Tensor, sampling: SamplingBatch, *, bitmask: BitmaskKernel = bitmask_logits,
-           draw: Callable[[torch.Tensor, SamplingBatch], torch.Tensor] = gumbel_argmax) -> ForwardResult:
+           draw: DrawKernel = gumbel_argmax) -> ForwardResult:
     """Next token per row of `logits` [S, V] under each row's parameters. A backend may pass
-    fused kernels for the two passes over the whole vocabulary (`bitmask_logits`,
-    `gumbel_argmax`), with the same results."""
-    raw = logits
-    processed = logits.float()
+    fused kernels for the passes over the whole vocabulary (`bitmask_logits`, `gumbel_argmax`),
+    with the same results."""
+    processed = logits
     if sampling.needs_penalties:
-        processed = apply_penalties(processed, sampling)
-    processed = apply_vocab_mask(mask_stop_tokens(processed, sampling), sampling, bitmask)
-    if sampling.all_greedy:
+        processed = apply_penalties(logits.float(), sampling)
+    processed = mask_stop_tokens(processed, sampling)
+    words = vocab_mask_words(sampling, logits.device)
+    if sampling.all_greedy and words is None:
         next_tokens = processed.argmax(dim=1)
-    else:
-        temperature = sampling.temperature.to(processed.device)
-        greedy_rows = (temperature <= 0) | (sampling.top_k.to(processed.device) == 1)
-        scaled = processed / torch.where(greedy_rows, 1.0, temperature)[:, None]
-        scaled = _filter(scaled, sampling)
-        drawn = draw(scaled, sampling)
-        next_tokens = torch.where(greedy_rows, processed.argmax(dim=1), drawn)
+    elif sampling.all_greedy or not any(_filters_in_use(sampling)):
+        next_tokens = draw(processed, words, sampling.temperature.to(logits.device), sampling)
+    else:  # top-k, top-p and min-p need the masked, scaled logits whole
+        masked = (processed if words is None else bitmask(processed, words)).float()
+        greedy = sampling.temperature.to(logits.device) <= 0
+        scaled = _filter(masked / torch.where(greedy, 1.0, sampling.temperature.to(logits.device))[:, None], sampling)
+        next_tokens = draw(scaled, None, torch.where(greedy, 0.0, 1.0), sampling)
     result = ForwardResult(next_tokens=next_tokens)
     if sampling.want_logprobs or sampling.top_logprobs > 0:
-        _logprobs(raw, next_tokens, sampling, result)
+        _logprobs(logits, next_tokens, sampling, result)
     return result

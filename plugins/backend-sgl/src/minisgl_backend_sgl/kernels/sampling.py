@@ -1,12 +1,13 @@
-"""The sampler's two passes over the whole vocabulary, in Triton: the grammar bitmask, and the
-Gumbel-max draw fused with its noise.
+"""The sampler's passes over the whole vocabulary, in Triton: the grammar bitmask, and the
+draw (bitmask, temperature and Gumbel-max noise in one pass).
 
 They replace the torch code of minisgl.engine.sampler (`bitmask_logits`, `gumbel_argmax`)
 with the same results: a seeded row's noise is the same counter-based hash of (seed, step,
 token id), computed in registers instead of some twenty int64 passes over [rows, vocab]
 tensors (64 rows of a 152k vocabulary: about 1 ms of an H200 a step, and as many launches).
 Unseeded rows hash a salt drawn from torch's generator on the host each call, so they need
-no per-row state either.
+no per-row state either. The draw reads the logits in their own dtype and the grammar's
+bitmask as it is, so a step without top-k, top-p or min-p samples in one launch.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ def _mix64(x):
 
 @triton.jit
 def _gumbel_argmax_kernel(
-    x_ptr, stride_x, seeds_ptr, steps_ptr, salt, vals_ptr, idx_ptr,
+    x_ptr, stride_x, words_ptr, stride_w, temp_ptr, seeds_ptr, steps_ptr, salt, vals_ptr, idx_ptr,
     n_cols, cols_per_split, n_splits,
-    BLOCK: tl.constexpr,
+    HAS_WORDS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
+    temperature = tl.load(temp_ptr + row)
+    drawn = temperature > 0  # temperature 0: the plain argmax
     seed = tl.load(seeds_ptr + row)
     step = tl.load(steps_ptr + row)
     seeded = seed >= 0
@@ -52,10 +55,15 @@ def _gumbel_argmax_kernel(
         cols = start + tl.arange(0, BLOCK)
         inside = cols < hi
         x = tl.load(x_ptr + row.to(tl.int64) * stride_x + cols, mask=inside, other=-float("inf")).to(tl.float32)
+        if HAS_WORDS:
+            word = tl.load(words_ptr + row.to(tl.int64) * stride_w + cols // 32, mask=inside, other=0)
+            inside = inside & (((word >> (cols % 32)) & 1) != 0)  # an arithmetic shift: bit 31 still reads 1
         bits = _mix64(key + (cols.to(tl.uint64) + 1) * 0x9E3779B97F4A7C15)
         # 23 high bits + 0.5: strictly inside (0, 1), as minisgl.engine.sampler.seeded_uniform
         u = ((bits >> 41).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
-        v = tl.where(inside, x - tl.log(-tl.log(u)), -float("inf"))
+        # IEEE division, as torch's: the approximate one could move a near-tie
+        noisy = tl.math.div_rn(x, tl.where(drawn, temperature, 1.0)) - tl.log(-tl.log(u))
+        v = tl.where(inside, tl.where(drawn, noisy, x), -float("inf"))
         m = tl.max(v, axis=0)
         i = tl.argmax(v, axis=0)
         take = m > best_v  # strictly: the first maximum wins, as torch.argmax
@@ -73,22 +81,25 @@ def _programs_wanted(device: torch.device) -> int:
     return 4 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def gumbel_argmax(scaled: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
-    """argmax over each row of `scaled` [S, V] plus Gumbel noise: int64 [S] token ids."""
-    rows, vocab = scaled.shape
-    scaled = scaled.contiguous()
+def gumbel_argmax(x: torch.Tensor, words: torch.Tensor | None, temperature: torch.Tensor,
+                  sampling: SamplingBatch) -> torch.Tensor:
+    """Per row of `x` [S, V], the argmax of x / temperature plus Gumbel noise over the tokens
+    the bitmask `words` allows (all without one); temperature-0 rows take the plain argmax.
+    int64 [S] token ids."""
+    rows, vocab = x.shape
+    x = x.contiguous()
     blocks = triton.cdiv(vocab, _BLOCK)
-    splits = max(1, min(blocks, _programs_wanted(scaled.device) // max(rows, 1)))
+    splits = max(1, min(blocks, _programs_wanted(x.device) // max(rows, 1)))
     cols_per_split = triton.cdiv(blocks, splits) * _BLOCK
     splits = triton.cdiv(vocab, cols_per_split)
-    vals = torch.empty(rows, splits, device=scaled.device, dtype=torch.float32)
-    idx = torch.empty(rows, splits, device=scaled.device, dtype=torch.int32)
+    vals = torch.empty(rows, splits, device=x.device, dtype=torch.float32)
+    idx = torch.empty(rows, splits, device=x.device, dtype=torch.int32)
     salt = int(torch.randint(0, 1 << 62, ()).item())  # torch's CPU generator: no device sync
-    seeds = sampling.seeds.to(scaled.device, torch.int64)
-    steps = sampling.steps.to(scaled.device, torch.int64)
+    words = words.contiguous() if words is not None else idx  # a pointer the kernel never reads
     _gumbel_argmax_kernel[(rows, splits)](
-        scaled, scaled.stride(0), seeds, steps, salt, vals, idx,
-        vocab, cols_per_split, splits, BLOCK=_BLOCK, num_warps=4,
+        x, x.stride(0), words, words.stride(0), temperature.to(x.device, torch.float32),
+        sampling.seeds.to(x.device, torch.int64), sampling.steps.to(x.device, torch.int64), salt, vals, idx,
+        vocab, cols_per_split, splits, HAS_WORDS=words is not idx, BLOCK=_BLOCK, num_warps=4,
     )
     if splits == 1:
         return idx[:, 0].long()

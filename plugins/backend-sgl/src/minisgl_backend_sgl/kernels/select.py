@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from minisgl.engine import sampler
-from minisgl.engine.batch import SamplingBatch
 
 from . import reference
 
@@ -39,7 +38,7 @@ class KernelSet:
     choose_linears: Callable[[list[torch.Tensor], list[int]], None] | None = None
     # the sampler's passes over the whole vocabulary (minisgl.engine.sampler.sample's `bitmask` and `draw`)
     bitmask_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = sampler.bitmask_logits
-    gumbel_argmax: Callable[[torch.Tensor, SamplingBatch], torch.Tensor] = sampler.gumbel_argmax
+    gumbel_argmax: sampler.DrawKernel = sampler.gumbel_argmax
 
 
 REFERENCE = KernelSet(
