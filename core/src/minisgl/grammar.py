@@ -15,9 +15,9 @@ masks of a 64-row decode step in 0.22 ms against llguidance's 2.4 ms (its parall
 cores), a few % of a CPU decode step either way; llguidance compiles lazily (0.3 ms against
 13.6 ms) and installs as one 3 MB wheel, while xgrammar pulls Triton (1 GB installed) on Linux.
 On a GPU a small model's constrained step waits on the feed and the fill (qwen3-0.6b, 64
-rows, H200: 0.3 + 0.5 ms a step, BENCHMARKS.md), yet xgrammar stays out: 0.2.8 compiles a string with maxLength to
-`[^"\\\r\n]{0,n}`, which admits control characters, so its JSON answers can fail to parse (a
-random model wrote "\x14\x1c" into one within three seeds).
+rows, H200: 0.3 + 0.5 ms a step, BENCHMARKS.md), yet xgrammar stays out: 0.2.8 compiles a
+string with maxLength to `[^"\\\r\n]{0,n}`, which admits control characters, so its JSON
+answers can fail to parse (a random model wrote "\x14\x1c" into one within three seeds).
 """
 
 from __future__ import annotations

@@ -205,14 +205,15 @@ def sample(logits: torch.Tensor, sampling: SamplingBatch, *, bitmask: BitmaskKer
         processed = apply_penalties(logits.float(), sampling)
     processed = mask_stop_tokens(processed, sampling)
     words = vocab_mask_words(sampling, logits.device)
+    temperature = sampling.temperature.to(logits.device)
     if sampling.all_greedy and words is None:
         next_tokens = processed.argmax(dim=1)
     elif sampling.all_greedy or not any(_filters_in_use(sampling)):
-        next_tokens = draw(processed, words, sampling.temperature.to(logits.device), sampling)
+        next_tokens = draw(processed, words, temperature, sampling)
     else:  # top-k, top-p and min-p need the masked, scaled logits whole
         masked = (processed if words is None else bitmask(processed, words)).float()
-        greedy = sampling.temperature.to(logits.device) <= 0
-        scaled = _filter(masked / torch.where(greedy, 1.0, sampling.temperature.to(logits.device))[:, None], sampling)
+        greedy = temperature <= 0
+        scaled = _filter(masked / torch.where(greedy, 1.0, temperature)[:, None], sampling)
         next_tokens = draw(scaled, None, torch.where(greedy, 0.0, 1.0), sampling)
     result = ForwardResult(next_tokens=next_tokens)
     if sampling.want_logprobs or sampling.top_logprobs > 0:

@@ -95,11 +95,12 @@ def gumbel_argmax(x: torch.Tensor, words: torch.Tensor | None, temperature: torc
     vals = torch.empty(rows, splits, device=x.device, dtype=torch.float32)
     idx = torch.empty(rows, splits, device=x.device, dtype=torch.int32)
     salt = int(torch.randint(0, 1 << 62, ()).item())  # torch's CPU generator: no device sync
-    words = words.contiguous() if words is not None else idx  # a pointer the kernel never reads
+    has_words = words is not None
+    words = words.contiguous() if has_words else idx  # without a mask: a pointer the kernel never reads
     _gumbel_argmax_kernel[(rows, splits)](
         x, x.stride(0), words, words.stride(0), temperature.to(x.device, torch.float32),
         sampling.seeds.to(x.device, torch.int64), sampling.steps.to(x.device, torch.int64), salt, vals, idx,
-        vocab, cols_per_split, splits, HAS_WORDS=words is not idx, BLOCK=_BLOCK, num_warps=4,
+        vocab, cols_per_split, splits, HAS_WORDS=has_words, BLOCK=_BLOCK, num_warps=4,
     )
     if splits == 1:
         return idx[:, 0].long()
