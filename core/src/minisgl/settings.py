@@ -46,6 +46,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # parallelism
     tp_size: Positive = 1
+    cpu_threads: NonNegative = 0
+    cpu_set: str | None = None
     # requests and scheduling
     max_running_requests: Positive = 256
     max_seq_len_override: Positive | None = None
@@ -126,6 +128,10 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "backend": _o("BACKEND_IMPL", "--backend", "model runner backend: auto|hf|torch|sgl|mlx (torch = hf)"),
     "device": _o("DEVICE", "--device", "device for the model runner"),
     "tp_size": _o("TP_SIZE", ("--tensor-parallel-size", "--tp-size"), "tensor-parallel degree (GPUs per replica)"),
+    "cpu_threads": _o("CPU_THREADS", "--cpu-threads", "threads of each engine on a CPU, kept fixed (0 = planned for "
+                      "the whole server, fewer while other work runs on its cores)"),
+    "cpu_set": _o("CPU_SET", "--cpu-set", "CPUs the engines may use, like 0-3,6 (default: all this process may use); "
+                  "replicas split them"),
     "max_running_requests": _o("MAX_RUNNING_REQUESTS", "--max-running-requests", "max requests decoding at once"),
     "max_seq_len_override": _o("MAX_SEQ_LEN_OVERRIDE", "--max-seq-len-override", "override the model's context length"),
     "memory_ratio": _o("MEMORY_RATIO", "--memory-ratio", "fraction of device memory for weights + KV pool"),
@@ -298,6 +304,15 @@ def _finalize(s: Settings, sources: dict[str, str]) -> None:
         s.backend = "hf"  # seed 000: torch is the HF/torch backend
     if s.fast_stream_decode:
         log.info(FAST_STREAM_DECODE_NOTE)
+    if s.cpu_set is not None:
+        from .cpu_threads import parse_cpu_set, usable_cpus
+
+        try:
+            usable = set(parse_cpu_set(s.cpu_set)) & set(usable_cpus())
+        except ValueError as exc:
+            raise SettingsError("cpu_set", s.cpu_set, sources["cpu_set"], str(exc)) from None
+        if not usable:
+            raise SettingsError("cpu_set", s.cpu_set, sources["cpu_set"], "none of these CPUs is usable by this process")
 
 
 def _registry(registry: Registry | None) -> Registry:

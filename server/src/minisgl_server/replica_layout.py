@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minisgl.cpu_threads import PLAN_ENV, plan_threads, usable_cpus
 from minisgl.settings import Settings
 
 log = logging.getLogger("minisgl.server")
@@ -74,7 +75,17 @@ def plan_replicas(settings: Settings, gpus: list[str] | None = None) -> list[Rep
                 where = f"cuda (GPU {group[0]})" if tp == 1 else f"cuda (GPUs {', '.join(group)})"
                 placements.append(ReplicaPlacement(i, where, {"CUDA_VISIBLE_DEVICES": ",".join(group), **_tp_env(settings, i)}))
             return placements
-    return [ReplicaPlacement(i, settings.device, _tp_env(settings, i)) for i in range(settings.dp_size)]
+    return [ReplicaPlacement(i, settings.device, {**_tp_env(settings, i), **_thread_env(settings, i)})
+            for i in range(settings.dp_size)]
+
+
+def _thread_env(settings: Settings, replica: int) -> dict[str, str]:
+    """Replicas sharing this host's CPU split its cores, and the server's front end (this
+    process and its tokenizer workers) is counted in (minisgl.cpu_threads)."""
+    plan = plan_threads(cpus=usable_cpus(), replicas=settings.dp_size, replica=replica,
+                        front_end=1 + settings.num_tokenizer, tp_size=settings.tp_size,
+                        cpu_threads=settings.cpu_threads, cpu_set=settings.cpu_set)
+    return {PLAN_ENV: plan.to_env()}
 
 
 def describe(placements: list[ReplicaPlacement]) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import os
 import platform
 import threading
 import time
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 
 from ..cache.base import PrefixCache
+from ..cpu_threads import EngineThreads, ThreadPlan, plan_threads, usable_cpus
 from ..frontend.errors import ErrorKind
 from ..grammar import GrammarBackend, GrammarError, constraint_of
 from ..models import ResolvedModel, resolve_model
@@ -46,21 +46,6 @@ from .request import Req
 from .scheduler import ScheduledBatch, Scheduler
 
 log = logging.getLogger("minisgl.engine")
-
-
-def _one_host_thread(device: Any) -> int | None:
-    """On a CUDA device, torch's CPU work is a few small tensors per step, and its idle
-    OpenMP threads spin for milliseconds after each: they took the cores the grammar
-    backend's threads fill masks on (64 rows: 5.7 ms, 0.7 ms with one thread, H200 host).
-    So a CUDA engine runs torch on one thread, as vLLM does, unless OMP_NUM_THREADS says
-    otherwise. (Backends that sample on the CPU keep their threads.) Returns the count to
-    restore at shutdown."""
-    if not str(device).startswith("cuda") or "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() == 1:
-        return None
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    log.info("torch host threads %d -> 1 while a %s engine runs (set OMP_NUM_THREADS to choose)", before, device)
-    return before
 
 
 def detect_device(settings: Settings) -> str:
@@ -205,6 +190,12 @@ class Engine:
         else:  # an embedder's own runner
             self.backend_name, self.backend_reason = type(runner).__name__, "runner passed in"
         self.runner = runner
+        self.threads = EngineThreads(ThreadPlan.from_env() or plan_threads(
+            cpus=usable_cpus(), tp_size=settings.tp_size, cpu_threads=settings.cpu_threads, cpu_set=settings.cpu_set))
+        if str(runner.device).split(":")[0] == "cpu":
+            self.threads.apply()
+        else:
+            self.threads.host_only(str(runner.device))
         self.eos_token_ids: list[int] = list(runner.eos_token_ids)
         self.max_context_len: int = settings.max_seq_len_override or runner.max_context_len
         cache_spec = self.registry.get("cache", settings.cache_type)
@@ -226,7 +217,6 @@ class Engine:
         # overlap scheduling when the runner's forward is asynchronous (see Scheduler)
         self.overlap = bool(getattr(runner, "supports_overlap", False))
         self._launched: ScheduledBatch | None = None  # launched, not processed (overlap only)
-        self._host_threads = _one_host_thread(runner.device)
         log.info(
             "engine ready: model=%s device=%s eos=%s context=%d kv=%d tokens (page %d) cache=%s queue=%s overlap=%s",
             self.model.name, runner.device, self.eos_token_ids, self.max_context_len,
@@ -412,6 +402,7 @@ class Engine:
 
     # ---- the loop -----------------------------------------------------------------
     def step(self) -> list[EngineOutput]:
+        self.threads.tick()
         with self._lock:
             outputs = self._deferred + self._drain_inbox()
             self._deferred = []
@@ -547,9 +538,9 @@ class Engine:
         self.scheduler.check_invariants()
 
     def shutdown(self) -> None:
-        if getattr(self, "_host_threads", None):
-            torch.set_num_threads(self._host_threads)
-            self._host_threads = None
+        if getattr(self, "threads", None) is not None:
+            self.threads.restore()
+            self.threads = None  # type: ignore[assignment]
         runner = getattr(self, "runner", None)
         if runner is not None:
             runner.shutdown()

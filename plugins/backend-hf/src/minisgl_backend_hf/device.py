@@ -1,4 +1,4 @@
-"""Where the model runs: device, threads, and free memory."""
+"""Where the model runs: device and free memory."""
 
 from __future__ import annotations
 
@@ -27,18 +27,8 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def cpu_cores() -> int:
-    """Cores this process may run on (respects taskset / cgroup affinity)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS has no sched_getaffinity
-        return os.cpu_count() or 1
-
-
-def configure_torch(device: torch.device, matmul_precision: str | None) -> None:
-    """Process-wide torch knobs: one intra-op thread per core, and the fp32 matmul precision."""
-    if device.type == "cpu":
-        torch.set_num_threads(cpu_cores())
+def configure_torch(matmul_precision: str | None) -> None:
+    """The fp32 matmul precision (torch's threads are the engine's: minisgl.cpu_threads)."""
     if matmul_precision is not None:
         torch.set_float32_matmul_precision(matmul_precision)
 

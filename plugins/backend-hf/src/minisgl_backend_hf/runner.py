@@ -29,7 +29,7 @@ from .attention import CONTEXT_ATTR, PagedAttentionContext, register
 from .attention_plan import AttentionPlan
 from .cpu_kernels import paged_decode_kernel
 from .cpu_linear import MLP_ROWS, can_pack, pack_linears, slice_mlp_rows
-from .device import configure_torch, cpu_cores, pick_device
+from .device import configure_torch, pick_device
 from .kv_pool import KVPool, KVShape, plan_num_pages
 from .vision import VisionEmbedder
 
@@ -91,7 +91,7 @@ class HFModelRunner:
 
     def __init__(self, settings: Any, model: Any) -> None:
         self.device = pick_device(settings.device)
-        configure_torch(self.device, settings.matmul_precision)
+        configure_torch(settings.matmul_precision)
         config = AutoConfig.from_pretrained(model.path, trust_remote_code=settings.trust_remote_code)
         self.dtype = resolve_dtype(settings.dtype, config, self.device.type)
         if hasattr(config, "vision_config"):
@@ -108,13 +108,11 @@ class HFModelRunner:
         self.vocab_size: int = int(text_config.vocab_size)
         self.max_context_len = _context_length(text_config, settings.max_seq_len_override)
         self.eos_token_ids = _eos_token_ids(model.path, text_config)
-        threads = f", {torch.get_num_threads()} threads of {cpu_cores()} cores" if self.device.type == "cpu" else ""
         logger.info(
-            "Model %s (%s) on %s%s, dtype %s, context %d tokens, EOS token id(s) %s",
+            "Model %s (%s) on %s, dtype %s, context %d tokens, EOS token id(s) %s",
             self.name,
             type(self.model).__name__,
             self.device,
-            threads,
             str(self.dtype).removeprefix("torch."),
             self.max_context_len,
             self.eos_token_ids,

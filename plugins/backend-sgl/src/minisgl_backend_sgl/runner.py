@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from minisgl.cpu_threads import usable_cpus
 from minisgl.engine.batch import ForwardBatch, ForwardResult, SamplingBatch
 from minisgl.engine.sampler import sample
 
@@ -158,7 +159,7 @@ class SglModelRunner:
             self.workers.wait_ready()
         if not self.cuda:  # the ranks share the CPU's cores (given back at shutdown)
             self._threads = torch.get_num_threads()
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.tp_size))
+            torch.set_num_threads(max(1, len(usable_cpus()) // settings.tp_size))
         self.tp = TensorParallel(rank, settings.tp_size, port, self.device, store)
 
     @torch.inference_mode()
