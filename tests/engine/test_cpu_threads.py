@@ -95,13 +95,18 @@ def test_the_plan_travels_to_the_engine_process_in_its_environment(monkeypatch):
     assert ct.ThreadPlan.from_env() is None
 
 
-def test_the_server_gives_each_cpu_replica_its_share(monkeypatch):
+def test_the_server_gives_each_cpu_replica_its_share_and_a_short_spin(monkeypatch):
     from minisgl_server.replica_layout import plan_replicas
 
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setattr("minisgl_server.replica_layout.usable_cpus", lambda: [0, 1])
     placements = plan_replicas(settings_from_kwargs(device="cpu", dp_size=2))
     shares = [json.loads(p.env[ct.PLAN_ENV]) for p in placements]
     assert [(s["threads"], s["cpus"]) for s in shares] == [(1, [0]), (1, [1])]
+    assert all(p.env["GOMP_SPINCOUNT"] == ct.SPIN_ENV["GOMP_SPINCOUNT"] for p in placements)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stands
+    assert "GOMP_SPINCOUNT" not in plan_replicas(settings_from_kwargs(device="cpu"))[0].env
 
 
 class FakeProc:

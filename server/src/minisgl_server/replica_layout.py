@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minisgl.cpu_threads import PLAN_ENV, plan_threads, usable_cpus
+from minisgl.cpu_threads import engine_process_env, plan_threads, usable_cpus
 from minisgl.settings import Settings
 
 log = logging.getLogger("minisgl.server")
@@ -85,7 +85,7 @@ def _thread_env(settings: Settings, replica: int) -> dict[str, str]:
     plan = plan_threads(cpus=usable_cpus(), replicas=settings.dp_size, replica=replica,
                         front_end=1 + settings.num_tokenizer, tp_size=settings.tp_size,
                         cpu_threads=settings.cpu_threads, cpu_set=settings.cpu_set)
-    return {PLAN_ENV: plan.to_env()}
+    return engine_process_env(plan)
 
 
 def describe(placements: list[ReplicaPlacement]) -> str:

