@@ -31,6 +31,22 @@ BUSY_CPU = ("import torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\n
             "while True:\n    a = torch.tanh(a @ a)\n")
 NEIGHBOURS = ("cpu", "engine")
 SETTLE_S = 3.0
+PROMPT_LEN, SHORT, LONG = 128, 8, 40  # contention_worker.py's defaults: a step is timed over tokens SHORT..LONG
+
+
+def read_floor_ms(path: str, dtype: str, batch: int) -> tuple[float, str]:
+    """The time to read what a decode step of the worker's batch must read (every weight once,
+    each row's K and V) at the copy bandwidth measured now, and how it was computed."""
+    import torch
+
+    from .roofline import ModelShape, measure_ceilings
+
+    torch_dtype = getattr(torch, dtype)
+    shape = ModelShape.of(path, torch_dtype)
+    context = PROMPT_LEN + (SHORT + LONG) / 2  # the timed steps' mean context
+    read = shape.step_weight_bytes(batch) + shape.kv_bytes_per_token * batch * context
+    bandwidth = measure_ceilings("cpu", torch_dtype).bandwidth
+    return read / bandwidth * 1000, f"{read / 1e6:.0f} MB at {bandwidth / 1e9:.1f} GB/s, the copy bandwidth measured now"
 
 
 def parse_mix(text: str) -> list[str]:

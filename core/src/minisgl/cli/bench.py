@@ -605,8 +605,8 @@ def contention(model, dtype, batch, mixes, vllm_python, json_path) -> None:
     from transformers import AutoConfig
 
     from ..bench import contention as cn
-    from ..bench.vllm_compare import VLLM_MEMORY_FRACTION
     from ..bench.environment import header, header_lines
+    from ..bench.vllm_compare import VLLM_MEMORY_FRACTION
     from ..dtypes import resolve_dtype
 
     console = Console()
@@ -631,6 +631,7 @@ def contention(model, dtype, batch, mixes, vllm_python, json_path) -> None:
     def progress(system: Any, mix: str) -> None:
         console.print(f"{system.name} {mix}: {system.steps[mix]:.1f} ms a step")
 
+    floor_ms, floor_how = cn.read_floor_ms(path, dtype, batch)  # on the quiet machine, before any system loads
     cn.measure(systems, order, model, dtype, progress=progress)
     table = Table(title=f"decode step at {batch} rows beside neighbours, {model}, {dtype}")
     table.add_column("mix")
@@ -643,9 +644,12 @@ def contention(model, dtype, batch, mixes, vllm_python, json_path) -> None:
             cells += [f"{s.steps[mix]:.1f}", f"{s.ratio(mix):.2f}x"]
         table.add_row(*cells)
     console.print(table)
+    console.print(f"read floor: {floor_ms:.1f} ms a step ({floor_how}); quiet step / floor: "
+                  + ", ".join(f"{s.name} {s.steps['quiet'] / floor_ms:.2f}x" for s in systems))
     head = header(model=model, dtype=dtype, batch=batch)
     for line in header_lines(head):
         console.print(line)
     if json_path:
         with open(json_path, "w") as fh:
-            json.dump({"environment": head, "step_ms": {s.name: s.steps for s in systems}}, fh, indent=2)
+            json.dump({"environment": head, "step_ms": {s.name: s.steps for s in systems}, "read_floor_ms": floor_ms},
+                      fh, indent=2)
