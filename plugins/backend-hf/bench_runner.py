@@ -132,6 +132,9 @@ def main() -> None:
     parser.add_argument("--no-hf", action="store_true", help="skip the plain transformers comparison")
     parser.add_argument("--scatter", action="store_true", help="decode contexts on random slots (worst case)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
+    parser.add_argument("--profile", type=int, default=None, metavar="B",
+                        help="then profile decode steps at batch B: the top ops by their own time, and the "
+                             "wall time no op accounts for (Python and dispatch)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -178,6 +181,27 @@ def main() -> None:
                     warmup=1,
                 )
             row(f"prefill {len(lengths)}x{lengths[0]}", sum(lengths), ours, theirs)
+
+        if args.profile:
+            profile_decode(runner, decode_batch(args.profile, args.context, capacity, vocab, gen, args.scatter),
+                           args.iters)
+
+
+def profile_decode(runner, batch: ForwardBatch, iters: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    runner.forward(batch)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            runner.forward(batch)
+        wall = (time.perf_counter() - t0) / iters * 1e3
+    events = prof.key_averages()
+    # leaf ops' own time: what the kernels took; the rest of the wall is Python and dispatch
+    kernels = sum(e.self_cpu_time_total for e in events) / iters / 1e3
+    print(f"\ndecode B={batch.input_ids.shape[0]}: {wall:.1f} ms a step, of which ops' own time {kernels:.1f} ms "
+          f"(the profiler's overhead included)")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=14))
 
 
 if __name__ == "__main__":

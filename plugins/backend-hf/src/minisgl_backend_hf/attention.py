@@ -99,9 +99,12 @@ def _extend(
     group = num_heads // kv_heads
     if ctx.use_sdpa and softcap is None:
         mask = seg.mask(window, q.device)
+        # with a batch dimension: torch's CPU flash kernel takes only 4-D inputs, and 3-D
+        # ones fall to the math path (a 2,000-token bf16 prompt of smollm2-135m: 228 against
+        # 40 ms a layer, 8.8 s the whole prefill)
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=group > 1
-        )
+            q[None], k[None], v[None], attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=group > 1
+        )[0]
     out = torch.empty_like(q)
     qg = q.view(kv_heads, group, ext, dim)
     og = out.view(kv_heads, group, ext, dim)
