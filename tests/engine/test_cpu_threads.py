@@ -189,6 +189,21 @@ def test_an_accelerator_engine_takes_one_host_thread_unless_told(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_a_pinned_plan_pins_every_thread_and_gives_the_affinity_back(monkeypatch):
+    pins = []
+    monkeypatch.setattr(ct, "_pin", pins.append)
+    monkeypatch.setattr(ct, "usable_cpus", lambda: [0, 1, 2, 3])
+    before = torch.get_num_threads()
+    threads = ct.EngineThreads(ct.plan_threads(cpus=[0, 1, 2, 3], cpu_set="1-2"))
+    try:
+        threads.apply()
+        assert pins == [(1, 2)] and torch.get_num_threads() == 2
+        threads.restore()
+        assert pins == [(1, 2), (0, 1, 2, 3)] and torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_an_engine_applies_cpu_threads_logs_its_plan_and_gives_the_threads_back(tiny_llama_path, caplog):
     before = torch.get_num_threads()
     with caplog.at_level(logging.INFO, logger="minisgl.threads"):

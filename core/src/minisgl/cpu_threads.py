@@ -6,9 +6,9 @@ libgomp: the kernel is loaded after torch, so it binds to the same runtime). Eve
 region of that pool ends at a barrier, so a team of N threads moves at the pace of its
 slowest member: when anything else runs on one of its cores (the server process, a
 tokenizer worker, a second replica, someone else's job), the whole team waits a scheduler
-time slice for that member, hundreds of times a step. On two cores beside one
-single-threaded neighbour that made a decode step 52x slower instead of the ~2x a fair
-share costs (BENCHMARKS.md, `minisgl bench contention`).
+time slice for that member, hundreds of times a step: beside one busy neighbour a step
+took many times the ~2x a fair share of two cores costs (`minisgl bench contention`,
+BENCHMARKS.md).
 
 Two parts answer it:
 - `plan_threads`: the cores are divided before any engine starts. The server's front end
@@ -34,11 +34,10 @@ log = logging.getLogger("minisgl.threads")
 
 PLAN_ENV = "MINISGL_THREAD_PLAN"  # the server's plan for one engine process (JSON)
 # How long an idle OpenMP thread spins before it sleeps: libgomp's default (300,000 spins)
-# holds a core for about a millisecond after every parallel region, a core the server
-# process or a neighbour could have run on. 10,000 costs a quiet decode step nothing
-# measurable (35.4 against 35.9 ms) and, with a fixed team beside one busy neighbour, made
-# the step 5.5x its quiet time instead of 52x. libgomp reads it once, when it loads, so it
-# is given to engine processes at their start (an in-process LLM keeps its process's value).
+# holds a core after every parallel region that the server process or a neighbour could
+# have run on; 10,000 costs a quiet decode step nothing measurable (BENCHMARKS.md). libgomp
+# reads it once, when it loads, so engine processes get it at their start (an in-process
+# LLM keeps its process's value).
 SPIN_ENV = {"GOMP_SPINCOUNT": "10000"}
 FRONT_END_SHARE = 4  # the front end keeps at most one core in this many
 ADJUST_EVERY_S = 0.5
@@ -188,6 +187,7 @@ class EngineThreads:
         self.threads = plan.threads
         self._torch = torch
         self._before = torch.get_num_threads()
+        self._affinity = tuple(usable_cpus())
         self._cpus = set(plan.cpus) if plan.cpus is not None else set(usable_cpus())
         self._sample: tuple[float, int, int] | None = None
         self._spare_windows = 0
@@ -195,12 +195,8 @@ class EngineThreads:
         self._hz = os.sysconf("SC_CLK_TCK") if self.adapt else 100
 
     def apply(self) -> None:
-        if self.plan.cpus is not None:  # every thread there is (affinity is per thread); new ones inherit it
-            for tid in os.listdir("/proc/self/task"):
-                try:
-                    os.sched_setaffinity(int(tid), self.plan.cpus)
-                except ProcessLookupError:  # ended meanwhile
-                    pass
+        if self.plan.cpus is not None:
+            _pin(self.plan.cpus)
         self._torch.set_num_threads(self.threads)
         where = f"on CPUs {format_cpu_set(self.plan.cpus)}" if self.plan.cpus is not None else "unpinned"
         log.info("CPU threads: %d, %s (%s)%s", self.threads, where, self.plan.reason,
@@ -244,4 +240,15 @@ class EngineThreads:
             self._torch.set_num_threads(want)
 
     def restore(self) -> None:
+        if self.plan.cpus is not None:
+            _pin(self._affinity)
         self._torch.set_num_threads(self._before)
+
+
+def _pin(cpus: tuple[int, ...]) -> None:
+    """Every thread of this process (affinity is per thread); threads started later inherit it."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # ended meanwhile
+            pass
