@@ -8,6 +8,7 @@ import types
 
 import pytest
 
+from minisgl.cpu_threads import PLAN_ENV, SPIN_ENV
 from minisgl.dispatch import RoundRobin
 from minisgl.hookspecs import hookimpl
 from minisgl.plugins import Registry
@@ -44,7 +45,12 @@ def test_dp_size_spreads_replicas_over_the_visible_gpus_in_turn():
 def test_dp_size_replicas_share_one_device_otherwise(flags, gpus):
     plan = plan_replicas(settings(**flags), gpus=gpus)
     assert [p.index for p in plan] == [0, 1]
-    assert all(p.env == {} for p in plan)
+    # no device of their own; only their share of the host's cores (minisgl.cpu_threads)
+    assert all(device_env(p) == {} and PLAN_ENV in p.env for p in plan)
+
+
+def device_env(placement) -> dict[str, str]:
+    return {k: v for k, v in placement.env.items() if k not in (PLAN_ENV, *SPIN_ENV)}
 
 
 def test_tensor_parallel_replicas_take_consecutive_gpus_and_their_own_port():
@@ -53,7 +59,7 @@ def test_tensor_parallel_replicas_take_consecutive_gpus_and_their_own_port():
                                      {"CUDA_VISIBLE_DEVICES": "2,3", "MINISGL_TP_PORT": "4003"}]
     assert plan[1].device == "cuda (GPUs 2, 3)"
     cpu = plan_replicas(settings(tp_size=2, dp_size=2, device="cpu", port=4000), gpus=[])
-    assert [p.env for p in cpu] == [{"MINISGL_TP_PORT": "4001"}, {"MINISGL_TP_PORT": "4003"}]
+    assert [device_env(p) for p in cpu] == [{"MINISGL_TP_PORT": "4001"}, {"MINISGL_TP_PORT": "4003"}]
 
 
 @pytest.mark.parametrize(("flags", "gpus", "message"), [
