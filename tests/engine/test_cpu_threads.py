@@ -226,3 +226,15 @@ def test_torch_and_the_c_decode_kernel_share_one_openmp_runtime():
     # the kernel asks for libgomp.so.1: torch's copy answers, not a second pool from the system's
     # (wheels such as sentencepiece bundle theirs under other names, for their own use)
     assert runtimes == {os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")}, runtimes
+
+
+def test_the_team_size_changes_no_result(tiny_llama_path):
+    """The engine moves between one thread and its plan under load: the same prompts must
+    give the same tokens and logprobs either way."""
+    params = SamplingParams(max_new_tokens=8, temperature=0.0, logprobs=True, ignore_eos=True)
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14], [15, 16]]
+    runs = []
+    for threads in (1, 2):
+        with LLM(tiny_llama_path, dtype="float32", backend="hf", cpu_threads=threads) as llm:
+            runs.append([(o.token_ids, o.logprobs) for o in llm.generate(prompts, params)])
+    assert runs[0] == runs[1]
