@@ -128,19 +128,19 @@ def plan_threads(*, cpus: list[int], replicas: int = 1, replica: int = 0, front_
         why.append(f"{reserve} kept for the server's front end")
     elif front_end:
         why.append(f"the front end shares them (a core of its own from {FRONT_END_SHARE} cores)")
-    engine_pool = pool[: len(pool) - reserve]
+    share = pool[: len(pool) - reserve]
     pinned = bool(cpu_set) or reserve > 0
-    share = engine_pool
+    threads = len(share)
     if replicas > 1:
-        per, extra = divmod(len(engine_pool), replicas)
+        per, extra = divmod(len(share), replicas)
         if per >= 1:  # the first `extra` replicas take one core more
             start = replica * per + min(replica, extra)
-            share, pinned = engine_pool[start:start + per + (replica < extra)], True
-            why.append(f"replica {replica} of {replicas} takes {len(share)}")
+            share, pinned = share[start:start + per + (replica < extra)], True
+            threads = len(share)
+            why.append(f"replica {replica} of {replicas} takes {threads}")
         else:
-            share = engine_pool
-            why.append(f"{replicas} replicas share {len(engine_pool)} (one thread each)")
-    threads = len(share) if replicas <= len(engine_pool) else 1
+            threads = 1
+            why.append(f"{replicas} replicas share {len(share)} (one thread each)")
     if tp_size > 1:
         threads = max(1, threads // tp_size)
         why.append(f"{tp_size} tensor-parallel ranks split them")
@@ -188,7 +188,7 @@ class EngineThreads:
         self._torch = torch
         self._before = torch.get_num_threads()
         self._affinity = tuple(usable_cpus())
-        self._cpus = set(plan.cpus) if plan.cpus is not None else set(usable_cpus())
+        self._cpus = set(plan.cpus if plan.cpus is not None else self._affinity)
         self._sample: tuple[float, int, int] | None = None
         self._spare_windows = 0
         self.adapt = plan.threads > 1 and not plan.fixed and _busy_ticks(self._cpus) is not None

@@ -304,15 +304,13 @@ def _finalize(s: Settings, sources: dict[str, str]) -> None:
         s.backend = "hf"  # seed 000: torch is the HF/torch backend
     if s.fast_stream_decode:
         log.info(FAST_STREAM_DECODE_NOTE)
-    if s.cpu_set is not None:
-        from .cpu_threads import parse_cpu_set, usable_cpus
+    if s.cpu_set is not None:  # refused at start, not when an engine plans its threads
+        from .cpu_threads import plan_threads, usable_cpus
 
         try:
-            usable = set(parse_cpu_set(s.cpu_set)) & set(usable_cpus())
+            plan_threads(cpus=usable_cpus(), cpu_set=s.cpu_set)
         except ValueError as exc:
             raise SettingsError("cpu_set", s.cpu_set, sources["cpu_set"], str(exc)) from None
-        if not usable:
-            raise SettingsError("cpu_set", s.cpu_set, sources["cpu_set"], "none of these CPUs is usable by this process")
 
 
 def _registry(registry: Registry | None) -> Registry:

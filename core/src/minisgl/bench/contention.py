@@ -31,7 +31,7 @@ BUSY_CPU = ("import torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\n
             "while True:\n    a = torch.tanh(a @ a)\n")
 NEIGHBOURS = ("cpu", "engine")
 SETTLE_S = 3.0
-PROMPT_LEN, SHORT, LONG = 128, 8, 40  # contention_worker.py's defaults: a step is timed over tokens SHORT..LONG
+PROMPT_LEN, SHORT, LONG = 128, 8, 40  # the worker's prompts, and the two output lengths a step is timed between
 
 
 def read_floor_ms(path: str, dtype: str, batch: int) -> tuple[float, str]:
@@ -107,7 +107,7 @@ class System:
 def worker_cmd(python: str, engine: str, model: str, dtype: str, batch: int, options: dict[str, Any] | None = None,
                load: bool = False) -> list[str]:
     cmd = [python, WORKER, "--engine", engine, "--model", model, "--dtype", dtype, "--batch", str(batch),
-           "--options", json.dumps(options or {})]
+           "--prompt-len", str(PROMPT_LEN), "--short", str(SHORT), "--long", str(LONG), "--options", json.dumps(options or {})]
     return cmd + (["--load"] if load else [])
 
 
