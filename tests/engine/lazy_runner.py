@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from minisgl.engine.batch import ForwardBatch, ForwardResult
+from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner
 from minisgl.engine.sampler import sample
 
 
@@ -27,7 +27,7 @@ class LazyEvent:
             self.done = True
 
 
-class LazyRunner:
+class LazyRunner(ModelRunner):
     supports_overlap = True
 
     def __init__(self, inner: Any) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from minisgl.engine.batch import ForwardBatch, ForwardResult
+from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner
 from minisgl.engine.sampler import sample
 
 
-class OracleRunner:
+class OracleRunner(ModelRunner):
     def __init__(self, model_path: str, kv_slots: int, max_context_len: int = 512) -> None:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
         self.vocab_size = self.model.config.vocab_size

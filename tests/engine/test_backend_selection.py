@@ -5,7 +5,7 @@ the installed backends; auto follows the ranks the backends declare for each dev
 import pytest
 import torch
 
-from minisgl.engine.engine import select_backend
+from minisgl.engine.backend_choice import select_backend
 from minisgl.hookspecs import hookimpl
 from minisgl.plugins import PluginError, Registry, get_registry
 from minisgl.settings import Settings, settings_from_kwargs

@@ -1,4 +1,4 @@
-"""The lpm and priority queue policies: as units on constructed views, and through an
+"""The lpm and priority queue policies: as units on constructed waiting requests, and through an
 Engine where max_running_requests=1 makes the admission order the completion order."""
 
 import pytest
@@ -6,12 +6,14 @@ from engine_helpers import prompts
 
 from minisgl import SamplingParams
 from minisgl.engine.messages import EngineRequest
-from minisgl.engine.queue_policy import FCFS, WaitingRequest
+from minisgl.engine.queue_policy import FCFS
+from minisgl.engine.request import Req
 from minisgl_schedulers.queue import LongestPrefixMatch, Priority
 
 
 def view(rid, tokens=(1, 2, 3), priority=0, arrival=0.0, seq=0, retracted=False):
-    return WaitingRequest(rid=rid, token_ids=tuple(tokens), priority=priority, arrival_time=arrival, seq=seq, retracted=retracted)
+    return Req(rid=rid, prompt_ids=list(tokens), params=SamplingParams(max_new_tokens=1), max_new_tokens=1,
+               stop_ids=frozenset(), priority=priority, arrival_time=arrival, seq=seq, num_retractions=int(retracted))
 
 
 def test_lpm_orders_by_cached_prefix_then_arrival_retracted_first():

@@ -12,14 +12,22 @@ the page), so a paged kernel may read every P-th entry.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 import torch
 
 from .messages import ImageInput
+
+
+def to_device(values: list | tuple, device: torch.device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """A host list on the device; through pinned memory on CUDA, so the copy is queued on
+    the stream instead of waiting for the step in flight."""
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=dtype, device=device)
+    return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
@@ -131,35 +139,41 @@ class ForwardResult:
         return self
 
 
-@runtime_checkable
-class ModelRunner(Protocol):
-    """What a backend builds. Created by the BackendSpec factory:
-    `create_runner(settings: Settings, model: ResolvedModel) -> ModelRunner`."""
+class ModelRunner(ABC):
+    """What a backend builds (subclass it). Created by the BackendSpec factory:
+    `create_runner(settings: Settings, model: ResolvedModel) -> ModelRunner`. The engine
+    reads every member below directly; the capabilities' defaults describe a plain runner
+    whose forward is synchronous and takes text only."""
 
     eos_token_ids: list[int]
     vocab_size: int
     max_context_len: int
     device: torch.device
 
+    # `forward` returns before the device is done (ForwardResult.ready set, and
+    # device_next_tokens where next_tokens is a host copy): the engine launches step N+1
+    # before it reads step N's tokens. Such a runner may also return before the step's
+    # grammar mask is filled, with the sampling in `sample_later`.
+    supports_overlap: bool = False
+    # takes ForwardBatch.images; the engine refuses requests with images on any other runner
+    supports_images: bool = False
+    # whether the forward runs on the host's cores (None: when `device` is the CPU); the
+    # engine fills grammar masks before such a forward instead of beside it
+    forward_on_host: bool | None = None
+    # the most new tokens one forward takes; the scheduler splits prefills to fit (None: no limit)
+    max_prefill_tokens: int | None = None
+    # a request may grow only to its share of the pool (max_new_tokens capped on admission),
+    # so a full batch never has to retract
+    kv_fair_share: bool = False
+
+    @abstractmethod
     def kv_capacity(self) -> int:
         """Token slots in the pool (a multiple of the page size)."""
-        ...
 
+    @abstractmethod
     def forward(self, batch: ForwardBatch) -> ForwardResult:
         """Write the new tokens' K/V into `out_slots`, attend over `page_table`, and sample
         the rows in `sample_indices` with `sampling`."""
-        ...
 
-    def shutdown(self) -> None: ...
-
-
-# A runner that takes images (ForwardBatch.images) declares `supports_images = True`; the
-# engine refuses requests with images on any other.
-# A runner whose `forward` returns before the device is done (ForwardResult.ready set, and
-# device_next_tokens where next_tokens is a host copy) declares `supports_overlap = True`;
-# the engine then launches step N+1 before it reads step N's tokens (overlap scheduling).
-# Such a runner may also return before the step's grammar mask is filled, with the sampling
-# in `sample_later`; the engine launches it after processing step N.
-# A runner whose engine tensors live on the CPU (`device`) while its forward runs elsewhere
-# declares `forward_on_host = False` (by default it is `device.type == "cpu"`): the engine
-# then fills grammar masks beside the forward instead of before it.
+    def shutdown(self) -> None:  # noqa: B027 - optional: a runner without workers has nothing to free
+        """Free the device memory and any worker the runner started."""

@@ -1,36 +1,27 @@
-"""Waiting-queue order (`--queue-policy` plugins) and the read-only view policies get.
+"""Waiting-queue order (`--queue-policy` plugins).
 
-A policy sees only `WaitingRequest`s (rid, token ids, priority, arrival) and a function
-that asks the prefix cache how many leading tokens of a sequence it holds; never the
-engine's internals. It returns the waiting requests in the order the scheduler should try
-to admit them. The scheduler admits in that order until the token budget, the running
+A policy gets the waiting requests (read-only: rid, token_ids, priority, arrival_time,
+seq, retracted; see `Req`) and a function that asks the prefix cache how many leading
+tokens of a sequence it holds. It returns the requests in the order the scheduler should
+try to admit them; the scheduler admits in that order until the token budget, the running
 limit or the pool stops it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from .request import Req
+
 PrefixMatchLen = Callable[[Sequence[int]], int]
-
-
-@dataclass(frozen=True)
-class WaitingRequest:
-    rid: str
-    token_ids: tuple[int, ...]  # what must be in the KV before decoding (prompt + any output kept over a retraction)
-    priority: int
-    arrival_time: float
-    seq: int  # arrival order in this engine, a tie breaker
-    retracted: bool = False  # preempted earlier; it keeps its place by arrival
 
 
 @runtime_checkable
 class QueuePolicy(Protocol):
     name: str
 
-    def order(self, waiting: Sequence[WaitingRequest], prefix_match_len: PrefixMatchLen) -> list[WaitingRequest]: ...
+    def order(self, waiting: Sequence[Req], prefix_match_len: PrefixMatchLen) -> list[Req]: ...
 
 
 class FCFS:
@@ -38,5 +29,5 @@ class FCFS:
 
     name = "fcfs"
 
-    def order(self, waiting: Sequence[WaitingRequest], prefix_match_len: PrefixMatchLen) -> list[WaitingRequest]:
+    def order(self, waiting: Sequence[Req], prefix_match_len: PrefixMatchLen) -> list[Req]:
         return sorted(waiting, key=lambda w: (w.arrival_time, w.seq))

@@ -1,4 +1,7 @@
-"""One request inside the engine: its tokens, its sampling parameters and the KV it holds."""
+"""One request inside the engine: its tokens, its sampling parameters and the KV it holds.
+
+Queue policies (`--queue-policy` plugins) read waiting requests through `rid`,
+`token_ids`, `priority`, `arrival_time`, `seq` and `retracted`, and never change them."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ from typing import Any
 
 from ..sampling_params import SamplingParams
 from .messages import ImageInput
-from .queue_policy import WaitingRequest
 
 
 @dataclass
@@ -78,12 +80,12 @@ class Req:
         p = self.params
         return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
 
-    def waiting_view(self) -> WaitingRequest:
-        return WaitingRequest(
-            rid=self.rid,
-            token_ids=tuple(self.all_ids),
-            priority=self.priority,
-            arrival_time=self.arrival_time,
-            seq=self.seq,
-            retracted=self.num_retractions > 0,
-        )
+    @property
+    def token_ids(self) -> list[int]:
+        """What must be in the KV before decoding: the prompt and any output kept over a retraction."""
+        return self.all_ids
+
+    @property
+    def retracted(self) -> bool:
+        """Preempted earlier; it keeps its place by arrival."""
+        return self.num_retractions > 0

@@ -42,7 +42,7 @@ from .protocol import (
 log = logging.getLogger("minisgl.engine_process")
 
 # engine calls that run across steps: the method the loop calls instead, which returns an
-# engine.PendingCall (warm: its prefills are scheduled behind user requests, see Scheduler)
+# engine.warming.PendingCall (warm: its prefills are scheduled behind user requests, see Scheduler)
 DEFERRED_METHODS = {"warm": "warm_async"}
 IDLE_POLL_MS = 500  # while idle, wake this often to notice a dead parent
 WARMUP_RID = "__warmup__"

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from minisgl.dtypes import resolve_dtype
-from minisgl.engine.batch import ForwardBatch, ForwardResult
+from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner
 from minisgl.engine.sampler import sample
 
 from .attention import CONTEXT_ATTR, PagedAttentionContext, register
@@ -86,8 +86,8 @@ def _check_positions(config: Any) -> None:
                              "models work")
 
 
-class HFModelRunner:
-    """ModelRunner for any transformers causal LM (see minisgl.engine.batch.ModelRunner)."""
+class HFModelRunner(ModelRunner):
+    """ModelRunner for any transformers causal LM."""
 
     def __init__(self, settings: Any, model: Any) -> None:
         self.device = pick_device(settings.device)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from mlx.utils import tree_flatten
 
-from minisgl.engine.batch import ForwardBatch, ForwardResult
+from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner
 from minisgl.engine.sampler import sample
 
 from .kv_pool import KVPool, KVShape, plan_capacity
@@ -81,8 +81,8 @@ def _kv_shape(model: nn.Module, config: dict[str, Any]) -> KVShape:
     return KVShape(len(model.layers), kv_heads, head_dim, dtype)
 
 
-class MLXModelRunner:
-    """ModelRunner for mlx-lm models (see minisgl.engine.batch.ModelRunner)."""
+class MLXModelRunner(ModelRunner):
+    """ModelRunner for mlx-lm models."""
 
     def __init__(self, settings: Any, model: Any) -> None:
         self.mlx_device = pick_mlx_device(settings.device)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from minisgl.cpu_threads import usable_cpus
-from minisgl.engine.batch import ForwardBatch, ForwardResult, SamplingBatch
+from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner, SamplingBatch
 from minisgl.engine.sampler import sample
 
 from .config import ModelConfig, load_model_config, pick_dtype
@@ -66,7 +66,7 @@ def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
     return host
 
 
-class SglModelRunner:
+class SglModelRunner(ModelRunner):
     # forward() returns before the GPU is done; the engine then launches step N+1 before it
     # reads step N's tokens (set it False, on the class or an instance, before the Engine is built to turn it off)
     supports_overlap = True

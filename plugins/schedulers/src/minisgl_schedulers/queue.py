@@ -1,13 +1,14 @@
 """Queue policies beyond the core's fcfs: longest prefix match first, and priority.
 
-Both see only the read-only `WaitingRequest` view and the cache's prefix-match length.
+Both read the waiting requests (never change them) and the cache's prefix-match length.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from minisgl.engine.queue_policy import PrefixMatchLen, WaitingRequest
+from minisgl.engine.queue_policy import PrefixMatchLen
+from minisgl.engine.request import Req
 
 
 class LongestPrefixMatch:
@@ -17,7 +18,7 @@ class LongestPrefixMatch:
 
     name = "lpm"
 
-    def order(self, waiting: Sequence[WaitingRequest], prefix_match_len: PrefixMatchLen) -> list[WaitingRequest]:
+    def order(self, waiting: Sequence[Req], prefix_match_len: PrefixMatchLen) -> list[Req]:
         matched = {w.rid: prefix_match_len(w.token_ids) for w in waiting}
         return sorted(waiting, key=lambda w: (not w.retracted, -matched[w.rid], w.arrival_time, w.seq))
 
@@ -27,5 +28,5 @@ class Priority:
 
     name = "priority"
 
-    def order(self, waiting: Sequence[WaitingRequest], prefix_match_len: PrefixMatchLen) -> list[WaitingRequest]:
+    def order(self, waiting: Sequence[Req], prefix_match_len: PrefixMatchLen) -> list[Req]:
         return sorted(waiting, key=lambda w: (-w.priority, w.arrival_time, w.seq))

@@ -1,0 +1,63 @@
+"""Decode reservation and retraction: every decoding request gets its next slot, and when
+the pool is short the prefix cache gives back unlocked LRU prefixes first, then the newest
+running requests are retracted and requeued. A retracted request keeps its tokens and its
+computed K/V goes to the prefix cache (sglang does the same), so readmission reuses what
+the pool can still hold.
+
+Request lengths are capped on entry (prompt + max_new_tokens within the context and the
+pool), so a request running alone always fits: retraction always makes progress.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from .kv import KVManager
+from .request import Req
+
+log = logging.getLogger("minisgl.engine")
+
+
+class DecodeManager:
+    def __init__(self, kv: KVManager, running: list[Req], waiting: dict[str, Req], counters: Counter[str],
+                 max_context_len: int) -> None:
+        self.kv = kv
+        self.running = running
+        self.waiting = waiting
+        self.counters = counters
+        self.max_context_len = max_context_len
+
+    def will_finish(self, req: Req) -> bool:
+        """An in-flight token certainly ends the request (length): nothing more to schedule."""
+        if req.inflight == 0:
+            return False
+        n = req.num_output + req.inflight
+        return n >= req.max_new_tokens or len(req.all_ids) + req.inflight >= self.max_context_len
+
+    def reserve(self) -> bool:
+        """A slot for every decoding request's next token; True when some were retracted."""
+        retracted = False
+        while True:
+            decoding = [r for r in self.running if r.pending == 1 and not self.will_finish(r)]
+            needy = self.kv.decode_pages_needed(decoding)
+            if self.kv.ensure_free_pages(len(needy)):
+                break
+            # warm requests go first (they only fill the cache), then the newest
+            self.retract(max(self.running, key=lambda r: (r.warm_only, r.seq)))
+            retracted = True
+        self.kv.reserve_decodes(needy)
+        return retracted
+
+    def retract(self, req: Req, why: str = "KV pool full", counter: str = "retractions_total") -> None:
+        """Requeue a running request: its computed K/V goes to the cache, unlocked, where pool
+        pressure may still evict it (it is the newest entry); what survives is a prefix hit
+        on readmission."""
+        kept = req.computed_ids // self.kv.P * self.kv.P
+        self.kv.release(req, keep_in_cache=True)
+        self.running.remove(req)
+        req.num_retractions += 1
+        self.counters[counter] += 1
+        self.waiting[req.rid] = req
+        log.info("retract rid=%s (%s): requeued with %d tokens, %d of them offered to the prefix cache",
+                 req.rid, why, len(req.all_ids), kept)
