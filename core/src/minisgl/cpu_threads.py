@@ -194,6 +194,18 @@ class EngineThreads:
         self.adapt = plan.threads > 1 and not plan.fixed and _busy_ticks(self._cpus) is not None
         self._hz = os.sysconf("SC_CLK_TCK") if self.adapt else 100
 
+    @classmethod
+    def start(cls, device: str, tp_size: int, cpu_threads: int, cpu_set: str) -> EngineThreads:
+        """The engine's threads for a runner on `device`: the server's plan from the
+        environment, else one of its own."""
+        threads = cls(ThreadPlan.from_env() or plan_threads(cpus=usable_cpus(), tp_size=tp_size,
+                                                            cpu_threads=cpu_threads, cpu_set=cpu_set))
+        if device.split(":")[0] == "cpu":
+            threads.apply()
+        else:
+            threads.host_only(device)
+        return threads
+
     def apply(self) -> None:
         if self.plan.cpus is not None:
             _pin(self.plan.cpus)

@@ -34,7 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 from minisgl import LLM
 from minisgl.bench import grammar_step
 from minisgl.engine import sampler
-from minisgl.engine.scheduler import Scheduler
+from minisgl.engine.grammar_masks import GrammarMasks
 
 
 class Timers:
@@ -105,9 +105,9 @@ class Timeline:
         around(runner, "forward", "forward launch", "forward returned")
         around(runner.graphs, "run", "graph start", "graph end", gpu=True)
         around(engine.scheduler, "process", "process start", "process end")
-        around(engine.scheduler, "_sampling", "sampling rows start", "sampling rows end")
-        around(engine.scheduler, "_vocab_mask", "mask submit start", "mask submit end")
-        around(engine.scheduler, "_feed_grammars", "feed start", "feed end")
+        around(engine.scheduler.rows, "batch", "sampling rows start", "sampling rows end")
+        around(engine.scheduler.masks, "mask", "mask submit start", "mask submit end")
+        around(engine.scheduler.masks, "feed", "feed start", "feed end")
         around(engine.grammars, "fill", "fill start", "fill end")
         runner.kernels = dataclasses.replace(
             runner.kernels,
@@ -170,7 +170,7 @@ def main() -> None:
     device_activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU  # CPU: a dry run of the script
     timers = Timers()
     sampler.vocab_mask_words = timers.wrap("mask wait", sampler.vocab_mask_words)
-    Scheduler._feed_grammars = timers.wrap("feed", Scheduler._feed_grammars)
+    GrammarMasks.feed = timers.wrap("feed", GrammarMasks.feed)
     settings = {"backend": "sgl", "max_running_requests": batch, "grammar_backend": "llguidance", **extra}
     say(f"grammar steps on {preset}, batch {batch}, settings {settings}")
     with LLM(model=preset, dtype="bfloat16", **settings) as llm:

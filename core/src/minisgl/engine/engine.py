@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from ..cache.base import PrefixCache
-from ..cpu_threads import EngineThreads, ThreadPlan, plan_threads, usable_cpus
+from ..cpu_threads import EngineThreads
 from ..frontend.errors import ErrorKind
 from ..grammar import GrammarBackend, GrammarError, constraint_of
 from ..models import ResolvedModel, resolve_model
@@ -52,12 +52,7 @@ class Engine:
             raise TypeError(f"backend {self.backend_name} built a {type(runner).__name__}, which is not a "
                             "minisgl.engine.batch.ModelRunner: a runner subclasses it")
         self.runner = runner
-        self.threads = EngineThreads(ThreadPlan.from_env() or plan_threads(
-            cpus=usable_cpus(), tp_size=settings.tp_size, cpu_threads=settings.cpu_threads, cpu_set=settings.cpu_set))
-        if str(runner.device).split(":")[0] == "cpu":
-            self.threads.apply()
-        else:
-            self.threads.host_only(str(runner.device))
+        self.threads = EngineThreads.start(str(runner.device), settings.tp_size, settings.cpu_threads, settings.cpu_set)
         self.eos_token_ids: list[int] = list(runner.eos_token_ids)
         self.max_context_len: int = settings.max_seq_len_override or runner.max_context_len
         cache_spec = self.registry.get("cache", settings.cache_type)
@@ -68,7 +63,7 @@ class Engine:
         self.policy: QueuePolicy = policy_spec.load()()
         self.scheduler = Scheduler(
             runner, self.cache, self.policy, page_size=settings.page_size,
-            max_running_requests=settings.max_running_requests, max_prefill_length=self._prefill_budget(),
+            max_running_requests=settings.max_running_requests, max_prefill_length=settings.max_prefill_length,
             max_context_len=self.max_context_len, decode_log_stride=settings.decode_log_stride,
         )
         self.pool_tokens = self.scheduler.kv.pool.num_slots
@@ -106,15 +101,6 @@ class Engine:
     def _known(self, rid: str) -> Req | None:
         s = self.scheduler
         return s.waiting.get(rid) or next((r for r in s.running if r.rid == rid), None)
-
-    def _prefill_budget(self) -> int:
-        """--max-prefill-length, lowered to the runner's own cap when it has one (backend-mlx's
-        MLX_PREFILL_STEP_SIZE), so chunked prefill splits where the backend wants it to."""
-        cap, asked = self.runner.max_prefill_tokens, self.settings.max_prefill_length
-        if cap and cap < asked:
-            log.info("prefill chunks of at most %d tokens (the backend's limit; --max-prefill-length is %d)", cap, asked)
-            return int(cap)
-        return asked
 
     def _new_req(self, er: EngineRequest, warm_only: bool = False, grammar: Any = None) -> Req | None:
         """The scheduler's request for `er`, or None: refused (an error output), or waiting

@@ -52,6 +52,13 @@ class Scheduler:
         self.counters: Counter[str] = Counter()
         self.steps = 0
         self.decode_steps = 0
+        # the runner's own cap (backend-mlx's MLX_PREFILL_STEP_SIZE) splits prefills where it wants
+        cap = runner.max_prefill_tokens
+        if cap and cap < max_prefill_length:
+            log.info("prefill chunks of at most %d tokens (the backend's limit; --max-prefill-length is %d)",
+                     cap, max_prefill_length)
+            max_prefill_length = cap
+        self.max_prefill = max_prefill_length
         num_slots = runner.kv_capacity()
         self.kv = KVManager(num_slots, page_size, cache, max_running_requests,
                             min(max_context_len, num_slots) + 1, self.device, self.counters)
