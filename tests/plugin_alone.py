@@ -22,6 +22,7 @@ EXPECTED = {
         "runner": ["diffusers-image", "diffusers-video"],
         "setting": ["image_model_id", "video_model_id", "z_image_model_id", "z_image_model_dir", "z_image_cache_dir"],
         "command": ["image"],
+        "route": ["images"],
     },
     "bench": {"command": ["bench"]},
     "schedulers": {"queue_policy": ["lpm", "priority"], "dispatch_policy": ["fsfs", "random", "cache_aware"]},
