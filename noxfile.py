@@ -12,16 +12,18 @@ nox.options.sessions = ["lint", "tests"]
 nox.options.default_venv_backend = "venv"
 
 CONSTRAINTS = ("-c", "constraints.txt")
-CORE = "./core[gguf,plot]"
+CORE = "./core[gguf]"
 PLUGIN_DIRS = {
     "hf": "plugins/backend-hf",
     "sgl": "plugins/backend-sgl",
     "mlx": "plugins/backend-mlx",
     "diffusion": "plugins/diffusion",
     "schedulers": "plugins/schedulers",
+    "bench": "plugins/bench",
 }
 PLUGINS = {name: f"./{path}" for name, path in PLUGIN_DIRS.items()}
 PLUGINS["diffusion"] += "[video]"
+PLUGINS["bench"] += "[plot]"
 SERVER = "./server"
 # the server registers `minisgl serve` like a plugin: it too must load with the core alone
 ALONE = PLUGINS | {"server": SERVER}
@@ -91,7 +93,7 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """The offline throughput benchmark against the transformers peers (see README)."""
-    _install(session, CORE, PLUGINS["hf"], SERVER)
+    _install(session, CORE, PLUGINS["hf"], PLUGINS["bench"], SERVER)
     session.run("minisgl", "bench", "offline", "--model", "smollm2-135m", *session.posargs, env=_env())
 
 
@@ -117,7 +119,7 @@ def _vllm_python(session: nox.Session) -> str:
 @nox.session
 def bench_vllm(session: nox.Session) -> None:
     """vLLM (CPU build) and minisgl on one workload in one run, offline and served: the ratios."""
-    _install(session, CORE, PLUGINS["hf"], SERVER)
+    _install(session, CORE, PLUGINS["hf"], PLUGINS["bench"], SERVER)
     python = _vllm_python(session)
     session.run("minisgl", "bench", "vllm", "--vllm-python", python, "--model", "smollm2-135m", *session.posargs,
                 env=_env())

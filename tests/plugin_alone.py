@@ -2,7 +2,7 @@
 plugin must register through its entry point alone, its availability probes must answer
 (an available backend, or a reason naming what to install), its settings must load with
 their defaults, and `minisgl --help` must list its commands (and `serve` only when the
-plugin is the server)."""
+plugin is the server, `bench` only when it is minisgl-bench)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ EXPECTED = {
         "runner": ["diffusers-image", "diffusers-video"],
         "setting": ["image_model_id", "video_model_id", "z_image_model_id", "z_image_model_dir", "z_image_cache_dir"],
         "command": ["image"],
+        "route": ["images"],
     },
+    "bench": {"command": ["bench"]},
     "schedulers": {"queue_policy": ["lpm", "priority"], "dispatch_policy": ["fsfs", "random", "cache_aware"]},
     "server": {
         "setting": ["dp_size", "enable_multi_device", "host", "port", "http_header_timeout", "served_model_name",
@@ -53,6 +55,7 @@ def main(name: str) -> None:
     help_text = subprocess.run(["minisgl", "--help"], check=True, capture_output=True, text=True).stdout
     commands = [line.split()[0] for line in help_text.split("Commands:")[1].splitlines() if line.strip()]
     assert ("serve" in commands) == (name == "server"), commands
+    assert ("bench" in commands) == (name == "bench"), commands
     for kind, names in EXPECTED[name].items():
         for spec_name in names:
             spec = registry.get(kind, spec_name)

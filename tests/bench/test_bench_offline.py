@@ -47,7 +47,7 @@ def test_bench_rejects_bad_ranges_and_peers(tiny_qwen3_path):
 def test_w1_draws_input_lengths_then_output_lengths_from_seed_0():
     import random
 
-    from minisgl.bench.offline import make_w1
+    from minisgl_bench.offline import make_w1
 
     wl = make_w1(vocab_size=1000, special_below=10)
     rng = random.Random(0)
@@ -57,7 +57,7 @@ def test_w1_draws_input_lengths_then_output_lengths_from_seed_0():
 
 
 def test_the_roofline_floor_is_the_slower_of_bytes_and_flops_per_step():
-    from minisgl.bench.roofline import Ceilings, ModelShape, roofline_floor
+    from minisgl_bench.roofline import Ceilings, ModelShape, roofline_floor
 
     shape = ModelShape(layers=1, hidden=8, heads=1, head_dim=8, params=1e9, lm_head_params=1e8, weight_bytes=2e9,
                        kv_bytes_per_token=1e6)
@@ -76,8 +76,8 @@ def test_the_roofline_floor_is_the_slower_of_bytes_and_flops_per_step():
 def test_a_moe_step_reads_the_experts_its_batch_routes_to():
     import torch
 
-    from minisgl.bench.roofline import ModelShape
     from minisgl.models import resolve_model
+    from minisgl_bench.roofline import ModelShape
 
     shape = ModelShape.of(resolve_model("qwen3-30b-a3b", progress=False).path, torch.bfloat16)
     assert 3.0e9 < shape.params < 3.4e9  # "A3B": about 3 B parameters run per token

@@ -101,7 +101,7 @@ def test_bench_vllm_says_how_to_get_vllm_and_checks_its_modes(tmp_path):
 def test_the_real_text_workload_is_seeded_and_in_range(tiny_qwen3_path):
     from transformers import AutoTokenizer
 
-    from minisgl.bench.vllm_compare import text_workload
+    from minisgl_bench.vllm_compare import text_workload
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen3_path)
     a = text_workload(tok, 8, (50, 300), (50, 200), seed=0)

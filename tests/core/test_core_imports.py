@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 CORE_SRC = Path(__file__).resolve().parents[2] / "core" / "src" / "minisgl"
-OURS = ("minisgl_server", "minisgl_diffusion", "minisgl_backend", "minisgl_schedulers")
+OURS = ("minisgl_server", "minisgl_diffusion", "minisgl_backend", "minisgl_schedulers", "minisgl_bench")
 
 
 def _imports(path: Path) -> list[str]:

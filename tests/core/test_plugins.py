@@ -21,6 +21,7 @@ BUILTIN_DISTS = {
     "minisgl-backend-mlx",
     "minisgl-diffusion",
     "minisgl-schedulers",
+    "minisgl-bench",
 }
 
 
@@ -45,7 +46,7 @@ def make_third_party(root: Path, name: str, module_source: str) -> Path:
     return root
 
 
-def test_json_lists_the_five_plugin_distributions():
+def test_json_lists_the_plugin_distributions():
     result = run_cli("plugins", "--json")
     assert result.returncode == 0, result.stderr
     plugins = json.loads(result.stdout)["plugins"]
@@ -56,6 +57,8 @@ def test_json_lists_the_five_plugin_distributions():
     assert by_name["server"]["registered"]["command"] == ["serve"]
     assert {"host", "port", "dp_size", "warm_prefixes"} <= set(by_name["server"]["registered"]["setting"])
     assert by_name["diffusion"]["registered"]["command"] == ["image"]
+    assert by_name["diffusion"]["registered"]["route"] == ["images"]
+    assert by_name["bench"]["registered"] == {"command": ["bench"]}
     assert by_name["hf"]["version"] == "0.1.0"
     assert all(p["error"] is None for p in plugins)
 

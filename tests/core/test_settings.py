@@ -211,6 +211,12 @@ def test_a_command_whose_plugin_is_missing_says_what_to_install():
     assert "generate" in listed and "serve" not in listed
 
 
+def test_bench_without_its_plugin_says_what_to_install():
+    result = _cli("bench", "offline", "--model", "x", env={"MINISGL_PLUGINS": "core"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "Error: minisgl bench needs the benchmarks: pip install minisgl-bench"
+
+
 def test_cli_errors_exit_2_and_name_the_problem():
     bad_value = _cli("serve", "--max-running-requests", "lots")
     assert bad_value.returncode == 2

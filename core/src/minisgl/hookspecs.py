@@ -49,6 +49,11 @@ def minisgl_register_commands(register):
 
 
 @hookspec
+def minisgl_register_routes(register):
+    """Add HTTP routes to the server: register(RouteSpec(name, description, factory="pkg.mod:fn"))."""
+
+
+@hookspec
 def minisgl_register_parsers(register):
     """Register output parsers of chat answers: register(ReasoningParserSpec(...)),
     register(ToolCallParserSpec(...))."""

@@ -44,6 +44,7 @@ HOOK_KINDS: dict[str, tuple[Kind, ...]] = {
     "minisgl_register_control_commands": ("control_command",),
     "minisgl_register_settings": ("setting",),
     "minisgl_register_commands": ("command",),
+    "minisgl_register_routes": ("route",),
     "minisgl_register_parsers": ("reasoning_parser", "tool_call_parser"),
     "minisgl_register_grammar_backends": ("grammar_backend",),
 }
@@ -207,6 +208,11 @@ class Registry:
                 owner = self.owner[("setting", other.name)]
                 raise ValueError(f"setting {spec.name!r}: {', '.join(sorted(taken))} already reach setting "
                                  f"{other.name!r} of plugin {owner!r}")
+
+    def fail(self, kind: Kind, name: str, exc: BaseException) -> None:
+        """What a plugin registered broke when it was used (a route that cannot load):
+        reported against that plugin, as a plugin that fails to load is."""
+        self._fail(self.plugins[self.owner[(kind, name)]], exc, where=f"{kind} {name!r}")
 
     @staticmethod
     def _fail(info: PluginInfo, exc: BaseException, where: str | None = None) -> None:

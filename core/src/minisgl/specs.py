@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 Kind = Literal["backend", "dispatch_policy", "queue_policy", "cache", "runner", "control_command", "setting", "command",
-               "reasoning_parser", "tool_call_parser", "grammar_backend"]
+               "route", "reasoning_parser", "tool_call_parser", "grammar_backend"]
 KINDS: tuple[Kind, ...] = (
     "backend",
     "dispatch_policy",
@@ -24,6 +24,7 @@ KINDS: tuple[Kind, ...] = (
     "control_command",
     "setting",
     "command",
+    "route",
     "reasoning_parser",
     "tool_call_parser",
     "grammar_backend",
@@ -122,6 +123,18 @@ class CommandSpec(Spec, frozen=True):
     imported only when the subcommand runs."""
 
 
+class RouteSpec(Spec, frozen=True):
+    """HTTP routes the server mounts. The factory takes no arguments and returns Litestar
+    route handlers or a Router (one, or a list); the server imports and calls it when it
+    builds its app, so the core never imports litestar. A handler answering error statuses
+    besides a JSON body's (400, 413, 415, 500) lists them in `opt={"error_statuses": (...)}`
+    for the OpenAPI document."""
+
+    def handlers(self) -> list[Any]:
+        made = self.load()()
+        return list(made) if isinstance(made, (list, tuple)) else [made]
+
+
 class ReasoningParserSpec(Spec, frozen=True):
     """Splits a chat answer's thinking from its content (--reasoning-parser). The factory
     takes no arguments and returns a fresh splitter per sequence (see
@@ -167,6 +180,7 @@ SPEC_TYPES: dict[Kind, type] = {
     "control_command": ControlCommandSpec,
     "setting": SettingSpec,
     "command": CommandSpec,
+    "route": RouteSpec,
     "reasoning_parser": ReasoningParserSpec,
     "tool_call_parser": ToolCallParserSpec,
     "grammar_backend": GrammarBackendSpec,

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from batches import greedy_sampling
 
-from minisgl.bench.roofline import measure_ceilings
 from minisgl.engine.batch import ForwardBatch
 from minisgl.settings import Settings
 from minisgl_backend_sgl.runner import SglModelRunner
+from minisgl_bench.roofline import measure_ceilings
 
 CONTEXT = 1024
 BATCHES = [int(b) for b in os.environ.get("BENCH_BATCHES", "1,16,64,256").split(",")]

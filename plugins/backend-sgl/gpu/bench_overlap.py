@@ -1,6 +1,6 @@
 """Offline throughput on a GPU: minisgl (backend sgl) with overlap scheduling on and off,
 against transformers' continuous batching and the seed's streaming baseline, on one seeded
-workload, in one process. Uses `minisgl bench`'s own pieces (core/src/minisgl/bench/).
+workload, in one process. Uses `minisgl bench`'s own pieces (plugins/bench/src/minisgl_bench/).
 
 The model is Qwen3-0.6B-shaped with random bf16 weights written by save_pretrained (the
 `qwen3-0.6b` preset is config + tokenizer only; the transformers peers need weights on disk).
@@ -21,9 +21,9 @@ from dataclasses import asdict
 
 import torch
 
-from minisgl.bench import hf_peers, offline
 from minisgl.cli import bench
 from minisgl.models import resolve_model
+from minisgl_bench import hf_peers, offline
 
 
 def random_checkpoint(preset: str, out: str) -> str:

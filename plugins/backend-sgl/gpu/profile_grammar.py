@@ -32,9 +32,9 @@ from profile_w1 import settings_from_argv
 from torch.profiler import ProfilerActivity, profile
 
 from minisgl import LLM
-from minisgl.bench import grammar_step
 from minisgl.engine import sampler
 from minisgl.engine.grammar_masks import GrammarMasks
+from minisgl_bench import grammar_step
 
 
 class Timers:

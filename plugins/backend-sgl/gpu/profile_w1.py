@@ -1,6 +1,6 @@
 """Where W1's wall time goes on backend-sgl: GPU kernel time against wall time, and the host.
 
-Runs W1 (minisgl.bench.offline.make_w1) through `LLM` on a preset with random weights three
+Runs W1 (minisgl_bench.offline.make_w1) through `LLM` on a preset with random weights three
 times after a warm-up: plain (tok/s), under torch.profiler (CUDA kernel time summed, the top
 kernels, and the GPU's idle share of the wall), and under cProfile (the engine's host work:
 the calling thread drives the engine, so its functions are what a step waits on).
@@ -23,8 +23,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from minisgl import LLM, SamplingParams
-from minisgl.bench.offline import make_w1
 from minisgl.models import resolve_model
+from minisgl_bench.offline import make_w1
 
 
 def settings_from_argv(args: list[str]) -> dict:

@@ -7,12 +7,12 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH=core/src:plugins/backend-sgl/src:plugins/backend-sgl/tests:${PYTHONPATH:-}
+export PYTHONPATH=core/src:plugins/backend-sgl/src:plugins/bench/src:plugins/backend-sgl/tests:${PYTHONPATH:-}
 export PYTHONUNBUFFERED=1
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
 STAGES=${STAGES:-tests,check,e2e,bench}
 # the engine and the settings find backend-sgl through entry points: install our distributions first
-python3 -m pip install -q --no-deps --no-build-isolation --no-index -e core -e plugins/backend-sgl -e plugins/backend-hf 2>&1 | tail -3
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e core -e plugins/backend-sgl -e plugins/backend-hf -e plugins/bench 2>&1 | tail -3
 if [[ $STAGES == *tests* ]]; then
   python3 -m pytest -q -p no:cacheprovider plugins/backend-sgl/tests 2>&1 | tee "$OUT/tests.log" | tail -25
 fi

@@ -17,9 +17,9 @@ import random
 import torch
 from triton.testing import do_bench_cudagraph
 
-from minisgl.bench.roofline import measure_ceilings
 from minisgl_backend_sgl.forward_meta import decode_splits
 from minisgl_backend_sgl.kernels.attention import decode_attention
+from minisgl_bench.roofline import measure_ceilings
 
 HEAD_DIM = 128
 SHAPES = {"qwen3-0.6b": (16, 8), "llama-3.1-8b": (32, 8)}

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minisgl.bench.roofline import measure_ceilings
 from minisgl_backend_sgl.kernels.skinny_gemm import SkinnyConfig, seconds_per_call, skinny_gemm
+from minisgl_bench.roofline import measure_ceilings
 
 SHAPES = {  # name: (N, K) of W [N, K]
     "qwen3-0.6b": {"qkv": (4096, 1024), "o": (1024, 2048), "gate_up": (6144, 1024), "down": (1024, 3072)},

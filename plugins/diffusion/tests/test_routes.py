@@ -10,8 +10,8 @@ from litestar.testing import TestClient
 from PIL import Image
 
 from minisgl.plugins import get_registry
+from minisgl_diffusion.routes import images_router
 from minisgl_server.errors import EXCEPTION_HANDLERS
-from minisgl_server.routes_images import images_router
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +111,22 @@ def test_a_model_other_than_the_configured_one_is_404(client):
     response = client.post("/v1/images/generations", json=body)
     assert response.status_code == 404, response.text
     assert response.json()["error"]["param"] == "model"
+
+
+def test_the_server_mounts_the_routes_through_the_hook_and_documents_their_errors(monkeypatch):
+    from minisgl_server.app import mount_plugin_routes
+    from minisgl_server.openapi_docs import document_errors
+
+    monkeypatch.delenv("IMAGE_MODEL_ID", raising=False)  # the routes read the environment's settings
+    registry = get_registry()
+    assert registry.owner[("route", "images")] == "diffusion"
+    app = Litestar(route_handlers=[], exception_handlers=EXCEPTION_HANDLERS)
+    mount_plugin_routes(app, registry)
+    document_errors(app)
+    assert not registry.failed()
+    with TestClient(app) as bare:
+        doc = bare.get("/schema/openapi.json").json()
+        unconfigured = bare.post("/v1/images/generations", json={"prompt": "a fox"})
+    for path in ("/v1/images/generations", "/v1/videos/generations"):
+        assert set(doc["paths"][path]["post"]["responses"]) == {"200", "400", "404", "413", "415", "500", "503"}
+    assert unconfigured.status_code == 503 and unconfigured.json()["error"]["code"] == "unavailable"

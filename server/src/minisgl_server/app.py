@@ -1,6 +1,6 @@
-"""The Litestar application: routes, OpenAI-shaped errors, OpenAPI at /schema, and the
-lifespan that starts the engines (in the background, so /health can say 503 meanwhile)
-and the optional ZeroMQ control plane."""
+"""The Litestar application: routes (ours and those plugins register), OpenAI-shaped errors,
+OpenAPI at /schema, and the lifespan that starts the engines (in the background, so /health
+can say 503 meanwhile) and the optional ZeroMQ control plane."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
 
 from minisgl import __version__
+from minisgl.plugins import Registry
 
 from .errors import EXCEPTION_HANDLERS
 from .http_edges import JSONContentTypeMiddleware, echo_request_id
 from .openapi_docs import document_errors
 from .routes_generate import generate
-from .routes_images import images_router
 from .routes_openai import chat_completions, completions
 from .routes_system import get_model, health, list_models, metrics
 from .state import ServerState
@@ -44,7 +44,7 @@ def create_app(state: ServerState) -> Litestar:
             await state.stop()
 
     app = Litestar(
-        route_handlers=[generate, completions, chat_completions, list_models, get_model, health, metrics, images_router()],
+        route_handlers=[generate, completions, chat_completions, list_models, get_model, health, metrics],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="minisgl", version=__version__, path="/schema"),
@@ -53,6 +53,22 @@ def create_app(state: ServerState) -> Litestar:
         middleware=[JSONContentTypeMiddleware()],  # 415 unless a body is application/json
         before_send=[echo_request_id],  # X-Request-ID on every response
     )
+    mount_plugin_routes(app, state.registry)
     document_errors(app)  # every route's error statuses, with OpenAI's error body, in /schema
     app.state.server = state
     return app
+
+
+def mount_plugin_routes(app: Litestar, registry: Registry) -> None:
+    """The routes plugins registered (minisgl_register_routes). One that cannot load, or that
+    claims a path already served, is reported against its plugin and left out: the server
+    starts without it."""
+    for spec in registry.specs["route"].values():
+        try:
+            router = Router(path="/", route_handlers=spec.handlers())
+            taken = {route.path for route in app.routes} & {route.path for route in router.routes}
+            if taken:
+                raise ValueError(f"{', '.join(sorted(taken))} already served")
+            app.register(router)
+        except Exception as exc:
+            registry.fail("route", spec.name, exc)

@@ -4,7 +4,8 @@ Litestar documents a 400 of its own `{status_code, detail}` shape and nothing el
 error this server answers is OpenAI's `{"error": {"message", "type", "param", "code"}}`
 (errors.py), with the statuses of errors.KINDS. `document_errors(app)` gives each route
 the statuses it can answer, each with ErrorResponse as its body (GET /health's 503 is
-the health document itself, with `status` and `reason`)."""
+the health document itself, with `status` and `reason`). A plugin's route declares the
+statuses it answers besides a body's in its handler's `opt["error_statuses"]`."""
 
 from __future__ import annotations
 
@@ -35,8 +36,6 @@ ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/generate"): tuple(s for s in GENERATION if s != 404),  # takes no model name
     ("POST", "/v1/completions"): GENERATION,
     ("POST", "/v1/chat/completions"): GENERATION,
-    ("POST", "/v1/images/generations"): (*BODY, 404, 503),
-    ("POST", "/v1/videos/generations"): (*BODY, 404, 503),
     ("GET", "/v1/models"): (500,),
     ("GET", "/v1/models/{model_id:path}"): (400, 404, 500),  # 400: Litestar checks the path parameter
     ("GET", "/metrics"): (400, 500),
@@ -49,9 +48,10 @@ HEALTH_503 = ResponseSpec(
 )
 
 
-def error_statuses(method: str, path: str, reads_body: bool) -> tuple[int, ...]:
-    """A route's error statuses; one not in the table answers 500, and 400/413/415 if it reads a body."""
-    return ROUTE_ERRORS.get((method, path), BODY if reads_body else (500,))
+def error_statuses(method: str, path: str, reads_body: bool, declared: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """A route's error statuses; one not in the table answers 500, and 400/413/415 if it reads a body,
+    and those its handler declares."""
+    return ROUTE_ERRORS.get((method, path), (*(BODY if reads_body else (500,)), *declared))
 
 
 def document_errors(app: Litestar) -> None:
@@ -64,8 +64,9 @@ def document_errors(app: Litestar) -> None:
                 continue
             reads_body = "data" in handler.parsed_fn_signature.parameters
             responses = dict(handler.responses or {})
+            declared = tuple(handler.opt.get("error_statuses", ()))
             for method in handler.http_methods:
-                for status in error_statuses(method, route.path, reads_body):
+                for status in error_statuses(method, route.path, reads_body, declared):
                     if status == 503 and route.path == "/health":
                         responses.setdefault(status, HEALTH_503)
                     else:

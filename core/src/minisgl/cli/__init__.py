@@ -1,6 +1,7 @@
 """The `minisgl` command line (click). The core's subcommands live in this package; plugins
 add theirs through `minisgl_register_commands` (minisgl-server: `serve`, minisgl-diffusion:
-`image`). A subcommand is imported only when it runs, so listing never pays for torch."""
+`image`, minisgl-bench: `bench`). A subcommand is imported only when it runs, so listing
+never pays for torch."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ CORE_COMMANDS = tuple(
     for name, description in [
         ("generate", "stream one completion to stdout (smoke test)"),
         ("chat", "interactive chat in the terminal (CLI demo)"),
-        ("bench", "benchmarks against transformers peers"),
         ("plugins", "list installed plugins and what they registered"),
         ("models", "built-in models and where they live on disk"),
         ("launch", "launch several servers from a TOML file"),
@@ -27,6 +27,7 @@ CORE_COMMANDS = tuple(
 INSTALL_HINTS = {
     "serve": "the server: pip install minisgl-server",
     "image": "the diffusion plugin: pip install minisgl-diffusion",
+    "bench": "the benchmarks: pip install minisgl-bench",
 }
 
 

@@ -1,5 +1,5 @@
 from minisgl.hookspecs import hookimpl
-from minisgl.specs import CommandSpec, RunnerSpec, SettingSpec
+from minisgl.specs import CommandSpec, RouteSpec, RunnerSpec, SettingSpec
 
 
 @hookimpl
@@ -39,4 +39,13 @@ def minisgl_register_commands(register):
         name="image",
         description="generate an image with a diffusion runner",
         factory="minisgl_diffusion.cli:image",
+    ))
+
+
+@hookimpl
+def minisgl_register_routes(register):
+    register(RouteSpec(
+        name="images",
+        description="POST /v1/images/generations and /v1/videos/generations",
+        factory="minisgl_diffusion.routes:images_router",
     ))

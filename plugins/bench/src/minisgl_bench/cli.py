@@ -1,4 +1,4 @@
-"""`minisgl bench`: the command line of the benchmarks in minisgl.bench (offline, serving,
+"""`minisgl bench`: the command line of the benchmarks in this package (offline, serving,
 suite). Every report names the machine, the model and settings and the git revision."""
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ from typing import Any
 
 import click
 
-from ..bench.hf_peers import PEERS
+from .hf_peers import PEERS
 
 
 def _log_level(level: str) -> None:
     """BENCH_LOG_LEVEL for the core's and every plugin's loggers (a backend logs from its own package)."""
-    from ..plugins import get_registry
+    from minisgl.plugins import get_registry
 
     for logger in {"minisgl", *(p.module.split(".")[0] for p in get_registry().loaded())}:
         logging.getLogger(logger).setLevel(level.upper())
 
 
 def _model_path(model: str) -> str:
-    from ..models import resolve_model
+    from minisgl.models import resolve_model
 
     try:
         return resolve_model(model, progress=True).path
@@ -97,9 +97,9 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, wo
     from rich.console import Console
     from rich.table import Table
 
-    from ..bench.environment import header, header_lines
-    from ..bench.hf_peers import hf_device, run_hf_cb, run_hf_sequential, run_hf_streaming
-    from ..bench.offline import (
+    from .environment import header, header_lines
+    from .hf_peers import hf_device, run_hf_cb, run_hf_sequential, run_hf_streaming
+    from .offline import (
         W1,
         Result,
         checkpoint_dtype,
@@ -109,7 +109,7 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, wo
         make_workload,
         run_minisgl,
     )
-    from ..bench.roofline import ModelShape, measure_ceilings, roofline_floor
+    from .roofline import ModelShape, measure_ceilings, roofline_floor
 
     _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
     console = Console(width=None if sys.stdout.isatty() else 120)  # a log keeps the table's rows whole
@@ -147,7 +147,7 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, wo
         f"{name}: {num_requests} requests, input {input_len} ({sum(map(len, wl.prompts))} tokens), "
         f"output {output_len} ({wl.output_tokens} tokens), seed {seed}, EOS ignored"
     )
-    from ..dtypes import DTYPES
+    from minisgl.dtypes import DTYPES
 
     ceilings = measure_ceilings(hf_device(), DTYPES[dtype])  # before anything else loads this machine
     roof = roofline_floor(ModelShape.of(path, DTYPES[dtype]), [len(p) for p in wl.prompts], wl.output_lens, ceilings)
@@ -230,9 +230,10 @@ def grammar(model, backend, dtype, batch, tokens, rounds, seed, grammar_backend)
     from rich.console import Console
     from rich.table import Table
 
-    from .. import LLM
-    from ..bench.environment import header, header_lines
-    from ..bench.grammar_step import measure
+    from minisgl import LLM
+
+    from .environment import header, header_lines
+    from .grammar_step import measure
 
     _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
     console = Console()
@@ -271,8 +272,8 @@ def host(model, batch, context, tokens, sampled, device) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..bench.environment import header, header_lines
-    from ..bench.host_step import measure
+    from .environment import header, header_lines
+    from .host_step import measure
 
     _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
     console = Console()
@@ -320,9 +321,9 @@ def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, in
     from rich.progress import Progress
     from rich.table import Table
 
-    from ..bench import serving as sv
-    from ..bench.environment import header, header_lines
-    from ..bench.offline import Workload, checkpoint_dtype, compute_floor
+    from . import serving as sv
+    from .environment import header, header_lines
+    from .offline import Workload, checkpoint_dtype, compute_floor
 
     console = Console()
     out_rng = _range(output_len, "--output-len")
@@ -426,12 +427,13 @@ def suite(model, cases, repeat, warmup, concurrency, mixed_prompts, hf_concurren
     from rich.console import Console
     from transformers import AutoTokenizer
 
-    from .. import LLM
-    from ..bench import suite as st
-    from ..bench.environment import header, header_lines
-    from ..bench.hf_peers import hf_streaming, load_hf
-    from ..bench.offline import Workload, checkpoint_dtype
-    from ..settings import DEFAULT_MODEL
+    from minisgl import LLM
+    from minisgl.settings import DEFAULT_MODEL
+
+    from . import suite as st
+    from .environment import header, header_lines
+    from .hf_peers import hf_streaming, load_hf
+    from .offline import Workload, checkpoint_dtype
 
     console = Console()
     chosen = [c.strip() for c in cases.split(",") if c.strip()]
@@ -509,9 +511,9 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
     from rich.table import Table
     from transformers import AutoTokenizer
 
-    from ..bench import vllm_compare as vc
-    from ..bench.environment import header, header_lines
-    from ..bench.offline import checkpoint_dtype, compute_floor, run_minisgl
+    from . import vllm_compare as vc
+    from .environment import header, header_lines
+    from .offline import checkpoint_dtype, compute_floor, run_minisgl
 
     _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
     console = Console()
@@ -604,10 +606,11 @@ def contention(model, dtype, batch, mixes, vllm_python, json_path) -> None:
     from rich.table import Table
     from transformers import AutoConfig
 
-    from ..bench import contention as cn
-    from ..bench.environment import header, header_lines
-    from ..bench.vllm_compare import VLLM_MEMORY_FRACTION
-    from ..dtypes import resolve_dtype
+    from minisgl.dtypes import resolve_dtype
+
+    from . import contention as cn
+    from .environment import header, header_lines
+    from .vllm_compare import VLLM_MEMORY_FRACTION
 
     console = Console()
     order = [m.strip() for m in mixes.split(",") if m.strip()]

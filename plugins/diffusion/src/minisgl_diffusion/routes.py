@@ -1,13 +1,16 @@
-"""POST /v1/images/generations and POST /v1/videos/generations.
+"""POST /v1/images/generations and POST /v1/videos/generations, which the server mounts
+through `minisgl_register_routes` (plugin.py); only the server imports this module, so
+litestar comes with it.
 
-The runners come from the plugin registry (`diffusers-image`, `diffusers-video`, plugin
-minisgl-diffusion), so the server imports no diffusion code unless a request needs it.
-Each runner is built once per router and keeps one pipeline per model, loaded lazily;
-generation runs in a worker thread so the event loop keeps serving other requests. Only a
-configured model is ever loaded (IMAGE_MODEL_ID, VIDEO_MODEL_ID): without one, the route
-answers 503 `unavailable` saying what to set, before loading anything.
+The runners come from the plugin registry (`diffusers-image`, `diffusers-video`), so no
+diffusion code loads unless a request needs it. Each runner is built once per router and
+keeps one pipeline per model, loaded lazily; generation runs in a worker thread so the event
+loop keeps serving other requests. Only a configured model is ever loaded (IMAGE_MODEL_ID,
+VIDEO_MODEL_ID): without one, the route answers 503 `unavailable` saying what to set, before
+loading anything.
 
-Mount with `create_app(... route_handlers=[..., images_router()])`."""
+Errors are the core's RequestErrors; the app that mounts the routes turns them into its
+error bodies (the server: OpenAI's, with the status of each kind)."""
 
 from __future__ import annotations
 
@@ -22,8 +25,10 @@ from litestar import Request, Router, post
 
 from minisgl.frontend.errors import ErrorKind, RequestError, invalid
 
-from .errors import request_error_handler
+from . import encoding
 
+# besides a JSON body's: 404 a model not served here, 503 no runner or no configured model
+ERROR_STATUSES = {"error_statuses": (404, 503)}
 IMAGE_RUNNER = "diffusers-image"
 VIDEO_RUNNER = "diffusers-video"
 MAX_IMAGES = 10
@@ -214,7 +219,8 @@ def images_router(settings: Any = None, registry: Any = None) -> Router:
     else to the environment and the global plugin registry."""
     runners = _Runners(settings, registry)
 
-    @post("/v1/images/generations", status_code=200, summary="OpenAI-compatible text-to-image (diffusers)")
+    @post("/v1/images/generations", status_code=200, summary="OpenAI-compatible text-to-image (diffusers)",
+          opt=ERROR_STATUSES)
     async def create_image(request: Request[Any, Any, Any], data: ImageGenerationRequest) -> ImageGenerationResponse:
         runner = runners.get(IMAGE_RUNNER, request)
         _require_configured(runner, "image")
@@ -233,15 +239,14 @@ def images_router(settings: Any = None, registry: Any = None) -> Router:
             runner.generate, prompt=data.prompt, n=data.n, width=width, height=height, steps=steps,
             guidance_scale=data.guidance_scale, seed=data.seed, negative_prompt=data.negative_prompt, model=data.model,
         )
-        from minisgl_diffusion.encoding import b64_png
-
-        encoded = await asyncio.to_thread(lambda: [b64_png(image) for image in result.images])
+        encoded = await asyncio.to_thread(lambda: [encoding.b64_png(image) for image in result.images])
         return ImageGenerationResponse(
             created=int(time.time()),
             data=[ImageData(b64_json=b64, seed=seed) for b64, seed in zip(encoded, result.seeds, strict=True)],
         )
 
-    @post("/v1/videos/generations", status_code=200, summary="text-to-video (diffusers): PNG frames or an MP4")
+    @post("/v1/videos/generations", status_code=200, summary="text-to-video (diffusers): PNG frames or an MP4",
+          opt=ERROR_STATUSES)
     async def create_video(request: Request[Any, Any, Any], data: VideoGenerationRequest) -> VideoGenerationResponse:
         runner = runners.get(VIDEO_RUNNER, request)
         _require_configured(runner, "video")
@@ -257,8 +262,6 @@ def images_router(settings: Any = None, registry: Any = None) -> Router:
         steps = _steps(data.steps, data.num_inference_steps)
         _check_common(data.seed, data.guidance_scale)
         _check_model(runner, data.model)
-        from minisgl_diffusion import encoding
-
         if data.response_format == "b64_mp4":
             try:
                 encoding.require_mp4()  # before spending minutes on frames nobody can encode
@@ -277,8 +280,4 @@ def images_router(settings: Any = None, registry: Any = None) -> Router:
             seed=result.seed, response_format=data.response_format, data=[video],  # type: ignore[arg-type]
         )
 
-    return Router(
-        path="/",
-        route_handlers=[create_image, create_video],
-        exception_handlers={RequestError: request_error_handler},  # type: ignore[dict-item]
-    )
+    return Router(path="/", route_handlers=[create_image, create_video])

@@ -56,7 +56,7 @@ def _prompts(llm: Any, batch: int, seed: int) -> list[list[int]]:
 
 def run_steps(llm: Any, prompts: list[list[int]], tokens: int, constrained: bool, into: StepTimes) -> None:
     """One batch through the engine step by step, timing the steps where all of it decodes."""
-    from ..sampling_params import SamplingParams
+    from minisgl.sampling_params import SamplingParams
 
     engine = llm.engine
     schema = json.dumps(SCHEMA) if constrained else None

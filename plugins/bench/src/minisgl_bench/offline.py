@@ -118,7 +118,7 @@ def checkpoint_dtype(path: str) -> str:
     import torch
     from transformers import AutoConfig
 
-    from ..dtypes import auto_dtype
+    from minisgl.dtypes import auto_dtype
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return str(auto_dtype(AutoConfig.from_pretrained(path), device)).removeprefix("torch.")

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine.batch import ForwardBatch, ForwardResult
-from ..sampling_params import SamplingParams
+from minisgl.engine.batch import ForwardBatch, ForwardResult
+from minisgl.sampling_params import SamplingParams
 
 
 class NoModelRunner:
@@ -67,10 +67,10 @@ class HostSteps:
 def measure(settings: dict, batch: int, context: int, tokens: int, sampling: dict, device: str = "cpu") -> HostSteps:
     """Median decode step of `batch` requests through an Engine over NoModelRunner, and the
     request layer's folding of its outputs (the model's tokenizer detokenizes the tokens)."""
-    from ..engine.engine import Engine
-    from ..frontend.generation import Frontend
-    from ..frontend.tokenizer import Tokenizer
-    from ..settings import settings_from_kwargs
+    from minisgl.engine.engine import Engine
+    from minisgl.frontend.generation import Frontend
+    from minisgl.frontend.tokenizer import Tokenizer
+    from minisgl.settings import settings_from_kwargs
 
     s = settings_from_kwargs(**{"max_running_requests": batch, "max_prefill_length": batch * context + 1, **settings})
     tokenizer = Tokenizer(s.model_path)

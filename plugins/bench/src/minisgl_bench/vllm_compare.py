@@ -38,7 +38,7 @@ BATCH1_REQUESTS, BATCH1_OUTPUT_LEN = 8, 8
 
 
 def text_workload(tokenizer: Any, n: int, input_len: tuple[int, int], output_len: tuple[int, int], seed: int) -> Workload:
-    from ..models.english_corpus import ENGLISH_CORPUS
+    from minisgl.models.english_corpus import ENGLISH_CORPUS
 
     ids = tokenizer(ENGLISH_CORPUS, add_special_tokens=False)["input_ids"]
     rng = random.Random(seed)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cpu_threads import SPIN_ENV
+from minisgl.cpu_threads import SPIN_ENV
 
 WORKER = str(Path(__file__).with_name("contention_worker.py"))
 BUSY_CPU = ("import torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\n"

@@ -70,7 +70,7 @@ def chat_ids(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
 
 def minisgl_streaming(llm: Any, wl: Workload) -> Result:
     """Every prompt streamed through minisgl's engine at once (it batches them)."""
-    from ..sampling_params import SamplingParams
+    from minisgl.sampling_params import SamplingParams
 
     params = [SamplingParams(temperature=0.0, max_new_tokens=n, ignore_eos=True) for n in wl.output_lens]
     t0 = time.perf_counter()
