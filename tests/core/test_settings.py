@@ -118,6 +118,8 @@ def test_vision_settings_keep_the_seed_names():
     ("kwargs", "name", "source"),
     [
         ({"environ": {"TOY_TURBO": "1"}}, "toy_turbo", "env TOY_TURBO"),
+        ({"environ": {"DISABLE_PYNCCL": "0"}}, "disable_pynccl", "env DISABLE_PYNCCL"),
+        ({"flags": {"fast_stream_decode": False}}, "fast_stream_decode", "flag --fast-stream-decode"),
     ],
 )
 def test_an_unsupported_setting_is_refused_naming_itself_its_source_and_why(kwargs, name, source):
@@ -127,7 +129,8 @@ def test_an_unsupported_setting_is_refused_naming_itself_its_source_and_why(kwar
     assert info.value.name == name and info.value.source == source
     assert "not supported" in str(info.value) and name in str(info.value)
     # the default is accepted from anywhere
-    load_settings(environ={"TOY_TURBO": "0", "MOE_BACKEND": "auto", "DISABLE_PYNCCL": "0"}, registry=registry)
+    load_settings(environ={"TOY_TURBO": "0", "MOE_BACKEND": "auto", "DISABLE_PYNCCL": "1", "FAST_STREAM_DECODE": "1"},
+                  registry=registry)
 
 
 def test_a_setting_declared_twice_is_the_second_plugins_error():

@@ -62,6 +62,25 @@ def test_chat_stream_matches_non_stream_and_reports_usage(client, model):
     assert all(c.usage is None for c in chunks[:-1])
 
 
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_continuous_usage_stats_put_the_usage_so_far_on_every_chunk(client, model, endpoint):
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    kwargs = dict(model=model, max_tokens=6, temperature=0, stream=True, extra_body={"ignore_eos": True})
+    if endpoint == "chat":
+        chunks = list(client.chat.completions.create(messages=CHAT, stream_options=options, **kwargs))
+    else:
+        chunks = list(client.completions.create(prompt=PROMPT, stream_options=options, **kwargs))
+    assert len(chunks) >= 7 and all(c.usage is not None for c in chunks)
+    done = [c.usage.completion_tokens for c in chunks]
+    assert done == sorted(done) and done[0] <= 1 and done[-1] == 6
+    assert len({c.usage.prompt_tokens for c in chunks}) == 1
+    assert all(c.usage.total_tokens == c.usage.prompt_tokens + c.usage.completion_tokens for c in chunks)
+    assert chunks[-1].choices == [] and chunks[-2].choices[0].finish_reason == "length"
+    # without include_usage, continuous_usage_stats alone adds nothing (vLLM's rule)
+    alone = list(client.completions.create(prompt=PROMPT, stream_options={"continuous_usage_stats": True}, **kwargs))
+    assert all(c.usage is None for c in alone)
+
+
 def test_completions_stream_and_non_stream(client, model):
     r = client.completions.create(model=model, prompt=PROMPT, max_tokens=6, temperature=0, extra_body={"ignore_eos": True})
     assert r.object == "text_completion" and r.choices[0].finish_reason == "length"

@@ -10,7 +10,6 @@ effective value remembers where it came from (`minisgl serve --print-config`).
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -24,7 +23,6 @@ from .specs import SettingSpec
 if TYPE_CHECKING:
     from .plugins import Registry
 
-log = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS_DEFAULT = 512  # seed 000: "a code constant in config.py"
 DEFAULT_MODEL = "rd211/Qwen3-0.6B-Instruct"  # seed 000's MODEL_NAME default
@@ -62,7 +60,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shell_mode: bool = False
     max_new_tokens_default: Positive = MAX_NEW_TOKENS_DEFAULT
     # streaming and logs
-    fast_stream_decode: bool = False
+    fast_stream_decode: bool = True
     decode_log_stride: NonNegative = 256
     # caches (seed 000's knobs, mapped onto the radix cache)
     token_cache_size: NonNegative = 32
@@ -144,9 +142,10 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "num_tokenizer": _o("NUM_TOKENIZER", ("--num-tokenizer", "--tokenizer-count"), "tokenizer worker processes in front of the engines (0 = a thread of the server process)"),
     "shell_mode": _o("SHELL_MODE", "--shell-mode", "interactive shell: one request at a time"),
     "max_new_tokens_default": _o("MAX_NEW_TOKENS_DEFAULT", "--max-new-tokens-default", "max_new_tokens when a request sets none"),
-    "fast_stream_decode": _o("FAST_STREAM_DECODE", "--fast-stream-decode",
-                             "subsumed, no effect: the incremental detokenizer always streams per-token deltas and "
-                             "their text equals a full decode"),
+    "fast_stream_decode": _o("FAST_STREAM_DECODE", "--fast-stream-decode", "stream per-token deltas whose text "
+                             "equals a full decode (always so)",
+                             unsupported="the incremental detokenizer always streams per-token deltas, and their "
+                             "text equals a full decode"),
     "decode_log_stride": _o("DECODE_LOG_STRIDE", "--decode-log-stride", "log every N decode steps"),
     "token_cache_size": _o("TOKEN_CACHE_SIZE", (), "tokenizer decode cache size: single tokens' text kept for logprobs (0 = unbounded)"),
     "prefill_cache_size": _o("PREFILL_CACHE_SIZE", (), "exact-match prompt entries kept by the prefix cache"),
@@ -214,12 +213,22 @@ def _from_string(spec: SettingSpec, raw: str) -> Any:
     return raw
 
 
+def choices(spec: SettingSpec) -> tuple[Any, ...] | None:
+    """The values a setting declared as a `Literal` takes (None: not a closed set)."""
+    info = mi.type_info(spec.type)
+    literals = [t for t in (info.types if isinstance(info, mi.UnionType) else (info,)) if isinstance(t, mi.LiteralType)]
+    return tuple(v for t in literals for v in t.values) if literals else None
+
+
 def _check(spec: SettingSpec, value: Any, source: str) -> Any:
     """Validate one value against its declared type, constraints and support."""
     try:
         converted = msgspec.convert(value, spec.type, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(spec.name, value, source, str(exc).split(" - at ")[0]) from None
+        reason = str(exc).split(" - at ")[0]
+        if (values := choices(spec)) is not None:
+            reason += f"; the values that work: {', '.join(map(str, values))}"
+        raise SettingsError(spec.name, value, source, reason) from None
     if spec.unsupported and converted != spec.default:
         raise SettingsError(spec.name, value, source, f"not supported: {spec.unsupported}")
     return converted
@@ -282,12 +291,6 @@ class SettingsLoader:
         return settings
 
 
-FAST_STREAM_DECODE_NOTE = (
-    "FAST_STREAM_DECODE has no further effect: the incremental detokenizer always streams "
-    "per-token deltas, and their text equals a full decode"
-)
-
-
 def _finalize(s: Settings, sources: dict[str, str]) -> None:
     """Cross-field rules (seed 003's shell mode; PREFIX_CACHE=0 means no prefix cache)."""
     if s.model_local_dir:
@@ -302,8 +305,6 @@ def _finalize(s: Settings, sources: dict[str, str]) -> None:
         sources["cache_type"] = sources["prefix_cache"]
     if s.backend == "torch":
         s.backend = "hf"  # seed 000: torch is the HF/torch backend
-    if s.fast_stream_decode:
-        log.info(FAST_STREAM_DECODE_NOTE)
     if s.cpu_set is not None:  # refused at start, not when an engine plans its threads
         from .cpu_threads import plan_threads, usable_cpus
 

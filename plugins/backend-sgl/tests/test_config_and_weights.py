@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from minisgl_backend_sgl.config import UnsupportedModelError, load_model_config, parse_model_config, pick_dtype
+from minisgl.dtypes import resolve_dtype
+from minisgl_backend_sgl.config import UnsupportedModelError, load_model_config, parse_model_config
 from minisgl_backend_sgl.model import CausalLM
 from minisgl_backend_sgl.rope import cos_sin_table, inverse_frequencies
 from minisgl_backend_sgl.weights import expected_loads, load_weights, map_weight_name
@@ -26,8 +27,8 @@ def test_qwen3_config():
     assert (cfg.head_dim, cfg.q_size, cfg.kv_size) == (32, 128, 64)
     assert cfg.eos_token_ids == (7, 9)
     assert cfg.rope.theta == 1e6 and cfg.rope.rope_type == "default"
-    assert cfg.checkpoint_dtype == torch.bfloat16
-    assert pick_dtype("auto", cfg) == torch.bfloat16 and pick_dtype("float32", cfg) == torch.float32
+    assert cfg.dtype == torch.bfloat16
+    assert resolve_dtype("auto", cfg, "cuda") == torch.bfloat16 and resolve_dtype("float32", cfg, "cuda") == torch.float32
 
 
 def test_qwen2_has_qkv_bias_and_llama_defaults():

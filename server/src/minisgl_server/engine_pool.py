@@ -133,9 +133,8 @@ class EnginePool:
         self._on_death = on_death
         self._on_restart = on_restart
         log.info("engine pool: %d replica(s): %s", len(self.placements), describe(self.placements))
-        budget = self.settings.prefix_cache_token_budget or 32768
         for placement in self.placements:
-            self.replicas.append(Replica(self._new_client(placement), placement, tracker_tokens=budget))
+            self.replicas.append(Replica(self._new_client(placement), placement, tracker_tokens=self._tracker_tokens()))
         try:
             self.ready_infos = list(await asyncio.gather(*(r.client.start() for r in self.replicas)))
         except BaseException:
@@ -149,11 +148,16 @@ class EnginePool:
         self._refresher = asyncio.create_task(self._refresh_forever(), name="pool-load-refresh")
         return self.ready_infos
 
+    def _tracker_tokens(self, kv_tokens: int = 0) -> int:
+        """The engine's prefix-cache budget (PREFIX_CACHE_TOKEN_BUDGET; 0 keeps no finished
+        prefix, so the tracker remembers as little as it can), within its KV pool when known."""
+        budget = max(1, self.settings.prefix_cache_token_budget)
+        return min(kv_tokens, budget) if kv_tokens else budget
+
     def _size_tracker(self, replica: Replica) -> None:
         """The tracker remembers at most what the replica's KV pool can hold."""
-        budget = self.settings.prefix_cache_token_budget or 32768
         kv = int(replica.engine_metrics.get("kv_total_tokens", 0) or 0)
-        replica.tracker = PrefixTracker(max_tokens=min(kv, budget) if kv else budget)
+        replica.tracker = PrefixTracker(max_tokens=self._tracker_tokens(kv))
 
     async def stop(self) -> None:
         self.state = "stopped"

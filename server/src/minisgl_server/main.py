@@ -18,7 +18,7 @@ import uvicorn
 
 from minisgl.cli import setup_logging
 from minisgl.plugins import SelectionError, get_registry
-from minisgl.settings import FAST_STREAM_DECODE_NOTE, Settings
+from minisgl.settings import Settings
 
 from .app import create_app
 from .engine_pool import SchedulerError
@@ -69,8 +69,6 @@ class DrainingServer(uvicorn.Server):
 
 def run_server(settings: Settings, sources: dict[str, str] | None = None) -> None:
     setup_logging(settings.log_level)
-    if settings.fast_stream_decode:
-        log.info(FAST_STREAM_DECODE_NOTE)  # loading logged it too, before logging was set up
     registry = get_registry()
     try:
         state = ServerState(settings, sources or {}, registry)

@@ -17,8 +17,12 @@ NonNegativeInt = Annotated[int, Meta(ge=0)]
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
-    include_usage: bool = False
-    continuous_usage_stats: bool = False
+    include_usage: bool = False  # a last chunk, with no choices, carries the usage
+    continuous_usage_stats: bool = False  # vLLM's: with include_usage, every chunk carries the usage so far
+
+    @property
+    def usage_on_every_chunk(self) -> bool:
+        return self.include_usage and self.continuous_usage_stats
 
 
 class JSONSchemaFormat(msgspec.Struct, kw_only=True):

@@ -158,7 +158,10 @@ async def _completion_events(tok: Any, run: InflightRequest, model: str, data: C
     gen = run.gen
     created = int(time.time())
 
+    every = data.stream_options is not None and data.stream_options.usage_on_every_chunk
+
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
+        usage = usage or (_usage(gen) if every else None)
         return sse_event(CompletionChunk(id=gen.rid, model=model, created=created, choices=choices, usage=usage))
 
     offsets: dict[int, int] = {}
@@ -235,7 +238,10 @@ async def _chat_events(tok: Any, run: InflightRequest, model: str, data: ChatCom
     gen = run.gen
     created = int(time.time())
 
+    every = data.stream_options is not None and data.stream_options.usage_on_every_chunk
+
     def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
+        usage = usage or (_usage(gen) if every else None)
         return sse_event(ChatCompletionChunk(id=gen.rid, model=model, created=created, choices=choices, usage=usage))
 
     for s in gen.sequences:

@@ -52,14 +52,14 @@ class _Node:
 
 
 class RadixCache:
-    def __init__(self, page_size: int = 1, settings: Any = None) -> None:
+    def __init__(self, page_size: int, settings: Any) -> None:
+        """The knobs are `settings`' PREFIX_CACHE_* and PREFILL_CACHE_* (defaults: minisgl.settings)."""
         self.page_size = page_size
-        P = page_size
-        self.max_insert_tokens = _setting(settings, "prefix_cache_max_tokens", 1 << 62) // P * P
-        self.token_budget = _setting(settings, "prefix_cache_token_budget", 1 << 62)
-        self.max_leaves = _setting(settings, "prefix_cache_size", 1 << 62)
-        self.prompt_entries_max = _setting(settings, "prefill_cache_size", 0)
-        self.prompt_entries_budget = _setting(settings, "prefill_cache_token_budget", 0)
+        self.max_insert_tokens = settings.prefix_cache_max_tokens // page_size * page_size
+        self.token_budget = settings.prefix_cache_token_budget
+        self.max_leaves = settings.prefix_cache_size
+        self.prompt_entries_max = settings.prefill_cache_size
+        self.prompt_entries_budget = settings.prefill_cache_token_budget
         self.root = _Node([], [], None)
         self.root.lock_ref = 1  # never evicted
         self._clock = itertools.count(1)
@@ -260,8 +260,3 @@ class RadixCache:
             "leaves": sum(1 for n in nodes if not n.children and n is not self.root),
             "prompt_entries": len(self._prompt_entries),
         }
-
-
-def _setting(settings: Any, name: str, default: int) -> int:
-    value = getattr(settings, name, None) if settings is not None else None
-    return default if value is None else int(value)

@@ -75,7 +75,7 @@ class ModelConfig:
     qk_norm: bool
     rope: RopeConfig
     eos_token_ids: tuple[int, ...]
-    checkpoint_dtype: torch.dtype | None
+    dtype: torch.dtype | None  # the checkpoint's, as saved (what minisgl.dtypes' `--dtype auto` starts from)
     moe: MoEConfig | None = None
 
     @property
@@ -170,7 +170,7 @@ def parse_model_config(raw: dict[str, Any], generation: dict[str, Any] | None = 
         qk_norm=qk_norm,
         rope=_rope(raw),
         eos_token_ids=tuple(dict.fromkeys(eos)),
-        checkpoint_dtype=DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None,
+        dtype=DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None,
         moe=_moe(raw) if arch == "Qwen3MoeForCausalLM" else None,
     )
 
@@ -197,19 +197,3 @@ def load_model_config(model_dir: str | Path) -> ModelConfig:
     gen_file = path / "generation_config.json"
     generation = json.loads(gen_file.read_text(encoding="utf-8")) if gen_file.is_file() else None
     return parse_model_config(raw, generation)
-
-
-def pick_dtype(requested: str, config: ModelConfig, device_type: str = "cuda") -> torch.dtype:
-    """`auto` serves bf16 on a GPU (fp16 checkpoints stay fp16), and on a CPU what the core's
-    rule says (float32 where bf16 is not native); an explicit --dtype wins."""
-    if requested != "auto":
-        if requested not in DTYPES:
-            raise ValueError(f"--dtype must be auto, float32, float16 or bfloat16, got {requested!r}")
-        return DTYPES[requested]
-    if device_type == "cpu":
-        from types import SimpleNamespace
-
-        from minisgl.dtypes import auto_dtype
-
-        return auto_dtype(SimpleNamespace(dtype=config.checkpoint_dtype), "cpu")
-    return torch.float16 if config.checkpoint_dtype == torch.float16 else torch.bfloat16

@@ -21,9 +21,10 @@ def minisgl_register_backends(register):
 @hookimpl
 def minisgl_register_settings(register):
     register(SettingSpec(
-        name="attention_backend", type=Literal["auto", "fa", "fi", "triton", "sdpa", "torch"], default="auto",
+        name="attention_backend", type=Literal["auto", "triton"], default="auto",
         env=("ATTENTION_BACKEND",), flags=("--attention-backend", "--attn"),
-        help="attention kernels (backend-sgl runs its Triton kernels for every choice today)",
+        help="paged attention kernels: triton (this package's Triton kernels, CUDA only) or auto (Triton on CUDA, "
+             "the torch reference on the CPU); FlashAttention (fa) and FlashInfer (fi) are not built in",
     ))
     register(SettingSpec(
         name="cuda_graph_max_bs", type=Annotated[int, msgspec.Meta(ge=0)] | None, default=None,
@@ -37,7 +38,8 @@ def minisgl_register_settings(register):
                                        "CUDA and the torch reference on the CPU",
     ))
     register(SettingSpec(
-        name="disable_pynccl", type=bool, default=False, env=("DISABLE_PYNCCL",), flags=("--disable-pynccl",),
-        help="tensor-parallel all-reduces through torch.distributed instead of PyNCCL: today always so "
-             "(no PyNCCL communicator is built, and CUDA graphs are off with --tp-size > 1)",
+        name="disable_pynccl", type=bool, default=True, env=("DISABLE_PYNCCL",), flags=("--disable-pynccl",),
+        help="tensor-parallel all-reduces through torch.distributed instead of PyNCCL (always so)",
+        unsupported="backend-sgl has no PyNCCL communicator: tensor parallelism always all-reduces through "
+                    "torch.distributed (NCCL on CUDA, gloo on the CPU)",
     ))

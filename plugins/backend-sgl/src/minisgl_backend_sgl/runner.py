@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from minisgl.cpu_threads import usable_cpus
+from minisgl.dtypes import resolve_dtype
 from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner, SamplingBatch
 from minisgl.engine.sampler import sample
 
-from .config import ModelConfig, load_model_config, pick_dtype
+from .config import ModelConfig, load_model_config
 from .cuda_graph import DecodeGraphs, graph_batch_sizes, resolve_max_bs
 from .forward_meta import build_meta, decode_splits, validate_batch
 from .kernels.select import select_kernels
@@ -80,7 +81,7 @@ class SglModelRunner(ModelRunner):
         else:
             self.supports_overlap = False  # forward is synchronous: nothing to overlap
         self.config = config = load_model_config(model_path)
-        self.dtype = dtype = pick_dtype(settings.dtype, config, self.device.type)
+        self.dtype = dtype = resolve_dtype(settings.dtype, config, self.device.type)
         self.tp: TensorParallel | None = None
         self.workers: Workers | None = None
         self._threads = 0  # torch's threads before the ranks split the CPU

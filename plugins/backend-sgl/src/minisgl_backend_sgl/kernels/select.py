@@ -103,16 +103,18 @@ def _sgl_kernel_ops(device: torch.device, dtype: torch.dtype) -> tuple[Callable[
 
 def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: str = "auto",
                    moe_backend: str = "auto") -> KernelSet:
-    """The kernels for `device`; MoE models' experts run in the fused Triton MoE on CUDA
-    (`--moe-backend auto` or `fused`), in the torch reference elsewhere."""
+    """The kernels for `device`: attention (`--attention-backend auto` or `triton`) and MoE
+    models' experts (`--moe-backend auto` or `fused`) run in Triton on CUDA, in the torch
+    reference elsewhere."""
     if device.type != "cuda":
         if moe_backend == "fused":
             raise ValueError("--moe-backend fused runs the Triton MoE kernel on CUDA; on the CPU backend-sgl "
                              "runs the torch reference (--moe-backend auto)")
+        if attention_backend == "triton":
+            raise ValueError("--attention-backend triton runs the Triton attention kernels on CUDA; on the CPU "
+                             "backend-sgl runs the torch reference (--attention-backend auto)")
         logger.info("backend-sgl kernels: torch reference (device %s has no Triton path)", device)
         return REFERENCE
-    if attention_backend in ("fa", "fi"):
-        logger.warning("--attention-backend %s: FlashAttention/FlashInfer paged kernels are not wired in backend-sgl; using Triton", attention_backend)
     kernels = triton_kernels()
     from .skinny_gemm import MAX_ROWS as skinny_rows
 
