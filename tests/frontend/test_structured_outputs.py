@@ -258,7 +258,7 @@ def test_grammars_compile_off_the_engine_loop(tiny_qwen3_path):
             for gen in (free, shaped, dropped):
                 for req in gen.engine_requests():
                     engine.add_request(req)
-            engine.abort_request(dropped.sequences[0].rid)
+            engine.abort_request(dropped.samples[0].rid)
             ended = {}
             while engine.has_work():
                 for out in engine.step():
@@ -266,8 +266,8 @@ def test_grammars_compile_off_the_engine_loop(tiny_qwen3_path):
                     gen.update(out)
                     if out.finished:
                         ended[gen.rid] = out.finish_reason
-                SlowGrammars.free_tokens = len(free.sequences[0].token_ids)
+                SlowGrammars.free_tokens = len(free.samples[0].token_ids)
         # the free request kept decoding while the grammar compiled; the aborted one ended at once
         assert ended == {"free": "length", "json": "stop", "dropped": "abort"}
         assert SlowGrammars.compiled_at_tokens[0] > 0
-        jsonschema.validate(json.loads(shaped.sequences[0].text), SCHEMA)
+        jsonschema.validate(json.loads(shaped.samples[0].text), SCHEMA)
