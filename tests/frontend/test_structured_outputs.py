@@ -18,7 +18,7 @@ import pytest
 import torch
 from server_process import start_server
 
-from minisgl import LLM, SamplingParams
+from minisgl import LLM, SamplingParams, grammar
 from minisgl.engine.batch import SamplingBatch
 from minisgl.engine.sampler import bitmask_logits, vocab_mask_words
 from minisgl.frontend.errors import RequestError
@@ -84,6 +84,18 @@ def server(tiny_qwen3_path, tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_llm_builds_one_tokenizer_view_to_check_and_to_mask(tiny_qwen3_path, monkeypatch):
+    built = []
+    build = grammar._llguidance().hf.from_tokenizer
+    monkeypatch.setattr(grammar, "_views", {})
+    monkeypatch.setattr(grammar._llguidance().hf, "from_tokenizer", lambda *a, **k: built.append(k) or build(*a, **k))
+    with LLM(tiny_qwen3_path, dtype="float32") as llm:
+        for regex in ("(yes|no)", "[ab]+"):
+            assert llm.generate(["x"], SamplingParams(max_new_tokens=8, regex=regex))[0].finish_reason is not None
+    # the request layer checked both, the engine masked both, over one view of the tokenizer
+    assert built == [{"n_vocab": llm.frontend.vocab_size}]
 
 
 def test_chat_json_schema_answers_validate_across_seeds(client):

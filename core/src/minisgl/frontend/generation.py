@@ -200,10 +200,6 @@ class Generation:
     def unfinished(self) -> list[Sample]:
         return [s for s in self.samples if not s.finished]
 
-    @property
-    def error(self) -> RequestError | None:
-        return next((s.error for s in self.samples if s.error is not None), None)
-
     # ---- usage (OpenAI's: n samples of one prompt count that prompt once) ------------------
     @property
     def prompt_tokens(self) -> int:
@@ -278,19 +274,19 @@ class Frontend:
         params, constraint = self._validated(params, names, tools)
         if constraint is not None:
             self._check_grammar(constraint, names)
-        return self._fan_out(rid, prompts, params, names, priority, images, separate_reasoning, tools)
+        return self._fan_out(rid, prompts, params, names, tools, priority=priority, images=images,
+                             separate_reasoning=separate_reasoning)
 
     async def generation_off_loop(self, rid: str, prompts: list[list[int]], params: SamplingParams, *,
-                                  names: Mapping[str, str] | None = None, priority: int = 0,
-                                  images: Sequence[list[ImageInput]] | None = None, separate_reasoning: bool = False,
-                                  tools: ToolUse | None = None) -> Generation:
-        """`generation` for an event loop: a grammar is checked on a worker thread (the
-        process's first builds the grammar backend's view of the tokenizer: seconds)."""
+                                  names: Mapping[str, str] | None = None, tools: ToolUse | None = None,
+                                  **shape: Any) -> Generation:
+        """`generation` (the same keywords) for an event loop: a grammar is checked on a worker
+        thread (the process's first builds the grammar backend's view of the tokenizer: seconds)."""
         names = dict(names or {})
         params, constraint = self._validated(params, names, tools)
         if constraint is not None:
             await asyncio.to_thread(self._check_grammar, constraint, names)
-        return self._fan_out(rid, prompts, params, names, priority, images, separate_reasoning, tools)
+        return self._fan_out(rid, prompts, params, names, tools, **shape)
 
     def _validated(self, params: SamplingParams, names: dict[str, str],
                    tools: ToolUse | None) -> tuple[SamplingParams, tuple[str, str] | None]:
@@ -315,8 +311,8 @@ class Frontend:
             raise invalid(f"'{name}' cannot be compiled: {exc}", name) from None
 
     def _fan_out(self, rid: str, prompts: list[list[int]], params: SamplingParams, names: Mapping[str, str],
-                 priority: int, images: Sequence[list[ImageInput]] | None, separate_reasoning: bool,
-                 tools: ToolUse | None) -> Generation:
+                 tools: ToolUse | None, priority: int = 0, images: Sequence[list[ImageInput]] | None = None,
+                 separate_reasoning: bool = False) -> Generation:
         check_token_ids(self.tokenizer, params.stop_token_ids, names.get("stop_token_ids", "stop_token_ids"))
         stop_ids = params.stop_ids(self.eos_token_ids)
         samples = []
