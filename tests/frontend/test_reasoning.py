@@ -67,14 +67,14 @@ def test_the_request_layer_splits_streamed_tokens(tiny_qwen3_path):
     for i, t in enumerate(ids):
         last = i == len(ids) - 1
         for g in (gen, plain):
-            rid = g.sequences[0].rid
+            rid = g.samples[0].rid
             d = g.update(EngineOutput(rid=rid, new_token_ids=[t], finished=last, finish_reason="length" if last else None))
             if g is gen and d is not None:
                 pieces.append((d.reasoning, d.text))
-    seq = gen.sequences[0]
+    seq = gen.samples[0]
     assert (seq.reasoning, seq.text) == ("Light scatters.", "Because of Rayleigh scattering.")
     assert "".join(r for r, _ in pieces) == seq.reasoning and "".join(c for _, c in pieces) == seq.text
-    assert plain.sequences[0].text == tok.tokenizer.decode(ids) and plain.sequences[0].reasoning == ""
+    assert plain.samples[0].text == tok.tokenizer.decode(ids) and plain.samples[0].reasoning == ""
 
 
 def test_llm_chat_moves_the_thinking_out_of_text(tiny_qwen3_path):

@@ -18,7 +18,7 @@ import pytest
 import torch
 from server_process import start_server
 
-from minisgl import LLM, SamplingParams
+from minisgl import LLM, SamplingParams, grammar
 from minisgl.engine.batch import SamplingBatch
 from minisgl.engine.sampler import bitmask_logits, vocab_mask_words
 from minisgl.frontend.errors import RequestError
@@ -84,6 +84,18 @@ def server(tiny_qwen3_path, tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_llm_builds_one_tokenizer_view_to_check_and_to_mask(tiny_qwen3_path, monkeypatch):
+    built = []
+    build = grammar._llguidance().hf.from_tokenizer
+    monkeypatch.setattr(grammar, "_views", {})
+    monkeypatch.setattr(grammar._llguidance().hf, "from_tokenizer", lambda *a, **k: built.append(k) or build(*a, **k))
+    with LLM(tiny_qwen3_path, dtype="float32") as llm:
+        for regex in ("(yes|no)", "[ab]+"):
+            assert llm.generate(["x"], SamplingParams(max_new_tokens=8, regex=regex))[0].finish_reason is not None
+    # the request layer checked both, the engine masked both, over one view of the tokenizer
+    assert built == [{"n_vocab": llm.frontend.vocab_size}]
 
 
 def test_chat_json_schema_answers_validate_across_seeds(client):
@@ -258,7 +270,7 @@ def test_grammars_compile_off_the_engine_loop(tiny_qwen3_path):
             for gen in (free, shaped, dropped):
                 for req in gen.engine_requests():
                     engine.add_request(req)
-            engine.abort_request(dropped.sequences[0].rid)
+            engine.abort_request(dropped.samples[0].rid)
             ended = {}
             while engine.has_work():
                 for out in engine.step():
@@ -266,8 +278,8 @@ def test_grammars_compile_off_the_engine_loop(tiny_qwen3_path):
                     gen.update(out)
                     if out.finished:
                         ended[gen.rid] = out.finish_reason
-                SlowGrammars.free_tokens = len(free.sequences[0].token_ids)
+                SlowGrammars.free_tokens = len(free.samples[0].token_ids)
         # the free request kept decoding while the grammar compiled; the aborted one ended at once
         assert ended == {"free": "length", "json": "stop", "dropped": "abort"}
         assert SlowGrammars.compiled_at_tokens[0] > 0
-        jsonschema.validate(json.loads(shaped.sequences[0].text), SCHEMA)
+        jsonschema.validate(json.loads(shaped.samples[0].text), SCHEMA)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import random
 
-from minisgl.dispatch import DispatchPolicy, DispatchRequest, PrefixTracker, ReplicaView, RoundRobin
+from minisgl.dispatch import DispatchPolicy, PrefixTracker, ReplicaView, RoundRobin
+from minisgl.engine.messages import EngineRequest
+from minisgl.sampling_params import SamplingParams
 from minisgl_schedulers.dispatch import CacheAware
 
 
@@ -25,7 +27,7 @@ def cached_tokens(policy: DispatchPolicy, prompts: list[list[int]], replicas: in
         views = [
             ReplicaView(index=i, inflight=0, max_inflight=0, _prefix_match=t.match_len) for i, t in enumerate(trackers)
         ]
-        chosen = policy.choose(DispatchRequest(rid=str(n), token_ids=prompt), views)
+        chosen = policy.choose(EngineRequest(rid=str(n), input_ids=prompt, sampling=SamplingParams()), views)
         hits += trackers[chosen].match_len(prompt)
         trackers[chosen].insert(prompt)
         counts[chosen] += 1

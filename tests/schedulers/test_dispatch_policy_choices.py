@@ -6,12 +6,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from minisgl.dispatch import DispatchRequest, PrefixTracker, ReplicaView, RoundRobin
+from minisgl.dispatch import PrefixTracker, ReplicaView, RoundRobin
+from minisgl.engine.messages import EngineRequest
+from minisgl.sampling_params import SamplingParams
 from minisgl_schedulers.dispatch import CacheAware, FirstFree, Random
 
 
-def req(token_ids: Sequence[int] = (1, 2, 3, 4), rid: str = "r") -> DispatchRequest:
-    return DispatchRequest(rid=rid, token_ids=list(token_ids))
+def req(token_ids: Sequence[int] = (1, 2, 3, 4), rid: str = "r") -> EngineRequest:
+    return EngineRequest(rid=rid, input_ids=list(token_ids), sampling=SamplingParams())
 
 
 def view(index: int, inflight: int = 0, cap: int = 0, cached: Sequence[Sequence[int]] = (), **kw) -> ReplicaView:

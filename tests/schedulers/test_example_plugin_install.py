@@ -13,14 +13,17 @@ from example_plugin_venv import build_example_venv, venv_env
 
 ROUTE_SCRIPT = textwrap.dedent(
     """
-    from minisgl.dispatch import DispatchRequest, ReplicaView, load_dispatch_policy
+    from minisgl.dispatch import ReplicaView, load_dispatch_policy
+    from minisgl.engine.messages import EngineRequest
+    from minisgl.sampling_params import SamplingParams
     policy = load_dispatch_policy("least_loaded")
     replicas = [
         ReplicaView(index=0, inflight=3, max_inflight=0),
         ReplicaView(index=2, inflight=1, max_inflight=0, kv_total_tokens=100, kv_used_tokens=80),
         ReplicaView(index=5, inflight=1, max_inflight=0, kv_total_tokens=100, kv_used_tokens=20),
     ]
-    print(type(policy).__module__, policy.choose(DispatchRequest(rid="a", token_ids=[1, 2]), replicas))
+    request = EngineRequest(rid="a", input_ids=[1, 2], sampling=SamplingParams())
+    print(type(policy).__module__, policy.choose(request, replicas))
     """
 )
 

@@ -9,14 +9,15 @@ import pytest
 
 from minisgl.dispatch import (
     DispatchPolicyError,
-    DispatchRequest,
     ReplicaView,
     RoundRobin,
     choose_replica,
     load_dispatch_policy,
 )
+from minisgl.engine.messages import EngineRequest
 from minisgl.hookspecs import hookimpl
 from minisgl.plugins import PluginError, Registry, get_registry
+from minisgl.sampling_params import SamplingParams
 from minisgl.settings import load_settings
 from minisgl.specs import DispatchPolicySpec
 from minisgl_schedulers.dispatch import CacheAware, FirstFree, Random
@@ -114,7 +115,7 @@ def test_object_without_choose_is_rejected():
 
 def test_choose_replica_rejects_an_index_that_was_not_offered():
     replicas = [ReplicaView(index=0, inflight=0, max_inflight=0), ReplicaView(index=2, inflight=0, max_inflight=0)]
-    request = DispatchRequest(rid="a", token_ids=[1])
+    request = EngineRequest(rid="a", input_ids=[1], sampling=SamplingParams())
     with pytest.raises(DispatchPolicyError, match=r"chose replica 7, not among offered \[0, 2\]"):
         choose_replica(AlwaysSeven(), request, replicas)
     assert choose_replica(RoundRobin(), request, replicas) in (0, 2)

@@ -1,8 +1,10 @@
 """Dispatch policies choose which engine replica serves a request (SCHEDULER_MODE).
 
 This is the stable, typed interface third-party scheduler plugins implement. A policy sees
-a read-only snapshot of each replica (`ReplicaView`) and the request (`DispatchRequest`),
-never engine internals, and returns the index of the replica to use. The pool only offers
+a read-only snapshot of each replica (`ReplicaView`) and the request as it will travel to
+the engine (`minisgl.engine.messages.EngineRequest`: rid, input_ids, priority, sampling;
+the first of its front-door request, whose other prompts and samples go to the same
+replica), never engine internals, and returns the index of the replica to use. The pool only offers
 replicas that are healthy and under their inflight caps; a policy may assume `replicas`
 is non-empty.
 
@@ -25,16 +27,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from .engine.messages import EngineRequest
     from .plugins import Registry
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DispatchRequest:
-    rid: str
-    token_ids: Sequence[int]
-    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,7 @@ class ReplicaView:
 
 @runtime_checkable
 class DispatchPolicy(Protocol):
-    def choose(self, request: DispatchRequest, replicas: Sequence[ReplicaView]) -> int:
+    def choose(self, request: EngineRequest, replicas: Sequence[ReplicaView]) -> int:
         """Return `index` of one of `replicas`."""
         ...
 
@@ -76,7 +72,7 @@ class RoundRobin:
     def __init__(self) -> None:
         self._next = 0
 
-    def choose(self, request: DispatchRequest, replicas: Sequence[ReplicaView]) -> int:
+    def choose(self, request: EngineRequest, replicas: Sequence[ReplicaView]) -> int:
         ordered = sorted(r.index for r in replicas)
         pick = next((i for i in ordered if i >= self._next), ordered[0])
         self._next = pick + 1
@@ -255,7 +251,7 @@ def load_dispatch_policy(name: str, registry: Registry | None = None, settings: 
     return policy
 
 
-def choose_replica(policy: DispatchPolicy, request: DispatchRequest, replicas: Sequence[ReplicaView]) -> int:
+def choose_replica(policy: DispatchPolicy, request: EngineRequest, replicas: Sequence[ReplicaView]) -> int:
     """Ask `policy` for a replica and check the answer is one of those offered, so that a
     faulty third-party policy fails loudly instead of routing to an excluded replica."""
     if not replicas:

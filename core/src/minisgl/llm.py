@@ -33,7 +33,7 @@ Prompt = str | Sequence[int]
 
 @dataclass
 class CompletionOutput:
-    index: int  # which of the n sequences of its prompt
+    index: int  # which of the n samples of its prompt
     text: str
     token_ids: list[int]
     finish_reason: str | None
@@ -52,7 +52,7 @@ class RequestOutput:
     prompt_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
-    # the first (usually only) sequence, for the common n == 1 case
+    # the first (usually only) sample, for the common n == 1 case
     @property
     def text(self) -> str:
         return self.outputs[0].text
@@ -77,7 +77,7 @@ class RequestOutput:
 @dataclass
 class StreamDelta:
     prompt_index: int  # position of the prompt in the call
-    index: int  # sequence of that prompt (n > 1)
+    index: int  # sample of that prompt (n > 1)
     text: str
     token_ids: list[int]
     finished: bool = False
@@ -91,8 +91,9 @@ class LLM:
         plugins = selected_plugins(self.settings)
         self.engine = Engine(self.settings)
         tokenizer = Tokenizer(str(self.engine.model.path), self.settings.trust_remote_code, self.settings.token_cache_size)
+        # the engine's vocabulary size: both check and mask grammars with one tokenizer view
         self.frontend = Frontend(tokenizer, max_context_len=self.engine.max_context_len,
-                                 eos_token_ids=self.engine.eos_token_ids,
+                                 eos_token_ids=self.engine.eos_token_ids, vocab_size=self.engine.runner.vocab_size,
                                  max_new_tokens_default=self.settings.max_new_tokens_default, **plugins)
         self._ids = itertools.count()
         self.image_rules = ImageRules.from_settings(self.settings)
@@ -150,7 +151,7 @@ class LLM:
         return gens
 
     def _run(self, gens: list[Generation]) -> Iterator[StreamDelta]:
-        owner = {s.rid: (i, gen) for i, gen in enumerate(gens) for s in gen.sequences}
+        owner = {s.rid: (i, gen) for i, gen in enumerate(gens) for s in gen.samples}
         try:
             while any(not g.finished for g in gens):
                 if not self.engine.has_work():
@@ -159,13 +160,9 @@ class LLM:
                     if out.rid not in owner:
                         continue
                     prompt_index, gen = owner[out.rid]
-                    delta = gen.update(out)
+                    delta = gen.take(out, self.engine.abort_request)
                     if delta is None:
                         continue
-                    if delta.error is not None:
-                        raise delta.error
-                    if delta.stop_hit:
-                        self.engine.abort_request(out.rid, "stop")
                     yield StreamDelta(
                         prompt_index, delta.index, delta.text, delta.token_ids, delta.finish_reason is not None,
                         delta.finish_reason, [lp.logprob for lp in delta.logprobs] if delta.logprobs else None,
@@ -214,8 +211,8 @@ class LLM:
 
         outputs = [CompletionOutput(s.index, s.text, s.token_ids, s.finish_reason, *logprobs(s),
                                     reasoning=s.reasoning_content, tool_calls=s.tool_calls if s.tool_parser else None)
-                   for s in gen.sequences]
-        first = gen.sequences[0]
+                   for s in gen.samples]
+        first = gen.samples[0]
         return RequestOutput(request_id=gen.rid, prompt=prompt, prompt_token_ids=first.prompt_ids, outputs=outputs,
                              prompt_tokens=gen.prompt_tokens, cached_tokens=gen.cached_tokens)
 

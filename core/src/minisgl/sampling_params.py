@@ -88,9 +88,9 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
         """The tokens that end a sequence: stop_token_ids, and EOS unless ignore_eos."""
         return frozenset(self.stop_token_ids) | (frozenset() if self.ignore_eos else frozenset(eos_token_ids))
 
-    def for_sequence(self, index: int, max_new_tokens: int) -> SamplingParams:
-        """Sequence `index` of an n-way request: n = 1, its own seed (seed + index, vLLM's
-        convention, so the set is reproducible and the sequences differ)."""
+    def for_sample(self, index: int, max_new_tokens: int) -> SamplingParams:
+        """Sample `index` of an n-way request: n = 1, its own seed (seed + index, vLLM's
+        convention, so the set is reproducible and the samples differ)."""
         seed = None if self.seed is None else (self.seed + index) % SEED_RANGE[1]
         return msgspec.structs.replace(self, n=1, seed=seed, max_new_tokens=max_new_tokens)
 

@@ -30,11 +30,11 @@ import zmq.asyncio
 
 from minisgl.dispatch import (
     DispatchPolicyError,
-    DispatchRequest,
     PrefixTracker,
     choose_replica,
     load_dispatch_policy,
 )
+from minisgl.engine.messages import EngineOutput, EngineRequest
 from minisgl.frontend.errors import ErrorKind, RequestError
 from minisgl.ipc.client import EngineClient, EngineUnavailable
 from minisgl.ipc.endpoints import EndpointAllocator
@@ -62,18 +62,25 @@ class SchedulerError(ValueError):
 
 
 class Lease:
-    """`count` inflight slots on one replica, held for one HTTP request."""
+    """`count` inflight slots on one replica, held for one HTTP request, and its line to
+    that replica's engine: the engine requests sent on it and the queue of their outputs."""
 
     def __init__(self, replica: Replica, count: int, inflight_before: int) -> None:
         self.replica = replica
         self.client = replica.client
         self.count = count
         self.inflight_before = inflight_before  # the pool's inflight total when admitted
-        self._released = False
+        self.outputs: asyncio.Queue[EngineOutput] = asyncio.Queue()
+        self.sent: set[str] = set()  # rids of the engine requests sent (the ones it may abort)
+        self.released = False
+
+    def submit(self, request: EngineRequest) -> None:
+        self.client.submit(request, self.outputs)
+        self.sent.add(request.rid)
 
     def release(self) -> None:
-        if not self._released:
-            self._released = True
+        if not self.released:
+            self.released = True
             self.replica.inflight -= self.count
 
 
@@ -362,11 +369,12 @@ class EnginePool:
                 log.warning("engine load refresh failed: %s", exc)
 
     # ---- admission -------------------------------------------------------------------
-    def lease(self, count: int, input_ids: Sequence[int], rid: str = "") -> Lease:
-        """Reserve `count` engine requests on one replica, or raise 503 / 429."""
+    def lease(self, requests: Sequence[EngineRequest]) -> Lease:
+        """Reserve one slot per engine request of one HTTP request, all on the replica the
+        policy chooses for the first, or raise 503 / 429."""
         if self.state != "ready" or not self.alive:
             raise self.unavailable_error(self.unavailable_reason())
-        inflight = self.inflight_total
+        inflight, count, first = self.inflight_total, len(requests), requests[0]
         cap_total = self.settings.max_inflight_total
         if cap_total and inflight + count > cap_total:
             raise RequestError(ErrorKind.CAPACITY,
@@ -378,12 +386,12 @@ class EnginePool:
                                f"every engine replica is at its inflight cap ({cap_engine}, MAX_INFLIGHT_PER_ENGINE); "
                                "retry later")
         try:
-            index = choose_replica(self.policy, DispatchRequest(rid=rid, token_ids=input_ids), candidates)
+            index = choose_replica(self.policy, first, candidates)
         except Exception as exc:  # a faulty policy: say which, do not crash the request handler
             log.error("dispatch policy %r failed: %s: %s", self.policy_name, type(exc).__name__, exc)
             raise RequestError(ErrorKind.INTERNAL, f"dispatch policy {self.policy_name!r} failed: {exc}") from None
         replica = self.replicas[index]
-        replica.record_dispatch(count, input_ids)
+        replica.record_dispatch(count, first.input_ids)
         return Lease(replica, count, inflight)
 
     # ---- engine calls ----------------------------------------------------------------

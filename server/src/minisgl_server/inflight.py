@@ -1,5 +1,6 @@
-"""One HTTP request's engine work in flight: a lease on one replica (its inflight slots),
-its engine requests, and their outputs, folded into deltas by the request layer.
+"""One HTTP request's engine work in flight, as functions over its Generation: `send` leases
+slots on one replica (the Generation carries the lease) and submits its engine requests,
+`deltas` folds their outputs into deltas through the request layer, `release` ends it.
 
 Whatever was leased is given back on every way out: the last delta, an error, a client
 that leaves (the stream is closed or the task cancelled), which also aborts every
@@ -7,15 +8,14 @@ unfinished engine request and so frees its KV at once."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Request
+from litestar.background_tasks import BackgroundTask
 
-from minisgl.engine.messages import EngineOutput
 from minisgl.frontend.errors import ErrorKind, RequestError
 from minisgl.frontend.generation import Delta, Generation
 from minisgl.ipc.client import EngineUnavailable
@@ -33,111 +33,92 @@ def adaptive_factor(inflight: int, settings: Any) -> float | None:
     return settings.adaptive_max_new_tokens_factor
 
 
-class InflightRequest:
-    def __init__(self, state: Any, gen: Generation, pool: Any) -> None:
-        self.state = state
-        self.gen = gen
-        self.pool = pool  # the engines of the model the request was routed to
-        self._queue: asyncio.Queue[EngineOutput] = asyncio.Queue()
-        self._lease: Any = None
-        self._sent: set[str] = set()  # engine requests this request submitted (and may abort)
-        self._closed = False
-        self.chunks_sent = 0
-        self.aborted = False
+def send(state: Any, pool: Any, gen: Generation) -> None:
+    """Take inflight slots on a replica of `pool` and send the engine requests (429/503
+    here, before any response starts)."""
+    requests = gen.engine_requests()
+    try:
+        gen.lease = lease = pool.lease(requests)
+    except RequestError as exc:
+        if exc.kind is ErrorKind.CAPACITY:
+            state.stats.requests_rejected_total += 1
+        raise
+    factor = adaptive_factor(lease.inflight_before, state.settings)
+    if factor is not None and gen.scale_max_new_tokens(factor):
+        pool.adaptive_downscaled_total += 1
+        log.info("request %s: %d requests in flight, max_new_tokens scaled by %.2f (ADAPTIVE_MAX_NEW_TOKENS)",
+                 gen.rid, lease.inflight_before, factor)
+        requests = gen.engine_requests()
+    try:
+        for er in requests:
+            lease.submit(er)
+    except BaseException as exc:  # nothing leased may stay behind
+        release(state, gen)
+        if isinstance(exc, EngineUnavailable):
+            raise RequestError(ErrorKind.ENGINE_DEAD, str(exc)) from None
+        raise
 
-    def start(self) -> None:
-        """Take inflight slots on a replica and send the engine requests (429/503 here,
-        before any response starts)."""
-        gen, pool = self.gen, self.pool
-        first = gen.sequences[0].prompt_ids if gen.sequences else []
-        try:
-            self._lease = pool.lease(len(gen.sequences), first, rid=gen.rid)
-        except RequestError as exc:
-            if exc.kind is ErrorKind.CAPACITY:
-                self.state.stats.requests_rejected_total += 1
-            raise
-        factor = adaptive_factor(self._lease.inflight_before, self.state.settings)
-        if factor is not None and gen.scale_max_new_tokens(factor):
-            pool.adaptive_downscaled_total += 1
-            log.info("request %s: %d requests in flight, max_new_tokens scaled by %.2f (ADAPTIVE_MAX_NEW_TOKENS)",
-                     gen.rid, self._lease.inflight_before, factor)
-        try:
-            for er in gen.engine_requests():
-                self._lease.client.submit(er, self._queue)
-                self._sent.add(er.rid)
-        except BaseException as exc:  # nothing leased may stay behind
-            self.close()
-            if isinstance(exc, EngineUnavailable):
-                raise RequestError(ErrorKind.ENGINE_DEAD, str(exc)) from None
-            raise
 
-    def close(self) -> None:
-        """Abort what is unfinished and give the slots back; safe to call twice."""
-        if self._lease is None or self._closed:
-            return
-        self._closed = True
-        unfinished = [s for s in self.gen.unfinished() if s.rid in self._sent]
-        for s in unfinished:
-            self._lease.client.abort(s.rid, "abort")
-        if unfinished:
-            self.aborted = True
-            self.state.stats.record_abort()
-            log.info("request %s: client gone, aborted %d engine request(s)", self.gen.rid, len(unfinished))
-        self._lease.release()
-        self._record()
+def release(state: Any, gen: Generation) -> None:
+    """Abort what is unfinished and give the slots back; safe to call twice."""
+    lease = gen.lease
+    if lease is None or lease.released:
+        return
+    unfinished = [s.rid for s in gen.unfinished() if s.rid in lease.sent]
+    for rid in unfinished:
+        lease.client.abort(rid, "abort")
+    if unfinished:
+        state.stats.record_abort()
+        log.info("request %s: client gone, aborted %d engine request(s)", gen.rid, len(unfinished))
+    lease.release()
+    first = gen.first_token_at
+    state.stats.record_request(
+        latency_s=time.perf_counter() - gen.started_at, ttft_s=None if first is None else first - gen.started_at,
+        completion_tokens=gen.completion_tokens, prompt_tokens=gen.prompt_tokens, cached_tokens=gen.cached_tokens,
+        aborted=bool(unfinished),
+    )
 
-    async def aclose(self) -> None:
-        """`close`, as a response's background task."""
-        self.close()
 
-    async def deltas(self) -> AsyncIterator[Delta]:
-        """Deltas of all sequences, interleaved as the engine produces them; exactly one per
-        sequence carries its finish_reason. A sequence's error is raised (the rest are
-        aborted)."""
-        if self._lease is None:
-            self.start()
-        try:
-            while not self.gen.finished:
-                out = await self._queue.get()
-                delta = self.gen.update(out)
-                if delta is None:
-                    continue
-                if delta.error is not None:
-                    raise delta.error
-                if delta.stop_hit:
-                    self._lease.client.abort(out.rid, "stop")
-                self.chunks_sent += 1
-                self._log_chunk(delta)
-                yield delta
-        finally:
-            self.close()
+def release_after(state: Any, gen: Generation) -> BackgroundTask:
+    """A streaming response's background task: `release` once the response is over, also
+    when the client left before its body started."""
+    async def release_now() -> None:  # on the event loop: a sync task would run on a thread
+        release(state, gen)
 
-    async def finish(self, request: Request[Any, Any, Any]) -> Generation | None:
-        """Run a non-streaming request to its end (raising a sequence's error); None when
-        the client left first."""
-        async def collect() -> Generation:
-            async for _ in self.deltas():
-                pass
-            return self.gen
+    return BackgroundTask(release_now)
 
-        try:
-            return await until_disconnect(request, collect())
-        except ClientDisconnected:
-            return None
 
-    def _log_chunk(self, delta: Delta) -> None:
-        settings = self.state.settings
-        # requests with images log at their own stride (VLM_STREAM_LOG_STRIDE)
-        stride = settings.vlm_stream_log_stride if self.gen.sequences[0].images else settings.server_stream_log_stride
-        if stride and (self.chunks_sent % stride == 0 or delta.finish_reason):
-            log.info("stream %s sequence %d chunk %d: %r%s", self.gen.rid, delta.index, self.chunks_sent, delta.text,
-                     f" (finish: {delta.finish_reason})" if delta.finish_reason else "")
+async def deltas(state: Any, gen: Generation) -> AsyncIterator[Delta]:
+    """Deltas of all samples, interleaved as the engine produces them; exactly one per
+    sample carries its finish_reason. A sample's error is raised (the rest are aborted)."""
+    lease = gen.lease
+    settings = state.settings
+    # requests with images log at their own stride (VLM_STREAM_LOG_STRIDE)
+    stride = settings.vlm_stream_log_stride if gen.samples[0].images else settings.server_stream_log_stride
+    chunks = 0
+    try:
+        while not gen.finished:
+            delta = gen.take(await lease.outputs.get(), lease.client.abort)
+            if delta is None:
+                continue
+            chunks += 1
+            if stride and (chunks % stride == 0 or delta.finish_reason):
+                log.info("stream %s sample %d chunk %d: %r%s", gen.rid, delta.index, chunks, delta.text,
+                         f" (finish: {delta.finish_reason})" if delta.finish_reason else "")
+            yield delta
+    finally:
+        release(state, gen)
 
-    def _record(self) -> None:
-        gen = self.gen
-        first = gen.first_token_at
-        self.state.stats.record_request(
-            latency_s=time.perf_counter() - gen.started_at, ttft_s=None if first is None else first - gen.started_at,
-            completion_tokens=gen.completion_tokens, prompt_tokens=gen.prompt_tokens, cached_tokens=gen.cached_tokens,
-            aborted=self.aborted,
-        )
+
+async def finish(request: Request[Any, Any, Any], state: Any, gen: Generation) -> bool:
+    """Run a non-streaming request to its end (raising a sample's error); False when the
+    client left first."""
+    async def collect() -> None:
+        async for _ in deltas(state, gen):
+            pass
+
+    try:
+        await until_disconnect(request, collect())
+    except ClientDisconnected:
+        return False
+    return True

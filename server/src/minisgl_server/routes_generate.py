@@ -13,16 +13,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Request, Response, post
-from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
 from minisgl.frontend.errors import invalid
-from minisgl.frontend.generation import Generation, Sequence
+from minisgl.frontend.generation import Generation, Sample
 from minisgl.frontend.tokenizer import encode_prompts
 from minisgl.sampling_params import SamplingParams
 
+from . import inflight
 from .generate_types import GenerateMetaInfo, GenerateRequest, GenerateResponse
-from .inflight import InflightRequest
 from .streaming import error_payload, json_line, new_request_id
 
 RID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # ends up in logs and engine frames
@@ -54,7 +53,7 @@ def _sampling(data: GenerateRequest) -> SamplingParams:
     return SamplingParams(**{k: v for k, v in values.items() if v is not None})
 
 
-def _meta(gen: Generation, s: Sequence) -> GenerateMetaInfo:
+def _meta(gen: Generation, s: Sample) -> GenerateMetaInfo:
     return GenerateMetaInfo(
         id=s.rid,
         prompt_tokens=s.prompt_tokens or len(s.prompt_ids),
@@ -76,21 +75,20 @@ async def generate(request: Request[Any, Any, Any], data: GenerateRequest) -> Re
     prompts = await served.tokenizers.run(encode_prompts, prompt, param, frontend.max_context_len)
     gen = await frontend.generation_off_loop(data.rid or new_request_id("gen"), prompts, _sampling(data),
                                              names={"prompt": param})
-    run = InflightRequest(state, gen, served.pool)
-    run.start()
+    inflight.send(state, served.pool, gen)
     if data.stream:
-        return Stream(_lines(run), media_type="application/x-ndjson", background=BackgroundTask(run.aclose))
-    if await run.finish(request) is None:
+        return Stream(_lines(state, gen), media_type="application/x-ndjson",
+                      background=inflight.release_after(state, gen))
+    if not await inflight.finish(request, state, gen):
         return Response(b"", status_code=499)
-    answers = [GenerateResponse(text=s.text, output_ids=s.token_ids, meta_info=_meta(gen, s)) for s in gen.sequences]
+    answers = [GenerateResponse(text=s.text, output_ids=s.token_ids, meta_info=_meta(gen, s)) for s in gen.samples]
     return Response(answers[0] if len(answers) == 1 else answers)
 
 
-async def _lines(run: InflightRequest) -> AsyncIterator[bytes]:
-    gen = run.gen
-    many = len(gen.sequences) > 1
+async def _lines(state: Any, gen: Generation) -> AsyncIterator[bytes]:
+    many = len(gen.samples) > 1
     try:
-        async for d in run.deltas():
+        async for d in inflight.deltas(state, gen):
             if d.text:
                 yield json_line({"text_delta": d.text, "index": d.index} if many else {"text_delta": d.text})
     except asyncio.CancelledError:
@@ -99,6 +97,6 @@ async def _lines(run: InflightRequest) -> AsyncIterator[bytes]:
         yield json_line({"event": "error", **error_payload(exc)})
         yield json_line({"event": "done", "finish_reason": "error"})
         return
-    metas = [_meta(gen, s) for s in gen.sequences]
-    yield json_line({"event": "done", "finish_reason": gen.sequences[0].finish_reason,
+    metas = [_meta(gen, s) for s in gen.samples]
+    yield json_line({"event": "done", "finish_reason": gen.samples[0].finish_reason,
                      "meta_info": metas if many else metas[0]})

@@ -10,7 +10,6 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, post
-from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
 from minisgl.frontend.errors import invalid
@@ -19,7 +18,7 @@ from minisgl.frontend.tokenizer import encode_chat, encode_prompts, has_image_pa
 from minisgl.grammar import GrammarError, response_format_schema
 from minisgl.sampling_params import SamplingParams
 
-from .inflight import InflightRequest
+from . import inflight
 from .openai_types import (
     AssistantMessage,
     ChatChoice,
@@ -94,7 +93,7 @@ def _usage(gen: Generation) -> Usage:
     )
 
 
-def _stream(run: InflightRequest, events: AsyncIterator[bytes]) -> Stream:
+def _stream(state: Any, gen: Generation, events: AsyncIterator[bytes]) -> Stream:
     async def framed() -> AsyncIterator[bytes]:
         try:
             async for event in events:
@@ -105,7 +104,8 @@ def _stream(run: InflightRequest, events: AsyncIterator[bytes]) -> Stream:
             yield sse_event(error_payload(exc))
         yield SSE_DONE
 
-    return Stream(framed(), media_type="text/event-stream", headers=SSE_HEADERS, background=BackgroundTask(run.aclose))
+    return Stream(framed(), media_type="text/event-stream", headers=SSE_HEADERS,
+                  background=inflight.release_after(state, gen))
 
 
 # ---- /v1/completions ----------------------------------------------------------------------
@@ -135,11 +135,10 @@ async def completions(request: Request[Any, Any, Any], data: CompletionRequest) 
     gen = await frontend.generation_off_loop(new_request_id("cmpl"), prompts, params, names=_names(data, "max_tokens"))
     tok = frontend.tokenizer
     echo = [tok.decode(p) for p in prompts] if data.echo else None
-    run = InflightRequest(state, gen, served.pool)
-    run.start()
+    inflight.send(state, served.pool, gen)
     if data.stream:
-        return _stream(run, _completion_events(tok, run, served.model_id, data, echo))
-    if await run.finish(request) is None:
+        return _stream(state, gen, _completion_events(tok, state, gen, served.model_id, data, echo))
+    if not await inflight.finish(request, state, gen):
         return Response(b"", status_code=499)
     choices = [
         CompletionChoice(
@@ -148,14 +147,13 @@ async def completions(request: Request[Any, Any, Any], data: CompletionRequest) 
             finish_reason=s.finish_reason,
             logprobs=_completion_logprobs(tok, s.logprobs, 0) if s.wants_logprobs else None,
         )
-        for s in gen.sequences
+        for s in gen.samples
     ]
     return Response(CompletionResponse(id=gen.rid, model=served.model_id, choices=choices, usage=_usage(gen)))
 
 
-async def _completion_events(tok: Any, run: InflightRequest, model: str, data: CompletionRequest,
+async def _completion_events(tok: Any, state: Any, gen: Generation, model: str, data: CompletionRequest,
                              echo: list[str] | None) -> AsyncIterator[bytes]:
-    gen = run.gen
     created = int(time.time())
 
     every = data.stream_options is not None and data.stream_options.usage_on_every_chunk
@@ -166,10 +164,10 @@ async def _completion_events(tok: Any, run: InflightRequest, model: str, data: C
 
     offsets: dict[int, int] = {}
     if echo:
-        for s in gen.sequences:
+        for s in gen.samples:
             offsets[s.index] = len(echo[s.prompt_index])
             yield chunk([CompletionChoice(index=s.index, text=echo[s.prompt_index], finish_reason=None)])
-    async for d in run.deltas():
+    async for d in inflight.deltas(state, gen):
         lp = _completion_logprobs(tok, d.logprobs, offsets.get(d.index, 0)) if data.logprobs is not None else None
         offsets[d.index] = offsets.get(d.index, 0) + len(d.text)
         yield chunk([CompletionChoice(index=d.index, text=d.text, finish_reason=d.finish_reason, logprobs=lp)])
@@ -212,12 +210,11 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
     gen = await frontend.generation_off_loop(new_request_id("chatcmpl"), [prompt.ids], params,
                                              names=_names(data, param, "messages"), images=[prompt.images],
                                              separate_reasoning=data.separate_reasoning, tools=tools)
-    run = InflightRequest(state, gen, served.pool)
-    run.start()
+    inflight.send(state, served.pool, gen)
     tok = frontend.tokenizer
     if data.stream:
-        return _stream(run, _chat_events(tok, run, served.model_id, data))
-    if await run.finish(request) is None:
+        return _stream(state, gen, _chat_events(tok, state, gen, served.model_id, data))
+    if not await inflight.finish(request, state, gen):
         return Response(b"", status_code=499)
     choices = [
         ChatChoice(
@@ -229,13 +226,13 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
             finish_reason=s.finish_reason,
             logprobs=_chat_logprobs(tok, s.logprobs) if data.logprobs else None,
         )
-        for s in gen.sequences
+        for s in gen.samples
     ]
     return Response(ChatCompletionResponse(id=gen.rid, model=served.model_id, choices=choices, usage=_usage(gen)))
 
 
-async def _chat_events(tok: Any, run: InflightRequest, model: str, data: ChatCompletionRequest) -> AsyncIterator[bytes]:
-    gen = run.gen
+async def _chat_events(tok: Any, state: Any, gen: Generation, model: str,
+                       data: ChatCompletionRequest) -> AsyncIterator[bytes]:
     created = int(time.time())
 
     every = data.stream_options is not None and data.stream_options.usage_on_every_chunk
@@ -244,9 +241,9 @@ async def _chat_events(tok: Any, run: InflightRequest, model: str, data: ChatCom
         usage = usage or (_usage(gen) if every else None)
         return sse_event(ChatCompletionChunk(id=gen.rid, model=model, created=created, choices=choices, usage=usage))
 
-    for s in gen.sequences:
+    for s in gen.samples:
         yield chunk([ChatChunkChoice(index=s.index, delta=DeltaMessage(role="assistant", content=""))])
-    async for d in run.deltas():
+    async for d in inflight.deltas(state, gen):
         calls = [ToolCallDelta(index=c.index, id=c.id, type="function" if c.id else None,
                                function=FunctionCallDelta(name=c.name, arguments=c.arguments)) for c in d.tool_calls]
         delta = DeltaMessage(content=d.text or None, reasoning_content=d.reasoning or None, tool_calls=calls or None)

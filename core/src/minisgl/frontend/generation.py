@@ -3,8 +3,10 @@
 `Frontend.generation(rid, prompts, params)` is where a request is checked and shaped, once
 for every door: the sampling values are validated, each prompt is fitted to the context
 (a prompt that cannot fit is refused, like vLLM, never clamped; an unset max_new_tokens
-becomes what fits, at most the default), and n > 1 fans out into n sequences with seeds
-seed + i. The result is a `Generation`: one `Sequence` per engine request.
+becomes what fits, at most the default), and n > 1 fans out into n samples with seeds
+seed + i. The result is a `Generation`: one `Sample` per engine request. A structured-output
+constraint is found once per request and checked against the tokenizer (a worker thread
+builds the grammar backend's view of it, once per process).
 
 Back from the engine, `Generation.update(output)` folds each EngineOutput into a `Delta`:
 incremental detokenization, stop strings (the caller then aborts that engine request with
@@ -17,8 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
-from collections.abc import Sequence as Seq
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,21 +43,21 @@ class TokenLogprob:
 
 @dataclass
 class Delta:
-    """What one engine output adds to one sequence."""
+    """What one engine output adds to one sample."""
 
-    index: int  # the sequence's place in its request (prompt i, sample j: i * n + j)
+    index: int  # the sample's place in its request (prompt i, sample j: i * n + j)
     text: str = ""
     reasoning: str = ""  # the part of the new text that is thinking (with a reasoning parser)
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None  # when the request asked for them
-    finish_reason: str | None = None  # set on the sequence's last delta: stop | length | tool_calls | abort | error
+    finish_reason: str | None = None  # set on the sample's last delta: stop | length | tool_calls | abort | error
     error: RequestError | None = None  # with finish_reason "error"
-    stop_hit: bool = False  # a stop string matched: abort this sequence's engine request with "stop"
+    stop_hit: bool = False  # a stop string matched: abort this sample's engine request with "stop"
 
 
 @dataclass
-class Sequence:
+class Sample:
     """One engine request: one prompt, one of its n samples, and what came back so far."""
 
     rid: str
@@ -150,30 +151,41 @@ def _through(parser: Any, text: str, last: bool) -> tuple[Any, Any]:
 
 
 class Generation:
-    """The sequences of one front-door request and their usage."""
+    """The samples of one front-door request and their usage."""
 
-    def __init__(self, rid: str, sequences: list[Sequence], priority: int = 0) -> None:
+    def __init__(self, rid: str, samples: list[Sample], priority: int = 0) -> None:
         self.rid = rid
-        self.sequences = sequences
+        self.samples = samples
         self.priority = priority
         self.started_at = time.perf_counter()
-        self._by_rid = {s.rid: s for s in sequences}
+        self.lease: Any = None  # what the door that sent it holds for it (the server's inflight slots)
+        self._by_rid = {s.rid: s for s in samples}
 
     def engine_requests(self) -> list[EngineRequest]:
         now = time.time()
         return [EngineRequest(rid=s.rid, input_ids=s.prompt_ids, sampling=s.params, priority=self.priority,
-                              arrival_time=now, images=s.images) for s in self.sequences]
+                              arrival_time=now, images=s.images) for s in self.samples]
 
     def update(self, out: EngineOutput) -> Delta | None:
         """Fold one engine output in; None when it adds nothing (or is not ours)."""
-        seq = self._by_rid.get(out.rid)
-        return None if seq is None else seq.update(out)
+        sample = self._by_rid.get(out.rid)
+        return None if sample is None else sample.update(out)
+
+    def take(self, out: EngineOutput, abort: Callable[[str, str], Any]) -> Delta | None:
+        """`update` for the door that runs the engine requests: a sample's error is raised,
+        and a matched stop string ends its engine request (`abort(rid, "stop")`)."""
+        delta = self.update(out)
+        if delta is not None and delta.error is not None:
+            raise delta.error
+        if delta is not None and delta.stop_hit:
+            abort(out.rid, "stop")
+        return delta
 
     def scale_max_new_tokens(self, factor: float) -> bool:
-        """Shrink every sequence's budget by `factor`, to at least one token (before it is
+        """Shrink every sample's budget by `factor`, to at least one token (before it is
         sent: ADAPTIVE_MAX_NEW_TOKENS). True when some budget changed."""
         changed = False
-        for s in self.sequences:
+        for s in self.samples:
             cap = max(1, int(s.params.max_new_tokens * factor))
             if cap < s.params.max_new_tokens:
                 s.params = msgspec.structs.replace(s.params, max_new_tokens=cap,
@@ -183,37 +195,33 @@ class Generation:
 
     @property
     def finished(self) -> bool:
-        return all(s.finished for s in self.sequences)
+        return all(s.finished for s in self.samples)
 
-    def unfinished(self) -> list[Sequence]:
-        return [s for s in self.sequences if not s.finished]
-
-    @property
-    def error(self) -> RequestError | None:
-        return next((s.error for s in self.sequences if s.error is not None), None)
+    def unfinished(self) -> list[Sample]:
+        return [s for s in self.samples if not s.finished]
 
     # ---- usage (OpenAI's: n samples of one prompt count that prompt once) ------------------
     @property
     def prompt_tokens(self) -> int:
         seen: dict[int, int] = {}
-        for s in self.sequences:
+        for s in self.samples:
             seen.setdefault(s.prompt_index, s.prompt_tokens or len(s.prompt_ids))
         return sum(seen.values())
 
     @property
     def cached_tokens(self) -> int:
         seen: dict[int, int] = {}
-        for s in self.sequences:
+        for s in self.samples:
             seen[s.prompt_index] = max(seen.get(s.prompt_index, 0), s.cached_tokens)
         return sum(seen.values())
 
     @property
     def completion_tokens(self) -> int:
-        return sum(len(s.token_ids) for s in self.sequences)
+        return sum(len(s.token_ids) for s in self.samples)
 
     @property
     def first_token_at(self) -> float | None:
-        return min((s.first_token_at for s in self.sequences if s.first_token_at is not None), default=None)
+        return min((s.first_token_at for s in self.samples if s.first_token_at is not None), default=None)
 
 
 def selected_plugins(settings: Any) -> dict[str, Any]:
@@ -228,9 +236,9 @@ def selected_plugins(settings: Any) -> dict[str, Any]:
 class Frontend:
     """The request layer for one model: its tokenizer and context, the server's defaults."""
 
-    def __init__(self, tokenizer: Any, *, max_context_len: int, eos_token_ids: Seq[int], max_new_tokens_default: int,
+    def __init__(self, tokenizer: Any, *, max_context_len: int, eos_token_ids: Sequence[int], max_new_tokens_default: int,
                  reasoning: Callable[[], Any] | None = None, tool_calls: Any = None,
-                 grammar_backend: Callable[..., GrammarBackend] = LLGuidance) -> None:
+                 grammar_backend: Callable[..., GrammarBackend] = LLGuidance, vocab_size: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.max_context_len = max_context_len
         self.eos_token_ids = list(eos_token_ids)
@@ -238,23 +246,24 @@ class Frontend:
         self.reasoning = reasoning  # a reasoning parser's factory (--reasoning-parser), for chat answers
         self.tool_calls = tool_calls  # the model's tool-call format (--tool-call-parser)
         self._grammar_backend = grammar_backend
+        self.vocab_size = vocab_size  # the model's logits rows, where known: an engine in this process shares the view
         self._grammars: GrammarBackend | None = None
 
     @property
     def grammars(self) -> GrammarBackend:
         """Checks structured-output constraints against this tokenizer (built on first use)."""
         if self._grammars is None:
-            self._grammars = self._grammar_backend(self.tokenizer.tokenizer)
+            self._grammars = self._grammar_backend(self.tokenizer.tokenizer, self.vocab_size)
         return self._grammars
 
-    def tool_use(self, tools: Seq[Any] | None, tool_choice: Any = None, parallel_tool_calls: bool = True) -> ToolUse | None:
+    def tool_use(self, tools: Sequence[Any] | None, tool_choice: Any = None, parallel_tool_calls: bool = True) -> ToolUse | None:
         """A chat request's tools, checked (see tool_calls.tool_use): `.tools` go to the chat
         template, the whole ToolUse to `generation`."""
         return tool_use(self.tool_calls, tools, tool_choice, parallel_tool_calls)
 
     def generation(self, rid: str, prompts: list[list[int]], params: SamplingParams, *,
                    names: Mapping[str, str] | None = None, priority: int = 0,
-                   images: Seq[list[ImageInput]] | None = None, separate_reasoning: bool = False,
+                   images: Sequence[list[ImageInput]] | None = None, separate_reasoning: bool = False,
                    tools: ToolUse | None = None) -> Generation:
         """Validate, fit each prompt, fan out n. `names` maps SamplingParams fields to the
         front door's own names, so errors name what the client sent. `images[p]` are the
@@ -262,46 +271,63 @@ class Frontend:
         (chat answers) the thinking is split off when the model has a reasoning parser;
         with `tools` (Frontend.tool_use) calls are forced and parsed as they ask."""
         names = dict(names or {})
+        params, constraint = self._validated(params, names, tools)
+        if constraint is not None:
+            self._check_grammar(constraint, names)
+        return self._fan_out(rid, prompts, params, names, tools, priority=priority, images=images,
+                             separate_reasoning=separate_reasoning)
+
+    async def generation_off_loop(self, rid: str, prompts: list[list[int]], params: SamplingParams, *,
+                                  names: Mapping[str, str] | None = None, tools: ToolUse | None = None,
+                                  **shape: Any) -> Generation:
+        """`generation` (the same keywords) for an event loop: a grammar is checked on a worker
+        thread (the process's first builds the grammar backend's view of the tokenizer: seconds)."""
+        names = dict(names or {})
+        params, constraint = self._validated(params, names, tools)
+        if constraint is not None:
+            await asyncio.to_thread(self._check_grammar, constraint, names)
+        return self._fan_out(rid, prompts, params, names, tools, **shape)
+
+    def _validated(self, params: SamplingParams, names: dict[str, str],
+                   tools: ToolUse | None) -> tuple[SamplingParams, tuple[str, str] | None]:
+        """The checked parameters (with the grammar that forced tool calls need) and the
+        request's one constraint, (field, source) or None."""
         params.validate(names)
-        if tools is not None and tools.grammar is not None:
-            given = constraint_of(params)
-            if given is not None:
-                name = names.get(given[0], given[0])
-                raise invalid(f"tool_choice 'required' or a named function forces the answer's shape: give no "
-                              f"'{name}' with it", name)
-            params = msgspec.structs.replace(params, ebnf=tools.grammar)
-            names["ebnf"] = "tools"
         constraint = constraint_of(params)
+        if tools is None or tools.grammar is None:
+            return params, constraint
         if constraint is not None:
             name = names.get(constraint[0], constraint[0])
-            try:
-                self.grammars.check(*constraint)
-            except GrammarError as exc:
-                raise invalid(f"'{name}' cannot be compiled: {exc}", name) from None
+            raise invalid(f"tool_choice 'required' or a named function forces the answer's shape: give no "
+                          f"'{name}' with it", name)
+        names["ebnf"] = "tools"
+        return msgspec.structs.replace(params, ebnf=tools.grammar), ("ebnf", tools.grammar)
+
+    def _check_grammar(self, constraint: tuple[str, str], names: Mapping[str, str]) -> None:
+        name = names.get(constraint[0], constraint[0])
+        try:
+            self.grammars.check(*constraint)
+        except GrammarError as exc:
+            raise invalid(f"'{name}' cannot be compiled: {exc}", name) from None
+
+    def _fan_out(self, rid: str, prompts: list[list[int]], params: SamplingParams, names: Mapping[str, str],
+                 tools: ToolUse | None, priority: int = 0, images: Sequence[list[ImageInput]] | None = None,
+                 separate_reasoning: bool = False) -> Generation:
         check_token_ids(self.tokenizer, params.stop_token_ids, names.get("stop_token_ids", "stop_token_ids"))
         stop_ids = params.stop_ids(self.eos_token_ids)
-        sequences = []
+        samples = []
         for p, ids in enumerate(prompts):
             max_new = self.fit_context(len(ids), params, names)
             for j in range(params.n):
-                sequences.append(Sequence(
+                samples.append(Sample(
                     rid=f"{rid}-{p * params.n + j}", index=p * params.n + j, prompt_index=p, prompt_ids=ids,
-                    params=params.for_sequence(j, max_new), stop_ids=stop_ids,
+                    params=params.for_sample(j, max_new), stop_ids=stop_ids,
                     detok=self.tokenizer.detokenizer(skip_special_tokens=params.skip_special_tokens, stop=params.stop),
                     images=list(images[p]) if images else [],
                     splitter=self.reasoning() if separate_reasoning and self.reasoning is not None else None,
                     tool_parser=tools.parser() if tools is not None and tools.parser is not None else None,
                 ))
-        return Generation(rid, sequences, priority)
-
-    async def generation_off_loop(self, rid: str, prompts: list[list[int]], params: SamplingParams,
-                                  **kwargs: Any) -> Generation:
-        """`generation` for an event loop: a request with a grammar has it checked on a worker
-        thread (the first one builds the grammar backend's view of the tokenizer: seconds)."""
-        tools = kwargs.get("tools")
-        if constraint_of(params) is None and (tools is None or tools.grammar is None):
-            return self.generation(rid, prompts, params, **kwargs)
-        return await asyncio.to_thread(self.generation, rid, prompts, params, **kwargs)
+        return Generation(rid, samples, priority)
 
     def fit_context(self, prompt_len: int, params: SamplingParams, names: Mapping[str, str]) -> int:
         """The completion budget of one prompt, or CONTEXT_LENGTH_EXCEEDED."""

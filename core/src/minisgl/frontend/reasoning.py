@@ -3,7 +3,7 @@ while it streams, so `reasoning_content` and `content` come apart in stream and 
 alike (a non-stream answer is the concatenation of the stream's pieces).
 
 `--reasoning-parser` names one (qwen3, deepseek-r1, or a plugin's ReasoningParserSpec); its
-factory returns a fresh splitter per sequence: `push(text) -> (reasoning, content)` and,
+factory returns a fresh splitter per sample: `push(text) -> (reasoning, content)` and,
 at the end, `finish() -> (reasoning, content)` for whatever was held back.
 """
 

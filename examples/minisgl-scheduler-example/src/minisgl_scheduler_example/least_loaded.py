@@ -6,17 +6,21 @@ A complete minisgl dispatch policy plugin: the policy class and the hook that re
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from minisgl.dispatch import DispatchRequest, ReplicaView
+from minisgl.dispatch import ReplicaView
 from minisgl.hookspecs import hookimpl
 from minisgl.specs import DispatchPolicySpec
+
+if TYPE_CHECKING:  # the request's type, for annotations only: importing it loads torch
+    from minisgl.engine.messages import EngineRequest
 
 
 class LeastLoaded:
     """Fewest requests inflight wins; then the lowest share of KV cache used; then the
     lowest replica index, so the choice is deterministic."""
 
-    def choose(self, request: DispatchRequest, replicas: Sequence[ReplicaView]) -> int:
+    def choose(self, request: EngineRequest, replicas: Sequence[ReplicaView]) -> int:
         def load(replica: ReplicaView) -> tuple[int, float, int]:
             total = replica.kv_total_tokens
             kv_share = replica.kv_used_tokens / total if total > 0 else 0.0

@@ -11,8 +11,12 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from minisgl.dispatch import DispatchRequest, ReplicaView
+from minisgl.dispatch import ReplicaView
+
+if TYPE_CHECKING:  # the request's type, for annotations only: importing it loads torch
+    from minisgl.engine.messages import EngineRequest
 
 
 def _load_key(replica: ReplicaView) -> tuple[int, float]:
@@ -27,7 +31,7 @@ class FirstFree:
     always do). Keeps low-index replicas busy and leaves the others cold, which suits
     pools where replicas are not equal (the first ones on the fastest devices)."""
 
-    def choose(self, request: DispatchRequest, replicas: Sequence[ReplicaView]) -> int:
+    def choose(self, request: EngineRequest, replicas: Sequence[ReplicaView]) -> int:
         ordered = sorted(replicas, key=lambda r: r.index)
         for replica in ordered:
             if replica.inflight == 0:
@@ -45,7 +49,7 @@ class Random:
     def __init__(self, seed: int | None = None) -> None:
         self._rng = random.Random(seed)
 
-    def choose(self, request: DispatchRequest, replicas: Sequence[ReplicaView]) -> int:
+    def choose(self, request: EngineRequest, replicas: Sequence[ReplicaView]) -> int:
         return self._rng.choice(list(replicas)).index
 
 
@@ -85,13 +89,13 @@ class CacheAware:
         self.balance_rel_threshold = balance_rel_threshold
         self._turn = itertools.count()
 
-    def choose(self, request: DispatchRequest, replicas: Sequence[ReplicaView]) -> int:
+    def choose(self, request: EngineRequest, replicas: Sequence[ReplicaView]) -> int:
         lo = min(r.inflight for r in replicas)
         hi = max(r.inflight for r in replicas)
         if hi - lo > self.balance_abs_threshold and hi > self.balance_rel_threshold * lo:
             return self._least_loaded(replicas)
-        prompt_len = len(request.token_ids)
-        matches = [(r.prefix_match_len(request.token_ids), r) for r in replicas]
+        prompt_len = len(request.input_ids)
+        matches = [(r.prefix_match_len(request.input_ids), r) for r in replicas]
         best = max(m for m, _ in matches)
         if best > 0 and best >= self.cache_threshold * prompt_len:
             return self._least_loaded([r for m, r in matches if m == best])
