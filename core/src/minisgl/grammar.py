@@ -22,7 +22,7 @@ answers can fail to parse (a random model wrote "\x14\x1c" into one within three
 
 from __future__ import annotations
 
-import functools
+import collections
 import threading
 from typing import Any, Protocol
 
@@ -112,6 +112,34 @@ def tokenizer_view(hf_tokenizer: Any, vocab_size: int | None = None) -> Any:
         return _views[key]
 
 
+_grammars: collections.OrderedDict[tuple[int, str, str], tuple[Any, str]] = collections.OrderedDict()
+_grammars_lock = threading.Lock()
+GRAMMARS_KEPT = 256
+
+
+def compiled_grammar(view: Any, field: str, source: str) -> str:
+    """`source` compiled and validated against a tokenizer view, once per process: the
+    request layer's check and the engine's matcher of one request (LLM) share it."""
+    key = (id(view), field, source)
+    with _grammars_lock:
+        if key in _grammars:
+            _grammars.move_to_end(key)
+            return _grammars[key][1]
+    llg = _llguidance()
+    try:
+        grammar = llg.grammar_from(_FORMATS[field], source)
+    except ValueError as exc:
+        raise GrammarError(str(exc)) from None
+    error = llg.LLMatcher.validate_grammar(grammar, view)
+    if error:
+        raise GrammarError(error.strip())
+    with _grammars_lock:
+        _grammars[key] = (view, grammar)  # the view stays alive while its id is a key
+        if len(_grammars) > GRAMMARS_KEPT:
+            _grammars.popitem(last=False)
+    return grammar
+
+
 class LLGuidance:
     """The built-in backend: llguidance's view of one tokenizer (`tokenizer_view`, on first
     use), the grammars compiled so far, and masks filled in parallel."""
@@ -130,17 +158,8 @@ class LLGuidance:
                 self._tok = tokenizer_view(self._hf, self._vocab_size)
             return self._tok
 
-    @functools.lru_cache(maxsize=256)  # noqa: B019 - one backend per model, kept for its life
     def _grammar(self, field: str, source: str) -> str:
-        llg = _llguidance()
-        try:
-            grammar = llg.grammar_from(_FORMATS[field], source)
-        except ValueError as exc:
-            raise GrammarError(str(exc)) from None
-        error = llg.LLMatcher.validate_grammar(grammar, self.tokenizer)
-        if error:
-            raise GrammarError(error.strip())
-        return grammar
+        return compiled_grammar(self.tokenizer, field, source)
 
     def check(self, field: str, source: str) -> None:
         self._grammar(field, source)
