@@ -29,7 +29,6 @@ from ..grammar import GrammarBackend, GrammarError, LLGuidance, constraint_of
 from ..plugins import load_selected
 from ..sampling_params import SamplingParams
 from .errors import ErrorKind, RequestError, invalid
-from .tokenizer import check_token_ids
 from .tool_calls import ToolCall, ToolCallDelta, ToolUse, tool_use
 
 
@@ -262,7 +261,7 @@ class Frontend:
         (chat answers) the thinking is split off when the model has a reasoning parser;
         with `tools` (Frontend.tool_use) calls are forced and parsed as they ask."""
         names = dict(names or {})
-        params.validate(names)
+        params.validate(names, self.tokenizer.vocab_size)
         if tools is not None and tools.grammar is not None:
             given = constraint_of(params)
             if given is not None:
@@ -278,7 +277,6 @@ class Frontend:
                 self.grammars.check(*constraint)
             except GrammarError as exc:
                 raise invalid(f"'{name}' cannot be compiled: {exc}", name) from None
-        check_token_ids(self.tokenizer, params.stop_token_ids, names.get("stop_token_ids", "stop_token_ids"))
         stop_ids = params.stop_ids(self.eos_token_ids)
         sequences = []
         for p, ids in enumerate(prompts):
