@@ -79,6 +79,7 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     logprobs: Annotated[bool, Rule(doors=("chat",))] = False
     top_logprobs: Annotated[int, Rule(ge=0, le=20, doors=OPENAI, names={"completions": ("logprobs",)})] = 0
     skip_special_tokens: bool = True
+    logit_bias: Annotated[dict[int, float], Rule(doc="token id -> a bias in [-100, 100] added to its logit")] = {}
     # structured outputs (sglang's names): at most one; see minisgl.grammar
     json_schema: str | None = None
     regex: str | None = None
@@ -120,6 +121,9 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
         if len(self.stop) > 16:
             bad("stop", "at most 16 stop strings")
         in_vocabulary("stop_token_ids", self.stop_token_ids)
+        in_vocabulary("logit_bias", self.logit_bias)
+        if any(not -100.0 <= b <= 100.0 for b in self.logit_bias.values()):
+            bad("logit_bias", "biases must be in [-100, 100]")
         constraints = [f for f in GRAMMAR_FIELDS if getattr(self, f) is not None]
         if len(constraints) > 1:
             bad(constraints[1], f"give at most one of {', '.join(GRAMMAR_FIELDS[:-1])} and {GRAMMAR_FIELDS[-1]} "

@@ -431,10 +431,17 @@ class Scheduler:
             min_mask = t(under_min, dtype=torch.bool)
         top_logprobs = max(r.params.top_logprobs for r in reqs)
         grammar_rows = [(r, row) for row, r in enumerate(reqs) if r.grammar is not None]
+        bias_ids = bias = None
+        if any(r.params.logit_bias for r in reqs):  # rare, like stop ids: padded [S, K] from the host
+            k = max(len(r.params.logit_bias) for r in reqs)
+            bias_ids = t([[*r.params.logit_bias] + [-1] * (k - len(r.params.logit_bias)) for r in reqs])
+            bias = t([[*r.params.logit_bias.values()] + [0.0] * (k - len(r.params.logit_bias)) for r in reqs],
+                     dtype=torch.float32)
         return SamplingBatch(
             temperature=floats[0], top_p=floats[1], min_p=floats[2], repetition_penalty=floats[3],
             frequency_penalty=floats[4], presence_penalty=floats[5], top_k=ints[0], seeds=ints[1],
             steps=t(produced),
+            logit_bias_ids=bias_ids, logit_bias=bias,
             history=history,
             min_new_tokens_mask=min_mask,
             stop_token_ids=stop_ids,
