@@ -41,20 +41,15 @@ class Rule:
 
     def fault(self, value: Any) -> str | None:
         """Why `value` is out of bounds, or None (an unset value is never out)."""
-        if value is None:
+        if value is None or ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                             and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt)):
             return None
-        ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-              and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
-        if ok:
-            return None
-        if self.why:
-            return self.why
         low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else ""
         high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else ""
-        if low and high:
-            return f"must be in {low}, {high}"
-        return f"must be {'>=' if self.ge is not None else '>'} {low[1:]}" if low else \
-            f"must be {'<=' if self.le is not None else '<'} {high[:-1]}"
+        if self.why or (low and high):
+            return self.why or f"must be in {low}, {high}"
+        return f"must be {'>=' if low[0] == '[' else '>'} {low[1:]}" if low else \
+            f"must be {'<=' if high[-1] == ']' else '<'} {high[:-1]}"
 
 
 class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -173,8 +168,7 @@ def _optional(tp: Any, rule: Rule, default: Any) -> Any:
     return Annotated[base, msgspec.Meta(extra_json_schema=schema)] | None
 
 
-def door_struct(name: str, door: str, *, only: Iterable[str] | None = None,
-                base: type[msgspec.Struct] | None = None) -> type[msgspec.Struct]:
+def door_struct(name: str, door: str, *, only: Iterable[str] | None = None) -> type[msgspec.Struct]:
     """The msgspec body type of `door`'s sampling fields (those in `only`, if given), by the
     door's names, each optional: unset means the door's default, else SamplingParams'."""
     keep = set(FIELDS if only is None else only)
@@ -183,7 +177,7 @@ def door_struct(name: str, door: str, *, only: Iterable[str] | None = None,
     fields = [(alias, _optional(tp, rule, defaults[field_name]), rule.defaults.get(door))
               for field_name, (tp, rule) in FIELDS.items() if field_name in keep and door in rule.doors
               for alias in rule.names.get(door, (field_name,))]
-    return msgspec.defstruct(name, fields, kw_only=True, bases=(base or msgspec.Struct,))
+    return msgspec.defstruct(name, fields, kw_only=True, bases=(msgspec.Struct,))
 
 
 def door_params(door: str, *bodies: Any, **given: Any) -> tuple[SamplingParams, dict[str, str]]:

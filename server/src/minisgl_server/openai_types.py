@@ -32,15 +32,9 @@ class ResponseFormat(msgspec.Struct, kw_only=True):
     json_schema: JSONSchemaFormat | None = None
 
 
-class StructuredOutput(msgspec.Struct, kw_only=True):
-    """OpenAI's response_format, beside sglang's constraints (json_schema, regex, ebnf)."""
-
-    response_format: ResponseFormat | None = None
-
-
 # The sampling fields (OpenAI's, and the sglang / vLLM extensions) come from their one
 # declaration, minisgl.sampling_params, by each route's names.
-class CompletionRequest(door_struct("CompletionSampling", "completions", base=StructuredOutput), kw_only=True):
+class CompletionRequest(door_struct("CompletionSampling", "completions"), kw_only=True):
     # a string, a list of strings, a list of token ids, or a list of token-id lists
     # (msgspec takes one array type in a union; prompts.py checks the items)
     prompt: str | list[Any]
@@ -49,6 +43,7 @@ class CompletionRequest(door_struct("CompletionSampling", "completions", base=St
     stream_options: StreamOptions | None = None
     echo: bool = False
     user: str | None = None
+    response_format: ResponseFormat | None = None  # beside sglang's json_schema, regex and ebnf
 
 
 class TextPart(msgspec.Struct, kw_only=True, tag_field="type", tag="text"):
@@ -105,12 +100,13 @@ class NamedToolChoice(msgspec.Struct, kw_only=True):
     type: Literal["function"] = "function"
 
 
-class ChatCompletionRequest(door_struct("ChatSampling", "chat", base=StructuredOutput), kw_only=True):
+class ChatCompletionRequest(door_struct("ChatSampling", "chat"), kw_only=True):
     messages: list[ChatMessage]
     model: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
