@@ -47,3 +47,20 @@ def test_the_fused_moe_backend_needs_cuda(tmp_path):
     path = make_tiny_model(tmp_path, arch="qwen3_moe", num_layers=2)
     with pytest.raises(ValueError, match="--moe-backend fused runs the Triton MoE kernel on CUDA"):
         LLM(path, backend="sgl", device="cpu", moe_backend="fused", num_pages=64)
+
+
+@pytest.mark.parametrize("backend", ["hf", "sgl"])
+def test_logit_bias_forces_and_bans_tokens_on_each_backend(tiny_qwen3_path, backend):
+    prompt = [11, 12, 13, 14, 15]
+    greedy = SamplingParams(max_new_tokens=4, temperature=0.0, ignore_eos=True)
+    with LLM(tiny_qwen3_path, backend=backend, device="cpu", dtype="float32", num_pages=256) as llm:
+        (plain,) = llm.generate(prompt, greedy)
+        first = plain.token_ids[0]
+        forced, banned, same = llm.generate([prompt] * 3, [
+            SamplingParams(max_new_tokens=4, temperature=1.0, seed=3, ignore_eos=True, logit_bias={7: 100.0}),
+            SamplingParams(max_new_tokens=1, temperature=0.0, logit_bias={first: -100.0}),
+            greedy,  # in the same batch: the other rows' biases leave it alone
+        ])
+    assert forced.token_ids == [7] * 4
+    assert banned.token_ids[0] != first
+    assert same.token_ids == plain.token_ids

@@ -136,3 +136,20 @@ def test_a_grammar_mask_holds_in_the_one_pass_draw_and_under_filters():
             if not filters:  # the same noise: an allowed unconstrained draw stays the draw
                 keep = allowed.gather(1, free[:, None]).squeeze(1)
                 assert got[keep].tolist() == free[keep].tolist()
+
+
+def test_logit_bias_forces_or_bans_a_token_per_row():
+    logits = torch.randn(3, 50)
+    top = logits.argmax(1)
+    # row 0: +100 on token 7; row 1: -100 on its argmax; row 2: no bias (padding only)
+    ids = torch.tensor([[7, -1], [int(top[1]), -1], [-1, -1]])
+    bias = torch.tensor([[100.0, 0.0], [-100.0, 0.0], [0.0, 0.0]])
+    greedy = sample(logits, batch(3, all_greedy=True, temperature=torch.zeros(3), want_logprobs=True,
+                                  logit_bias_ids=ids, logit_bias=bias))
+    assert greedy.next_tokens[0] == 7 and greedy.next_tokens[1] != top[1] and greedy.next_tokens[2] == top[2]
+    # logprobs stay the model's own, before the bias
+    assert torch.allclose(greedy.logprobs[0], logits.log_softmax(1)[0, 7])
+    for top_k in (0, 5):  # sampled rows, in the one-pass draw and under the filters
+        drawn = sample(logits, batch(3, seeds=torch.tensor([1, 2, 3]), top_k=torch.full((3,), top_k),
+                                     logit_bias_ids=ids, logit_bias=bias)).next_tokens
+        assert drawn[0] == 7 and drawn[1] != top[1]

@@ -83,6 +83,20 @@ def test_a_stop_tokens_text_is_not_part_of_the_output(llm, server, client, model
     assert completion.usage.prompt_tokens == out.prompt_tokens
 
 
+def test_logit_bias_forces_or_bans_a_token(llm, server, client, model):
+    out, _ = both(llm, server, "Once upon a time", max_new_tokens=3, temperature=0.8, seed=1,
+                  logit_bias={NOVA: 100.0})
+    assert out.token_ids == [NOVA] * 3 and out.text == " Nova Nova Nova"
+    completion = client.completions.create(model=model, prompt="Once upon a time", max_tokens=3,
+                                           logit_bias={str(NOVA): 100})
+    assert completion.choices[0].text == " Nova Nova Nova"
+    chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
+                                          logit_bias={str(NOVA): 100})
+    assert chat.choices[0].message.content == " Nova Nova"
+    banned, _ = both(llm, server, "Once upon a time", max_new_tokens=12, logit_bias={NOVA: -100.0}, **GREEDY)
+    assert NOVA not in banned.token_ids and banned.text.startswith(", the city of")
+
+
 def test_stop_strings_across_token_boundaries(llm, server):
     plain, _ = both(llm, server, "Once upon a time", max_new_tokens=12, **GREEDY)
     assert plain.text.startswith(", the city of Nova")
@@ -133,7 +147,7 @@ def test_a_prompt_over_the_context(llm, client, model):
 
 @pytest.mark.parametrize(("field", "value", "openai_name"), [
     ("top_p", 0.0, "top_p"), ("temperature", -1.0, "temperature"), ("min_new_tokens", 9, "min_tokens"),
-    ("seed", 2**64, "seed"),
+    ("seed", 2**64, "seed"), ("logit_bias", {NOVA: 101.0}, "logit_bias"), ("logit_bias", {10**7: 1.0}, "logit_bias"),
 ])
 def test_bad_sampling_values(llm, server, field, value, openai_name):
     sampling = {"max_new_tokens": 4, field: value}

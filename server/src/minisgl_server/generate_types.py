@@ -7,42 +7,20 @@ from typing import Any
 
 import msgspec
 
+from minisgl.sampling_params import door_struct
 
-class GenerateSamplingParams(msgspec.Struct, kw_only=True):
-    """sglang's sampling_params object (its names)."""
-
-    max_new_tokens: int | None = None
-    min_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    ignore_eos: bool | None = None
-    skip_special_tokens: bool | None = None
-    seed: int | None = None
-    n: int | None = None
-    json_schema: str | None = None
-    regex: str | None = None
-    ebnf: str | None = None
+# sglang's sampling_params object, by its names, from the fields' one declaration
+GenerateSamplingParams = door_struct("GenerateSamplingParams", "generate")
+# the seed's flat fields, also accepted beside `sampling_params` (which wins)
+SeedSampling = door_struct("SeedSampling", "generate",
+                           only=("max_new_tokens", "temperature", "top_p", "top_k", "stop", "seed"))
 
 
-class GenerateRequest(msgspec.Struct, kw_only=True):
+class GenerateRequest(SeedSampling, kw_only=True):
     prompt: str | None = None
     text: str | None = None
     input_ids: list[int] | None = None
     stream: bool = False
-    # the seed's flat fields, also accepted
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
     sampling_params: GenerateSamplingParams | None = None
     rid: str | None = None
 

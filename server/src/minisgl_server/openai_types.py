@@ -2,7 +2,7 @@
 Litestar validates them and publishes them in the OpenAPI schema at /schema).
 
 Unknown fields are accepted and ignored, as OpenAI clients send fields we do not use.
-Range checks that need no context live here (msgspec Meta); the rest in sampling.py."""
+The sampling fields' ranges are checked by the request layer, which names the field."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-PositiveInt = Annotated[int, Meta(ge=1)]
-NonNegativeInt = Annotated[int, Meta(ge=0)]
+from minisgl.sampling_params import door_struct
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
@@ -37,41 +36,18 @@ class ResponseFormat(msgspec.Struct, kw_only=True):
     json_schema: JSONSchemaFormat | None = None
 
 
-class SamplingExtensions(msgspec.Struct, kw_only=True):
-    """sglang / vLLM extensions shared by both endpoints."""
-
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    ignore_eos: bool = False
-    min_tokens: NonNegativeInt = 0
-    stop_token_ids: list[NonNegativeInt] | None = None
-    skip_special_tokens: bool = True
-    # structured outputs: sglang's constraints, beside OpenAI's response_format
-    response_format: ResponseFormat | None = None
-    json_schema: str | None = None
-    regex: str | None = None
-    ebnf: str | None = None
-
-
-class CompletionRequest(SamplingExtensions, kw_only=True):
+# The sampling fields (OpenAI's, and the sglang / vLLM extensions) come from their one
+# declaration, minisgl.sampling_params, by each route's names.
+class CompletionRequest(door_struct("CompletionSampling", "completions"), kw_only=True):
     # a string, a list of strings, a list of token ids, or a list of token-id lists
     # (msgspec takes one array type in a union; prompts.py checks the items)
     prompt: str | list[Any]
     model: str | None = None
-    max_tokens: PositiveInt | None = 16
-    temperature: float | None = None
-    top_p: float | None = None
-    n: PositiveInt = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     echo: bool = False
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None  # beside sglang's json_schema, regex and ebnf
 
 
 class TextPart(msgspec.Struct, kw_only=True, tag_field="type", tag="text"):
@@ -128,23 +104,13 @@ class NamedToolChoice(msgspec.Struct, kw_only=True):
     type: Literal["function"] = "function"
 
 
-class ChatCompletionRequest(SamplingExtensions, kw_only=True):
+class ChatCompletionRequest(door_struct("ChatSampling", "chat"), kw_only=True):
     messages: list[ChatMessage]
     model: str | None = None
-    max_tokens: PositiveInt | None = None
-    max_completion_tokens: PositiveInt | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    n: PositiveInt = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    logprobs: bool = False
-    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False

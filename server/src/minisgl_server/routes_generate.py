@@ -18,7 +18,7 @@ from litestar.response import Stream
 from minisgl.frontend.errors import invalid
 from minisgl.frontend.generation import Generation, Sample
 from minisgl.frontend.tokenizer import encode_prompts
-from minisgl.sampling_params import SamplingParams
+from minisgl.sampling_params import door_params
 
 from . import inflight
 from .generate_types import GenerateMetaInfo, GenerateRequest, GenerateResponse
@@ -37,20 +37,6 @@ def _prompt(data: GenerateRequest) -> tuple[str, Any]:
         raise invalid("'input_ids' is empty", name)
     # one prompt: token ids stay one prompt, whatever they look like
     return name, [value] if name == "input_ids" else value
-
-
-def _sampling(data: GenerateRequest) -> SamplingParams:
-    """sglang's sampling_params win over the seed's flat fields."""
-    sp = data.sampling_params
-    flat = {"max_new_tokens": data.max_new_tokens, "temperature": data.temperature, "top_p": data.top_p,
-            "top_k": data.top_k, "stop": data.stop, "seed": data.seed}
-    values = {name: getattr(sp, name, None) if sp is not None else None for name in SamplingParams.__struct_fields__}
-    values = {k: v if v is not None else flat.get(k) for k, v in values.items()}
-    if isinstance(values["stop"], str):
-        values["stop"] = [values["stop"]]
-    if values["top_k"] == -1:
-        values["top_k"] = 0
-    return SamplingParams(**{k: v for k, v in values.items() if v is not None})
 
 
 def _meta(gen: Generation, s: Sample) -> GenerateMetaInfo:
@@ -73,8 +59,10 @@ async def generate(request: Request[Any, Any, Any], data: GenerateRequest) -> Re
         raise invalid("'rid' must be 1-128 characters of letters, digits and _ . : -", "rid")
     param, prompt = _prompt(data)
     prompts = await served.tokenizers.run(encode_prompts, prompt, param, frontend.max_context_len)
-    gen = await frontend.generation_off_loop(data.rid or new_request_id("gen"), prompts, _sampling(data),
-                                             names={"prompt": param})
+    # sglang's sampling_params win over the seed's flat fields
+    params, names = door_params("generate", data.sampling_params, data)
+    gen = await frontend.generation_off_loop(data.rid or new_request_id("gen"), prompts, params,
+                                             names=names | {"prompt": param})
     inflight.send(state, served.pool, gen)
     if data.stream:
         return Stream(_lines(state, gen), media_type="application/x-ndjson",

@@ -16,7 +16,7 @@ from minisgl.frontend.errors import invalid
 from minisgl.frontend.generation import Generation, TokenLogprob
 from minisgl.frontend.tokenizer import encode_chat, encode_prompts, has_image_parts
 from minisgl.grammar import GrammarError, response_format_schema
-from minisgl.sampling_params import SamplingParams
+from minisgl.sampling_params import SamplingParams, door_params
 
 from . import inflight
 from .openai_types import (
@@ -53,35 +53,21 @@ from .streaming import (
 )
 
 
-def _sampling(data: CompletionRequest | ChatCompletionRequest, max_tokens: int | None, logprobs: bool,
-              top_logprobs: int) -> SamplingParams:
-    """OpenAI's fields (and the sglang/vLLM extensions) as SamplingParams; unset fields keep
-    SamplingParams' defaults. The request layer validates them."""
+def _sampling(door: str, data: CompletionRequest | ChatCompletionRequest, prompt_param: str,
+              **given: Any) -> tuple[SamplingParams, dict[str, str]]:
+    """The request's SamplingParams (response_format as its json_schema), and the names the
+    client gave the fields and the prompt; the request layer validates them."""
     try:
         schema = response_format_schema(data.response_format)
     except GrammarError as exc:
         raise invalid(f"'response_format': {exc}", "response_format") from None
     if schema is not None and data.json_schema is not None:
         raise invalid("give 'response_format' or 'json_schema', not both", "json_schema")
-    values = dict(
-        max_new_tokens=max_tokens, min_new_tokens=data.min_tokens, temperature=data.temperature, top_p=data.top_p,
-        top_k=0 if data.top_k == -1 else data.top_k, min_p=data.min_p, repetition_penalty=data.repetition_penalty,
-        frequency_penalty=data.frequency_penalty, presence_penalty=data.presence_penalty,
-        stop=[data.stop] if isinstance(data.stop, str) else data.stop, stop_token_ids=data.stop_token_ids,
-        ignore_eos=data.ignore_eos, seed=data.seed, n=data.n, logprobs=logprobs, top_logprobs=top_logprobs,
-        skip_special_tokens=data.skip_special_tokens, json_schema=schema or data.json_schema, regex=data.regex,
-        ebnf=data.ebnf,
-    )
-    return SamplingParams(**{k: v for k, v in values.items() if v is not None})
-
-
-def _names(data: CompletionRequest | ChatCompletionRequest, max_tokens_param: str,
-           prompt_param: str = "prompt") -> dict[str, str]:
-    """SamplingParams fields (and the prompt) by the names OpenAI clients send."""
-    names = {"max_new_tokens": max_tokens_param, "min_new_tokens": "min_tokens", "prompt": prompt_param}
+    params, names = door_params(door, data, json_schema=schema, **given)
+    names["prompt"] = prompt_param
     if data.response_format is not None:
         names["json_schema"] = "response_format"
-    return names
+    return params, names
 
 
 def _usage(gen: Generation) -> Usage:
@@ -131,8 +117,8 @@ async def completions(request: Request[Any, Any, Any], data: CompletionRequest) 
     served = state.route(data.model)
     frontend = served.frontend
     prompts = await served.tokenizers.run(encode_prompts, data.prompt, max_context_len=frontend.max_context_len)
-    params = _sampling(data, data.max_tokens, data.logprobs is not None, data.logprobs or 0)
-    gen = await frontend.generation_off_loop(new_request_id("cmpl"), prompts, params, names=_names(data, "max_tokens"))
+    params, names = _sampling("completions", data, "prompt", logprobs=data.logprobs is not None)
+    gen = await frontend.generation_off_loop(new_request_id("cmpl"), prompts, params, names=names)
     tok = frontend.tokenizer
     echo = [tok.decode(p) for p in prompts] if data.echo else None
     inflight.send(state, served.pool, gen)
@@ -204,11 +190,9 @@ async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletion
         continue_final_message=data.continue_final_message, template_kwargs=data.chat_template_kwargs,
         max_context_len=frontend.max_context_len, image_rules=state.image_rules, tools=tools and tools.tools,
     )
-    max_tokens = data.max_completion_tokens if data.max_completion_tokens is not None else data.max_tokens
-    param = "max_completion_tokens" if data.max_completion_tokens is not None else "max_tokens"
-    params = _sampling(data, max_tokens, data.logprobs, data.top_logprobs or 0)
+    params, names = _sampling("chat", data, "messages")
     gen = await frontend.generation_off_loop(new_request_id("chatcmpl"), [prompt.ids], params,
-                                             names=_names(data, param, "messages"), images=[prompt.images],
+                                             names=names, images=[prompt.images],
                                              separate_reasoning=data.separate_reasoning, tools=tools)
     inflight.send(state, served.pool, gen)
     tok = frontend.tokenizer

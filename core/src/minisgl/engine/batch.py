@@ -48,6 +48,9 @@ class SamplingBatch:
     history: torch.Tensor | None = None
     min_new_tokens_mask: torch.Tensor | None = None  # bool [S]: rows that must not stop yet
     stop_token_ids: torch.Tensor | None = None  # int64 [S, K] padded with -1, masked while min_new_tokens
+    # logit_bias: token ids int64 [S, K] padded with -1, and their biases float32 [S, K]
+    logit_bias_ids: torch.Tensor | None = None
+    logit_bias: torch.Tensor | None = None
     top_logprobs: int = 0  # max top-k logprobs requested by any row (0 = none)
     want_logprobs: bool = False
     all_greedy: bool = True  # fast path: plain argmax

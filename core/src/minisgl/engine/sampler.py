@@ -7,15 +7,16 @@ Order of processing, the same as transformers' and vLLM's:
 1. penalties from `history` (the engine passes prompt + generated ids): repetition
    (HF style: divide positive logits, multiply negative ones), then frequency (minus
    penalty x count) and presence (minus penalty if seen);
-2. min_new_tokens: rows still under their minimum get -inf on `stop_token_ids` (the engine
+2. logit_bias (OpenAI's): each row's biases added to their tokens' logits;
+3. min_new_tokens: rows still under their minimum get -inf on `stop_token_ids` (the engine
    puts the EOS ids there unless the request ignores EOS); structured outputs: tokens their
    grammar does not allow get -inf (the engine's bitmask, filled on the host);
-3. temperature-0 rows (the engine gives top_k == 1 rows temperature 0 too) take the argmax
+4. temperature-0 rows (the engine gives top_k == 1 rows temperature 0 too) take the argmax
    of the processed logits;
-4. the other rows: divide by temperature, keep top-k, top-p (nucleus, at least one token)
+5. the other rows: divide by temperature, keep top-k, top-p (nucleus, at least one token)
    and min-p (prob >= min_p x max prob), then draw with the Gumbel-max trick.
 
-Without top-k, top-p or min-p in the batch, steps 2 (the bitmask) to 4 are one pass over the
+Without top-k, top-p or min-p in the batch, steps 3 (the bitmask) to 5 are one pass over the
 vocabulary, `draw`, which a backend may replace with a fused kernel: its host launches are
 what a small model's decode step waits on.
 
@@ -25,7 +26,7 @@ batch around it, on any device, with no per-row generator state. Unseeded rows u
 global generator.
 
 Logprobs are those of the raw model distribution (log_softmax of the logits as the model
-produced them, before penalties, masks and temperature), which is what OpenAI and vLLM
+produced them, before penalties, biases, masks and temperature), which is what OpenAI and vLLM
 (its default "raw_logprobs" mode) return.
 
 The all_greedy fast path, with no penalties, masks or logprobs, is a plain argmax.
@@ -102,6 +103,17 @@ def apply_penalties(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tens
     logits = torch.where(seen, penalised, logits)
     logits = logits - sampling.frequency_penalty[:, None] * counts
     return logits - sampling.presence_penalty[:, None] * seen.to(logits.dtype)
+
+
+def apply_logit_bias(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
+    if sampling.logit_bias_ids is None or sampling.logit_bias is None:
+        return logits
+    vocab = logits.shape[1]
+    ids = sampling.logit_bias_ids.to(logits.device)
+    index = torch.where((ids < 0) | (ids >= vocab), vocab, ids)  # padding lands in a column cut off below
+    bias = torch.zeros(logits.shape[0], vocab + 1, device=logits.device, dtype=torch.float32)
+    bias.scatter_(1, index, sampling.logit_bias.to(logits.device))
+    return logits.float() + bias[:, :vocab]
 
 
 def mask_stop_tokens(logits: torch.Tensor, sampling: SamplingBatch) -> torch.Tensor:
@@ -203,6 +215,7 @@ def sample(logits: torch.Tensor, sampling: SamplingBatch, *, bitmask: BitmaskKer
     processed = logits
     if sampling.needs_penalties:
         processed = apply_penalties(logits.float(), sampling)
+    processed = apply_logit_bias(processed, sampling)
     processed = mask_stop_tokens(processed, sampling)
     words = vocab_mask_words(sampling, logits.device)
     temperature = sampling.temperature.to(logits.device)

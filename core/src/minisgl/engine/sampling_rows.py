@@ -71,6 +71,12 @@ class SamplingRows:
             k = max(1, max(len(r.stop_ids) for r in reqs))
             stop_ids = t([sorted(r.stop_ids) + [-1] * (k - len(r.stop_ids)) for r in reqs])
             min_mask = t(under_min, dtype=torch.bool)
+        bias_ids = bias = None
+        if any(r.params.logit_bias for r in reqs):  # rare, like stop ids: padded [S, K] from the host
+            k = max(len(r.params.logit_bias) for r in reqs)
+            bias_ids = t([[*r.params.logit_bias] + [-1] * (k - len(r.params.logit_bias)) for r in reqs])
+            bias = t([[*r.params.logit_bias.values()] + [0.0] * (k - len(r.params.logit_bias)) for r in reqs],
+                     dtype=torch.float32)
         top_logprobs = max(r.params.top_logprobs for r in reqs)
         sampling = [r for r in reqs if r.temperature > 0]
         return SamplingBatch(
@@ -80,6 +86,8 @@ class SamplingRows:
             history=history,
             min_new_tokens_mask=min_mask,
             stop_token_ids=stop_ids,
+            logit_bias_ids=bias_ids,
+            logit_bias=bias,
             top_logprobs=top_logprobs,
             want_logprobs=top_logprobs > 0 or any(r.params.logprobs for r in reqs),
             all_greedy=not sampling,

@@ -30,7 +30,6 @@ from ..grammar import GrammarBackend, GrammarError, LLGuidance, constraint_of
 from ..plugins import load_selected
 from ..sampling_params import SamplingParams
 from .errors import ErrorKind, RequestError, invalid
-from .tokenizer import check_token_ids
 from .tool_calls import ToolCall, ToolCallDelta, ToolUse, tool_use
 
 
@@ -292,7 +291,7 @@ class Frontend:
                    tools: ToolUse | None) -> tuple[SamplingParams, tuple[str, str] | None]:
         """The checked parameters (with the grammar that forced tool calls need) and the
         request's one constraint, (field, source) or None."""
-        params.validate(names)
+        params.validate(names, self.tokenizer.vocab_size)
         constraint = constraint_of(params)
         if tools is None or tools.grammar is None:
             return params, constraint
@@ -313,7 +312,6 @@ class Frontend:
     def _fan_out(self, rid: str, prompts: list[list[int]], params: SamplingParams, names: Mapping[str, str],
                  tools: ToolUse | None, priority: int = 0, images: Sequence[list[ImageInput]] | None = None,
                  separate_reasoning: bool = False) -> Generation:
-        check_token_ids(self.tokenizer, params.stop_token_ids, names.get("stop_token_ids", "stop_token_ids"))
         stop_ids = params.stop_ids(self.eos_token_ids)
         samples = []
         for p, ids in enumerate(prompts):
