@@ -83,7 +83,7 @@ def demo(session: nox.Session) -> None:
         "minisgl", "generate", "--chat", "--model-path", "smollm2-135m", "--max-new-tokens", "48",
         *(session.posargs or ["What is the capital of France?"]), env=env,
     )
-    # the seed's bench suite, short: minisgl streaming against the Hugging Face baseline
+    # the original mini-sglang's bench suite, short: minisgl streaming against the Hugging Face baseline
     session.run(
         "minisgl", "bench", "suite", "--model", "smollm2-135m", "--cases", "short,medium", "--repeat", "1",
         "--max-new-tokens", "64", env={**env, "BENCH_LOG_LEVEL": "WARNING"},

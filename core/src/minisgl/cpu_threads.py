@@ -217,7 +217,7 @@ class EngineThreads:
     def host_only(self, device: str) -> None:
         """The model runs on an accelerator: torch's host work is a few small tensors a step,
         and idle OpenMP threads spin for milliseconds after each, on the cores the grammar
-        backend fills masks on (64 rows: 5.7 ms, 0.7 ms with one thread, H200 host). So one
+        backend fills masks on, making its fill several times slower (BENCHMARKS.md). So one
         thread, as vLLM does, unless --cpu-threads or OMP_NUM_THREADS says otherwise."""
         self.adapt = False
         if self.plan.fixed or "OMP_NUM_THREADS" in os.environ or self.threads == 1:

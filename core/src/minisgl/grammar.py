@@ -9,15 +9,11 @@ sampled token (a step's rows at once). Once the grammar is complete, only EOS is
 the request stops.
 
 The library is a plugin (--grammar-backend, GrammarBackendSpec); the built-in one is
-llguidance. Why llguidance (1.9.1) and not xgrammar (0.2.8), measured by server/bench/grammar_backends.py
-on smollm2-135m's tokenizer: both masks were exact on the test schema; xgrammar filled the
-masks of a 64-row decode step in 0.22 ms against llguidance's 2.4 ms (its parallel fill on 2
-cores), a few % of a CPU decode step either way; llguidance compiles lazily (0.3 ms against
-13.6 ms) and installs as one 3 MB wheel, while xgrammar pulls Triton (1 GB installed) on Linux.
-On a GPU a small model's constrained step waits on the feed and the fill (qwen3-0.6b, 64
-rows, H200: 0.3 + 0.5 ms a step, BENCHMARKS.md), yet xgrammar stays out: 0.2.8 compiles a
-string with maxLength to `[^"\\\r\n]{0,n}`, which admits control characters, so its JSON
-answers can fail to parse (a random model wrote "\x14\x1c" into one within three seeds).
+llguidance, not xgrammar (server/bench/grammar_backends.py compares them; figures in
+BENCHMARKS.md): both masks are exact; xgrammar fills them faster, but the fill is a small
+share of a decode step either way, llguidance compiles lazily and installs as one small
+wheel where xgrammar pulls Triton on Linux, and xgrammar compiles a string with maxLength
+to a pattern that admits control characters, so its JSON answers can fail to parse.
 """
 
 from __future__ import annotations
@@ -98,8 +94,8 @@ _views_lock = threading.Lock()
 
 def tokenizer_view(hf_tokenizer: Any, vocab_size: int | None = None) -> Any:
     """llguidance's view of a transformers tokenizer over `vocab_size` tokens (None: the
-    tokenizer's own), built once per process for each tokenizer path and size (about 0.6 s
-    for 49k tokens): the request layer and an engine in one process (LLM) share it. A
+    tokenizer's own), built once per process for each tokenizer path and size (building one
+    is slow, BENCHMARKS.md): the request layer and an engine in one process (LLM) share it. A
     tokenizer without a path (built in memory) gets a view of its own."""
     build = _llguidance().hf.from_tokenizer
     path = hf_tokenizer.name_or_path
@@ -175,8 +171,8 @@ class LLGuidance:
         return self._executor
 
     def accept(self, tokens: list[tuple[Any, int]]) -> list[bool]:
-        # one native call for the step on llguidance's pool, not a Python call per row (on 2 cores,
-        # where the pool has one thread, both took 1.1-1.3 ms for 64 rows; many-core hosts gain)
+        # one native call for the step on llguidance's pool, not a Python call per row (as fast
+        # where the pool has one thread; many-core hosts gain)
         return self.executor.consume_token_par([(m.matcher, token) for m, token in tokens])
 
     def fill(self, rows: list[tuple[Any, int]], bitmask: Any) -> None:

@@ -1,4 +1,4 @@
-"""Launch one or more servers from a TOML file (seed 004's contract).
+"""Launch one or more servers from a TOML file (the original mini-sglang's format).
 
 ```
 [master]                 enable, project_dir, python_path, server_module

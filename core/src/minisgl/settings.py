@@ -4,8 +4,9 @@ The core declares its own settings (the fields of `Settings`, reached as `CORE_O
 says); each plugin declares its own as `SettingSpec`s through `minisgl_register_settings`,
 stored in `Settings.plugin_values` and read as attributes (`settings.mlx_prefill_step_size`).
 Both are filled the same way, later wins: defaults < TOML file (`--config`) < environment
-variables (seed 000's names) < command-line flags (seed 003's names and aliases). Every
-effective value remembers where it came from (`minisgl serve --print-config`).
+variables < command-line flags, both under the original mini-sglang's names and aliases
+(README, Settings). Every effective value remembers where it came from
+(`minisgl serve --print-config`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
     from .plugins import Registry
 
 
-MAX_NEW_TOKENS_DEFAULT = 512  # seed 000: "a code constant in config.py"
-DEFAULT_MODEL = "rd211/Qwen3-0.6B-Instruct"  # seed 000's MODEL_NAME default
+MAX_NEW_TOKENS_DEFAULT = 512  # the original mini-sglang's default (README, Settings)
+DEFAULT_MODEL = "rd211/Qwen3-0.6B-Instruct"  # the original mini-sglang's MODEL_NAME default
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -62,7 +63,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # streaming and logs
     fast_stream_decode: bool = True
     decode_log_stride: NonNegative = 256
-    # caches (seed 000's knobs, mapped onto the radix cache)
+    # caches (the original mini-sglang's knobs, mapped onto the radix cache)
     token_cache_size: NonNegative = 32
     prefill_cache_size: NonNegative = 4
     prefill_cache_token_budget: NonNegative = 32768
@@ -292,7 +293,7 @@ class SettingsLoader:
 
 
 def _finalize(s: Settings, sources: dict[str, str]) -> None:
-    """Cross-field rules (seed 003's shell mode; PREFIX_CACHE=0 means no prefix cache)."""
+    """Cross-field rules (--shell-mode; PREFIX_CACHE=0 means no prefix cache)."""
     if s.model_local_dir:
         s.model_path = s.model_local_dir
         sources["model_path"] = sources["model_local_dir"]
@@ -304,7 +305,7 @@ def _finalize(s: Settings, sources: dict[str, str]) -> None:
         s.cache_type = "naive"
         sources["cache_type"] = sources["prefix_cache"]
     if s.backend == "torch":
-        s.backend = "hf"  # seed 000: torch is the HF/torch backend
+        s.backend = "hf"  # the original name of the HF/torch backend
     if s.cpu_set is not None:  # refused at start, not when an engine plans its threads
         from .cpu_threads import plan_threads, usable_cpus
 

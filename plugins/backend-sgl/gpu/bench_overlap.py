@@ -1,5 +1,5 @@
 """Offline throughput on a GPU: minisgl (backend sgl) with overlap scheduling on and off,
-against transformers' continuous batching and the seed's streaming baseline, on one seeded
+against transformers' continuous batching and the original mini-sglang's streaming baseline, on one seeded
 workload, in one process. Uses `minisgl bench`'s own pieces (plugins/bench/src/minisgl_bench/).
 
 The model is Qwen3-0.6B-shaped with random bf16 weights written by save_pretrained (the

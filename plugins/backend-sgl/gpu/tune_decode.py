@@ -2,7 +2,7 @@
 per block, warps and pipeline stages, for the decode batches W1 runs (qwen3-0.6b: 16 query
 and 8 KV heads; llama-3.1-8b: 32 and 8; head dim 128, bf16, one slot per page, slots
 scattered over the pool). Prints, per shape, the kernel's time and its KV read rate against
-the device's copy rate for today's choice (forward_meta.decode_splits, 64 keys, 4 warps, 2
+the device's copy rate for the shipped choice (forward_meta.decode_splits, 64 keys, 4 warps, 2
 stages) and for the best configuration found.
 
     PYTHONPATH=core/src:plugins/backend-sgl/src python plugins/backend-sgl/gpu/tune_decode.py

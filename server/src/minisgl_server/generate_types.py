@@ -1,4 +1,4 @@
-"""Bodies of POST /generate: the seed's `{"prompt": ..., "stream": true}`, plus sglang's
+"""Bodies of POST /generate: the original mini-sglang's `{"prompt": ..., "stream": true}`, plus sglang's
 native fields (`text`, `input_ids`, `sampling_params`)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from minisgl.sampling_params import door_struct
 
 # sglang's sampling_params object, by its names, from the fields' one declaration
 GenerateSamplingParams = door_struct("GenerateSamplingParams", "generate")
-# the seed's flat fields, also accepted beside `sampling_params` (which wins)
+# the original mini-sglang's flat fields, also accepted beside `sampling_params` (which wins)
 SeedSampling = door_struct("SeedSampling", "generate",
                            only=("max_new_tokens", "temperature", "top_p", "top_k", "stop", "seed"))
 

@@ -1,6 +1,6 @@
 """GET /metrics: each replica's engine counters and the pool's view of it (`replicas`),
 their totals at the top level, and the server's rolling latency and throughput; as JSON
-(the seed's format) or Prometheus text with `minisgl:` names and `replica` and `node`
+(the original mini-sglang's format) or Prometheus text with `minisgl:` names and `replica` and `node`
 labels on the per-replica series (the totals have none).
 
 Totals: gauges (running, waiting, KV) sum the live replicas; counters (`*_total`) also

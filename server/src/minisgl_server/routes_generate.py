@@ -1,4 +1,4 @@
-"""POST /generate: the seed's streaming format and sglang's native request fields.
+"""POST /generate: the original mini-sglang's streaming format and sglang's native request fields.
 
 Stream: JSON lines `{"text_delta": ...}` ... `{"event": "done", ...}` (an error arrives as
 `{"event": "error", "error": {...}}` before the done line). Non-stream: sglang's
@@ -50,7 +50,7 @@ def _meta(gen: Generation, s: Sample) -> GenerateMetaInfo:
     )
 
 
-@post("/generate", status_code=200, summary="generate text (the seed's format and sglang's)")
+@post("/generate", status_code=200, summary="generate text (the original mini-sglang's format and sglang's)")
 async def generate(request: Request[Any, Any, Any], data: GenerateRequest) -> Response[Any]:
     state = request.app.state.server
     served = state.route()
@@ -59,7 +59,7 @@ async def generate(request: Request[Any, Any, Any], data: GenerateRequest) -> Re
         raise invalid("'rid' must be 1-128 characters of letters, digits and _ . : -", "rid")
     param, prompt = _prompt(data)
     prompts = await served.tokenizers.run(encode_prompts, prompt, param, frontend.max_context_len)
-    # sglang's sampling_params win over the seed's flat fields
+    # sglang's sampling_params win over the original mini-sglang's flat fields
     params, names = door_params("generate", data.sampling_params, data)
     gen = await frontend.generation_off_loop(data.rid or new_request_id("gen"), prompts, params,
                                              names=names | {"prompt": param})

@@ -9,14 +9,14 @@ Lock references: the scheduler locks the node it matched for as long as the requ
 runs; a lock holds the whole path to the root. Only unlocked leaves are evicted, least
 recently used first.
 
-Seed 000's cache knobs, all mapped onto this one tree:
+The original mini-sglang's cache knobs (README, Settings), all mapped onto this one tree:
 - PREFIX_CACHE=0: no tree at all (`--cache-type naive`, done in settings).
 - PREFIX_CACHE_MAX_TOKENS: at most this many leading tokens of a sequence are inserted
   (the prefix that other requests may share); the rest goes back to the pool.
 - PREFIX_CACHE_TOKEN_BUDGET: tokens the tree keeps once no running request needs them
   (unlocked); above it, LRU leaves go at once, before the pool is short.
 - PREFIX_CACHE_SIZE: cached leaves (distinct unlocked prefixes) kept; 0 keeps none.
-- PREFILL_CACHE_SIZE / PREFILL_CACHE_TOKEN_BUDGET (the seed's exact-prompt cache): the
+- PREFILL_CACHE_SIZE / PREFILL_CACHE_TOKEN_BUDGET (its exact-prompt cache): the
   most recent PREFILL_CACHE_SIZE prompts, of at most PREFILL_CACHE_TOKEN_BUDGET tokens in
   all, are "prompt entries": a node ends exactly where each prompt ends, and those nodes
   are exempt from the two limits above (only a short pool evicts them). A repeated prompt

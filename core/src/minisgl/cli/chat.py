@@ -1,4 +1,4 @@
-"""`minisgl chat [--multi-turn]`: the seed's CLI demo. Reads a line from stdin, streams
+"""`minisgl chat [--multi-turn]`: the original mini-sglang's CLI demo. Reads a line from stdin, streams
 the answer; with --multi-turn earlier turns stay in the conversation."""
 
 from __future__ import annotations

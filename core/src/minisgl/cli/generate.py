@@ -1,4 +1,4 @@
-"""`minisgl generate "prompt"`: the seed's smoke test. Streams one completion to stdout,
+"""`minisgl generate "prompt"`: the original mini-sglang's smoke test. Streams one completion to stdout,
 through prefill and decode, from an in-process engine or a running server (--url)."""
 
 from __future__ import annotations

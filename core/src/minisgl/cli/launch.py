@@ -1,4 +1,4 @@
-"""`minisgl launch`: several servers from one TOML file (seed 004)."""
+"""`minisgl launch`: several servers from one TOML file (the original mini-sglang's format)."""
 
 from __future__ import annotations
 

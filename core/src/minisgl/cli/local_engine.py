@@ -48,7 +48,7 @@ def _http_error(response: Any) -> click.ClickException:
 
 
 def stream_generate_url(url: str, prompt: str, sampling: dict[str, Any]) -> Iterator[str]:
-    """POST /generate with the seed's streaming format."""
+    """POST /generate with the original mini-sglang's streaming format."""
     import httpx
 
     body = {"prompt": prompt, "stream": True, "sampling_params": sampling}

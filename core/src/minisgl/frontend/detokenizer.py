@@ -4,9 +4,9 @@ Two things make it more than `tokenizer.decode` per token:
 - multi-byte UTF-8: one character may span several byte-level tokens; decoding them one
   at a time gives U+FFFD. New text is emitted only once it no longer ends in an incomplete
   character, decoded with the text before it so that merges and leading spaces come out as
-  in the full text: by the tokenizers library's DecodeStream (about 2 us a token) when the
-  tokenizer has a Rust backend and no clean-up, else by re-decoding a short window of
-  already-emitted tokens (about 18 us);
+  in the full text: by the tokenizers library's DecodeStream (several times faster,
+  BENCHMARKS.md) when the tokenizer has a Rust backend and no clean-up, else by re-decoding
+  a short window of already-emitted tokens;
 - stop strings may straddle tokens: any tail of the text that could be the start of a
   stop string is held back until it is disambiguated, so no stop text ever reaches the
   caller. On a match the text is cut right before the stop string and `push` reports

@@ -100,8 +100,7 @@ def _extend(
     if ctx.use_sdpa and softcap is None:
         mask = seg.mask(window, q.device)
         # with a batch dimension: torch's CPU flash kernel takes only 4-D inputs, and 3-D
-        # ones fall to the math path (a 2,000-token bf16 prompt of smollm2-135m: 228 against
-        # 40 ms a layer, 8.8 s the whole prefill)
+        # ones fall to the much slower math path (BENCHMARKS.md)
         return F.scaled_dot_product_attention(
             q[None], k[None], v[None], attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=group > 1
         )[0]

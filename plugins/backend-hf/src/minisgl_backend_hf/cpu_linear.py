@@ -3,14 +3,13 @@ long prefill in slices of rows.
 
 torch's CPU `F.linear` calls MKL's sgemm with the weight as stored. For decode shapes (a few
 dozen rows against a weight that streams from DRAM) oneDNN with the weight pre-packed into
-its blocked layout runs 1.5-2.4x faster (measured on AVX2 at M = 8..64 on smollm2-135m's
-shapes, the LM head included) and about as fast at prefill shapes; vLLM's CPU build takes
-the same route. A packed weight is opaque, so packing happens after the model is loaded.
+its blocked layout runs faster, and about as fast at prefill shapes (BENCHMARKS.md); vLLM's
+CPU build takes the same route. A packed weight is opaque, so packing happens after the
+model is loaded.
 
 A prefill of thousands of tokens makes the MLP's intermediates ([tokens, intermediate] each)
 tens of MB, so every pass over them goes to DRAM; the MLP acts on each row alone, so taking
-it in slices of MLP_ROWS rows keeps them in cache (smollm2-135m's MLP at 6,116 rows: 283 ms
-whole, 231 ms in slices of 1,024, on AVX2).
+it in slices of MLP_ROWS rows keeps them in cache (faster, BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ MAX_DECODE_SPLITS = 16
 
 def decode_splits(batch_size: int, num_kv_heads: int, num_sms: int) -> int:
     """Key-range splits per request in decode attention: enough programs (batch x KV heads x
-    splits) to fill the GPU about four times, at most 16 (tune_decode.py on an H200: 2 splits
-    beat 1 at 64 rows). Depends on the batch shape only, so a CUDA graph captured for a batch
+    splits) to fill the GPU about four times, at most 16 (gpu/tune_decode.py; BENCHMARKS.md).
+    Depends on the batch shape only, so a CUDA graph captured for a batch
     size stays valid at every length."""
     return max(1, min(MAX_DECODE_SPLITS, -(-4 * num_sms // max(batch_size * num_kv_heads, 1))))
 

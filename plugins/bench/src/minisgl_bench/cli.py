@@ -65,7 +65,7 @@ def workload_options(command: Any) -> Any:
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: offline against transformers, serving against any OpenAI server, the seed's suite,
+    """Benchmarks: offline against transformers, serving against any OpenAI server, the original suite,
     the grammar mask's cost, the engine's host work per step."""
 
 
@@ -406,7 +406,7 @@ def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, in
 
 # ---- suite --------------------------------------------------------------------------
 @bench.command()
-@click.option("--model", default=None, help="model name or path (default: MODEL_NAME, else the seed's default)")
+@click.option("--model", default=None, help="model name or path (default: MODEL_NAME, else the original mini-sglang's)")
 @click.option("--cases", default="short,medium,long", show_default=True, help="comma list of short, medium, long")
 @click.option("--repeat", default=3, show_default=True, envvar="BENCH_REPEAT", type=click.IntRange(min=1))
 @click.option("--warmup", default=1, show_default=True, envvar="BENCH_WARMUP", type=click.IntRange(min=0))
@@ -423,7 +423,7 @@ def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, in
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
 def suite(model, cases, repeat, warmup, concurrency, mixed_prompts, hf_concurrency, max_new_tokens, dtype, backend,
           log_level, json_path) -> None:
-    """The seed's bench suite: minisgl streaming against the Hugging Face streaming baseline."""
+    """The original mini-sglang's bench suite: minisgl streaming against the Hugging Face streaming baseline."""
     from rich.console import Console
     from transformers import AutoTokenizer
 

@@ -1,7 +1,7 @@
 """The transformers peers every benchmark measures minisgl against, on the same model, dtype
 and device:
 - `hf-sequential`: `model.generate` one request after another;
-- `hf-streaming`: the seed's baseline, BENCH_HF_CONCURRENCY threads each running
+- `hf-streaming`: the original mini-sglang's baseline, BENCH_HF_CONCURRENCY threads each running
   `generate` with a TextIteratorStreamer (default 1);
 - `hf-cb`: transformers' own continuous batching (`init_continuous_batching`, sdpa
   attention, per-request max_new_tokens, KV blocks sized to the workload).
@@ -59,7 +59,7 @@ def run_hf_streaming(path: str, dtype: str, wl: Workload, concurrency: int) -> R
 
 
 def hf_streaming(model: Any, tokenizer: Any, wl: Workload, concurrency: int, name: str | None = None) -> Result:
-    """The seed's baseline: threads each running generate() with a TextIteratorStreamer."""
+    """The original mini-sglang's baseline: threads each running generate() with a TextIteratorStreamer."""
     import torch
     from transformers import TextIteratorStreamer
 
@@ -116,7 +116,7 @@ def hf_streaming(model: Any, tokenizer: Any, wl: Workload, concurrency: int, nam
         return produced[0]
 
     # cuDNN's fused attention fails under concurrent generate() threads on CUDA
-    # ("mha_graph.execute ... is_good()", torch 2.11 / H100): use the other SDPA kernels
+    # ("mha_graph.execute ... is_good()"; BENCHMARKS.md): use the other SDPA kernels
     cudnn_sdp = torch.backends.cuda.cudnn_sdp_enabled()
     torch.backends.cuda.enable_cudnn_sdp(False)
     try:

@@ -3,8 +3,8 @@
 The engine (scheduler, prefix cache, sampling tensors, output folding) runs over a runner
 that does no model work: each sampled row gets one fixed token at once. What a step then
 costs is what the host adds to every real step; with overlap scheduling a GPU waits on the
-host whenever this is longer than its forward (a decode step of qwen3-0.6b at 64 rows takes
-about 4 ms on an H100). `batch` requests with prompts of `context` tokens decode `tokens`
+host whenever this is longer than its forward (a few ms for a small model's decode step,
+BENCHMARKS.md). `batch` requests with prompts of `context` tokens decode `tokens`
 tokens each; reported: the median step while all of them decode, the request layer's
 folding of its outputs (incremental detokenization: on the critical path of `LLM`, in the
 server process when served), and both per request.

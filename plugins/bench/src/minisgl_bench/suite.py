@@ -1,4 +1,4 @@
-"""`minisgl bench suite`: the seed's bench_suite.py. Short, medium and long chat prompts
+"""`minisgl bench suite`: the original mini-sglang's bench_suite.py. Short, medium and long chat prompts
 (the long case `max_new_tokens=1024`), each run BENCH_CONCURRENCY at a time, BENCH_REPEAT
 times after BENCH_WARMUP warm-up rounds, through minisgl's streaming engine and through
 the Hugging Face streaming baseline (generate + TextIteratorStreamer, BENCH_HF_CONCURRENCY
@@ -6,10 +6,10 @@ threads) on the same model, dtype and device. With BENCH_MIXED_PROMPTS=1 half th
 get a random suffix, so not every prompt is a prefix-cache hit. Both sides produce every
 request's full `max_new_tokens` (EOS ignored), so they do the same work.
 
-It ends with the seed's three lines:
-    Streaming chat summary: throughput=37.16 tok/s, duration=10.387s
-    Baseline HF streaming chat summary: throughput=17.69 tok/s, duration=21.825s
-    Comparison: streaming faster by 11.438s with x2.10 throughput
+It ends with the original's three lines:
+    Streaming chat summary: throughput=<tok/s> tok/s, duration=<seconds>s
+    Baseline HF streaming chat summary: throughput=<tok/s> tok/s, duration=<seconds>s
+    Comparison: streaming faster by <seconds>s with x<ratio> throughput
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`minisgl image -p "prompt"`: the seed's z_image_mps.py CLI (registered in plugin.py).
+"""`minisgl image -p "prompt"`: the original mini-sglang's z_image_mps.py CLI (registered in plugin.py).
 Generates images with the ImageRunner, saves PNGs and prints their paths."""
 
 from __future__ import annotations

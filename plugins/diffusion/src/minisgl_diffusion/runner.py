@@ -113,7 +113,7 @@ class DiffusionRunner:
 
     def _model_dir(self, model: str) -> str | None:
         """Z_IMAGE_MODEL_DIR for the Z-Image model (falling back to MODEL_LOCAL_DIR when that
-        holds a diffusers pipeline, as the seed's z_image_mps.py does)."""
+        holds a diffusers pipeline, as the original z_image_mps.py does)."""
         if model != self.settings.z_image_model_id:
             return None
         if self.settings.z_image_model_dir:

@@ -220,8 +220,8 @@ def decode_attention(
 ) -> torch.Tensor:
     """q: [B, H, D] (unit last stride); page_table [B, >= max seq_len]; seq_lens int [B] (>= 1).
     block_n, num_warps and num_stages shape the split kernel (gpu/tune_decode.py sweeps them;
-    128 keys in 3 stages read a 16-bit pool at 96-99% of an H200's copy rate from 64 rows up,
-    against 87% for 64 in 2; float32 tiles that large would not fit in shared memory)."""
+    128 keys in 3 stages read a 16-bit pool closest to the copy rate, BENCHMARKS.md; float32
+    tiles that large would not fit in shared memory)."""
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
     group = num_heads // num_kv_heads

@@ -4,7 +4,7 @@ draw (bitmask, temperature and Gumbel-max noise in one pass).
 They replace the torch code of minisgl.engine.sampler (`bitmask_logits`, `gumbel_argmax`)
 with the same results: a seeded row's noise is the same counter-based hash of (seed, step,
 token id), computed in registers instead of some twenty int64 passes over [rows, vocab]
-tensors (64 rows of a 152k vocabulary: about 1 ms of an H200 a step, and as many launches).
+tensors (a visible share of a small model's GPU step, BENCHMARKS.md, and as many launches).
 Unseeded rows hash a salt drawn from torch's generator on the host each call, so they need
 no per-row state either. The draw reads the logits in their own dtype and the grammar's
 bitmask as it is, so a step without top-k, top-p or min-p samples in one launch.

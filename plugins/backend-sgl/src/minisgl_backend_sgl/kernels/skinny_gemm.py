@@ -1,8 +1,8 @@
 """y = x W^T for decode batches of a few rows, in one Triton launch, where it beats cuBLAS.
 
 At a few rows a projection is a read of its weight, and the kernels cuBLAS picks for some
-shapes use few programs: qwen3-0.6b's o_proj (1024 x 2048) at one row took 13.0 us in
-cuBLAS on an H200 against 5.5 us here (gpu/tune_skinny.py; most other shapes were even).
+shapes use few programs, so on those this kernel is faster (gpu/tune_skinny.py,
+BENCHMARKS.md; most other shapes are even).
 Each program streams a BLOCK_N x K/SPLIT_K slab of W; the K splits of an output tile write
 float32 partials, and the last to arrive (an arrival count per tile) sums them in split
 order, so the result is deterministic, and resets the count, so a CUDA graph replays it.
@@ -24,7 +24,7 @@ import triton.language as tl
 
 logger = logging.getLogger(__name__)
 
-MAX_ROWS = 16  # from 16 rows up cuBLAS was as fast on every projection measured
+MAX_ROWS = 16  # from 16 rows up cuBLAS is as fast on every projection gpu/tune_skinny.py covers
 _MIN_GAIN = 1.1  # the skinny GEMM must be this much faster to be chosen
 
 
