@@ -86,7 +86,7 @@ def size_kv_pool(
         pages, why = num_pages, "set by --num-pages"
     elif pages_useful <= pages_by_memory:
         pages, why = pages_useful, (f"all --max-running-requests {max_running_requests} at full context "
-                                    f"({context_len} tokens) fill no more ({source} would hold {pages_by_memory})")
+                                    f"({context_len} tokens) fill no more ({source} would hold {pages_by_memory} pages)")
     else:
         pages, why = pages_by_memory, f"what {source} holds"
     if slot_cap is not None and slot_cap[1] > 0 and slot_cap[1] // page_size < pages:
