@@ -32,7 +32,7 @@ def test_max_seq_len_override_and_pool_sized_from_memory(tiny_llama_path):
     # no --num-pages: sized from free memory, but never beyond what the scheduler can use
     runner = make_runner(tiny_llama_path, num_pages=None, page_size=8, max_running_requests=3, max_seq_len_override=100)
     assert runner.max_context_len == 100
-    assert runner.kv_capacity() == 304  # 3 * 100 tokens, rounded up to whole pages of 8
+    assert runner.kv_capacity() == 312  # 3 requests of 100 tokens, each in 13 whole pages of 8
 
 
 def test_intermediate_chunk_samples_nothing(tiny_qwen3_path):
@@ -82,14 +82,15 @@ def test_a_cpu_pool_costs_memory_only_where_it_is_written():
 
     import torch
 
-    from minisgl_backend_hf.kv_pool import KVPool, KVShape
+    from minisgl.cache.kv_budget import KVShape
+    from minisgl_backend_hf.kv_pool import KVPool
 
     def resident() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     before = resident()
-    pool = KVPool(KVShape(num_layers=16, num_kv_heads=4, head_dim=64, dtype=torch.float32), num_pages=65536,
+    pool = KVPool(KVShape(num_layers=16, num_kv_heads=4, head_dim=64, dtype=torch.float32, dtype_size=4), num_pages=65536,
                   page_size=8, device=torch.device("cpu"))
     assert pool.nbytes == 2 * 16 * 4 * 65536 * 8 * 64 * 4  # 2 GiB
     assert resident() - before < 64 << 20

@@ -96,7 +96,7 @@ def bench_ours(name: str, path: str, bw: float) -> None:
         runner.kv.k.uniform_(-1, 1)
         runner.kv.v.uniform_(-1, 1)
         weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
-        kv_token = runner.kv.layout.bytes_per_token
+        kv_token = runner.kv.shape.bytes_per_token
         for b in BATCHES:
             batch = decode_batch(b)
             sec = time_steps(lambda runner=runner, batch=batch: runner.forward(batch).resolve())

@@ -1,4 +1,4 @@
-"""Page-table and index math of a step: query offsets, batch validation, KV sizing, graph sizes."""
+"""Page-table and index math of a step: query offsets, batch validation, the KV cache, graph sizes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import pytest
 import torch
 from batches import SlotPlanner, make_batch
 
+from minisgl.cache.kv_budget import KVShape
 from minisgl_backend_sgl.cuda_graph import GIB, graph_batch_sizes, resolve_max_bs
 from minisgl_backend_sgl.forward_meta import MAX_DECODE_SPLITS, build_meta, decode_splits, query_starts, validate_batch
-from minisgl_backend_sgl.kv_cache import KVCache, KVLayout, plan_num_pages
+from minisgl_backend_sgl.kv_cache import KVCache
 from minisgl_backend_sgl.runner import activation_reserve_bytes
 
 
@@ -62,22 +63,10 @@ def test_graph_batch_sizes():
     assert resolve_max_bs(0, 256, 80 * GIB) == 0
 
 
-def test_plan_num_pages():
-    layout = KVLayout(num_layers=2, num_kv_heads=2, head_dim=4, dtype=torch.bfloat16)
-    assert layout.bytes_per_token == 2 * 2 * 2 * 4 * 2
-    # 0.5 * 1000 - (1000 - 900) - 100 = 300 bytes -> 300 // (64 * 2) = 2 pages of 2 tokens
-    assert plan_num_pages(layout, 2, free_bytes=900, total_bytes=1000, memory_ratio=0.5, reserve_bytes=100) == 2
-    assert plan_num_pages(layout, 2, free_bytes=900, total_bytes=1000, memory_ratio=0.5, reserve_bytes=0, num_pages=7) == 7
-    assert plan_num_pages(layout, 1, free_bytes=10**9, total_bytes=10**9, memory_ratio=0.9, reserve_bytes=0,
-                          max_useful_tokens=5) == 5
-    with pytest.raises(RuntimeError, match="--memory-ratio"):
-        plan_num_pages(layout, 1, free_bytes=100, total_bytes=1000, memory_ratio=0.5, reserve_bytes=0)
-
-
 def test_kv_cache_has_a_scratch_slot_and_logs(caplog):
-    layout = KVLayout(num_layers=2, num_kv_heads=2, head_dim=4, dtype=torch.float32)
+    shape = KVShape(num_layers=2, num_kv_heads=2, head_dim=4, dtype=torch.float32, dtype_size=4)
     with caplog.at_level("INFO"):
-        kv = KVCache(layout, num_pages=3, page_size=4, device=torch.device("cpu"))
+        kv = KVCache(shape, num_pages=3, page_size=4, device=torch.device("cpu"))
     assert kv.capacity == 12 and kv.scratch_slot == 12 and kv.k.shape == (2, 13, 2, 4)
     assert "Allocating 3 pages for KV cache, K + V = " in caplog.text
 

@@ -10,62 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import mmap
-from dataclasses import dataclass
 
 import torch
 
-from .device import available_memory_bytes
+from minisgl.cache.kv_budget import GIB, KVShape
 
 logger = logging.getLogger(__name__)
-
-GIB = 1024**3
-# On a CPU the "device memory" is the host's RAM, shared with the OS, the server process,
-# tokenizers and activations: the pool takes at most this share of what is available.
-CPU_POOL_SHARE = 0.25
-
-
-@dataclass(frozen=True)
-class KVShape:
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    dtype: torch.dtype
-
-    @property
-    def bytes_per_token(self) -> int:
-        """K + V of one token over all layers."""
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * itemsize
-
-
-def plan_num_pages(
-    shape: KVShape,
-    device: torch.device,
-    page_size: int,
-    num_pages: int | None,
-    memory_ratio: float,
-    max_tokens_useful: int,
-) -> int:
-    """How many pages the pool gets: --num-pages when given, else what --memory-ratio of the
-    device leaves after the (already loaded) weights, never more than the scheduler could use."""
-    if num_pages is not None:
-        return num_pages
-    free, total = available_memory_bytes(device)
-    if device.type == "cpu":
-        budget = memory_ratio * free * CPU_POOL_SHARE
-    else:
-        # --memory-ratio is the share of the whole device for weights + KV; what is in use
-        # now (weights, the CUDA context) comes out of it.
-        budget = memory_ratio * total - (total - free)
-    pages_by_memory = int(budget // (shape.bytes_per_token * page_size))
-    pages_useful = -(-max_tokens_useful // page_size)
-    pages = min(pages_by_memory, pages_useful)
-    if pages < 1:
-        raise RuntimeError(
-            f"no memory left for the KV cache on {device} (free {free / GIB:.2f} GiB of "
-            f"{total / GIB:.2f} GiB with --memory-ratio {memory_ratio}); raise --memory-ratio or set --num-pages"
-        )
-    return pages
 
 
 def _zeros(dims: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

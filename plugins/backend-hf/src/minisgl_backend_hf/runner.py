@@ -21,6 +21,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from minisgl.cache.kv_budget import KVShape, size_kv_pool
 from minisgl.dtypes import resolve_dtype
 from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner
 from minisgl.engine.sampler import sample
@@ -29,8 +30,8 @@ from .attention import CONTEXT_ATTR, PagedAttentionContext, register
 from .attention_plan import AttentionPlan
 from .cpu_kernels import paged_decode_kernel
 from .cpu_linear import MLP_ROWS, can_pack, pack_linears, slice_mlp_rows
-from .device import configure_torch, pick_device
-from .kv_pool import KVPool, KVShape, plan_num_pages
+from .device import available_memory_bytes, configure_torch, pick_device
+from .kv_pool import KVPool
 from .vision import VisionEmbedder
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def _kv_shape(text_config: Any, dtype: torch.dtype) -> KVShape:
     heads = text_config.num_attention_heads
     kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
-    return KVShape(text_config.num_hidden_layers, kv_heads, head_dim, dtype)
+    return KVShape(text_config.num_hidden_layers, kv_heads, head_dim, dtype, dtype.itemsize)
 
 
 def _takes_images(model: Any) -> bool:
@@ -119,15 +120,14 @@ class HFModelRunner(ModelRunner):
         )
 
         shape = _kv_shape(text_config, self.dtype)
-        num_pages = plan_num_pages(
-            shape,
-            self.device,
-            settings.page_size,
-            settings.num_pages,
-            settings.memory_ratio,
-            max_tokens_useful=settings.max_running_requests * self.max_context_len,
+        free, total = available_memory_bytes(self.device)
+        size = size_kv_pool(
+            shape, settings.page_size, device=str(self.device), free_bytes=free, total_bytes=total,
+            host_memory=self.device.type == "cpu", memory_ratio=settings.memory_ratio, num_pages=settings.num_pages,
+            max_running_requests=settings.max_running_requests, context_len=self.max_context_len,
         )
-        self.pool = KVPool(shape, num_pages, settings.page_size, self.device)
+        logger.info("KV pool: %s", size.reason)
+        self.pool = KVPool(shape, size.num_pages, settings.page_size, self.device)
         # SDPA's fused kernels win on CUDA/MPS. On a CPU, plain matmuls are as fast in float32,
         # but in bf16/fp16 they round the scores before the softmax: without AVX512-BF16 that
         # made logits 3x further from float32 than transformers' own bf16 forward.

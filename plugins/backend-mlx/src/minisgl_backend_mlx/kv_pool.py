@@ -12,72 +12,28 @@ from __future__ import annotations
 import logging
 import os
 import platform
-from dataclasses import dataclass
 
 import mlx.core as mx
 
+from minisgl.cache.kv_budget import GIB, KVShape
+
 logger = logging.getLogger(__name__)
 
-GIB = 1024**3
-# The pool lives in host (or unified) memory shared with the OS, the weights, activations
-# and the server process: it takes at most this share of what is available.
-HOST_POOL_SHARE = 0.25
 
-
-@dataclass(frozen=True)
-class KVShape:
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    dtype: mx.Dtype
-
-    @property
-    def bytes_per_token(self) -> int:
-        """K + V of one token over all layers."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype.size
-
-
-def available_memory_bytes() -> int:
-    """Memory the pool may draw on: free RAM on Linux; on macOS (no free-page count), the
-    recommended working set of the GPU, else total RAM."""
+def available_memory_bytes() -> tuple[int, int]:
+    """(free, total) bytes the pool may draw on: RAM on Linux; on macOS (no free-page
+    count), the recommended working set of the GPU (else all RAM) less mlx's active memory."""
     if platform.system() == "Darwin":
         info = mx.device_info()
         for key in ("max_recommended_working_set_size", "memory_size"):
             if isinstance(info.get(key), int):
-                return int(info[key]) - mx.get_active_memory()
+                return int(info[key]) - mx.get_active_memory(), int(info[key])
     page = os.sysconf("SC_PAGE_SIZE")
+    total = page * os.sysconf("SC_PHYS_PAGES")
     try:
-        return page * os.sysconf("SC_AVPHYS_PAGES")
+        return page * os.sysconf("SC_AVPHYS_PAGES"), total
     except (ValueError, OSError):
-        return page * os.sysconf("SC_PHYS_PAGES")
-
-
-def plan_capacity(
-    shape: KVShape,
-    page_size: int,
-    num_pages: int | None,
-    memory_ratio: float,
-    max_tokens_useful: int,
-    max_kv_size: int,
-) -> int:
-    """Token slots for the pool, a multiple of `page_size`: --num-pages when given, else what
-    --memory-ratio of the available memory allows, never more than the scheduler could use;
-    MLX_MAX_KV_SIZE (when > 0) is a hard cap over either."""
-    if num_pages is not None:
-        slots = num_pages * page_size
-    else:
-        budget = memory_ratio * available_memory_bytes() * HOST_POOL_SHARE
-        slots = min(int(budget // shape.bytes_per_token), max_tokens_useful)
-    if max_kv_size > 0:
-        slots = min(slots, max_kv_size)
-    slots -= slots % page_size
-    if slots < page_size:
-        raise RuntimeError(
-            f"KV pool of {slots} token slots is smaller than one page of {page_size} tokens "
-            f"(MLX_MAX_KV_SIZE={max_kv_size}, --num-pages={num_pages}, --memory-ratio={memory_ratio}); "
-            "raise MLX_MAX_KV_SIZE, --num-pages or --memory-ratio"
-        )
-    return slots
+        return total, total
 
 
 class KVPool:

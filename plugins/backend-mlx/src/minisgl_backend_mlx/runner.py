@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from mlx.utils import tree_flatten
 
+from minisgl.cache.kv_budget import KVShape, size_kv_pool
 from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner
 from minisgl.engine.sampler import sample
 
-from .kv_pool import KVPool, KVShape, plan_capacity
+from .kv_pool import KVPool, available_memory_bytes
 from .paged_cache import PagedLayerCache, PagedStep
 from .step_plan import SubStep, plan_step
 from .weights import load_mlx_model
@@ -78,7 +79,7 @@ def _kv_shape(model: nn.Module, config: dict[str, Any]) -> KVShape:
     dtype = next(
         (v.dtype for _, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating)), mx.float32
     )
-    return KVShape(len(model.layers), kv_heads, head_dim, dtype)
+    return KVShape(len(model.layers), kv_heads, head_dim, dtype, dtype.size)
 
 
 class MLXModelRunner(ModelRunner):
@@ -112,15 +113,15 @@ class MLXModelRunner(ModelRunner):
         self._body, self._head = self._split_head(self.config.get("model_type", ""))
 
         shape = _kv_shape(self.model, self.config)
-        capacity = plan_capacity(
-            shape,
-            settings.page_size,
-            settings.num_pages,
-            settings.memory_ratio,
-            max_tokens_useful=settings.max_running_requests * self.max_context_len,
-            max_kv_size=settings.mlx_max_kv_size,
+        free, total = available_memory_bytes()
+        size = size_kv_pool(
+            shape, settings.page_size, device=f"mlx {self.mlx_device.type.name}", free_bytes=free, total_bytes=total,
+            host_memory=True, memory_ratio=settings.memory_ratio, num_pages=settings.num_pages,
+            max_running_requests=settings.max_running_requests, context_len=self.max_context_len,
+            slot_cap=("MLX_MAX_KV_SIZE", settings.mlx_max_kv_size),
         )
-        self.pool = KVPool(shape, capacity)
+        logger.info("KV pool: %s", size.reason)
+        self.pool = KVPool(shape, size.slots)
         logger.info(
             "Model %s (mlx-lm %s) on mlx %s, dtype %s, context %d tokens, EOS token id(s) %s, "
             "prefill step %d tokens, LM head on %s",

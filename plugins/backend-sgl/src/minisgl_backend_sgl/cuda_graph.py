@@ -71,7 +71,7 @@ class DecodeGraphs:
             meta = ForwardMeta(
                 is_decode=True, positions=self.positions[:bs], out_slots=self.out_slots[:bs],
                 page_table=self.page_table[:bs], seq_lens=self.seq_lens[:bs],
-                decode_splits=decode_splits(bs, kv.layout.num_kv_heads, num_sms),
+                decode_splits=decode_splits(bs, kv.shape.num_kv_heads, num_sms),
             )
             def step(bs: int = bs, meta: ForwardMeta = meta) -> torch.Tensor:
                 return model(self.input_ids[:bs], meta, kv, cos_sin, kernels)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from minisgl.cache.kv_budget import GIB, KVShape, size_kv_pool
 from minisgl.cpu_threads import usable_cpus
 from minisgl.dtypes import resolve_dtype
 from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner, SamplingBatch
@@ -29,7 +30,7 @@ from .config import ModelConfig, load_model_config
 from .cuda_graph import DecodeGraphs, graph_batch_sizes, resolve_max_bs
 from .forward_meta import build_meta, decode_splits, validate_batch
 from .kernels.select import select_kernels
-from .kv_cache import GIB, KVCache, KVLayout, plan_num_pages
+from .kv_cache import KVCache
 from .model import CausalLM
 from .rope import cos_sin_table
 from .tp import TensorParallel, Workers, batch_metadata, bind_store, init_port
@@ -115,15 +116,18 @@ class SglModelRunner(ModelRunner):
         if not self.cuda:  # the ranks of a CPU share its memory
             free, total = free // settings.tp_size, total // settings.tp_size
         kv_heads = self.model.model.layers[0].self_attn.num_kv_heads  # this rank's (its HeadSplit)
-        layout = KVLayout(config.num_layers, kv_heads, config.head_dim, dtype)
-        num_pages = plan_num_pages(
-            layout, settings.page_size, free_bytes=free, total_bytes=total, memory_ratio=settings.memory_ratio,
+        shape = KVShape(config.num_layers, kv_heads, config.head_dim, dtype, dtype.itemsize)
+        size = size_kv_pool(
+            shape, settings.page_size, device=str(self.device), free_bytes=free, total_bytes=total,
+            host_memory=not self.cuda, memory_ratio=settings.memory_ratio, num_pages=settings.num_pages,
+            max_running_requests=settings.max_running_requests, context_len=max_context,
             reserve_bytes=activation_reserve_bytes(config, dtype, settings.max_prefill_length, settings.max_running_requests),
-            num_pages=settings.num_pages, max_useful_tokens=settings.max_running_requests * max_context,
         )
+        logger.info("KV pool: %s", size.reason)
+        num_pages = size.num_pages
         if self.tp is not None:  # every rank's pool has rank 0's number of slots
             num_pages = int(self.tp.broadcast(torch.tensor([num_pages]) if tp_rank == 0 else None, 1).item())
-        self.kv = KVCache(layout, num_pages, settings.page_size, self.device)
+        self.kv = KVCache(shape, num_pages, settings.page_size, self.device)
         self.max_context_len = min(max_context, self.kv.capacity)
         self.cos_sin = cos_sin_table(config.head_dim, config.rope, self.max_context_len, self.device)
 
