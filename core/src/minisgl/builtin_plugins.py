@@ -1,7 +1,7 @@
 """The core's own plugin, registered through the `minisgl` entry-point group like any
 third party's: the defaults a core-only install needs to run (the radix and naive caches,
 the fcfs queue policy, round-robin dispatch, the built-in control commands, reasoning
-parsers and tool-call formats, the llguidance grammar backend). Other
+parsers and tool-call formats, the llguidance grammar backend, the n-gram proposer). Other
 policies ship in the `minisgl-schedulers` distribution."""
 
 from .hookspecs import hookimpl
@@ -10,6 +10,7 @@ from .specs import (
     ControlCommandSpec,
     DispatchPolicySpec,
     GrammarBackendSpec,
+    ProposerSpec,
     QueuePolicySpec,
     ReasoningParserSpec,
     ToolCallParserSpec,
@@ -85,3 +86,12 @@ def minisgl_register_parsers(register):
 def minisgl_register_grammar_backends(register):
     register(GrammarBackendSpec(name="llguidance", description="llguidance 1.9: JSON schema, regex, Lark/GBNF; "
                                 "lazy compile, parallel mask fill", factory="minisgl.grammar:LLGuidance"))
+
+
+@hookimpl
+def minisgl_register_proposers(register):
+    register(ProposerSpec(
+        name="ngram",
+        description="prompt lookup: drafts what followed the latest earlier occurrence of the request's last tokens",
+        factory="minisgl.engine.speculative:NgramProposer",
+    ))

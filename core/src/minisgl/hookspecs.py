@@ -62,3 +62,8 @@ def minisgl_register_parsers(register):
 @hookspec
 def minisgl_register_grammar_backends(register):
     """Register structured-output libraries: register(GrammarBackendSpec(...))."""
+
+
+@hookspec
+def minisgl_register_proposers(register):
+    """Register speculative-decoding proposers: register(ProposerSpec(...))."""

@@ -47,6 +47,7 @@ HOOK_KINDS: dict[str, tuple[Kind, ...]] = {
     "minisgl_register_routes": ("route",),
     "minisgl_register_parsers": ("reasoning_parser", "tool_call_parser"),
     "minisgl_register_grammar_backends": ("grammar_backend",),
+    "minisgl_register_proposers": ("proposer",),
 }
 CORE = "core"  # the owner of what the core declares itself
 

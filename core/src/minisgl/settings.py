@@ -83,6 +83,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reasoning_parser: str | None = None
     tool_call_parser: str | None = None
     grammar_backend: str = "llguidance"
+    # speculative decoding (sglang's names)
+    speculative_algorithm: str | None = None
+    speculative_num_draft_tokens: Positive = 4
+    speculative_draft_model_path: str | None = None
+    speculative_ngram_min_match_window_size: Positive = 1
+    speculative_ngram_max_match_window_size: Positive = 12
     # runtime
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # the settings plugins declare, by name; read them as attributes (see __getattr__)
@@ -173,6 +179,20 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "tool_call_parser": _o("TOOL_CALL_PARSER", "--tool-call-parser", "parse a chat answer's tool calls into "
                            "tool_calls (tool_choice auto): hermes|qwen|llama3|... (see `minisgl plugins`; default: off, "
                            "and tool_choice required or a named function use hermes' format)"),
+    "speculative_algorithm": _o("SPECULATIVE_ALGORITHM", "--speculative-algorithm", "draft tokens and verify them "
+                                "in one forward: ngram|... (see `minisgl plugins`; default: off)"),
+    "speculative_num_draft_tokens": _o("SPECULATIVE_NUM_DRAFT_TOKENS", "--speculative-num-draft-tokens",
+                                       "tokens drafted per request and step"),
+    "speculative_draft_model_path": _o("SPECULATIVE_DRAFT_MODEL_PATH", "--speculative-draft-model-path",
+                                       "draft model of the standalone proposer",
+                                       unsupported="no installed proposer runs a draft model: use "
+                                       "--speculative-algorithm ngram"),
+    "speculative_ngram_min_match_window_size": _o("SPECULATIVE_NGRAM_MIN_MATCH_WINDOW_SIZE",
+                                                  "--speculative-ngram-min-match-window-size",
+                                                  "shortest suffix the ngram proposer matches"),
+    "speculative_ngram_max_match_window_size": _o("SPECULATIVE_NGRAM_MAX_MATCH_WINDOW_SIZE",
+                                                  "--speculative-ngram-max-match-window-size",
+                                                  "longest suffix the ngram proposer matches"),
     "grammar_backend": _o("GRAMMAR_BACKEND", "--grammar-backend", "the library behind json_schema, regex, ebnf, "
                           "response_format and forced tool calls: llguidance|... (see `minisgl plugins`)"),
     "log_level": _o(("MINISGL_LOG_LEVEL", "LOG_LEVEL"), "--log-level", "logging level"),
@@ -306,6 +326,11 @@ def _finalize(s: Settings, sources: dict[str, str]) -> None:
         sources["cache_type"] = sources["prefix_cache"]
     if s.backend == "torch":
         s.backend = "hf"  # the original name of the HF/torch backend
+    if s.speculative_ngram_min_match_window_size > s.speculative_ngram_max_match_window_size:
+        raise SettingsError("speculative_ngram_min_match_window_size", s.speculative_ngram_min_match_window_size,
+                            sources["speculative_ngram_min_match_window_size"],
+                            f"above --speculative-ngram-max-match-window-size "
+                            f"({s.speculative_ngram_max_match_window_size})")
     if s.cpu_set is not None:  # refused at start, not when an engine plans its threads
         from .cpu_threads import plan_threads, usable_cpus
 

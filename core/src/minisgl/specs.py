@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 Kind = Literal["backend", "dispatch_policy", "queue_policy", "cache", "runner", "control_command", "setting", "command",
-               "route", "reasoning_parser", "tool_call_parser", "grammar_backend"]
+               "route", "reasoning_parser", "tool_call_parser", "grammar_backend", "proposer"]
 KINDS: tuple[Kind, ...] = (
     "backend",
     "dispatch_policy",
@@ -28,6 +28,7 @@ KINDS: tuple[Kind, ...] = (
     "reasoning_parser",
     "tool_call_parser",
     "grammar_backend",
+    "proposer",
 )
 
 
@@ -154,6 +155,11 @@ class GrammarBackendSpec(Spec, frozen=True):
     minisgl.grammar.GrammarBackend."""
 
 
+class ProposerSpec(Spec, frozen=True):
+    """Drafts tokens for speculative decoding (--speculative-algorithm). The factory takes
+    the settings and returns a minisgl.engine.speculative.Proposer."""
+
+
 class SettingSpec(msgspec.Struct, kw_only=True, frozen=True):
     """A setting its owner declares (the core for its own, a plugin for its knobs).
 
@@ -184,4 +190,5 @@ SPEC_TYPES: dict[Kind, type] = {
     "reasoning_parser": ReasoningParserSpec,
     "tool_call_parser": ToolCallParserSpec,
     "grammar_backend": GrammarBackendSpec,
+    "proposer": ProposerSpec,
 }

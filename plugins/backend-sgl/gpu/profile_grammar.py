@@ -108,7 +108,7 @@ class Timeline:
         around(engine.scheduler.rows, "batch", "sampling rows start", "sampling rows end")
         around(engine.scheduler.masks, "mask", "mask submit start", "mask submit end")
         around(engine.scheduler.masks, "feed", "feed start", "feed end")
-        around(engine.grammars, "fill", "fill start", "fill end")
+        around(engine.grammar_queue.backend, "fill", "fill start", "fill end")
         runner.kernels = dataclasses.replace(
             runner.kernels,
             bitmask_logits=timed(runner.kernels.bitmask_logits, "bitmask launch", "bitmask launched"),

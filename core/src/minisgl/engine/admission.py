@@ -57,7 +57,7 @@ class Admission:
             if req.warm_only:
                 warm_running.append(req)  # after the user work below
             elif req.pending == 1:
-                items.append((req, 1))
+                items.append((req, 1 + len(req.draft)))
             elif budget > 0:
                 n = min(req.pending, budget)
                 budget -= n

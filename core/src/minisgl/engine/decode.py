@@ -15,14 +15,16 @@ from collections import Counter
 
 from .kv import KVManager
 from .request import Req
+from .speculative import Speculation
 
 log = logging.getLogger("minisgl.engine")
 
 
 class DecodeManager:
     def __init__(self, kv: KVManager, running: list[Req], waiting: dict[str, Req], counters: Counter[str],
-                 max_context_len: int) -> None:
+                 max_context_len: int, speculation: Speculation | None = None) -> None:
         self.kv = kv
+        self.speculation = speculation
         self.running = running
         self.waiting = waiting
         self.counters = counters
@@ -36,17 +38,26 @@ class DecodeManager:
         return n >= req.max_new_tokens or len(req.all_ids) + req.inflight >= self.max_context_len
 
     def reserve(self) -> bool:
-        """A slot for every decoding request's next token; True when some were retracted."""
+        """Slots for every decoding request's next token and its drafts; True when some
+        requests were retracted. Drafts are dropped before anyone is retracted for them."""
         retracted = False
         while True:
             decoding = [r for r in self.running if r.pending == 1 and not self.will_finish(r)]
-            needy = self.kv.decode_pages_needed(decoding)
-            if self.kv.ensure_free_pages(len(needy)):
+            if self.speculation is not None:
+                self.speculation.draft(decoding)
+            need = sum(self.kv.pages_short(r, r.kv_len + 1 + len(r.draft)) for r in decoding)
+            if self.kv.ensure_free_pages(need):
                 break
+            if any(r.draft for r in decoding):
+                for r in decoding:
+                    r.draft = []
+                if self.kv.ensure_free_pages(sum(self.kv.pages_short(r, r.kv_len + 1) for r in decoding)):
+                    break
             # warm requests go first (they only fill the cache), then the newest
             self.retract(max(self.running, key=lambda r: (r.warm_only, r.seq)))
             retracted = True
-        self.kv.reserve_decodes(needy)
+        for req in decoding:
+            self.kv.grow(req, req.kv_len + 1 + len(req.draft))
         return retracted
 
     def retract(self, req: Req, why: str = "KV pool full", counter: str = "retractions_total") -> None:
@@ -56,6 +67,7 @@ class DecodeManager:
         kept = req.computed_ids // self.kv.P * self.kv.P
         self.kv.release(req, keep_in_cache=True)
         self.running.remove(req)
+        req.draft = []
         req.num_retractions += 1
         self.counters[counter] += 1
         self.waiting[req.rid] = req

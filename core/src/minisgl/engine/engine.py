@@ -34,6 +34,7 @@ from .messages import EngineOutput, EngineRequest
 from .queue_policy import QueuePolicy
 from .request import Req
 from .scheduler import ScheduledBatch, Scheduler
+from .speculative import load_proposer
 from .warming import PendingCall, WarmJobs
 
 log = logging.getLogger("minisgl.engine")
@@ -61,13 +62,16 @@ class Engine:
         policy_spec = self.registry.get("queue_policy", settings.queue_policy)
         self.queue_policy_name = policy_spec.name
         self.policy: QueuePolicy = policy_spec.load()()
+        proposer = load_proposer(settings, self.registry)
         self.scheduler = Scheduler(
             runner, self.cache, self.policy, page_size=settings.page_size,
             max_running_requests=settings.max_running_requests, max_prefill_length=settings.max_prefill_length,
             max_context_len=self.max_context_len, decode_log_stride=settings.decode_log_stride,
+            proposer=proposer, num_draft_tokens=settings.speculative_num_draft_tokens,
         )
         self.pool_tokens = self.scheduler.kv.pool.num_slots
-        self.overlap = runner.supports_overlap
+        # drafts need the last token's value: a drafted step is processed before the next is built
+        self.overlap = runner.supports_overlap and proposer is None
         self._launched: ScheduledBatch | None = None  # launched, not processed (overlap only)
         log.info(
             "engine ready: model=%s device=%s eos=%s context=%d kv=%d tokens (page %d) cache=%s queue=%s overlap=%s",
@@ -153,10 +157,6 @@ class Engine:
 
         tokenizer = AutoTokenizer.from_pretrained(str(self.model.path), trust_remote_code=self.settings.trust_remote_code)
         return self._grammar_factory(tokenizer, self.runner.vocab_size)
-
-    @property
-    def grammars(self) -> GrammarBackend:
-        return self.grammar_queue.backend
 
     def _drain_inbox(self) -> list[EngineOutput]:
         outputs: list[EngineOutput] = []

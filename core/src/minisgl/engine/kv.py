@@ -62,10 +62,14 @@ class KVManager:
         req.kv_len = match.length
         req.row = self._free_rows.pop()
         self._writes.extend((req.row, i, s) for i, s in enumerate(match.slots))
-        self._grow(req, len(req.all_ids))
+        self.grow(req, len(req.all_ids))
         return match.length
 
-    def _grow(self, req: Req, n_tokens: int) -> None:
+    def pages_short(self, req: Req, n_tokens: int) -> int:
+        """Pages `req` lacks to hold positions [0, n_tokens)."""
+        return max(0, self.pages_for(n_tokens) - len(req.slots) // self.P)
+
+    def grow(self, req: Req, n_tokens: int) -> None:
         """Slots for positions [0, n_tokens) (the pages must be free)."""
         need = self.pages_for(n_tokens) - len(req.slots) // self.P
         if need <= 0:
@@ -76,15 +80,6 @@ class KVManager:
         req.private_pages.extend(pages)
         req.slots.extend(new_slots)
         self._writes.extend((req.row, start + i, s) for i, s in enumerate(new_slots))
-
-    def decode_pages_needed(self, reqs: list[Req]) -> list[Req]:
-        """The decoding requests whose next position starts a page (every step at page size 1)."""
-        return [r for r in reqs if r.kv_len + 1 > len(r.slots)]
-
-    def reserve_decodes(self, needy: list[Req]) -> None:
-        """One more page each (`ensure_free_pages(len(needy))` said yes)."""
-        for req in needy:
-            self._grow(req, req.kv_len + 1)
 
     def release(self, req: Req, keep_in_cache: bool) -> None:
         """Give back everything `req` holds; with `keep_in_cache` its computed whole pages go

@@ -52,6 +52,10 @@ class Req:
     # which the mask worker may be filling from): complete, and why it refused the token ("" if not)
     grammar_done: bool = False
     grammar_error: str = ""
+    # speculative decoding: this step's drafted tokens, and how well recent drafts did
+    draft: list[int] = field(default_factory=list)
+    spec_acceptance: float = 1.0  # running share of drafts accepted
+    spec_pause: int = 0  # steps left without drafts after low acceptance
 
     def __post_init__(self) -> None:
         if not self.all_ids:

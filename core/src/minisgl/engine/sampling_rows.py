@@ -59,12 +59,18 @@ class SamplingRows:
         self._write_new()
         rows = t([r.row for r in reqs])
         floats, ints = self.floats.index_select(1, rows), self.ints.index_select(1, rows)
-        produced = [r.num_output + r.inflight for r in reqs]  # counting the tokens still in flight
+        # a drafted request has a row per position: the k-th sits k tokens further on
+        ahead = [0] * len(reqs)
+        for i in range(1, len(reqs)):
+            if reqs[i] is reqs[i - 1]:
+                ahead[i] = ahead[i - 1] + 1
+        produced = [r.num_output + r.inflight + k for r, k in zip(reqs, ahead)]  # with the tokens in flight
         needs_penalties = any(r.needs_penalties for r in reqs)
         history = None
         if needs_penalties:
-            width = max(len(r.all_ids) for r in reqs)
-            history = t([r.all_ids + [-1] * (width - len(r.all_ids)) for r in reqs])
+            seen = [r.all_ids + r.draft[:k] for r, k in zip(reqs, ahead)]
+            width = max(len(ids) for ids in seen)
+            history = t([ids + [-1] * (width - len(ids)) for ids in seen])
         under_min = [n < r.params.min_new_tokens for n, r in zip(produced, reqs)]
         min_mask = stop_ids = None
         if any(under_min):

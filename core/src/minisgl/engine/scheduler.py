@@ -35,6 +35,8 @@ from .messages import EngineOutput
 from .queue_policy import QueuePolicy
 from .request import Req
 from .sampling_rows import SamplingRows
+from .speculative import Proposer, Speculation
+from .speculative import metrics as speculation_metrics
 from .step_builder import ScheduledBatch, build_step
 
 log = logging.getLogger("minisgl.engine")
@@ -43,7 +45,7 @@ log = logging.getLogger("minisgl.engine")
 class Scheduler:
     def __init__(self, runner: ModelRunner, cache: PrefixCache, policy: QueuePolicy, *, page_size: int,
                  max_running_requests: int, max_prefill_length: int, max_context_len: int,
-                 decode_log_stride: int = 0) -> None:
+                 decode_log_stride: int = 0, proposer: Proposer | None = None, num_draft_tokens: int = 0) -> None:
         self.device = torch.device(runner.device)
         self.max_context_len = max_context_len
         self.decode_log_stride = decode_log_stride
@@ -65,7 +67,10 @@ class Scheduler:
         self.rows = SamplingRows(max_running_requests, self.device)
         on_host = runner.forward_on_host if runner.forward_on_host is not None else self.device.type == "cpu"
         self.masks = GrammarMasks(runner.vocab_size, self.device, on_host)
-        self.decode = DecodeManager(self.kv, self.running, self.waiting, self.counters, max_context_len)
+        self.speculation = (Speculation(proposer, num_draft_tokens, max_context_len, self.counters)
+                            if proposer is not None else None)
+        self.decode = DecodeManager(self.kv, self.running, self.waiting, self.counters, max_context_len,
+                                    self.speculation)
         self.admission = Admission(self.kv, self.decode, self.rows, policy, self.counters,
                                    max_running=max_running_requests, max_prefill=max_prefill_length)
 
@@ -111,32 +116,37 @@ class Scheduler:
         self.masks.feed([(req, int(tokens[i])) for i, req in enumerate(scheduled.sampled)
                          if req.grammar is not None and req.finished_reason is None
                          and req.grammar_fed <= req.num_output])
-        outputs: dict[str, EngineOutput] = {}
-        for i, req in enumerate(scheduled.sampled):
-            req.inflight -= 1
+        outputs: list[EngineOutput] = []
+        for req, rows in _runs(scheduled.sampled):
+            req.inflight -= len(rows)
             if req.finished_reason is not None:
-                continue  # finished (stop token, abort) after this step was launched: a wasted row
-            tok = int(tokens[i])
-            reason = self._append(req, tok)
-            if reason is not None:
-                self.finish(req, reason)
-            if req.warm_only:
-                continue
-            out = outputs.get(req.rid)
-            if out is None:
-                out = outputs[req.rid] = EngineOutput(rid=req.rid, prompt_tokens=len(req.prompt_ids),
-                                                      cached_tokens=max(req.prompt_cached_tokens, 0))
-            out.new_token_ids = [*out.new_token_ids, tok]
-            out.finished, out.finish_reason, out.completion_tokens = reason is not None, reason, req.num_output
-            if req.params.logprobs or req.params.top_logprobs:
-                if logprobs is not None:
+                continue  # finished (stop token, abort) after this step was launched: wasted rows
+            if req.draft and self.speculation is not None:  # keep the sampled drafts; forget the rest's K/V
+                emit = self.speculation.accepted(req, [int(tokens[i]) for i in rows])
+                self.kv.truncate(req, req.kv_len - (len(rows) - emit))
+                rows, req.draft = rows[:emit], []
+            out = EngineOutput(rid=req.rid, prompt_tokens=len(req.prompt_ids),
+                               cached_tokens=max(req.prompt_cached_tokens, 0))
+            want_logprobs = bool(req.params.logprobs or req.params.top_logprobs) and logprobs is not None
+            for i in rows:
+                tok = int(tokens[i])
+                reason = self._append(req, tok)
+                out.new_token_ids.append(tok)
+                if want_logprobs:
                     out.logprobs = [*(out.logprobs or []), logprobs[i]]
-                if req.params.top_logprobs and top_ids is not None and top_vals is not None:
-                    k = req.params.top_logprobs
-                    out.top_logprobs = [*(out.top_logprobs or []), list(zip(top_ids[i][:k], top_vals[i][:k]))]
+                    if req.params.top_logprobs and top_ids is not None and top_vals is not None:
+                        k = req.params.top_logprobs
+                        out.top_logprobs = [*(out.top_logprobs or []), list(zip(top_ids[i][:k], top_vals[i][:k]))]
+                if reason is not None:
+                    self.finish(req, reason)
+                    out.finished, out.finish_reason = True, reason
+                    break
+            out.completion_tokens = req.num_output
+            if not req.warm_only:
+                outputs.append(out)
         if scheduled.batch.is_decode:
             self._log_decode(scheduled.batch.batch_size)
-        return list(outputs.values())
+        return outputs
 
     def _append(self, req: Req, tok: int) -> str | None:
         """Add a sampled token; the finish reason it brings, if any."""
@@ -172,7 +182,19 @@ class Scheduler:
             **{name: c[name] for name in ("prompt_tokens_total", "generation_tokens_total", "cached_tokens_total",
                                           "cache_hits", "cache_misses", "retractions_total", "evicted_tokens_total")},
             "steps_total": self.steps,
+            **speculation_metrics(self.counters),
         }
 
     def check_invariants(self) -> None:
         self.kv.check(self.running, list(self.waiting.values()))
+
+
+def _runs(sampled: list[Req]) -> list[tuple[Req, list[int]]]:
+    """The sampled rows grouped by request: a request's rows are consecutive."""
+    runs: list[tuple[Req, list[int]]] = []
+    for i, req in enumerate(sampled):
+        if runs and runs[-1][0] is req:
+            runs[-1][1].append(i)
+        else:
+            runs.append((req, [i]))
+    return runs

@@ -1,7 +1,8 @@
 """One step's ForwardBatch, assembled from the requests the scheduler picked and how many
 of their tokens each runs.
 
-A request whose tokens reach its end is sampled. Under overlap scheduling a decoding
+A request whose tokens reach its end is sampled; a request with drafts (speculative.py)
+runs its last token and the drafts, and is sampled at every one of those positions. Under overlap scheduling a decoding
 request's input token may be a "future": its row in the launched, unprocessed step's
 device-side next_tokens, copied into input_ids on the device, so the CPU never waits.
 """
@@ -45,6 +46,11 @@ def build_step(items: list[tuple[Req, int]], previous: ScheduledBatch | None, kv
             input_ids.append(0)
         elif n == 1:
             input_ids.append(req.all_ids[start])
+        elif req.draft:  # its last token and the drafts, every position sampled
+            sample_indices.extend(range(len(input_ids), len(input_ids) + n - 1))
+            sampled.extend([req] * (n - 1))
+            input_ids.append(req.all_ids[start])
+            input_ids.extend(req.draft)
         else:
             input_ids.extend(req.all_ids[start : start + n])
         if n == 1:
@@ -55,7 +61,7 @@ def build_step(items: list[tuple[Req, int]], previous: ScheduledBatch | None, kv
             out_slots.extend(req.slots[start : start + n])
         extend_lens.append(n)
         prefix_lens.append(start)
-        if start + n == len(req.all_ids) + req.inflight:
+        if start + n == len(req.all_ids) + req.inflight + len(req.draft):
             sample_indices.append(len(input_ids) - 1)
             sampled.append(req)
     device = kv.device
@@ -84,7 +90,7 @@ def build_step(items: list[tuple[Req, int]], previous: ScheduledBatch | None, kv
         req.kv_len += n
     for i, req in enumerate(sampled):
         req.inflight += 1
-        req.future_row = i
+        req.future_row = i  # (a drafted request's rows are read back before it runs again)
     return ScheduledBatch(batch, reqs, sampled)
 
 

@@ -64,7 +64,7 @@ def run_steps(llm: Any, prompts: list[list[int]], tokens: int, constrained: bool
         params = SamplingParams(max_new_tokens=tokens, temperature=1.0, seed=i, ignore_eos=True, json_schema=schema)
         for req in llm.frontend.generation(f"grammar-{into.kind}-{time.monotonic_ns()}-{i}", [ids], params).engine_requests():
             engine.add_request(req)
-    backend = engine.grammars
+    backend = engine.grammar_queue.backend
     fill = backend.fill
 
     def timed_fill(rows: Any, bitmask: Any) -> None:

@@ -1,0 +1,138 @@
+"""Speculative decoding: a proposer drafts a decoding request's next tokens, one forward
+runs the request's last token and the drafts (writing their K/V), every position is
+sampled, and the drafts are kept while they equal what was sampled.
+
+A proposer's drafts are one guess each (a point mass), so "sample the target at every
+position and keep the draft while it matches" is rejection sampling with acceptance
+p(draft): each emitted token follows the target distribution exactly, greedy or sampled,
+and a seeded request draws the same noise at each output index as without drafts. The
+first position where the sample differs emits the sample and ends the run; the K/V of
+the rejected drafts is truncated away (KVManager.truncate).
+
+Drafting stops where it would not pay: requests with a grammar (their masks know no
+drafts), batches of more than SPECULATE_UP_TO decoding requests (verifying k + 1 tokens
+each then costs more than it saves), and, for a while, requests whose drafts keep being
+rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ..plugins import PluginError, SelectionError
+from .request import Req
+
+if TYPE_CHECKING:
+    from ..plugins import Registry
+    from ..settings import Settings
+
+log = logging.getLogger("minisgl.engine")
+
+SPECULATE_UP_TO = 4  # decoding requests in a step; beyond, every request decodes plainly
+LOW_ACCEPTANCE = 0.2  # a request's recent accepted share of its drafts below which it pauses
+PAUSE_STEPS = 16  # steps a request with low acceptance decodes without drafts
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    def propose(self, token_ids: list[int], max_tokens: int) -> list[int]:
+        """Up to `max_tokens` guesses of what follows `token_ids` ([] for none)."""
+        ...
+
+
+def load_proposer(settings: Settings, registry: Registry) -> Proposer | None:
+    """--speculative-algorithm's proposer (None: off), built from the plugin registry."""
+    name = settings.speculative_algorithm
+    if not name:
+        return None
+    try:
+        spec = registry.get("proposer", name)
+    except PluginError as exc:
+        raise SelectionError(f"--speculative-algorithm: {exc}") from None
+    log.info("speculative decoding: %s drafts up to %d tokens a step (%s); overlap scheduling off", spec.name,
+             settings.speculative_num_draft_tokens, spec.description)
+    return spec.load()(settings)
+
+
+class NgramProposer:
+    """Prompt lookup: the longest suffix of the request's tokens (between the min and max
+    match window) that occurred before; the tokens that followed its latest occurrence."""
+
+    def __init__(self, settings: Any) -> None:
+        self.min_window = settings.speculative_ngram_min_match_window_size
+        self.max_window = settings.speculative_ngram_max_match_window_size
+
+    def propose(self, token_ids: list[int], max_tokens: int) -> list[int]:
+        n = len(token_ids)
+        if n < 2 or max_tokens <= 0:
+            return []
+        last = token_ids[-1]
+        best_len, best_end = 0, -1
+        for end in range(n - 2, -1, -1):  # latest occurrences first: a tie keeps the latest
+            if token_ids[end] != last:
+                continue
+            length = 1
+            while (length < self.max_window and end - length >= 0
+                   and token_ids[end - length] == token_ids[n - 1 - length]):
+                length += 1
+            if length > best_len:
+                best_len, best_end = length, end
+                if length == self.max_window:
+                    break
+        if best_len < self.min_window:
+            return []
+        return token_ids[best_end + 1 : best_end + 1 + max_tokens]
+
+
+class Speculation:
+    def __init__(self, proposer: Proposer, num_draft_tokens: int, max_context_len: int, counters: Counter[str]) -> None:
+        self.proposer = proposer
+        self.k = num_draft_tokens
+        self.max_context_len = max_context_len
+        self.counters = counters
+
+    def draft(self, decoding: list[Req]) -> None:
+        """Set each decoding request's `draft` (empty where it decodes plainly)."""
+        speculate = len(decoding) <= SPECULATE_UP_TO
+        for req in decoding:
+            req.draft = []
+            if not speculate or req.grammar is not None or req.inflight:
+                continue
+            if req.spec_pause > 0:
+                req.spec_pause -= 1
+                continue
+            # every emitted token must fit: the drafts and the one sampled after them
+            room = min(req.max_new_tokens - req.num_output, self.max_context_len - len(req.all_ids)) - 1
+            req.draft = self.proposer.propose(req.all_ids, min(self.k, room))
+
+    def accepted(self, req: Req, sampled: list[int]) -> int:
+        """How many of the tokens sampled at a drafted request's positions to emit: the
+        first, and each next one while the draft before it was sampled too."""
+        draft = req.draft
+        emit = 1
+        while emit <= len(draft) and sampled[emit - 1] == draft[emit - 1]:
+            emit += 1
+        kept = emit - 1
+        c = self.counters
+        c["spec_verify_steps_total"] += 1
+        c["spec_draft_tokens_total"] += len(draft)
+        c["spec_accepted_tokens_total"] += kept
+        req.spec_acceptance = 0.5 * req.spec_acceptance + 0.5 * kept / len(draft)
+        if req.spec_acceptance < LOW_ACCEPTANCE:
+            req.spec_pause, req.spec_acceptance = PAUSE_STEPS, 1.0  # try again after the pause
+        return emit
+
+
+def metrics(counters: Counter[str]) -> dict[str, float]:
+    drafted, kept, steps = (counters[k] for k in ("spec_draft_tokens_total", "spec_accepted_tokens_total",
+                                                  "spec_verify_steps_total"))
+    return {
+        "spec_draft_tokens_total": drafted,
+        "spec_accepted_tokens_total": kept,
+        "spec_verify_steps_total": steps,
+        "spec_acceptance_rate": kept / drafted if drafted else 0.0,
+        # tokens a drafted request gains per verify step (1 without drafts)
+        "spec_mean_accepted_length": (kept + steps) / steps if steps else 0.0,
+    }
