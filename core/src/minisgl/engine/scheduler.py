@@ -121,15 +121,15 @@ class Scheduler:
             req.inflight -= len(rows)
             if req.finished_reason is not None:
                 continue  # finished (stop token, abort) after this step was launched: wasted rows
+            emitted = [int(tokens[i]) for i in rows]
             if req.draft and self.speculation is not None:  # keep the sampled drafts; forget the rest's K/V
-                emit = self.speculation.accepted(req, [int(tokens[i]) for i in rows])
-                self.kv.truncate(req, req.kv_len - (len(rows) - emit))
-                rows, req.draft = rows[:emit], []
+                emitted = self.speculation.verify(req, emitted)
+                self.kv.truncate(req, req.kv_len - (len(rows) - len(emitted)))
+                req.draft = []
             out = EngineOutput(rid=req.rid, prompt_tokens=len(req.prompt_ids),
                                cached_tokens=max(req.prompt_cached_tokens, 0))
             want_logprobs = bool(req.params.logprobs or req.params.top_logprobs) and logprobs is not None
-            for i in rows:
-                tok = int(tokens[i])
+            for i, tok in zip(rows, emitted):
                 reason = self._append(req, tok)
                 out.new_token_ids.append(tok)
                 if want_logprobs:

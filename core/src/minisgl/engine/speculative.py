@@ -107,8 +107,8 @@ class Speculation:
             room = min(req.max_new_tokens - req.num_output, self.max_context_len - len(req.all_ids)) - 1
             req.draft = self.proposer.propose(req.all_ids, min(self.k, room))
 
-    def accepted(self, req: Req, sampled: list[int]) -> int:
-        """How many of the tokens sampled at a drafted request's positions to emit: the
+    def verify(self, req: Req, sampled: list[int]) -> list[int]:
+        """The tokens a drafted request emits, from those sampled at its positions: the
         first, and each next one while the draft before it was sampled too."""
         draft = req.draft
         emit = 1
@@ -122,7 +122,7 @@ class Speculation:
         req.spec_acceptance = 0.5 * req.spec_acceptance + 0.5 * kept / len(draft)
         if req.spec_acceptance < LOW_ACCEPTANCE:
             req.spec_pause, req.spec_acceptance = PAUSE_STEPS, 1.0  # try again after the pause
-        return emit
+        return sampled[:emit]
 
 
 def metrics(counters: Counter[str]) -> dict[str, float]:

@@ -1,0 +1,131 @@
+"""Speculative decoding with the n-gram proposer: the same tokens as plain decoding (greedy,
+and seeded sampling draw for draw), a target distribution that naive acceptance breaks,
+KV accounting after rejected drafts, and what a request can ask for beside it."""
+
+import random
+
+import pytest
+from engine_helpers import make_engine, run_all, tokens
+
+from minisgl import LLM, SamplingParams
+from minisgl.engine import speculative
+from minisgl.engine.messages import EngineRequest
+from minisgl.engine.speculative import NgramProposer
+from minisgl.plugins import SelectionError
+from minisgl.settings import Settings, SettingsError, load_settings
+
+SPEC = dict(speculative_algorithm="ngram", speculative_num_draft_tokens=4)
+# a prompt that repeats itself: the proposer finds what followed each suffix before
+LOOP = [11, 12, 13, 14, 15, 16, 17, 18] * 6
+
+
+def proposer(lo: int = 1, hi: int = 12) -> NgramProposer:
+    return NgramProposer(Settings(speculative_ngram_min_match_window_size=lo,
+                                  speculative_ngram_max_match_window_size=hi))
+
+
+def test_ngram_drafts_what_followed_the_latest_longest_match():
+    p = proposer()
+    assert p.propose([1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3], 2) == [7, 1]  # the latest of two equal matches
+    assert p.propose([5, 1, 2, 8, 2, 9, 1, 2], 3) == [8, 2, 9]  # "1 2" beats the later "2"
+    assert p.propose([1, 2, 3], 4) == []  # nothing earlier ends like it
+    assert proposer(lo=3).propose([4, 1, 2, 9, 1, 2], 2) == []  # shorter than the min window
+    assert p.propose([1, 2, 1, 2], 0) == []
+
+
+def run(engine, prompts, params):
+    for i, ids in enumerate(prompts):
+        engine.add_request(EngineRequest(rid=f"r{i}", input_ids=ids, sampling=params))
+    outs = run_all(engine)
+    return [tokens(outs[f"r{i}"]) for i in range(len(prompts))], outs
+
+
+def test_greedy_tokens_equal_plain_decoding_and_drafts_are_accepted(tiny_llama_path):
+    prompts = [LOOP, LOOP[3:] + [40, 41], [30, 31, 32, 33] * 5]
+    params = SamplingParams(temperature=0.0, max_new_tokens=40, ignore_eos=True)
+    plain, _ = run(make_engine(tiny_llama_path), prompts, params)
+    engine = make_engine(tiny_llama_path, **SPEC)
+    drafted, _ = run(engine, prompts, params)
+    assert drafted == plain
+    m = engine.metrics()
+    assert m["spec_draft_tokens_total"] > 0 and m["spec_accepted_tokens_total"] > 0
+    assert m["spec_mean_accepted_length"] > 1.0
+    assert m["generation_tokens_total"] == 3 * 40  # max_new_tokens never exceeded
+
+
+def test_seeded_sampling_draws_the_same_tokens_and_naive_acceptance_does_not(tiny_llama_path, monkeypatch):
+    """Each output index draws the same noise with or without drafts, so seeded requests give
+    the same tokens; accepting every draft (naive) gives other ones: the target is lost."""
+    params = [SamplingParams(temperature=1.0, max_new_tokens=8, ignore_eos=True, seed=s) for s in range(12)]
+    # every token once: whatever is sampled occurred before, so every decode step drafts
+    every = random.Random(3).sample(range(992), 992)  # the tiny model's vocabulary
+
+    def sample(engine):
+        for i, p in enumerate(params):
+            engine.add_request(EngineRequest(rid=f"s{i}", input_ids=every, sampling=p))
+        outs = run_all(engine)
+        return [tokens(outs[f"s{i}"]) for i in range(len(params))]
+
+    plain = sample(make_engine(tiny_llama_path, max_running_requests=4))
+    drafted_engine = make_engine(tiny_llama_path, max_running_requests=4, **SPEC)
+    assert sample(drafted_engine) == plain
+    assert drafted_engine.metrics()["spec_draft_tokens_total"] > 0
+
+    monkeypatch.setattr(speculative.Speculation, "verify",  # naive: keep every draft, then one sample
+                        lambda self, req, sampled: [*req.draft, sampled[len(req.draft)]])
+    naive = sample(make_engine(tiny_llama_path, max_running_requests=4, **SPEC))
+    assert sum(a != b for a, b in zip(naive, plain)) >= len(plain) // 2
+
+
+def test_rejected_drafts_leave_the_pool_consistent_under_retraction(tiny_llama_path):
+    """A pool too small for every request at once: retractions, readmissions from the cache
+    and truncated drafts, with the pool checked after every step (run_all)."""
+    prompts = [LOOP[i:] + [50 + i] for i in range(6)]
+    params = SamplingParams(temperature=0.0, max_new_tokens=30, ignore_eos=True)
+    plain, _ = run(make_engine(tiny_llama_path, num_pages=160), prompts, params)
+    engine = make_engine(tiny_llama_path, num_pages=160, **SPEC)
+    drafted, _ = run(engine, prompts, params)
+    assert drafted == plain
+    assert engine.metrics()["retractions_total"] > 0
+
+
+def test_stops_logprobs_and_grammars_beside_drafts(tiny_llama_path):
+    engine = make_engine(tiny_llama_path, **SPEC)
+    plain = make_engine(tiny_llama_path)
+    # a stop token that greedy decoding reaches inside a drafted run ends the request there
+    free, _ = run(plain, [LOOP], SamplingParams(temperature=0.0, max_new_tokens=20, ignore_eos=True))
+    stop = free[0][9]
+    params = SamplingParams(temperature=0.0, max_new_tokens=20, stop_token_ids=[stop], logprobs=True, top_logprobs=2)
+    got, outs = run(engine, [LOOP], params)
+    want, _ = run(plain, [LOOP], params)
+    assert got == want and got[0][-1] == stop and len(got[0]) == free[0].index(stop) + 1
+    assert outs["r0"][-1].finish_reason == "stop"
+    # one logprob and one top-logprob list for every emitted token
+    assert sum(len(o.logprobs or []) for o in outs["r0"]) == len(got[0])
+    assert sum(len(o.top_logprobs or []) for o in outs["r0"]) == len(got[0])
+    # a constrained request never drafts, and gets what it gets without speculation
+    regex = SamplingParams(temperature=0.0, max_new_tokens=12, regex="(ab|cd)+")
+    assert run(engine, [LOOP], regex)[0] == run(plain, [LOOP], regex)[0]
+
+
+def test_llm_streams_several_tokens_a_step_with_n_samples(tiny_llama_path):
+    params = SamplingParams(temperature=0.0, max_new_tokens=32, ignore_eos=True, n=2)
+    with LLM(tiny_llama_path, dtype="float32", backend="hf") as llm:
+        want = [o.token_ids for o in llm.generate(LOOP, params)[0].outputs]
+    with LLM(tiny_llama_path, dtype="float32", backend="hf", **SPEC) as llm:
+        got = [o.token_ids for o in llm.generate(LOOP, params)[0].outputs]
+        deltas = list(llm.stream(LOOP, SamplingParams(temperature=0.0, max_new_tokens=32, ignore_eos=True)))
+        assert llm.metrics()["spec_accepted_tokens_total"] > 0
+    assert got == want
+    streamed = [t for d in deltas for t in d.token_ids]
+    assert streamed == want[0] and any(len(d.token_ids) > 1 for d in deltas)
+
+
+def test_settings_are_checked_at_start(tiny_llama_path):
+    with pytest.raises(SelectionError, match="--speculative-algorithm"):
+        make_engine(tiny_llama_path, speculative_algorithm="eagle")
+    with pytest.raises(SettingsError, match="speculative_ngram_min_match_window_size"):
+        load_settings(flags={"speculative_ngram_min_match_window_size": 5,
+                             "speculative_ngram_max_match_window_size": 3}, environ={})
+    with pytest.raises(SettingsError, match="speculative_draft_model_path"):
+        load_settings(flags={"speculative_draft_model_path": "/models/draft"}, environ={})
