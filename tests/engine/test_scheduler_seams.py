@@ -33,7 +33,7 @@ class FixedRunner(ModelRunner):
 
 
 def make_scheduler(page_size: int = 4) -> Scheduler:
-    return Scheduler(FixedRunner(), RadixCache(page_size=page_size), FCFS(), page_size=page_size,
+    return Scheduler(FixedRunner(), RadixCache(page_size, Settings()), FCFS(), page_size=page_size,
                      max_running_requests=4, max_prefill_length=64, max_context_len=256)
 
 

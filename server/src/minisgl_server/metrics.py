@@ -14,6 +14,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from minisgl.engine.speculative import metrics as speculation_metrics
+
 log = logging.getLogger("minisgl.server")
 
 ENGINE_KEYS = (
@@ -31,7 +33,8 @@ RENAMED = {"requests_aborted_total": "engine_requests_aborted_total"}
 COUNTERS = {"prompt_tokens_total", "generation_tokens_total", "cached_tokens_total", "requests_aborted_total",
             "engine_requests_aborted_total", "requests_total", "requests_rejected_total", "requests_dispatched",
             "warmed_tokens", "adaptive_downscaled_total", "cache_hits", "cache_misses", "retractions_total",
-            "evicted_tokens_total", "requests_finished_total", "steps_total", "restarts"}
+            "evicted_tokens_total", "requests_finished_total", "steps_total", "restarts", "spec_draft_tokens_total",
+            "spec_accepted_tokens_total", "spec_verify_steps_total"}
 
 
 def _numbers(d: dict[str, Any]) -> dict[str, int | float]:
@@ -85,6 +88,7 @@ async def collect_metrics(state: Any) -> dict[str, Any]:
         **stats.rolling(),
         "replicas": replicas,
     })
+    merged.update(speculation_metrics(merged))  # the ratios of the totals, not sums of ratios
     return merged
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..plugins import PluginError, SelectionError
@@ -125,14 +126,15 @@ class Speculation:
         return sampled[:emit]
 
 
-def metrics(counters: Counter[str]) -> dict[str, float]:
-    drafted, kept, steps = (counters[k] for k in ("spec_draft_tokens_total", "spec_accepted_tokens_total",
+def metrics(counters: Mapping[str, Any]) -> dict[str, float]:
+    """The counters and what they mean: the share of drafts accepted, and the tokens a
+    drafted request gains per verify step (1 without drafts)."""
+    drafted, kept, steps = (counters.get(k, 0) for k in ("spec_draft_tokens_total", "spec_accepted_tokens_total",
                                                   "spec_verify_steps_total"))
     return {
         "spec_draft_tokens_total": drafted,
         "spec_accepted_tokens_total": kept,
         "spec_verify_steps_total": steps,
         "spec_acceptance_rate": kept / drafted if drafted else 0.0,
-        # tokens a drafted request gains per verify step (1 without drafts)
         "spec_mean_accepted_length": (kept + steps) / steps if steps else 0.0,
     }

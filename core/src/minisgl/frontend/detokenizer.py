@@ -51,11 +51,11 @@ class IncrementalDetokenizer:
         """Text added by tokens after the read offset, or "" while a character is incomplete."""
         if self._stream is not None:
             text = ""
-            for t in self.token_ids[len(self.token_ids) - added :]:
-                piece = self._stream.step(self._backend, t)
+            for i in range(len(self.token_ids) - added, len(self.token_ids)):
+                piece = self._stream.step(self._backend, self.token_ids[i])
                 if piece is not None:
                     text += piece
-                    self._read_offset = len(self.token_ids) - added + 1
+                    self._read_offset = i + 1
             self._prefix_offset = max(0, self._read_offset - _CONTEXT_TOKENS)
             return text
         prefix = self._decode(self.token_ids[self._prefix_offset : self._read_offset])
