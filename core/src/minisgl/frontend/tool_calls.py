@@ -440,7 +440,7 @@ def model_format(fmt: JSONToolCalls | None, template: str, renders_tools: bool) 
     messages itself: the flag's (--tool-call-parser), else the one whose markers the chat
     template writes; a template that renders no tools gets them from the flag's format or
     Hermes'. None: no format is known (tool_choice 'auto' is refused)."""
-    if not renders_tools:
+    if not renders_tools and hasattr(fmt or DEFAULT_FORMAT, "write_tools"):  # a plugin's format may not
         fmt = fmt or DEFAULT_FORMAT
         log.info("the chat template does not render tools: a request's tools are written into its system message "
                  "in the %s tool-call format", fmt.start or "bare JSON")
