@@ -6,7 +6,8 @@ invalid (derandomized, so CI sees the same ones each run), and every answer must
   server has no model for),
 - a status the document lists for that operation, with the documented content type and
   a body that matches the documented schema,
-- for any error, OpenAI's body: {"error": {"message", "type", "param", "code"}}.
+- for any error, OpenAI's body: {"error": {"message", "type", "param", "code"}} (Anthropic's
+  {"type": "error", "error": {"type", "message"}} on /v1/messages).
 
 Generation stays cheap: token budgets are clamped to a few tokens and streams are turned
 off before a request is sent (streaming has its own tests); image/video routes answer 503
@@ -86,6 +87,10 @@ def _openai_error_shape(response: Any, case: Any) -> str | None:
     except Exception:
         return f"not JSON: {response.text[:200]!r}"
     error = body.get("error") if isinstance(body, dict) else None
+    if case.operation.path == "/v1/messages":  # Anthropic's error body there
+        if body.get("type") != "error" or not isinstance(error, dict) or set(error) != {"type", "message"}:
+            return f"not Anthropic's {{'type': 'error', 'error': {{'type', 'message'}}}}: {body!r:.300}"
+        return None if isinstance(error["message"], str) and error["message"] else f"error message: {error!r:.300}"
     if not isinstance(error, dict) or set(body) != {"error"}:
         return f"not {{'error': {{...}}}}: {body!r:.300}"
     if set(error) != {"message", "type", "param", "code"}:

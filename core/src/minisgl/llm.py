@@ -119,7 +119,8 @@ class LLM:
                      tools: ToolUse | None = None) -> ChatPrompt:
         return encode_chat(self.frontend.tokenizer, messages, template_kwargs=template_kwargs,
                            max_context_len=self.frontend.max_context_len,
-                           image_rules=self.image_rules, tools=tools and tools.tools)
+                           image_rules=self.image_rules, tools=tools and tools.tools,
+                           tools_writer=tools and tools.writer)
 
     def encode_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
         """A conversation as prompt token ids, through the model's chat template (text only:

@@ -18,6 +18,7 @@ from minisgl.plugins import Registry
 from .errors import EXCEPTION_HANDLERS
 from .http_edges import JSONContentTypeMiddleware, echo_request_id
 from .openapi_docs import document_errors
+from .routes_anthropic import messages
 from .routes_generate import generate
 from .routes_openai import chat_completions, completions
 from .routes_system import get_model, health, list_models, metrics
@@ -44,7 +45,7 @@ def create_app(state: ServerState) -> Litestar:
             await state.stop()
 
     app = Litestar(
-        route_handlers=[generate, completions, chat_completions, list_models, get_model, health, metrics],
+        route_handlers=[generate, completions, chat_completions, messages, list_models, get_model, health, metrics],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="minisgl", version=__version__, path="/schema"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -175,27 +175,41 @@ def _chat_logprobs(tok: Any, infos: list[TokenLogprob] | None) -> ChatLogprobs |
     return ChatLogprobs(content=content)
 
 
+async def start_chat(state: Any, rid: str, model: str | None, messages: list[dict[str, Any]],
+                     sampling: Callable[[], tuple[SamplingParams, dict[str, str]]], *, tools: Any = None,
+                     tool_choice: Any = None, parallel_tool_calls: bool = True, separate_reasoning: bool = True,
+                     **template: Any) -> tuple[Any, Generation]:
+    """A chat request, in OpenAI's message shapes, on its way: routed (to the vision model
+    when it holds images), its tools checked, its prompt rendered, its Generation sent.
+    Every chat-shaped door calls it (`sampling` gives its checked parameters, after the
+    tools and before the prompt's fit)."""
+    served = state.route(model, images=has_image_parts(messages))
+    frontend = served.frontend
+    use = frontend.tool_use(tools, tool_choice, parallel_tool_calls)
+    prompt = await served.tokenizers.run(
+        encode_chat, messages, max_context_len=frontend.max_context_len, image_rules=state.image_rules,
+        tools=use and use.tools, tools_writer=use and use.writer, **template,
+    )
+    params, names = sampling()
+    gen = await frontend.generation_off_loop(rid, [prompt.ids], params, names=names, images=[prompt.images],
+                                             separate_reasoning=separate_reasoning, tools=use)
+    inflight.send(state, served.pool, gen)
+    return served, gen
+
+
 @post("/v1/chat/completions", status_code=200, summary="OpenAI chat completions")
 async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletionRequest) -> Response[Any]:
     state = request.app.state.server
-    messages = msgspec.to_builtins(data.messages)
-    served = state.route(data.model, images=has_image_parts(messages))
-    frontend = served.frontend
     if data.top_logprobs and not data.logprobs:
         raise invalid("'top_logprobs' needs 'logprobs': true", "top_logprobs")
-    tools = frontend.tool_use(msgspec.to_builtins(data.tools), msgspec.to_builtins(data.tool_choice),
-                              data.parallel_tool_calls)
-    prompt = await served.tokenizers.run(
-        encode_chat, messages, add_generation_prompt=data.add_generation_prompt,
+    served, gen = await start_chat(
+        state, new_request_id("chatcmpl"), data.model, msgspec.to_builtins(data.messages),
+        lambda: _sampling("chat", data, "messages"), tools=msgspec.to_builtins(data.tools),
+        tool_choice=msgspec.to_builtins(data.tool_choice), parallel_tool_calls=data.parallel_tool_calls,
+        separate_reasoning=data.separate_reasoning, add_generation_prompt=data.add_generation_prompt,
         continue_final_message=data.continue_final_message, template_kwargs=data.chat_template_kwargs,
-        max_context_len=frontend.max_context_len, image_rules=state.image_rules, tools=tools and tools.tools,
     )
-    params, names = _sampling("chat", data, "messages")
-    gen = await frontend.generation_off_loop(new_request_id("chatcmpl"), [prompt.ids], params,
-                                             names=names, images=[prompt.images],
-                                             separate_reasoning=data.separate_reasoning, tools=tools)
-    inflight.send(state, served.pool, gen)
-    tok = frontend.tokenizer
+    tok = served.frontend.tokenizer
     if data.stream:
         return _stream(state, gen, _chat_events(tok, state, gen, served.model_id, data))
     if not await inflight.finish(request, state, gen):

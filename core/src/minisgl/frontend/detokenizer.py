@@ -39,6 +39,7 @@ class IncrementalDetokenizer:
         self._held = ""  # decoded text not yet emitted (could start a stop string)
         self.text = ""  # everything emitted so far
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
         self._backend = getattr(tokenizer, "_tokenizer", None)
         self._stream: Any = None
         if isinstance(self._backend, Tokenizer) and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
@@ -74,7 +75,8 @@ class IncrementalDetokenizer:
         self.token_ids.extend(int(t) for t in token_ids)
         self._held += self._new_text(len(self.token_ids) - before)
         if self.stop:
-            cut = min((i for i in (self._held.find(s) for s in self.stop) if i >= 0), default=-1)
+            cut, self.matched = min(((i, s) for s, i in ((s, self._held.find(s)) for s in self.stop) if i >= 0),
+                                    default=(-1, None))
             if cut >= 0:
                 delta, self._held, self.stopped = self._held[:cut], "", True
                 self.text += delta

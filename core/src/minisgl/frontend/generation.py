@@ -30,7 +30,7 @@ from ..grammar import GrammarBackend, GrammarError, LLGuidance, constraint_of
 from ..plugins import load_selected
 from ..sampling_params import SamplingParams
 from .errors import ErrorKind, RequestError, invalid
-from .tool_calls import ToolCall, ToolCallDelta, ToolUse, tool_use
+from .tool_calls import ToolCall, ToolCallDelta, ToolUse, model_format, tool_use
 
 
 @dataclass
@@ -90,6 +90,11 @@ class Sample:
         return self.reasoning if self.splitter is not None else None
 
     @property
+    def stop_string(self) -> str | None:
+        """The stop string that ended this answer, if one did."""
+        return self.detok.matched
+
+    @property
     def wants_logprobs(self) -> bool:
         return self.params.logprobs or self.params.top_logprobs > 0
 
@@ -129,6 +134,8 @@ class Sample:
             delta.text, delta.tool_calls = _through(self.tool_parser, delta.text, last)
             for call in delta.tool_calls:
                 ToolCall.fold(self.tool_calls, call)
+            if self.tool_parser.done and not last:  # it takes no more of the answer: end it here
+                delta.stop_hit, delta.finish_reason = True, "stop"
             if delta.finish_reason == "stop" and self.tool_calls:
                 delta.finish_reason = "tool_calls"
         self.text += delta.text
@@ -243,7 +250,10 @@ class Frontend:
         self.eos_token_ids = list(eos_token_ids)
         self.max_new_tokens_default = max_new_tokens_default
         self.reasoning = reasoning  # a reasoning parser's factory (--reasoning-parser), for chat answers
-        self.tool_calls = tool_calls  # the model's tool-call format (--tool-call-parser)
+        # the model's tool-call format (--tool-call-parser, else its chat template's), and
+        # whether it writes a request's tools into the messages (the template ignores them)
+        self.tool_calls, self.writes_tools = model_format(tool_calls, tokenizer.chat_template_text,
+                                                          tokenizer.renders_tools)
         self._grammar_backend = grammar_backend
         self.vocab_size = vocab_size  # the model's logits rows, where known: an engine in this process shares the view
         self._grammars: GrammarBackend | None = None
@@ -258,7 +268,7 @@ class Frontend:
     def tool_use(self, tools: Sequence[Any] | None, tool_choice: Any = None, parallel_tool_calls: bool = True) -> ToolUse | None:
         """A chat request's tools, checked (see tool_calls.tool_use): `.tools` go to the chat
         template, the whole ToolUse to `generation`."""
-        return tool_use(self.tool_calls, tools, tool_choice, parallel_tool_calls)
+        return tool_use(self.tool_calls, tools, tool_choice, parallel_tool_calls, self.writes_tools)
 
     def generation(self, rid: str, prompts: list[list[int]], params: SamplingParams, *,
                    names: Mapping[str, str] | None = None, priority: int = 0,

@@ -60,6 +60,21 @@ class Tokenizer:
         # TOKEN_CACHE_SIZE: the decode cache of single tokens' text (logprobs name every token)
         self.token_text = functools.lru_cache(maxsize=token_cache_size or None)(self._token_text)
 
+    @property
+    def chat_template_text(self) -> str:
+        """The chat template's source (all of them, where a model names several)."""
+        template = getattr(self._templates, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
+        return "\n".join(template.values()) if isinstance(template, dict) else str(template)
+
+    @functools.cached_property
+    def renders_tools(self) -> bool:
+        """Whether the chat template writes a request's `tools` into the prompt."""
+        probe = [{"type": "function", "function": {"name": "minisgl_probe_tool", "parameters": {"type": "object"}}}]
+        try:
+            return "minisgl_probe_tool" in self.render_chat([{"role": "user", "content": "hi"}], tools=probe)
+        except ValueError:
+            return False
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
@@ -241,9 +256,13 @@ def _placeholders_as_text(conversation: list[dict[str, Any]], placeholder: str) 
 def encode_chat(tokenizer: Tokenizer, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True,
                 continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None,
                 max_context_len: int | None = None, image_rules: ImageRules | None = None,
-                tools: list[dict[str, Any]] | None = None) -> ChatPrompt:
+                tools: list[dict[str, Any]] | None = None, tools_writer: Any = None) -> ChatPrompt:
+    """The chat prompt's token ids and images. `tools` go to the chat template, or with
+    `tools_writer` (a template that ignores them: ToolUse.writer) into the messages."""
     vision = tokenizer.vision
     conversation, urls = chat_messages(messages, vision=vision is not None)
+    if tools_writer is not None and tools:
+        conversation, tools = tools_writer.write_tools(conversation, tools), None
     check_length(tokenizer, sum(len(_text_of(m["content"])) for m in conversation), max_context_len, "messages")
     rules = image_rules or ImageRules()
     encoded = [(image_bytes(url, rules, param), param) for url, param in urls]  # bad URLs fail first

@@ -14,11 +14,18 @@ the concatenation of the stream's pieces.
 `parallel_tool_calls`: which tools the chat template renders, whether the grammar forces a
 call (`required`, or a named function: the model's own format, with each function's
 parameters as the schema of its arguments) and whether the answer is parsed (`auto`).
+
+`model_format(...)` is the one rule of which format a model's answers are parsed in when
+no flag names one: the registered format whose markers its chat template writes. A
+template that does not render `tools` at all gets them from the format itself: a system
+preamble listing them, earlier calls written as the format writes them, results in
+<tool_response> tags (`JSONToolCalls.write_tools`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -28,6 +35,8 @@ from typing import Any
 from ..plugins import get_registry
 from .errors import invalid
 from .reasoning import held_suffix
+
+log = logging.getLogger("minisgl.frontend")
 
 TOOL_CHOICES = ("none", "auto", "required")
 
@@ -147,14 +156,36 @@ class _Call:
 
 
 class ToolCallParser:
-    """One answer's text as (content, tool-call deltas), however it arrives in pieces."""
+    """One answer's text as (content, tool-call deltas), however it arrives in pieces.
 
-    def __init__(self, fmt: JSONToolCalls, max_calls: int | None) -> None:
-        self.fmt, self.max_calls = fmt, max_calls
+    A `forced` answer (the grammar writes the calls) gives each call whole once it closes:
+    one cut off by the length limit, or a partial tag, never reaches the client, and a call
+    that repeats an earlier one word for word ends the answer (`done`)."""
+
+    def __init__(self, fmt: JSONToolCalls, max_calls: int | None, forced: bool = False) -> None:
+        self.fmt, self.max_calls, self.forced = fmt, max_calls, forced
         self.state = "opening" if not fmt.start else "content"  # then "call", "after", "text", "done"
         self.buffer = ""
         self.call: _Call | None = None
         self.calls = 0
+        self.held: list[ToolCallDelta] = []  # a forced call's deltas until it closes
+        self.made: set[tuple[str, str]] = set()  # a forced answer's calls so far: (name, arguments)
+
+    @property
+    def done(self) -> bool:
+        """No more calls will be taken: the rest of the answer is dropped."""
+        return self.state == "done"
+
+    def _closed(self, deltas: list[ToolCallDelta]) -> list[ToolCallDelta]:
+        """A forced call's deltas once it is whole, or none (and `done`) when it repeats one."""
+        self.held += deltas
+        call = (next((d.name for d in self.held if d.name is not None), ""), "".join(d.arguments for d in self.held))
+        out, self.held = self.held, []
+        if call in self.made:
+            self.state = "done"
+            return []
+        self.made.add(call)
+        return out
 
     def push(self, text: str) -> tuple[str, list[ToolCallDelta]]:
         self.buffer += text
@@ -194,7 +225,10 @@ class ToolCallParser:
                         continue
                 piece, self.buffer = self.buffer, ""
                 obj_end, new = self.call.push(piece)
-                deltas += new
+                if self.forced:
+                    self.held += new
+                else:
+                    deltas += new
                 if obj_end is None:
                     break
                 closing = self.call.complete(obj_end)
@@ -202,10 +236,11 @@ class ToolCallParser:
                 if closing is None:
                     content += start + self.call.text[:obj_end]
                     self.state = "content" if start else "text"
+                    self.held = []
                 else:
-                    deltas += closing
+                    deltas += self._closed(closing) if self.forced else closing
                     self.calls += 1
-                    self.state = "after"
+                    self.state = "done" if self.state == "done" else "after"
             else:  # after a call: its end tag, or the separator before the next one
                 lead = self.buffer.lstrip()
                 if not lead:
@@ -228,8 +263,12 @@ class ToolCallParser:
         return content, deltas
 
     def finish(self) -> tuple[str, list[ToolCallDelta]]:
-        """What was held back: a call cut off before its name was known was text."""
+        """What was held back: a call cut off before its name was known was text (a forced
+        answer's unfinished call and tags are dropped)."""
         rest, self.buffer = self.buffer, ""
+        if self.forced:
+            self.held = []
+            return "", []
         if self.state in ("content", "text", "opening"):
             return rest, []
         if self.state == "call" and self.call is not None and not self.call.named and self.call.text:
@@ -256,9 +295,44 @@ class JSONToolCalls:
     end: str = ""
     separator: str = "\n"  # between two calls, in the grammar; the parser takes any space
     args_key: str = "arguments"
+    markers: tuple[str, ...] = ()  # text a chat template holds when its model writes calls this way
 
-    def parser(self, max_calls: int | None = None) -> ToolCallParser:
-        return ToolCallParser(self, max_calls)
+    def parser(self, max_calls: int | None = None, forced: bool = False) -> ToolCallParser:
+        return ToolCallParser(self, max_calls, forced)
+
+    def call_text(self, name: str, arguments: Any) -> str:
+        """One call as the model writes it."""
+        call = json.dumps({"name": name, self.args_key: arguments}, ensure_ascii=False)
+        return f"{self.start}\n{call}\n{self.end}" if self.start else call
+
+    def preamble(self, tools: Sequence[Any]) -> str:
+        """The system text that teaches a model whose chat template ignores `tools` to call them."""
+        listed = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+        example = self.call_text("<function-name>", "<arguments-json-object>").replace('"<', "<").replace('>"', ">")
+        several = ("Write each call this way, one after another." if self.start
+                   else f"Answer with the calls alone, joined by {self.separator.strip()!r}.")
+        return ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+                f"You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{listed}\n"
+                f"</tools>\n\nTo call a function, write a JSON object with its name and arguments:\n{example}\n"
+                f"{several} Results come back within <tool_response></tool_response> XML tags.")
+
+    def write_tools(self, conversation: list[dict[str, Any]], tools: Sequence[Any]) -> list[dict[str, Any]]:
+        """A chat template's messages with the tools in them, for a template that renders no
+        `tools`: the preamble opens the system message, an assistant's earlier calls follow
+        its content as this format writes them, a tool's result is a user message in tags."""
+        out = []
+        for m in conversation:
+            if m["role"] == "assistant" and m.get("tool_calls"):
+                calls = [self.call_text(c["function"]["name"], c["function"]["arguments"]) for c in m["tool_calls"]]
+                text = "\n".join([m["content"], *calls] if m.get("content") else calls)
+                m = {k: v for k, v in m.items() if k != "tool_calls"} | {"content": text}
+            elif m["role"] == "tool" and isinstance(m["content"], str):
+                m = {"role": "user", "content": f"<tool_response>\n{m['content']}\n</tool_response>"}
+            out.append(m)
+        preamble = self.preamble(tools)
+        if out and out[0]["role"] in ("system", "developer") and isinstance(out[0]["content"], str):
+            return [{**out[0], "content": f"{out[0]['content']}\n\n{preamble}"}, *out[1:]]
+        return [{"role": "system", "content": preamble}, *out]
 
     def grammar(self, functions: Sequence[dict[str, Any]], parallel: bool) -> str:
         """A Lark grammar (llguidance's) of one call, or several with `parallel`, to any of
@@ -278,9 +352,11 @@ class JSONToolCalls:
         return "\n".join([f"start: call{repeat}", call, *rules]) + "\n"
 
 
-HERMES = JSONToolCalls(start="<tool_call>", end="</tool_call>")  # Hermes 2/3, Qwen 2.5 and Qwen 3
-LLAMA3 = JSONToolCalls(separator="; ", args_key="parameters")  # Llama 3.1-3.3 JSON tool calling
-DEFAULT_FORMAT = HERMES  # forces `required` and named calls when no --tool-call-parser is set
+# Hermes 2/3, Qwen 2.5 and Qwen 3
+HERMES = JSONToolCalls(start="<tool_call>", end="</tool_call>", markers=("<tool_call>",))
+# Llama 3.1-3.3 JSON tool calling (its template asks for this shape in words)
+LLAMA3 = JSONToolCalls(separator="; ", args_key="parameters", markers=('"parameters": dictionary of argument name',))
+DEFAULT_FORMAT = HERMES  # forces calls when no format is known; writes tools a template ignores
 
 
 @dataclass(frozen=True)
@@ -290,6 +366,7 @@ class ToolUse:
     tools: list[dict[str, Any]] | None  # what the chat template renders
     grammar: str | None = None  # forces the calls (tool_choice required or a named function)
     parser: Callable[[], ToolCallParser] | None = None  # parses the answer's calls
+    writer: JSONToolCalls | None = None  # writes `tools` into the messages: the template ignores them
 
 
 def _functions(tools: Sequence[Any]) -> list[dict[str, Any]]:
@@ -308,11 +385,13 @@ def _functions(tools: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def tool_use(fmt: JSONToolCalls | None, tools: Sequence[Any] | None, tool_choice: Any = None,
-             parallel_tool_calls: bool = True) -> ToolUse | None:
+             parallel_tool_calls: bool = True, write_tools: bool = False) -> ToolUse | None:
     """OpenAI's rule: `none` renders no tools and parses nothing; `auto` (the default with
-    tools) lets the model choose and needs a format (--tool-call-parser); `required` and a
+    tools) lets the model choose and needs a format (`model_format`); `required` and a
     named function ({"type": "function", "function": {"name": ...}}) force calls through the
-    grammar, in the format's shape or Hermes' without one. None: the request has no tools."""
+    grammar, in the format's shape or Hermes' without one. With `write_tools` the format
+    writes the tools into the messages (the chat template ignores them). None: the request
+    has no tools."""
     if not tools:
         if tool_choice not in (None, "none"):
             raise invalid("'tool_choice' needs 'tools'", "tool_choice")
@@ -324,12 +403,15 @@ def tool_use(fmt: JSONToolCalls | None, tools: Sequence[Any] | None, tool_choice
     max_calls = None if parallel_tool_calls else 1
     if choice == "auto":
         if fmt is None:
-            raise invalid("'tools' with tool_choice 'auto' needs the server started with a tool-call parser "
+            raise invalid("'tools' with tool_choice 'auto': no tool-call format matches this model's chat template, "
+                          "so it needs the server started with a tool-call parser "
                           f"(--tool-call-parser: {', '.join(get_registry().names('tool_call_parser'))})", "tools")
-        return ToolUse(list(tools), parser=lambda: fmt.parser(max_calls))
+        return ToolUse(list(tools), parser=lambda: fmt.parser(max_calls), writer=fmt if write_tools else None)
     forced = fmt or DEFAULT_FORMAT
+    writer = forced if write_tools else None
     if choice == "required":
-        return ToolUse(list(tools), forced.grammar(functions, parallel_tool_calls), lambda: forced.parser(max_calls))
+        return ToolUse(list(tools), forced.grammar(functions, parallel_tool_calls),
+                       lambda: forced.parser(max_calls, forced=True), writer)
     name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
     if not isinstance(name, str):
         raise invalid(f"'tool_choice' must be one of {', '.join(TOOL_CHOICES)} or "
@@ -337,4 +419,37 @@ def tool_use(fmt: JSONToolCalls | None, tools: Sequence[Any] | None, tool_choice
     chosen = [f for f in functions if f["name"] == name]
     if not chosen:
         raise invalid(f"'tool_choice' names function {name!r}, which is not in 'tools'", "tool_choice")
-    return ToolUse(list(tools), forced.grammar(chosen, False), lambda: forced.parser(1))
+    return ToolUse(list(tools), forced.grammar(chosen, False), lambda: forced.parser(1, forced=True), writer)
+
+
+def template_format(template: str) -> tuple[str, JSONToolCalls] | None:
+    """The first registered tool-call format (by name) whose markers `template` holds."""
+    registry = get_registry()
+    for name in registry.names("tool_call_parser"):
+        try:
+            fmt = registry.get("tool_call_parser", name).load()
+        except Exception:  # a plugin's format that cannot load is no candidate
+            continue
+        if any(marker in template for marker in getattr(fmt, "markers", ())):
+            return name, fmt
+    return None
+
+
+def model_format(fmt: JSONToolCalls | None, template: str, renders_tools: bool) -> tuple[JSONToolCalls | None, bool]:
+    """The tool-call format of a model's answers, and whether it writes the tools into the
+    messages itself: the flag's (--tool-call-parser), else the one whose markers the chat
+    template writes; a template that renders no tools gets them from the flag's format or
+    Hermes'. None: no format is known (tool_choice 'auto' is refused)."""
+    if not renders_tools and hasattr(fmt or DEFAULT_FORMAT, "write_tools"):  # a plugin's format may not
+        fmt = fmt or DEFAULT_FORMAT
+        log.info("the chat template does not render tools: a request's tools are written into its system message "
+                 "in the %s tool-call format", fmt.start or "bare JSON")
+        return fmt, True
+    if fmt is not None:
+        return fmt, False
+    found = template_format(template)
+    if found is None:
+        log.info("no tool-call parser matches the chat template: tool_choice 'auto' needs --tool-call-parser")
+        return None, False
+    log.info("tool-call parser %r chosen: the chat template writes its calls", found[0])
+    return found[1], False
