@@ -69,6 +69,7 @@ def _validation_error(exc: ValidationException) -> RequestError:
     item = next((i for i in exc.extra if isinstance(i, dict)), {}) if isinstance(exc.extra, list) else {}
     message = str(item.get("message") or exc.detail)
     param = item.get("key") if item.get("key") != "data" else None
+    param = param and param.split("[")[0].split(".")[0]  # `metadata[...]`: the top-level field
     path = _MSGSPEC_PATH.search(message)
     field = path.group(1).split("[")[0].split(".")[0] if path else ""
     missing = _MISSING.search(message)
