@@ -31,7 +31,8 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 EXAMPLES = 50  # per operation and generation mode
-BUDGET_KEYS = ("max_tokens", "max_new_tokens", "max_completion_tokens", "min_tokens", "min_new_tokens")
+BUDGET_KEYS = ("max_tokens", "max_new_tokens", "max_completion_tokens", "max_output_tokens", "min_tokens",
+               "min_new_tokens")
 MAX_TOKENS = 4
 MAX_N = 2
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -108,6 +108,8 @@ def input_items(given: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, raw in enumerate(given):
         kind = raw.get("type", "message" if "role" in raw else None)
         where = f"input[{i}]"
+        if raw.get("id") is not None and not isinstance(raw["id"], str):
+            raise invalid(f"{where}.id must be a string", "input")
         if kind == "message":
             role = raw.get("role")
             if role not in MESSAGE_ROLES:
@@ -125,10 +127,12 @@ def input_items(given: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
             item = {"id": raw.get("id") or _new_id("fco"), "type": kind, "call_id": raw["call_id"],
                     "output": _text(raw.get("output"), f"{where}.output"), "status": "completed"}
         elif kind == "reasoning":
-            texts = [p.get("text") for p in (raw.get("content") or []) + (raw.get("summary") or [])
-                     if isinstance(p, dict)]
-            if not all(isinstance(t, str) for t in texts):
-                raise invalid(f"{where} (reasoning) holds parts without text", "input")
+            parts = [raw.get("content") or [], raw.get("summary") or []]
+            if not all(isinstance(ps, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in ps)
+                       for ps in parts):
+                raise invalid(f"{where} (reasoning): 'content' and 'summary' must be lists of {{'text': ...}} parts",
+                              "input")
+            texts = [p["text"] for ps in parts for p in ps]
             item = {"id": raw.get("id") or _new_id("rs"), "type": kind, "summary": [],
                     "content": [{"type": "reasoning_text", "text": "".join(texts)}]}
         else:
@@ -435,14 +439,14 @@ async def _events(state: Any, call: _Call, store: Callable[[ResponseObject], Any
             yield event({**error_payload(store_exc)["error"], "type": "error"})
 
 
-@get("/v1/responses/{response_id:str}", summary="A stored response", opt={"error_statuses": (404,)})
+@get("/v1/responses/{response_id:str}", summary="A stored response", opt={"error_statuses": (400, 404)})
 async def get_response(request: Request[Any, Any, Any], response_id: str) -> Response[ResponseObject]:
     response, _ = await _stored(request, response_id)
     return Response(msgspec.json.decode(response, type=ResponseObject))
 
 
 @delete("/v1/responses/{response_id:str}", status_code=200, summary="Delete a stored response",
-        opt={"error_statuses": (404,)})
+        opt={"error_statuses": (400, 404)})
 async def delete_response(request: Request[Any, Any, Any], response_id: str) -> DeletedResponse:
     if not await request.app.state.server.responses.delete(_owner(request), response_id):
         raise RequestError(ErrorKind.NOT_FOUND, f"no stored response with id {response_id!r}")
