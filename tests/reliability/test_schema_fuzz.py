@@ -41,7 +41,7 @@ UNCONFIGURED = ("/v1/images/generations", "/v1/videos/generations")  # 503 unava
 
 @pytest.fixture(scope="module")
 def server(tiny_qwen3_path, tmp_path_factory):
-    srv = start_server(tiny_qwen3_path, log_dir=tmp_path_factory.mktemp("schema-fuzz"))
+    srv = start_server(tiny_qwen3_path, "--responses-store", ":memory:", log_dir=tmp_path_factory.mktemp("schema-fuzz"))
     yield srv
     srv.stop()
 
