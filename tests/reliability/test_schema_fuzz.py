@@ -32,7 +32,8 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 EXAMPLES = 50  # per operation and generation mode
-BUDGET_KEYS = ("max_tokens", "max_new_tokens", "max_completion_tokens", "min_tokens", "min_new_tokens")
+BUDGET_KEYS = ("max_tokens", "max_new_tokens", "max_completion_tokens", "max_output_tokens", "min_tokens",
+               "min_new_tokens")
 MAX_TOKENS = 4
 MAX_N = 2
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -41,7 +42,7 @@ UNCONFIGURED = ("/v1/images/generations", "/v1/videos/generations")  # 503 unava
 
 @pytest.fixture(scope="module")
 def server(tiny_qwen3_path, tmp_path_factory):
-    srv = start_server(tiny_qwen3_path, log_dir=tmp_path_factory.mktemp("schema-fuzz"))
+    srv = start_server(tiny_qwen3_path, "--responses-store", ":memory:", log_dir=tmp_path_factory.mktemp("schema-fuzz"))
     yield srv
     srv.stop()
 

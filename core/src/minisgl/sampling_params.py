@@ -21,7 +21,8 @@ from .frontend.errors import invalid
 from .grammar import GRAMMAR_FIELDS
 
 SEED_RANGE = (-(1 << 63), 1 << 64)  # what msgpack carries; derived seeds wrap modulo 2**64
-DOORS = ("completions", "chat", "generate")  # the HTTP doors: /v1/completions, /v1/chat/completions, /generate
+# the HTTP doors: /v1/completions, /v1/chat/completions, /generate, /v1/responses
+DOORS = ("completions", "chat", "generate", "responses")
 OPENAI = ("completions", "chat")
 
 
@@ -55,7 +56,8 @@ class Rule:
 class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     max_new_tokens: Annotated[int | None, Rule(
         ge=1, doc="unset: what fits the context, at most the server's default",
-        names={"completions": ("max_tokens",), "chat": ("max_completion_tokens", "max_tokens")},
+        names={"completions": ("max_tokens",), "chat": ("max_completion_tokens", "max_tokens"),
+               "responses": ("max_output_tokens",)},
         defaults={"completions": 16})] = None
     min_new_tokens: Annotated[int, Rule(ge=0, names={d: ("min_tokens",) for d in OPENAI})] = 0
     temperature: Annotated[float, Rule(ge=0.0, le=100.0, doc="0 = greedy")] = 1.0

@@ -16,11 +16,12 @@ from minisgl import __version__
 from minisgl.plugins import Registry
 
 from .errors import EXCEPTION_HANDLERS
-from .http_edges import JSONContentTypeMiddleware, echo_request_id
+from .http_edges import APIKeyMiddleware, JSONContentTypeMiddleware, echo_request_id
 from .openapi_docs import document_errors
 from .routes_anthropic import messages
 from .routes_generate import generate
 from .routes_openai import chat_completions, completions
+from .routes_responses import RESPONSES_ROUTES
 from .routes_system import get_model, health, list_models, metrics
 from .state import ServerState
 
@@ -45,13 +46,15 @@ def create_app(state: ServerState) -> Litestar:
             await state.stop()
 
     app = Litestar(
-        route_handlers=[generate, completions, chat_completions, messages, list_models, get_model, health, metrics],
+        route_handlers=[generate, completions, chat_completions, *RESPONSES_ROUTES, messages, list_models, get_model,
+                        health, metrics],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="minisgl", version=__version__, path="/schema"),
         request_max_body_size=state.settings.max_body_bytes,
         logging_config=None,  # keep the process's logging setup (minisgl.cli.setup_logging)
-        middleware=[JSONContentTypeMiddleware()],  # 415 unless a body is application/json
+        # 401 without a valid key (--api-key); 415 unless a body is application/json
+        middleware=[APIKeyMiddleware(state.settings.api_key), JSONContentTypeMiddleware()],
         before_send=[echo_request_id],  # X-Request-ID on every response
     )
     mount_plugin_routes(app, state.registry)

@@ -21,6 +21,7 @@ KINDS: dict[ErrorKind, tuple[int, str, str | None]] = {
     ErrorKind.INVALID_REQUEST: (400, "invalid_request_error", None),
     ErrorKind.CONTEXT_LENGTH_EXCEEDED: (400, "invalid_request_error", "context_length_exceeded"),
     ErrorKind.MODEL_NOT_FOUND: (404, "not_found_error", "model_not_found"),
+    ErrorKind.NOT_FOUND: (404, "not_found_error", "not_found"),
     ErrorKind.CAPACITY: (429, "rate_limit_error", "rate_limit_exceeded"),
     ErrorKind.NOT_READY: (503, "service_unavailable", "not_ready"),
     ErrorKind.ENGINE_DEAD: (503, "service_unavailable", "engine_unavailable"),
@@ -31,7 +32,7 @@ RETRY_AFTER = {ErrorKind.CAPACITY: "1", ErrorKind.NOT_READY: "1"}
 # Litestar's own exceptions carry a status: their OpenAI error type
 STATUS_TYPES = {404: "not_found_error", 429: "rate_limit_error", 500: "internal_server_error", 503: "service_unavailable"}
 # ... and, for some, an OpenAI-style code
-STATUS_CODES = {405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
+STATUS_CODES = {401: "invalid_api_key", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
 MAX_MESSAGE_CHARS = 2000  # an error never echoes a huge value back
 
 
@@ -68,6 +69,7 @@ def _validation_error(exc: ValidationException) -> RequestError:
     item = next((i for i in exc.extra if isinstance(i, dict)), {}) if isinstance(exc.extra, list) else {}
     message = str(item.get("message") or exc.detail)
     param = item.get("key") if item.get("key") != "data" else None
+    param = param and param.split("[")[0].split(".")[0]  # `metadata[...]`: the top-level field
     path = _MSGSPEC_PATH.search(message)
     field = path.group(1).split("[")[0].split(".")[0] if path else ""
     missing = _MISSING.search(message)

@@ -7,10 +7,15 @@
 - X-Request-ID: a client's id is echoed on every response (errors, 404s and streams too)
   when it is printable ASCII of at most 128 characters; otherwise, or when absent, the
   server makes one up (`req-<32 hex>`) and sends that.
+- --api-key: every route but /health, /metrics and the /schema documents needs
+  `Authorization: Bearer <key>` with one of the keys (401 otherwise); `api_key_owner` is
+  who a request acts as (what stored responses belong to).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import uuid
 from typing import Any
@@ -23,6 +28,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces, bounded
 BODY_METHODS = ("POST", "PUT", "PATCH")
+OPEN_PATHS = ("/health", "/metrics", "/schema")  # served without an API key (probes, scrapers, docs)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -84,4 +90,33 @@ class JSONContentTypeMiddleware(ASGIMiddleware):
             problem = json_content_type_problem(_header(scope, b"content-type"))
             if problem is not None:
                 raise HTTPException(status_code=415, detail=problem)
+        await next_app(scope, receive, send)
+
+
+def _bearer(scope: Scope) -> str | None:
+    value = _header(scope, b"authorization")
+    scheme, _, token = (value or b"").decode("latin-1").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def api_key_owner(scope: Scope, keys: list[str]) -> str:
+    """Who a request acts as: a hash of its API key when keys are configured (the middleware
+    has checked it), else "" (everyone is one owner)."""
+    token = _bearer(scope) if keys else None
+    return hashlib.sha256(token.encode()).hexdigest() if token is not None else ""
+
+
+class APIKeyMiddleware(ASGIMiddleware):
+    """401 for a request without one of `keys` as its bearer token (no keys: no check)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = [k.encode() for k in keys]
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        path = scope.get("path", "")
+        if self.keys and scope["type"] == "http" and not any(path == p or path.startswith(p + "/") for p in OPEN_PATHS):
+            token = (_bearer(scope) or "").encode()
+            if not any(hmac.compare_digest(token, key) for key in self.keys):  # constant time: keys do not leak
+                raise HTTPException(status_code=401, detail="a valid API key is needed: `Authorization: Bearer <key>`",
+                                    headers={"WWW-Authenticate": "Bearer"})
         await next_app(scope, receive, send)

@@ -20,7 +20,8 @@ from .openai_types import ErrorResponse
 DESCRIPTIONS = {
     400: "invalid request: a field out of range or of the wrong type, a body that is not JSON, a prompt over the "
          "context (code context_length_exceeded)",
-    404: "the model named is not served here (code model_not_found)",
+    404: "the model named is not served here (code model_not_found), or a stored response id is not there "
+         "(code not_found)",
     413: "the request body is too large (code request_too_large)",
     415: "the body is not `Content-Type: application/json` (code unsupported_media_type)",
     429: "too many requests in flight (MAX_INFLIGHT_TOTAL / MAX_INFLIGHT_PER_ENGINE); retry after Retry-After",

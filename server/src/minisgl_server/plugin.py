@@ -42,6 +42,13 @@ SETTINGS = [
      "restarts of a dead engine replica in a row before it stays down (0 = never restart)"),
     ("engine_restart_backoff_s", Seconds, 1.0,
      "wait before the first restart of a dead engine; doubles with each failure in a row (at most 60 s)"),
+    ("api_key", list[str], [],
+     "API keys (separated by ||): every route but /health, /metrics and /schema then needs "
+     "`Authorization: Bearer <key>`, and stored responses belong to the key that made them"),
+    ("responses_store", str | None, None,
+     "the SQLite file of stored responses (POST /v1/responses with store: true); unset: "
+     "responses.sqlite3 in the cache directory (MINISGL_CACHE_DIR); :memory: keeps them in memory only"),
+    ("responses_store_max", Positive, 10000, "stored responses kept; beyond it the oldest go first"),
 ]
 FLAGS = {"dp_size": ("--data-parallel-size", "--dp-size"), "drain_timeout_s": ("--drain-timeout",),
          "distributed_executor": ("--distributed-executor", "--distributed-executor-backend")}

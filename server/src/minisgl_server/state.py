@@ -19,6 +19,7 @@ from minisgl.settings import Settings
 
 from .engine_pool import EnginePool
 from .replica import Replica
+from .responses_store import ResponseStore
 from .served_model import ServedModel, vision_settings
 from .stats import ServerStats
 
@@ -43,6 +44,7 @@ class ServerState:
         self.request_shutdown: Callable[[], None] = lambda: None
         self.control: Any = None
         self.warming: asyncio.Task[None] | None = None  # WARM_PREFIXES under ASYNC_PREFILL_QUEUE
+        self.responses = ResponseStore(settings.responses_store, settings.responses_store_max)
 
     @property
     def primary(self) -> ServedModel:
@@ -156,6 +158,7 @@ class ServerState:
         if self.control is not None:
             await self.control.stop()
         await asyncio.gather(*(m.stop() for m in self.models))
+        self.responses.close()
 
     # ---- operations shared by HTTP routes and control commands ---------------------------
     async def warm(self, prefixes: list[str]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ class ErrorKind(str, Enum):
     INVALID_REQUEST = "invalid_request"  # a value the request may not hold
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # prompt + completion cannot fit
     MODEL_NOT_FOUND = "model_not_found"
+    NOT_FOUND = "not_found"  # a stored object the request names (a response id) is not there
     CAPACITY = "capacity"  # too much in flight now: retry later
     NOT_READY = "not_ready"  # loading, warming or draining
     ENGINE_DEAD = "engine_dead"  # the engine that held the request is gone
