@@ -250,5 +250,8 @@ def test_responses_belong_to_the_api_key_that_made_them(tiny_qwen3_path, tmp_pat
         assert err.value.body["code"] == "invalid_api_key"
         assert httpx.get(srv.url + "/health", timeout=10).status_code == 200  # probes need no key
         assert httpx.get(srv.url + "/v1/models", timeout=10).status_code == 401
+        # Anthropic's clients send the key as x-api-key
+        assert httpx.get(srv.url + "/v1/models", headers={"x-api-key": "key-b"}, timeout=10).status_code == 200
+        assert httpx.get(srv.url + "/v1/models", headers={"x-api-key": "key-c"}, timeout=10).status_code == 401
     finally:
         srv.stop()

@@ -93,21 +93,25 @@ class JSONContentTypeMiddleware(ASGIMiddleware):
         await next_app(scope, receive, send)
 
 
-def _bearer(scope: Scope) -> str | None:
+def _api_key(scope: Scope) -> str | None:
+    """The request's key: OpenAI's `Authorization: Bearer <key>`, or Anthropic's `x-api-key`."""
     value = _header(scope, b"authorization")
     scheme, _, token = (value or b"").decode("latin-1").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    other = (_header(scope, b"x-api-key") or b"").decode("latin-1").strip()
+    return other or None
 
 
 def api_key_owner(scope: Scope, keys: list[str]) -> str:
     """Who a request acts as: a hash of its API key when keys are configured (the middleware
     has checked it), else "" (everyone is one owner)."""
-    token = _bearer(scope) if keys else None
+    token = _api_key(scope) if keys else None
     return hashlib.sha256(token.encode()).hexdigest() if token is not None else ""
 
 
 class APIKeyMiddleware(ASGIMiddleware):
-    """401 for a request without one of `keys` as its bearer token (no keys: no check)."""
+    """401 for a request without one of `keys` (no keys: no check)."""
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = [k.encode() for k in keys]
@@ -115,8 +119,8 @@ class APIKeyMiddleware(ASGIMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         path = scope.get("path", "")
         if self.keys and scope["type"] == "http" and not any(path == p or path.startswith(p + "/") for p in OPEN_PATHS):
-            token = (_bearer(scope) or "").encode()
+            token = (_api_key(scope) or "").encode()
             if not any(hmac.compare_digest(token, key) for key in self.keys):  # constant time: keys do not leak
-                raise HTTPException(status_code=401, detail="a valid API key is needed: `Authorization: Bearer <key>`",
+                raise HTTPException(status_code=401, detail="a valid API key is needed: `Authorization: Bearer <key>` or `x-api-key: <key>`",
                                     headers={"WWW-Authenticate": "Bearer"})
         await next_app(scope, receive, send)
