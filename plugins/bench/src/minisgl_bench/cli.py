@@ -588,6 +588,71 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
                        "input_tokens": sum(map(len, wl.prompts)), "output_tokens": wl.output_tokens}, fh, indent=2)
 
 
+# ---- speculative decoding ----------------------------------------------------------------
+@bench.command()
+@click.option("--model", default="smollm2-135m", show_default=True, help="model name or path")
+@click.option("--backend", default="auto", show_default=True, help="minisgl backend")
+@click.option("--dtype", default="auto", show_default=True, type=DTYPES)
+@click.option("--speculative-algorithm", default="ngram", show_default=True, help="registered proposer")
+@click.option("--speculative-num-draft-tokens", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
+def speculative(model, backend, dtype, speculative_algorithm, speculative_num_draft_tokens, max_new_tokens, repeat,
+                json_path) -> None:
+    """One stream with and without speculative decoding, copy-heavy and free writing: the
+    ratio of tokens/s (goals: 2x on copy, at least 0.9x on free writing) and the acceptance."""
+    from rich.console import Console
+    from rich.table import Table
+    from transformers import AutoConfig
+
+    from minisgl import LLM
+    from minisgl.dtypes import resolve_dtype
+
+    from .contention import read_floor_ms
+    from .environment import header, header_lines
+    from .speculative import WORKLOADS, measure
+
+    console = Console()
+    _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
+    path = _model_path(model)
+    device = "cuda" if backend == "sgl" else "cpu"
+    dtype = str(resolve_dtype(dtype, AutoConfig.from_pretrained(path), device)).removeprefix("torch.")
+    floor_ms, floor_how = read_floor_ms(path, dtype, 1) if device == "cpu" else (None, "")
+    runs: dict[str, dict[str, Any]] = {}
+    for name, extra in (("plain", {}), (speculative_algorithm, {
+            "speculative_algorithm": speculative_algorithm,
+            "speculative_num_draft_tokens": speculative_num_draft_tokens})):
+        with LLM(path, backend=backend, dtype=dtype, **extra) as llm:
+            runs[name] = {w: measure(llm, w, max_new_tokens, repeat) for w in WORKLOADS}
+    table = Table(title=f"one stream, greedy, {model}, {dtype}: plain vs {speculative_algorithm}")
+    for col in ("workload", "plain tok/s", f"{speculative_algorithm} tok/s", "ratio", "acceptance",
+                "tokens / verify", "same tokens"):
+        table.add_column(col, justify="left" if col == "workload" else "right")
+    report = []
+    for w in WORKLOADS:
+        plain, spec = runs["plain"][w], runs[speculative_algorithm][w]
+        acceptance = spec.accepted / spec.drafted if spec.drafted else 0.0
+        row = {"workload": w, "plain_tok_s": plain.tokens_per_s, "spec_tok_s": spec.tokens_per_s,
+               "ratio": spec.tokens_per_s / plain.tokens_per_s, "acceptance": acceptance,
+               "drafted": spec.drafted, "accepted": spec.accepted, "same_tokens": plain.token_ids == spec.token_ids}
+        report.append(row)
+        per_verify = (spec.accepted + spec.verify_steps) / spec.verify_steps if spec.verify_steps else 1.0
+        row["tokens_per_verify"] = per_verify
+        table.add_row(w, f"{row['plain_tok_s']:.1f}", f"{row['spec_tok_s']:.1f}", f"{row['ratio']:.2f}x",
+                      f"{acceptance:.0%}", f"{per_verify:.2f}", "yes" if row["same_tokens"] else "no")
+    console.print(table)
+    if floor_ms is not None:
+        console.print(f"weight-read floor: {floor_ms:.1f} ms a token, {1000 / floor_ms:.0f} tok/s ({floor_how})")
+    head = header(model=model, dtype=dtype, backend=backend, proposer=speculative_algorithm,
+                  num_draft_tokens=speculative_num_draft_tokens, max_new_tokens=max_new_tokens, repeat=repeat)
+    for line in header_lines(head):
+        console.print(line)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump({"environment": head, "results": report, "read_floor_ms": floor_ms}, fh, indent=2)
+
+
 # ---- contention -------------------------------------------------------------------------
 @bench.command()
 @click.option("--model", default="smollm2-135m", show_default=True, help="model name or path")

@@ -1,0 +1,23 @@
+"""`minisgl bench speculative` end to end on a tiny model: both workloads run with and without
+the proposer and the report is written. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_speculative_reports_both_workloads(tiny_qwen3_path, tmp_path):
+    report = tmp_path / "spec.json"
+    result = subprocess.run([sys.executable, "-m", "minisgl", "bench", "speculative", "--model", tiny_qwen3_path,
+                             "--dtype", "float32", "--max-new-tokens", "8", "--repeat", "1", "--json", str(report)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "weight-read floor" in " ".join(result.stdout.split())
+    data = json.loads(report.read_text())
+    assert [r["workload"] for r in data["results"]] == ["copy", "free"]
+    for row in data["results"]:
+        assert row["plain_tok_s"] > 0 and row["spec_tok_s"] > 0 and 0 <= row["acceptance"] <= 1
+        assert row["same_tokens"] is True  # greedy: drafts never change the answer
+    assert data["environment"]["proposer"] == "ngram"
