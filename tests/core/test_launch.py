@@ -201,3 +201,10 @@ def test_a_good_file_starts_a_server_that_answers_health_and_stops_cleanly(tmp_p
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_shipped_example_is_a_valid_launch_file():
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "launch.toml")
+    result = _launch(example, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("chat: ") and "--model-path smollm2-135m" in result.stdout
