@@ -20,7 +20,7 @@ def test_generate_streams_to_stdout(tiny_qwen3_path):
 
 def test_chat_multi_turn_keeps_prior_turns(tiny_qwen3_path):
     out = subprocess.run(
-        [sys.executable, "-m", "minisgl", "chat", "--multi-turn", "--max-new-tokens", "4", "--temperature", "0",
+        [sys.executable, "-m", "minisgl", "chat", "-v", "--multi-turn", "--max-new-tokens", "4", "--temperature", "0",
          "--model-path", tiny_qwen3_path, "--num-pages", "4096"],
         input="first question\nsecond question\n", capture_output=True, text=True, timeout=300,
     )

@@ -203,7 +203,7 @@ def test_cli_generate_and_chat_against_the_server(server):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() and "chunks in" in out.stderr
-    chat = subprocess.run([sys.executable, "-m", "minisgl", "chat", "--multi-turn", "--max-new-tokens", "4", "--url", server.url],
+    chat = subprocess.run([sys.executable, "-m", "minisgl", "chat", "-v", "--multi-turn", "--max-new-tokens", "4", "--url", server.url],
                           input="hello\nand again\n", capture_output=True, text=True, timeout=120)
     assert chat.returncode == 0, chat.stderr
     assert chat.stderr.count("POST " + server.url + "/v1/chat/completions") == 2

@@ -138,7 +138,8 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "cpu_set": _o("CPU_SET", "--cpu-set", "CPUs the engines may use, like 0-3,6 (default: all this process may use); "
                   "replicas split them"),
     "max_running_requests": _o("MAX_RUNNING_REQUESTS", "--max-running-requests", "max requests decoding at once"),
-    "max_seq_len_override": _o("MAX_SEQ_LEN_OVERRIDE", "--max-seq-len-override", "override the model's context length"),
+    "max_seq_len_override": _o("MAX_SEQ_LEN_OVERRIDE", ("--max-seq-len-override", "--max-model-len", "--context-length"),
+                               "override the model's context length"),
     "memory_ratio": _o("MEMORY_RATIO", "--memory-ratio", "fraction of device memory for weights + KV pool"),
     "max_prefill_length": _o("MAX_PREFILL_LENGTH", ("--max-prefill-length", "--max-extend-length"), "chunked-prefill token budget per step"),
     "page_size": _o("PAGE_SIZE", "--page-size", "tokens per KV page"),
@@ -231,6 +232,8 @@ def _from_string(spec: SettingSpec, raw: str) -> Any:
         return True if low in _TRUE else False if low in _FALSE else raw
     if low in ("", "none", "null") and mi.NoneType in kinds:
         return None
+    if (values := choices(spec)) is not None:  # LOG_LEVEL=debug as well as DEBUG
+        return next((v for v in values if isinstance(v, str) and v.lower() == low), raw)
     return raw
 
 

@@ -7,7 +7,7 @@ import click
 from minisgl.cli.options import settings_options
 
 
-@click.command(context_settings={"show_default": False})
+@click.command(context_settings={"show_default": True})
 @settings_options
 def serve(settings, settings_sources) -> None:
     """Start the Litestar server and its engine processes."""

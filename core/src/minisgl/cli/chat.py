@@ -1,32 +1,75 @@
-"""`minisgl chat [--multi-turn]`: the original mini-sglang's CLI demo. Reads a line from stdin, streams
-the answer; with --multi-turn earlier turns stay in the conversation."""
+"""`minisgl chat [--multi-turn]`: a terminal chat in the manner of `ollama run`. Reads a line,
+streams the answer; with --multi-turn earlier turns stay in the conversation. `/clear`
+forgets them, `/bye` (or Ctrl-D) quits. The engine's logs go to a file in the cache
+directory (to stderr with -v), so only the conversation reaches the terminal."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
+from typing import TextIO
 
 import click
 
 from ..sampling_params import SamplingParams
-from .options import settings_options
+from .options import sampling_options, settings_options
+
+HELP = "/clear  forget the conversation\n/bye    quit (or Ctrl-D)\n/?      this help"
+
+
+def log_path() -> str:
+    from ..models import cache_dir
+
+    return str(cache_dir() / "logs" / "chat.log")
+
+
+@contextlib.contextmanager
+def logs_to_file(path: str) -> Iterator[TextIO]:
+    """Point file descriptor 2 at `path` (engine processes inherit it, and so do the libraries
+    that print warnings) and yield a stream to the real stderr for the prompt."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+    try:
+        yield terminal
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        terminal.close()
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--multi-turn", is_flag=True, help="keep prior turns in context")
+@click.option("--multi-turn", is_flag=True, help="keep prior turns in context (/clear forgets them)")
 @click.option("--system", default=None, help="a system message")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256)
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7)
-@click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.95)
-@click.option("--url", default=None, help="a running server (http://127.0.0.1:1919); default: start the engine here")
-@settings_options
+@sampling_options(max_new_tokens=256, temperature=0.7, top_p=0.95)  # a conversation samples, like ollama's
+@click.option("-v", "--verbose", is_flag=True, help="engine logs to stderr (default: to a file in the cache dir)")
+@settings_options(engine_only=True)
 def chat(multi_turn: bool, system: str | None, max_new_tokens: int, temperature: float, top_p: float,
-         url: str | None, settings, settings_sources) -> None:
-    """Chat in the terminal: one line in, a streamed answer out (Ctrl-D to quit)."""
+         url: str | None, verbose: bool, settings, settings_sources) -> None:
+    """Chat in the terminal: one line in, a streamed answer out (/bye or Ctrl-D to quit)."""
     from . import setup_logging
 
-    setup_logging(settings.log_level)
+    log_file = None if verbose else log_path()
+    quiet = contextlib.nullcontext(sys.stderr) if log_file is None else logs_to_file(log_file)
+    try:
+        with quiet as terminal:
+            setup_logging(settings.log_level)
+            _converse(multi_turn, system, max_new_tokens, temperature, top_p, url, settings, terminal)
+    except click.ClickException as exc:
+        if log_file:
+            exc.message += f" (engine log: {log_file})"
+        raise
+
+
+def _converse(multi_turn: bool, system: str | None, max_new_tokens: int, temperature: float, top_p: float,
+              url: str | None, settings, terminal: TextIO) -> None:
     interactive = sys.stdin.isatty()
-    history: list[dict[str, str]] = []
     llm = None
     if url:
         from .local_engine import stream_chat_url
@@ -45,16 +88,31 @@ def chat(multi_turn: bool, system: str | None, max_new_tokens: int, temperature:
             return stream_local(llm, llm.encode_chat(messages), sampling)
 
     if interactive:
-        click.echo(f"minisgl chat ({'multi-turn' if multi_turn else 'single-turn'}); Ctrl-D to quit", err=True)
+        mode = "multi-turn" if multi_turn else "single-turn"
+        terminal.write(f"minisgl chat ({mode}): /? for help, /bye to quit\n")
+    history: list[dict[str, str]] = []
     try:
         while True:
             if interactive:
-                click.echo(">>> ", nl=False, err=True)
+                terminal.write(">>> ")
+                terminal.flush()
             line = sys.stdin.readline()
             if not line:
                 break
-            user = line.rstrip("\n")
-            if not user.strip():
+            user = line.strip()
+            if not user:
+                continue
+            if user in ("/bye", "/exit", "/quit"):
+                break
+            if user == "/clear":
+                history.clear()
+                terminal.write("Cleared the conversation.\n")
+                continue
+            if user in ("/?", "/help"):
+                terminal.write(HELP + "\n")
+                continue
+            if user.startswith("/") and " " not in user:
+                terminal.write(f"Unknown command {user}; /? lists them.\n")
                 continue
             messages = ([{"role": "system", "content": system}] if system else []) + history + [{"role": "user", "content": user}]
             reply = []

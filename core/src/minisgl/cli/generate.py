@@ -9,18 +9,15 @@ import time
 import click
 
 from ..sampling_params import SamplingParams
-from .options import settings_options
+from .options import sampling_options, settings_options
 
 
 @click.command(context_settings={"show_default": True})
 @click.argument("prompt")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, help="tokens to generate")
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, help="0 = greedy")
-@click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0)
+@sampling_options(max_new_tokens=32, temperature=0.0, top_p=1.0)  # a short, repeatable smoke test
 @click.option("--seed", type=int, default=None)
 @click.option("--chat", is_flag=True, help="wrap the prompt in the model's chat template")
-@click.option("--url", default=None, help="a running server (http://127.0.0.1:1919); default: start the engine here")
-@settings_options
+@settings_options(engine_only=True)
 def generate(prompt: str, max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
              chat: bool, url: str | None, settings, settings_sources) -> None:
     """Stream a completion of PROMPT to stdout (logs go to stderr)."""

