@@ -75,7 +75,8 @@ def release(state: Any, gen: Generation) -> None:
     state.stats.record_request(
         latency_s=time.perf_counter() - gen.started_at, ttft_s=None if first is None else first - gen.started_at,
         completion_tokens=gen.completion_tokens, prompt_tokens=gen.prompt_tokens, cached_tokens=gen.cached_tokens,
-        aborted=bool(unfinished),
+        aborted=bool(unfinished), finish_reasons=[s.finish_reason or "abort" for s in gen.samples],
+        queue_time_s=gen.queue_time_s,
     )
 
 
