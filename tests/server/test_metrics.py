@@ -84,6 +84,12 @@ def test_each_latency_histogram_counts_every_request(workload, name):
     assert sample(after, name, "_sum") >= sample(before, name, "_sum")
 
 
+def test_inter_token_latency_counts_every_gap_between_tokens(workload):
+    _, before, _, after = workload
+    name = "minisgl:inter_token_latency_seconds"
+    assert sample(after, name, "_count") - sample(before, name, "_count") == (N + 1) * (M - 1)
+
+
 def test_no_family_has_both_a_total_and_per_replica_samples(workload):
     _, _, after_json, after = workload
     per_replica = set()

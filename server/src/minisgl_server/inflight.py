@@ -97,12 +97,18 @@ async def deltas(state: Any, gen: Generation) -> AsyncIterator[Delta]:
     # requests with images log at their own stride (VLM_STREAM_LOG_STRIDE)
     stride = settings.vlm_stream_log_stride if gen.samples[0].images else settings.server_stream_log_stride
     chunks = 0
+    last_token_at: dict[int, float] = {}  # by sample: when its previous tokens came
     try:
         while not gen.finished:
             delta = gen.take(await lease.outputs.get(), lease.client.abort)
             if delta is None:
                 continue
             chunks += 1
+            if delta.token_ids:
+                now = time.perf_counter()
+                if delta.index in last_token_at:
+                    state.stats.record_tokens_gap(now - last_token_at[delta.index], len(delta.token_ids))
+                last_token_at[delta.index] = now
             if stride and (chunks % stride == 0 or delta.finish_reason):
                 log.info("stream %s sample %d chunk %d: %r%s", gen.rid, delta.index, chunks, delta.text,
                          f" (finish: {delta.finish_reason})" if delta.finish_reason else "")

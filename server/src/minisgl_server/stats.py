@@ -50,6 +50,9 @@ class ServerStats:
             "tpot": _histogram("time_per_output_token_seconds",
                                "Mean seconds between a request's output tokens after the first "
                                "((latency - TTFT) / (output tokens - 1)).", TPOT_BUCKETS),
+            "itl": _histogram("inter_token_latency_seconds",
+                              "Seconds between successive output tokens of one answer, as the server received them.",
+                              TPOT_BUCKETS),
             "e2e": _histogram("e2e_request_latency_seconds",
                               "Seconds from a request's arrival to its last token.", REQUEST_BUCKETS),
             "queue": _histogram("request_queue_time_seconds",
@@ -77,6 +80,11 @@ class ServerStats:
             self.histograms["ttft"].observe(ttft_s)
             if completion_tokens > 1:
                 self.histograms["tpot"].observe((latency_s - ttft_s) / (completion_tokens - 1))
+
+    def record_tokens_gap(self, gap_s: float, tokens: int) -> None:
+        """`tokens` more tokens of one answer, `gap_s` after its previous ones: that many gaps."""
+        for _ in range(tokens):
+            self.histograms["itl"].observe(gap_s / tokens)
 
     def record_abort(self) -> None:
         self.requests_aborted_total += 1
