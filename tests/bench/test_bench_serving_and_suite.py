@@ -25,11 +25,18 @@ def server(tiny_qwen3_path, tmp_path_factory):
     srv.stop()
 
 
+def strict_json(text: str) -> dict:
+    """JSON as strict parsers read it: Infinity, -Infinity and NaN are errors."""
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
 def serving(server, tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "serving.json"
     result = minisgl("serving", "--base-url", server.url, "--num-prompts", "6", "--output-len", "3-6", "--json", str(out),
                      *args)
-    return result, (json.loads(out.read_text()) if out.exists() else {})
+    return result, (strict_json(out.read_text()) if out.exists() else {})
 
 
 def test_serving_reports_throughput_latency_and_the_environment(server, tmp_path):
@@ -48,6 +55,8 @@ def test_serving_reports_throughput_latency_and_the_environment(server, tmp_path
     assert env["machine"]["cores"] >= 1 and env["git_revision"] and env["dtype"] and env["settings"]["seed"] == 0
     assert report["compute_floor"]["output_throughput"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for r in report["requests"]:  # when each streamed chunk came, for the throughput over the run
+        assert len(r["chunk_times"]) == len(r["itl"]) + 1 and r["chunk_times"] == sorted(r["chunk_times"])
     assert "TTFT (ms)" in result.stdout and "revision:" in result.stdout
 
 
@@ -56,6 +65,7 @@ def test_shared_prefix_shows_the_prefix_cache_and_openai_mode_reads_no_metrics(s
                              "--question-len", "4-8", "--max-concurrency", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     assert report["cached_prompt_share"] > 0.3
+    assert report["environment"]["settings"]["request_rate"] is None  # the default, inf: null in JSON
     result, report = serving(server, tmp_path, "--backend", "openai", "--input-len", "5-10")
     assert result.returncode == 0 and report["cached_prompt_share"] is None and report["completed"] == 6
 
@@ -65,6 +75,30 @@ def test_failures_are_counted_by_kind(server, tmp_path):
     result, report = serving(server, tmp_path, "--input-len", "600-700")
     assert result.returncode == 1 and "every request failed" in result.stderr
     assert report["failures"] == {"HTTP 400 context_length_exceeded": 6}
+
+
+def test_output_rate_counts_tokens_when_they_arrive():
+    from minisgl_bench.serving import RequestResult, output_rate
+
+    # one request streaming 10 tokens evenly over 10 s: a flat rate, not a spike when it ends
+    streamed = RequestResult(ok=True, prompt_len=4, output_tokens=10, latency=10.0,
+                             chunk_times=[i + 0.5 for i in range(10)])
+    centres, rates = output_rate([streamed], buckets=5)
+    assert len(centres) == 5 and rates == pytest.approx([1.0] * 5, rel=0.2)
+    # chunks carrying several tokens each: the request's tokens spread over its chunks
+    bursty = RequestResult(ok=True, prompt_len=4, output_tokens=8, latency=2.0, chunk_times=[0.5, 1.0, 1.5, 2.0])
+    centres, rates = output_rate([bursty], buckets=2)
+    width = centres[1] - centres[0]
+    assert sum(r * width for r in rates) == pytest.approx(8.0) and rates[0] < rates[1]
+    assert output_rate([RequestResult(ok=False, prompt_len=4)]) == ([], [])
+
+
+def test_reports_write_null_for_infinite_figures(tmp_path):
+    from minisgl_bench.report_json import write_json
+
+    path = tmp_path / "report.json"
+    write_json(str(path), {"ratio": float("inf"), "rows": [{"x": float("nan"), "y": 1.5}], "rate": float("-inf")})
+    assert strict_json(path.read_text()) == {"ratio": None, "rows": [{"x": None, "y": 1.5}], "rate": None}
 
 
 def test_serving_without_a_server_says_so():

@@ -74,7 +74,7 @@ def test_both_replicas_are_ray_actors_and_answer_the_openai_client(server, ray_a
     assert "Ray: engines connect over CURVE" in log
     listed = engines(server.url)
     assert [e["state"] for e in listed] == ["ready", "ready"]
-    assert all(e["node"].startswith("ray node ") and e["device"] == "ray" for e in listed), listed
+    assert all(e["node"].startswith("ray node ") and e["device"] == "cpu" for e in listed), listed
     assert listed[0]["pid"] != listed[1]["pid"] != os.getpid()
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
     before = dispatched(server.url)

@@ -356,8 +356,11 @@ class EnginePool:
             if isinstance(answer, dict):
                 replica.record_metrics(answer)
                 by_index[replica.index] = answer
+            elif isinstance(answer, TimeoutError):  # busy in a long step (a prefill): the last figures stand
+                log.debug("engine replica %d: no metrics within 5 s (busy in a step)", replica.index)
             elif not isinstance(answer, EngineUnavailable):
-                log.warning("engine replica %d: metrics unavailable: %s", replica.index, answer)
+                log.warning("engine replica %d: metrics unavailable: %s: %s", replica.index, type(answer).__name__,
+                            answer)
         return [by_index.get(r.index) for r in self.replicas]
 
     async def _refresh_forever(self) -> None:

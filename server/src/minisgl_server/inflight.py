@@ -75,7 +75,8 @@ def release(state: Any, gen: Generation) -> None:
     state.stats.record_request(
         latency_s=time.perf_counter() - gen.started_at, ttft_s=None if first is None else first - gen.started_at,
         completion_tokens=gen.completion_tokens, prompt_tokens=gen.prompt_tokens, cached_tokens=gen.cached_tokens,
-        aborted=bool(unfinished),
+        aborted=bool(unfinished), finish_reasons=[s.finish_reason or "abort" for s in gen.samples],
+        queue_time_s=gen.queue_time_s,
     )
 
 
@@ -96,12 +97,18 @@ async def deltas(state: Any, gen: Generation) -> AsyncIterator[Delta]:
     # requests with images log at their own stride (VLM_STREAM_LOG_STRIDE)
     stride = settings.vlm_stream_log_stride if gen.samples[0].images else settings.server_stream_log_stride
     chunks = 0
+    last_token_at: dict[int, float] = {}  # by sample: when its previous tokens came
     try:
         while not gen.finished:
             delta = gen.take(await lease.outputs.get(), lease.client.abort)
             if delta is None:
                 continue
             chunks += 1
+            if delta.token_ids:
+                now = time.perf_counter()
+                if delta.index in last_token_at:
+                    state.stats.record_tokens_gap(now - last_token_at[delta.index], len(delta.token_ids))
+                last_token_at[delta.index] = now
             if stride and (chunks % stride == 0 or delta.finish_reason):
                 log.info("stream %s sample %d chunk %d: %r%s", gen.rid, delta.index, chunks, delta.text,
                          f" (finish: {delta.finish_reason})" if delta.finish_reason else "")

@@ -96,6 +96,12 @@ class Replica:
             _prefix_match=self.tracker.match_len, **load,
         )
 
+    @property
+    def device(self) -> str:
+        """What its engine computes on ("cpu", "cuda:0"); the placement's ("auto") until it is ready."""
+        info = self.client.ready_info
+        return info.device if info is not None and info.device else self.placement.device
+
     def summary(self) -> dict[str, Any]:
         """The pool's side of this replica for /metrics and /health."""
         c = self.client
@@ -107,7 +113,7 @@ class Replica:
             "restarts": self.restarts,
             "last_death": self.last_death,
             "pid": c.pid,
-            "device": self.placement.device,
+            "device": self.device,
             "node": c.host.node,
             "inflight": self.inflight,
             "requests_dispatched": self.requests_dispatched,

@@ -55,5 +55,5 @@ def _wants_prometheus(request: Request[Any, Any, Any]) -> bool:
 async def metrics(request: Request[Any, Any, Any]) -> Response[Any]:
     data = await collect_metrics(request.app.state.server)
     if _wants_prometheus(request):
-        return Response(prometheus_text(data), media_type=PROMETHEUS_TYPE)
+        return Response(prometheus_text(data, request.app.state.server.stats), media_type=PROMETHEUS_TYPE)
     return Response(data)

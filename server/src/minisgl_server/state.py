@@ -213,7 +213,7 @@ class ServerState:
             "engines": [
                 {"replica": r.index, "pid": r.client.pid, "state": r.state, "error": r.error,
                  "restarts": r.restarts, "last_death": r.last_death, "inflight": r.client.inflight,
-                 "device": r.placement.device, "node": r.client.host.node, **({"model": m.model_id} if len(self.models) > 1 else {})}
+                 "device": r.device, "node": r.client.host.node, **({"model": m.model_id} if len(self.models) > 1 else {})}
                 for m in self.models for r in m.pool.replicas
             ],
         }

@@ -14,6 +14,7 @@ request waits.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 
 from .decode import DecodeManager
@@ -121,6 +122,7 @@ class Admission:
         first = req.prompt_cached_tokens < 0
         if first:
             req.prompt_cached_tokens = matched
+            req.queue_time_s = max(time.time() - req.arrival_time, 0.0)
         if req.warm_only:
             return True
         c = self.counters

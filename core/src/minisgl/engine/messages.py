@@ -71,6 +71,7 @@ class EngineOutput(msgspec.Struct, kw_only=True, tag="out", omit_defaults=True):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    queue_time_s: float = 0.0  # on a request's first output: seconds it waited to be admitted
     logprobs: list[float] | None = None  # one per new token
     top_logprobs: list[list[tuple[int, float]]] | None = None  # per new token: (id, logprob)
     error: str | None = None  # set with finish_reason "error"

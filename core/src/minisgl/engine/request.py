@@ -41,6 +41,7 @@ class Req:
     cached_len: int = 0
     kv_len: int = 0  # positions whose K/V is in the pool
     prompt_cached_tokens: int = -1  # cache hit of the first admission (reported to the user)
+    queue_time_s: float = 0.0  # from arrival to the first admission (reported with the first output)
     num_retractions: int = 0
     finished_reason: str | None = None
     # sampling row, fixed for the request's life

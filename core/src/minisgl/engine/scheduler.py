@@ -127,7 +127,8 @@ class Scheduler:
                 self.kv.truncate(req, req.kv_len - (len(rows) - len(emitted)))
                 req.draft = []
             out = EngineOutput(rid=req.rid, prompt_tokens=len(req.prompt_ids),
-                               cached_tokens=max(req.prompt_cached_tokens, 0))
+                               cached_tokens=max(req.prompt_cached_tokens, 0),
+                               queue_time_s=req.queue_time_s if req.num_output == 0 else 0.0)
             want_logprobs = bool(req.params.logprobs or req.params.top_logprobs) and logprobs is not None
             for i, tok in zip(rows, emitted):
                 reason = self._append(req, tok)

@@ -78,6 +78,7 @@ class Sample:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     first_token_at: float | None = None
+    queue_time_s: float | None = None  # the engine's, with its first output
     images: list[ImageInput] = field(default_factory=list)
 
     @property
@@ -103,6 +104,8 @@ class Sample:
             return None
         self.prompt_tokens = out.prompt_tokens or self.prompt_tokens
         self.cached_tokens = max(self.cached_tokens, out.cached_tokens)
+        if out.new_token_ids and self.queue_time_s is None:
+            self.queue_time_s = out.queue_time_s
         if out.finish_reason == "error":
             self.finish_reason = "error"
             self.error = RequestError(out.error_kind or ErrorKind.INTERNAL, out.error or "engine error")
@@ -228,6 +231,11 @@ class Generation:
     @property
     def first_token_at(self) -> float | None:
         return min((s.first_token_at for s in self.samples if s.first_token_at is not None), default=None)
+
+    @property
+    def queue_time_s(self) -> float | None:
+        """The longest any sample waited in the engine's queue (None before any was admitted)."""
+        return max((s.queue_time_s for s in self.samples if s.queue_time_s is not None), default=None)
 
 
 def selected_plugins(settings: Any) -> dict[str, Any]:

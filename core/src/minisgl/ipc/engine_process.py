@@ -66,6 +66,19 @@ def warm_up(engine: Any) -> None:
     engine.flush_cache()
 
 
+def _device_name(device: Any) -> str:
+    """"cuda:0" rather than "cuda": the GPU this process computes on."""
+    try:
+        import torch
+
+        resolved = torch.device(device)
+        if resolved.type == "cuda" and resolved.index is None:
+            resolved = torch.device("cuda", torch.cuda.current_device())
+        return str(resolved)
+    except (RuntimeError, TypeError, ValueError):  # a backend's own device object (MLX)
+        return str(device)
+
+
 class EngineLoop:
     def __init__(self, engine: Any, requests: zmq.Socket, outputs: zmq.Socket) -> None:
         self.engine = engine
@@ -190,6 +203,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
         max_context_len=int(engine.max_context_len),
         eos_token_ids=list(engine.eos_token_ids),
         load_seconds=time.perf_counter() - started,
+        device=_device_name(engine.runner.device),
     )
     outputs.send(codec.encode(ready))
     log.info("engine replica %d ready in %.1fs (pid %d)", replica, ready.load_seconds, ready.pid)

@@ -36,6 +36,7 @@ class EngineReady(msgspec.Struct, kw_only=True, tag="ready"):
     max_context_len: int
     eos_token_ids: list[int]
     load_seconds: float
+    device: str = ""  # what the engine computes on: "cpu", "cuda:0" (never "auto")
 
 
 class StepOutputs(msgspec.Struct, kw_only=True, tag="outs"):

@@ -4,7 +4,6 @@ suite). Every report names the machine, the model and settings and the git revis
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
@@ -18,6 +17,7 @@ import click
 from minisgl.cli.options import setting_option
 
 from .hf_peers import PEERS
+from .report_json import write_json
 
 
 def _log_level(level: str) -> None:
@@ -209,8 +209,7 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, wo
             "hf_concurrency": concurrency,
             "environment": head,
         }
-        with open(output, "w") as fh:
-            json.dump(data, fh, indent=2)
+        write_json(output, data)
         console.print(f"results written to {output}")
     if plot:
         _plot(draw_plot, plot, results, wl.output_tokens / floor_s, f"{model}, {dtype}, {num_requests} requests")
@@ -398,8 +397,7 @@ def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, in
     for line in header_lines(head):
         console.print(line)
     if json_path:
-        with open(json_path, "w") as fh:
-            json.dump({**report, "environment": head, "requests": [asdict(r) for r in results]}, fh, indent=2)
+        write_json(json_path, {**report, "environment": head, "requests": [asdict(r) for r in results]})
         console.print(f"report written to {json_path}")
     if plot:
         _plot(sv.draw_plot, plot, results, f"{model}, {dataset}, {num_prompts} requests")
@@ -489,12 +487,11 @@ def suite(model, cases, repeat, warmup, concurrency, mixed_prompts, hf_concurren
     for line in lines:
         click.echo(line)
     if json_path:
-        with open(json_path, "w") as fh:
-            json.dump({"environment": head, "summary": lines,
-                       "minisgl": asdict(mini) | {"throughput": mini.throughput},
-                       "hf": asdict(hf) | {"throughput": hf.throughput},
-                       "cases": {c: {k: asdict(v) | {"throughput": v.throughput} for k, v in runs.items()}
-                                 for c, runs in per_case.items()}}, fh, indent=2)
+        write_json(json_path, {"environment": head, "summary": lines,
+                               "minisgl": asdict(mini) | {"throughput": mini.throughput},
+                               "hf": asdict(hf) | {"throughput": hf.throughput},
+                               "cases": {c: {k: asdict(v) | {"throughput": v.throughput} for k, v in runs.items()}
+                                         for c, runs in per_case.items()}})
 
 
 # ---- vllm -----------------------------------------------------------------------------
@@ -588,9 +585,8 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
     for line in header_lines(head):
         console.print(line)
     if json_path:
-        with open(json_path, "w") as fh:
-            json.dump({"environment": head, "results": rows, "compute_floor_tokens_per_s": wl.output_tokens / floor_s,
-                       "input_tokens": sum(map(len, wl.prompts)), "output_tokens": wl.output_tokens}, fh, indent=2)
+        write_json(json_path, {"environment": head, "results": rows, "compute_floor_tokens_per_s": wl.output_tokens / floor_s,
+                               "input_tokens": sum(map(len, wl.prompts)), "output_tokens": wl.output_tokens})
 
 
 # ---- speculative decoding ----------------------------------------------------------------
@@ -723,6 +719,4 @@ def contention(model, dtype, batch, mixes, vllm_python, json_path) -> None:
     for line in header_lines(head):
         console.print(line)
     if json_path:
-        with open(json_path, "w") as fh:
-            json.dump({"environment": head, "step_ms": {s.name: s.steps for s in systems}, "read_floor_ms": floor_ms},
-                      fh, indent=2)
+        write_json(json_path, {"environment": head, "step_ms": {s.name: s.steps for s in systems}, "read_floor_ms": floor_ms})

@@ -44,6 +44,7 @@ class RequestResult:
     ttft: float = 0.0
     latency: float = 0.0
     itl: list[float] = field(default_factory=list)  # seconds between successive token chunks
+    chunk_times: list[float] = field(default_factory=list)  # each token chunk's arrival, seconds since the run began
     error: str = ""  # the failure's kind: an HTTP status with the server's code, or the exception
     started: float = 0.0  # seconds since the run began
 
@@ -112,6 +113,7 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, req: BenchReques
                         result.itl.append(now - last)
                     last = now
                     chunks += 1
+                    result.chunk_times.append(now - t0)
     except (httpx.HTTPError, ValueError) as exc:
         result.error = type(exc).__name__
         return result
@@ -207,8 +209,26 @@ def cached_share(before: dict[str, Any] | None, after: dict[str, Any] | None) ->
     return cached / prompt if prompt > 0 else None
 
 
+def output_rate(results: list[RequestResult], buckets: int = 40) -> tuple[list[float], list[float]]:
+    """Output tokens per second over the run, counted when they arrive: each request's
+    tokens spread over its streamed chunks (a chunk may carry several). Bucket centres (s)
+    and rates."""
+    arrivals = [(t, r.output_tokens / len(r.chunk_times)) for r in results if r.ok and r.chunk_times
+                for t in r.chunk_times]
+    if not arrivals:
+        return [], []
+    horizon = max(t for t, _ in arrivals)
+    buckets = max(1, min(buckets, len(arrivals)))
+    width = horizon / buckets or 1.0
+    rates = [0.0] * buckets
+    for t, tokens in arrivals:
+        rates[min(buckets - 1, int(t / width))] += tokens / width
+    return [width * (i + 0.5) for i in range(buckets)], rates
+
+
 def draw_plot(path: str, results: list[RequestResult], title: str) -> None:
-    """Latency distributions (TTFT, TPOT, ITL, latency) and output throughput over time."""
+    """Latency distributions (TTFT, TPOT, ITL, latency) with their p50/p90/p99, and output
+    throughput over time."""
     try:
         import matplotlib
 
@@ -221,18 +241,26 @@ def draw_plot(path: str, results: list[RequestResult], title: str) -> None:
               "ITL (ms)": [x * 1000 for r in ok for x in r.itl], "latency (s)": [r.latency for r in ok]}
     fig, axes = plt.subplots(1, 5, figsize=(18, 3.4))
     for ax, (name, values) in zip(axes, series.items()):
-        ax.hist(values or [0], bins=30, color="#4c72b0")
+        positive = [v for v in values if v > 0]
+        if name == "ITL (ms)" and positive:
+            # gaps span orders of magnitude (a batch's decode step against a prefill stall): log bins
+            lo, hi = min(positive), max(positive)
+            edges = [lo * (hi / lo) ** (i / 30) for i in range(31)] if hi > lo else 30
+            ax.hist(positive, bins=edges, color="#4c72b0")
+            ax.set_xscale("log")
+        else:
+            ax.hist(values or [0], bins=30, color="#4c72b0")
+        stats = _stats(values)
+        for p, style in zip(PERCENTILES, (":", "--", "-")):
+            if stats[f"p{p}"] > 0:
+                ax.axvline(stats[f"p{p}"], color="#c44e52", linestyle=style, linewidth=1, label=f"p{p}")
+        if values:
+            ax.legend(fontsize=7)
         ax.set_title(name, fontsize=10)
         ax.set_ylabel("requests" if name != "ITL (ms)" else "tokens")
-    ends = sorted((r.started + r.latency, r.output_tokens) for r in ok)
-    if ends:
-        horizon = ends[-1][0]
-        buckets = max(1, min(40, len(ends)))
-        width = horizon / buckets or 1.0
-        counts = [0.0] * buckets
-        for end, tokens in ends:
-            counts[min(buckets - 1, int(end / width))] += tokens / width
-        axes[4].plot([width * (i + 0.5) for i in range(buckets)], counts, color="#dd8452")
+    centres, rates = output_rate(ok)
+    if centres:
+        axes[4].plot(centres, rates, color="#dd8452")
     axes[4].set_title("output tok/s over the run", fontsize=10)
     axes[4].set_xlabel("s")
     fig.suptitle(f"minisgl bench serving: {title}", fontsize=10)
