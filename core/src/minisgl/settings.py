@@ -313,10 +313,17 @@ class SettingsLoader:
 
 
 def _finalize(s: Settings, sources: dict[str, str]) -> None:
-    """Cross-field rules (--shell-mode; PREFIX_CACHE=0 means no prefix cache)."""
+    """Cross-field rules (--shell-mode; PREFIX_CACHE=0 means no prefix cache; no model
+    named and the default unavailable offline means the embedded one)."""
     if s.model_local_dir:
         s.model_path = s.model_local_dir
         sources["model_path"] = sources["model_local_dir"]
+    elif sources.get("model_path", "default") == "default":
+        from .models import default_model
+
+        s.model_path, unavailable = default_model(s.model_path)
+        if unavailable:
+            sources["model_path"] = f"default ({DEFAULT_MODEL} unavailable: {unavailable})"
     if s.shell_mode:
         # one request at a time (backend-sgl caps its CUDA graphs at this too)
         s.max_running_requests = 1
