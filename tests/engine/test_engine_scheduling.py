@@ -109,3 +109,18 @@ def test_seeded_sampling_survives_retraction(engine_factory, tiny_qwen3_path):
         outs = run_all(eng)
         results.append([tokens(outs[f"r{i}"]) for i in range(3)])
     assert results[0] == results[1]
+
+
+def test_prefix_cache_is_bounded_by_the_pool_by_default(engine_factory, tiny_qwen3_path):
+    """The PREFIX_CACHE_* limits unset: a re-sent workload of 16 prompts over 2048 tokens
+    each (more than the original's 8 leaves and 2048-token inserts) hits the cache."""
+    eng = engine_factory(tiny_qwen3_path, page_size=4, max_prefill_length=8192)
+    ps = prompts(eng.runner.vocab_size, [2100 + 8 * i for i in range(16)], seed=3)
+    for round_ in range(2):
+        for i, p in enumerate(ps):
+            eng.add_request(EngineRequest(rid=f"{round_}-{i}", input_ids=p,
+                                          sampling=SamplingParams(max_new_tokens=2, **GREEDY)))
+        outs = run_all(eng, check=False)
+    for i in range(len(ps)):
+        assert outs[f"1-{i}"][-1].cached_tokens >= 2048, f"prompt {i}"
+    assert eng.metrics()["cache_hits"] >= 16

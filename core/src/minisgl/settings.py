@@ -68,9 +68,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prefill_cache_size: NonNegative = 4
     prefill_cache_token_budget: NonNegative = 32768
     prefix_cache: bool = True
-    prefix_cache_size: NonNegative = 8
-    prefix_cache_max_tokens: NonNegative = 2048
-    prefix_cache_token_budget: NonNegative = 32768
+    # None: bounded by the KV pool (LRU eviction under pool pressure); see cache/radix.py
+    prefix_cache_size: NonNegative | None = None
+    prefix_cache_max_tokens: NonNegative | None = None
+    prefix_cache_token_budget: NonNegative | None = None
     # vision-language chat: image_url parts (fetched and checked by the request layer)
     vlm_backend: Literal["auto", "hf", "mlx"] = "auto"
     vlm_model_name: str | None = None
@@ -158,9 +159,11 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "prefill_cache_size": _o("PREFILL_CACHE_SIZE", (), "exact-match prompt entries kept by the prefix cache"),
     "prefill_cache_token_budget": _o("PREFILL_CACHE_TOKEN_BUDGET", (), "token budget for exact-match prompt entries"),
     "prefix_cache": _o("PREFIX_CACHE", "--prefix-cache", "enable the prefix cache (off = --cache-type naive)"),
-    "prefix_cache_size": _o("PREFIX_CACHE_SIZE", (), "cached prefixes (leaves) kept"),
-    "prefix_cache_max_tokens": _o("PREFIX_CACHE_MAX_TOKENS", (), "longest prompt inserted into the prefix cache"),
-    "prefix_cache_token_budget": _o("PREFIX_CACHE_TOKEN_BUDGET", (), "tokens the prefix cache may hold"),
+    "prefix_cache_size": _o("PREFIX_CACHE_SIZE", (), "cached prefixes (leaves) kept (unset: the KV pool decides)"),
+    "prefix_cache_max_tokens": _o("PREFIX_CACHE_MAX_TOKENS", (), "longest prompt inserted into the prefix cache "
+                                  "(unset: any)"),
+    "prefix_cache_token_budget": _o("PREFIX_CACHE_TOKEN_BUDGET", (), "tokens the prefix cache may hold "
+                                    "(unset: the KV pool decides)"),
     "vlm_backend": _o("VLM_BACKEND", "--vlm-backend", "backend for a vision-language model under --backend auto: "
                       "auto (mlx on Apple silicon when mlx-vlm is installed, else hf)|hf|mlx"),
     "vlm_model_name": _o("VLM_MODEL_NAME", "--vlm-model-name", "vision-language model served beside MODEL_NAME "
