@@ -51,7 +51,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_running_requests: Positive = 256
     max_seq_len_override: Positive | None = None
     memory_ratio: Ratio = 0.9
-    max_prefill_length: Positive = 8192
+    max_prefill_length: Positive | None = None  # None: the device's default (engine/scheduler.py)
     page_size: Positive = 1
     num_pages: Positive | None = None
     cache_type: str = "radix"
@@ -141,7 +141,8 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "max_running_requests": _o("MAX_RUNNING_REQUESTS", "--max-running-requests", "max requests decoding at once"),
     "max_seq_len_override": _o("MAX_SEQ_LEN_OVERRIDE", "--max-seq-len-override", "override the model's context length"),
     "memory_ratio": _o("MEMORY_RATIO", "--memory-ratio", "fraction of device memory for weights + KV pool"),
-    "max_prefill_length": _o("MAX_PREFILL_LENGTH", ("--max-prefill-length", "--max-extend-length"), "chunked-prefill token budget per step"),
+    "max_prefill_length": _o("MAX_PREFILL_LENGTH", ("--max-prefill-length", "--max-extend-length"), "chunked-prefill token budget per step "
+                             "(unset: 8192, or 512 on a CPU)"),
     "page_size": _o("PAGE_SIZE", "--page-size", "tokens per KV page"),
     "num_pages": _o("NUM_PAGES", ("--num-pages", "--num-tokens"), "KV pool size in pages (overrides --memory-ratio)"),
     "cache_type": _o("CACHE_TYPE", "--cache-type", "prefix cache plugin: radix|naive|..."),
