@@ -43,6 +43,17 @@ def test_named_model_never_falls_back(fresh_probe, monkeypatch: pytest.MonkeyPat
     assert settings.model_path == DEFAULT_MODEL and sources["model_path"] == "env MODEL_NAME"
 
 
+def test_the_offline_api_with_no_model_takes_the_same_default(fresh_probe, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    from minisgl.settings import settings_from_kwargs
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("MODEL_NAME", raising=False)
+    assert settings_from_kwargs(model=None).model_path == smollm2.NAME  # LLM() passes model=None
+    assert settings_from_kwargs(model="qwen3-0.6b").model_path == "qwen3-0.6b"
+
+
 @pytest.mark.timeout(600)
 def test_generate_with_no_model_runs_the_embedded_one_offline() -> None:
     proc = subprocess.run(
