@@ -109,3 +109,43 @@ def test_seeded_sampling_survives_retraction(engine_factory, tiny_qwen3_path):
         outs = run_all(eng)
         results.append([tokens(outs[f"r{i}"]) for i in range(3)])
     assert results[0] == results[1]
+
+
+def test_prefix_cache_is_bounded_by_the_pool_by_default(engine_factory, tiny_qwen3_path):
+    """The PREFIX_CACHE_* limits unset: a re-sent workload of 16 prompts over 2048 tokens
+    each (more than the original's 8 leaves and 2048-token inserts) hits the cache."""
+    eng = engine_factory(tiny_qwen3_path, page_size=4, max_prefill_length=8192)
+    ps = prompts(eng.runner.vocab_size, [2100 + 8 * i for i in range(16)], seed=3)
+    for round_ in range(2):
+        for i, p in enumerate(ps):
+            eng.add_request(EngineRequest(rid=f"{round_}-{i}", input_ids=p,
+                                          sampling=SamplingParams(max_new_tokens=2, **GREEDY)))
+        outs = run_all(eng, check=False)
+    for i in range(len(ps)):
+        assert outs[f"1-{i}"][-1].cached_tokens >= 2048, f"prompt {i}"
+    assert eng.metrics()["cache_hits"] >= 16
+
+
+def test_a_cpu_engine_prefills_in_small_chunks_unless_told(engine_factory, tiny_qwen3_path, caplog):
+    """--max-prefill-length unset: a CPU engine takes a long prompt in chunks of 512 tokens,
+    so the decodes batched beside it keep streaming; the flag still overrides."""
+    from minisgl.engine.scheduler import ACCELERATOR_PREFILL_CHUNK, CPU_PREFILL_CHUNK, prefill_chunk
+
+    assert prefill_chunk(None, "cuda") == ACCELERATOR_PREFILL_CHUNK and prefill_chunk(300, "cpu") == 300
+    with caplog.at_level("INFO", logger="minisgl.engine"):
+        eng = engine_factory(tiny_qwen3_path)
+    assert f"prefill chunks of at most {CPU_PREFILL_CHUNK} tokens" in caplog.text
+    short, long_ = prompts(eng.runner.vocab_size, (8, 3 * CPU_PREFILL_CHUNK - 10), seed=5)
+    eng.add_request(EngineRequest(rid="short", input_ids=short, sampling=SamplingParams(max_new_tokens=20, **GREEDY)))
+    eng.step()  # the short prompt's prefill: it decodes from now on
+    eng.add_request(EngineRequest(rid="long", input_ids=long_, sampling=SamplingParams(max_new_tokens=1, **GREEDY)))
+    steps_until_long, short_tokens = 0, 0
+    while True:
+        outs = {o.rid: o for o in eng.step()}
+        steps_until_long += 1
+        short_tokens += len(outs["short"].new_token_ids) if "short" in outs else 0
+        if "long" in outs:
+            break
+    assert steps_until_long == 3 and short_tokens == 3  # a decode token beside every chunk
+    run_all(eng)
+    assert engine_factory(tiny_qwen3_path, max_prefill_length=4096).scheduler.max_prefill == 4096

@@ -86,7 +86,8 @@ class StreamDelta:
 
 
 class LLM:
-    def __init__(self, model: str, backend: str = "auto", dtype: str = "auto", **settings: Any) -> None:
+    def __init__(self, model: str | None = None, backend: str = "auto", dtype: str = "auto", **settings: Any) -> None:
+        # model None: MODEL_NAME, else the default (the embedded model where that is unavailable offline)
         self.settings: Settings = settings_from_kwargs(model=model, backend=backend, dtype=dtype, **settings)
         plugins = selected_plugins(self.settings)
         self.engine = Engine(self.settings)

@@ -51,7 +51,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_running_requests: Positive = 256
     max_seq_len_override: Positive | None = None
     memory_ratio: Ratio = 0.9
-    max_prefill_length: Positive = 8192
+    max_prefill_length: Positive | None = None  # None: the device's default (engine/scheduler.py)
     page_size: Positive = 1
     num_pages: Positive | None = None
     cache_type: str = "radix"
@@ -68,9 +68,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prefill_cache_size: NonNegative = 4
     prefill_cache_token_budget: NonNegative = 32768
     prefix_cache: bool = True
-    prefix_cache_size: NonNegative = 8
-    prefix_cache_max_tokens: NonNegative = 2048
-    prefix_cache_token_budget: NonNegative = 32768
+    # None: bounded by the KV pool (LRU eviction under pool pressure); see cache/radix.py
+    prefix_cache_size: NonNegative | None = None
+    prefix_cache_max_tokens: NonNegative | None = None
+    prefix_cache_token_budget: NonNegative | None = None
     # vision-language chat: image_url parts (fetched and checked by the request layer)
     vlm_backend: Literal["auto", "hf", "mlx"] = "auto"
     vlm_model_name: str | None = None
@@ -141,7 +142,8 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "max_seq_len_override": _o("MAX_SEQ_LEN_OVERRIDE", ("--max-seq-len-override", "--max-model-len", "--context-length"),
                                "override the model's context length"),
     "memory_ratio": _o("MEMORY_RATIO", "--memory-ratio", "fraction of device memory for weights + KV pool"),
-    "max_prefill_length": _o("MAX_PREFILL_LENGTH", ("--max-prefill-length", "--max-extend-length"), "chunked-prefill token budget per step"),
+    "max_prefill_length": _o("MAX_PREFILL_LENGTH", ("--max-prefill-length", "--max-extend-length"), "chunked-prefill token budget per step "
+                             "(unset: 8192, or 512 on a CPU)"),
     "page_size": _o("PAGE_SIZE", "--page-size", "tokens per KV page"),
     "num_pages": _o("NUM_PAGES", ("--num-pages", "--num-tokens"), "KV pool size in pages (overrides --memory-ratio)"),
     "cache_type": _o("CACHE_TYPE", "--cache-type", "prefix cache plugin: radix|naive|..."),
@@ -159,9 +161,11 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "prefill_cache_size": _o("PREFILL_CACHE_SIZE", (), "exact-match prompt entries kept by the prefix cache"),
     "prefill_cache_token_budget": _o("PREFILL_CACHE_TOKEN_BUDGET", (), "token budget for exact-match prompt entries"),
     "prefix_cache": _o("PREFIX_CACHE", "--prefix-cache", "enable the prefix cache (off = --cache-type naive)"),
-    "prefix_cache_size": _o("PREFIX_CACHE_SIZE", (), "cached prefixes (leaves) kept"),
-    "prefix_cache_max_tokens": _o("PREFIX_CACHE_MAX_TOKENS", (), "longest prompt inserted into the prefix cache"),
-    "prefix_cache_token_budget": _o("PREFIX_CACHE_TOKEN_BUDGET", (), "tokens the prefix cache may hold"),
+    "prefix_cache_size": _o("PREFIX_CACHE_SIZE", (), "cached prefixes (leaves) kept (unset: the KV pool decides)"),
+    "prefix_cache_max_tokens": _o("PREFIX_CACHE_MAX_TOKENS", (), "longest prompt inserted into the prefix cache "
+                                  "(unset: any)"),
+    "prefix_cache_token_budget": _o("PREFIX_CACHE_TOKEN_BUDGET", (), "tokens the prefix cache may hold "
+                                    "(unset: the KV pool decides)"),
     "vlm_backend": _o("VLM_BACKEND", "--vlm-backend", "backend for a vision-language model under --backend auto: "
                       "auto (mlx on Apple silicon when mlx-vlm is installed, else hf)|hf|mlx"),
     "vlm_model_name": _o("VLM_MODEL_NAME", "--vlm-model-name", "vision-language model served beside MODEL_NAME "
@@ -316,10 +320,17 @@ class SettingsLoader:
 
 
 def _finalize(s: Settings, sources: dict[str, str]) -> None:
-    """Cross-field rules (--shell-mode; PREFIX_CACHE=0 means no prefix cache)."""
+    """Cross-field rules (--shell-mode; PREFIX_CACHE=0 means no prefix cache; no model
+    named and the default unavailable offline means the embedded one)."""
     if s.model_local_dir:
         s.model_path = s.model_local_dir
         sources["model_path"] = sources["model_local_dir"]
+    elif sources.get("model_path", "default") == "default":
+        from .models import default_model
+
+        s.model_path, unavailable = default_model(s.model_path)
+        if unavailable:
+            sources["model_path"] = f"default ({DEFAULT_MODEL} unavailable: {unavailable})"
     if s.shell_mode:
         # one request at a time (backend-sgl caps its CUDA graphs at this too)
         s.max_running_requests = 1

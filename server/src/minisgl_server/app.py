@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
 from minisgl import __version__
 from minisgl.plugins import Registry
@@ -18,11 +19,13 @@ from minisgl.plugins import Registry
 from .errors import EXCEPTION_HANDLERS
 from .http_edges import APIKeyMiddleware, JSONContentTypeMiddleware, echo_request_id
 from .openapi_docs import document_errors
+from .openapi_page import LocalPageRenderPlugin
 from .routes_anthropic import messages
 from .routes_generate import generate
 from .routes_openai import chat_completions, completions
 from .routes_responses import RESPONSES_ROUTES
 from .routes_system import get_model, health, list_models, metrics
+from .routes_tokenize import detokenize, tokenize, version
 from .state import ServerState
 
 log = logging.getLogger("minisgl.server")
@@ -47,10 +50,12 @@ def create_app(state: ServerState) -> Litestar:
 
     app = Litestar(
         route_handlers=[generate, completions, chat_completions, *RESPONSES_ROUTES, messages, list_models, get_model,
-                        health, metrics],
+                        health, metrics, tokenize, detokenize, version],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(title="minisgl", version=__version__, path="/schema"),
+        # /schema is a page of our own (no CDN assets); the document at /schema/openapi.json
+        openapi_config=OpenAPIConfig(title="minisgl", version=__version__, path="/schema",
+                                     render_plugins=[LocalPageRenderPlugin(), JsonRenderPlugin(), YamlRenderPlugin()]),
         request_max_body_size=state.settings.max_body_bytes,
         logging_config=None,  # keep the process's logging setup (minisgl.cli.setup_logging)
         # 401 without a valid key (--api-key); 415 unless a body is application/json

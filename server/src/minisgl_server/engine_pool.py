@@ -157,8 +157,12 @@ class EnginePool:
 
     def _tracker_tokens(self, kv_tokens: int = 0) -> int:
         """The engine's prefix-cache budget (PREFIX_CACHE_TOKEN_BUDGET; 0 keeps no finished
-        prefix, so the tracker remembers as little as it can), within its KV pool when known."""
-        budget = max(1, self.settings.prefix_cache_token_budget)
+        prefix, so the tracker remembers as little as it can; unset: the KV pool), within
+        its KV pool when known."""
+        budget = self.settings.prefix_cache_token_budget
+        if budget is None:
+            return kv_tokens or 1  # sized from the pool once the engine reports it
+        budget = max(1, budget)
         return min(kv_tokens, budget) if kv_tokens else budget
 
     def _size_tracker(self, replica: Replica) -> None:

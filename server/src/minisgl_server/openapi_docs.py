@@ -37,6 +37,8 @@ ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/generate"): tuple(s for s in GENERATION if s != 404),  # takes no model name
     ("POST", "/v1/completions"): GENERATION,
     ("POST", "/v1/chat/completions"): GENERATION,
+    ("POST", "/tokenize"): (*BODY, 404, 503),  # no generation: never 429
+    ("POST", "/detokenize"): (*BODY, 404, 503),
     ("GET", "/v1/models"): (500,),
     ("GET", "/v1/models/{model_id:path}"): (400, 404, 500),  # 400: Litestar checks the path parameter
     ("GET", "/metrics"): (400, 500),

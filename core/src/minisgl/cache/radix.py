@@ -9,7 +9,10 @@ Lock references: the scheduler locks the node it matched for as long as the requ
 runs; a lock holds the whole path to the root. Only unlocked leaves are evicted, least
 recently used first.
 
-The original mini-sglang's cache knobs (README, Settings), all mapped onto this one tree:
+The original mini-sglang's cache knobs (README, Settings), all mapped onto this one tree.
+There they sized a small side cache; here the tree is the KV pool itself, so the three
+PREFIX_CACHE_* limits are unset (None) by default and the tree is bounded by the pool
+alone, as in sglang. Set, they work as follows:
 - PREFIX_CACHE=0: no tree at all (`--cache-type naive`, done in settings).
 - PREFIX_CACHE_MAX_TOKENS: at most this many leading tokens of a sequence are inserted
   (the prefix that other requests may share); the rest goes back to the pool.
@@ -35,6 +38,10 @@ from typing import Any
 from .base import MatchResult
 
 
+def _or(value: int | None, unset: int) -> int:
+    return unset if value is None else value
+
+
 class _Node:
     __slots__ = ("key", "slots", "children", "parent", "lock_ref", "last_access", "prompt_entry")
 
@@ -55,9 +62,12 @@ class RadixCache:
     def __init__(self, page_size: int, settings: Any) -> None:
         """The knobs are `settings`' PREFIX_CACHE_* and PREFILL_CACHE_* (defaults: minisgl.settings)."""
         self.page_size = page_size
-        self.max_insert_tokens = settings.prefix_cache_max_tokens // page_size * page_size
-        self.token_budget = settings.prefix_cache_token_budget
-        self.max_leaves = settings.prefix_cache_size
+        unset = 1 << 62  # a knob left unset: only the pool bounds the tree
+        max_tokens = _or(settings.prefix_cache_max_tokens, unset)
+        self.max_insert_tokens = max_tokens // page_size * page_size
+        self.token_budget = _or(settings.prefix_cache_token_budget, unset)
+        self.max_leaves = _or(settings.prefix_cache_size, unset)
+        self.limited = settings.prefix_cache_size is not None or settings.prefix_cache_token_budget is not None
         self.prompt_entries_max = settings.prefill_cache_size
         self.prompt_entries_budget = settings.prefill_cache_token_budget
         self.root = _Node([], [], None)
@@ -224,6 +234,8 @@ class RadixCache:
         return freed
 
     def _enforce_limits(self) -> list[int]:
+        if not self.limited:
+            return []  # a walk over the whole tree on every insert, for limits nobody set
         def within(_: list[int]) -> bool:
             leaves = sum(1 for n in self._nodes() if not n.children and n.lock_ref == 0 and n is not self.root and not n.prompt_entry)
             protected = sum(self._prompt_entries.values())

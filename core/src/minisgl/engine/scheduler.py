@@ -41,10 +41,25 @@ from .step_builder import ScheduledBatch, build_step
 
 log = logging.getLogger("minisgl.engine")
 
+ACCELERATOR_PREFILL_CHUNK = 8192  # the original mini-sglang's --max-prefill-length
+# A CPU runs a 0.6B model's prefill at roughly 0.6 ms a token on two cores, so a chunk of
+# 8192 stalls the decodes batched with it for about 5 s; 512 keeps such a step near 0.3 s,
+# under a second for models a few times larger, and CPU matmuls are already at full speed
+# at a few hundred rows, so long prompts take hardly longer to prefill.
+CPU_PREFILL_CHUNK = 512
+
+
+def prefill_chunk(max_prefill_length: int | None, device: str | torch.device) -> int:
+    """Tokens of prefill one step may carry: --max-prefill-length when set, else the
+    device's default."""
+    if max_prefill_length is not None:
+        return max_prefill_length
+    return CPU_PREFILL_CHUNK if torch.device(device).type == "cpu" else ACCELERATOR_PREFILL_CHUNK
+
 
 class Scheduler:
     def __init__(self, runner: ModelRunner, cache: PrefixCache, policy: QueuePolicy, *, page_size: int,
-                 max_running_requests: int, max_prefill_length: int, max_context_len: int,
+                 max_running_requests: int, max_prefill_length: int | None, max_context_len: int,
                  decode_log_stride: int = 0, proposer: Proposer | None = None, num_draft_tokens: int = 0) -> None:
         self.device = torch.device(runner.device)
         self.max_context_len = max_context_len
@@ -54,6 +69,10 @@ class Scheduler:
         self.counters: Counter[str] = Counter()
         self.steps = 0
         self.decode_steps = 0
+        if max_prefill_length is None:
+            max_prefill_length = prefill_chunk(None, self.device)
+            log.info("prefill chunks of at most %d tokens (the default on %s; --max-prefill-length sets it)",
+                     max_prefill_length, self.device.type)
         # the runner's own cap (backend-mlx's MLX_PREFILL_STEP_SIZE) splits prefills where it wants
         cap = runner.max_prefill_tokens
         if cap and cap < max_prefill_length:

@@ -75,8 +75,8 @@ class Tokenizer:
         except ValueError:
             return False
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     def render_chat(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
                     continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None,
@@ -155,6 +155,19 @@ def encode_prompts(tokenizer: Tokenizer, prompt: str | Sequence[Any], param: str
             raise invalid(f"'{param}' is empty", param)
         out.append(ids)
     return out
+
+
+def tokenize_text(tokenizer: Tokenizer, text: str, add_special_tokens: bool = True,
+                  max_context_len: int | None = None) -> list[int]:
+    """One text's token ids, as a generation would see them (POST /tokenize)."""
+    check_length(tokenizer, len(text), max_context_len, "prompt")
+    return tokenizer.encode(text, add_special_tokens)
+
+
+def detokenize_ids(tokenizer: Tokenizer, ids: Sequence[Any]) -> str:
+    """The text of token ids, special tokens included, so that tokenize and detokenize
+    round-trip (POST /detokenize)."""
+    return tokenizer.decode(check_token_ids(tokenizer, ids, "tokens"), skip_special_tokens=False)
 
 
 class ChatPrompt(NamedTuple):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .cache import cache_dir
 from .errors import HubUnavailableError, InvalidModelDirectoryError, MissingDependencyError, ModelNotFoundError
-from .resolve import ModelInfo, ResolvedModel, list_models, resolve_model
+from .resolve import ModelInfo, ResolvedModel, default_model, list_models, resolve_model
 
 __all__ = [
     "HubUnavailableError",
@@ -18,6 +18,7 @@ __all__ = [
     "ModelNotFoundError",
     "ResolvedModel",
     "cache_dir",
+    "default_model",
     "list_models",
     "resolve_model",
 ]

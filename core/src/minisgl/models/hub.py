@@ -24,16 +24,42 @@ def offline_alternatives() -> str:
     )
 
 
-def hub_reachable(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """A quick TCP probe so that an unreachable hub fails in seconds instead of retrying."""
+def _probe(endpoint: str, timeout: float) -> OSError | None:
     url = urlparse(endpoint)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname or "", port), timeout=timeout):
-            return True
+            return None
     except OSError as exc:
-        logger.info("hub %s is unreachable: %s", endpoint, exc)
-        return False
+        return exc
+
+
+def hub_reachable(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """A quick TCP probe so that an unreachable hub fails in seconds instead of retrying."""
+    error = _probe(endpoint, timeout)
+    if error is not None:
+        logger.info("hub %s is unreachable: %s", endpoint, error)
+    return error is None
+
+
+def unavailable_reason(repo_id: str) -> str | None:
+    """Why the hub id `repo_id` cannot be had here; None when it is in the hub cache or the
+    hub answers (whether the id exists there is for `download` to find out)."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        snapshot_download(repo_id, local_files_only=True)
+        return None
+    except HFValidationError as exc:
+        return f"not a valid hub id: {exc}"
+    except LocalEntryNotFoundError:
+        pass
+    if constants.HF_HUB_OFFLINE:
+        return "not in the local hub cache and HF_HUB_OFFLINE is set"
+    if (error := _probe(constants.ENDPOINT, PROBE_TIMEOUT_S)) is not None:
+        return f"not in the local hub cache and the hub ({constants.ENDPOINT}) is unreachable: {error}"
+    return None
 
 
 def download(repo_id: str) -> str:

@@ -6,6 +6,7 @@ local directory, and last a hub id.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -89,6 +90,21 @@ def resolve_model(name_or_path: str, *, dummy_weight: bool = False, progress: bo
         return _local(name, dummy_weight)
     path = hub.download(name)
     return ResolvedModel(name=name, path=path, dummy=dummy_weight, kind="hub")
+
+
+@functools.cache  # one probe and one log line per process, however often settings load
+def default_model(default: str) -> tuple[str, str | None]:
+    """The model to run when the user named none: `default` where it can be had here, else
+    the embedded real model, so that a bare `minisgl serve` works offline. Returns the
+    model's name and, when it is the embedded one, why `default` could not be used."""
+    if default == smollm2.NAME or default in load_presets() or _looks_like_path(default) or Path(default).is_dir():
+        return default, None  # local by nature: `resolve_model` reports a problem with it
+    reason = hub.unavailable_reason(default)
+    if reason is None:
+        return default, None
+    logger.warning("no model named and the default %s is unavailable (%s): running the embedded %s instead",
+                   default, reason, smollm2.NAME)
+    return smollm2.NAME, reason
 
 
 def list_models() -> list[ModelInfo]:

@@ -25,6 +25,7 @@ from minisgl.cpu_threads import usable_cpus
 from minisgl.dtypes import resolve_dtype
 from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner, SamplingBatch
 from minisgl.engine.sampler import sample
+from minisgl.engine.scheduler import prefill_chunk
 
 from .config import ModelConfig, load_model_config
 from .cuda_graph import DecodeGraphs, graph_batch_sizes, resolve_max_bs
@@ -121,7 +122,8 @@ class SglModelRunner(ModelRunner):
             shape, settings.page_size, device=str(self.device), free_bytes=free, total_bytes=total,
             host_memory=not self.cuda, memory_ratio=settings.memory_ratio, num_pages=settings.num_pages,
             max_running_requests=settings.max_running_requests, context_len=max_context,
-            reserve_bytes=activation_reserve_bytes(config, dtype, settings.max_prefill_length, settings.max_running_requests),
+            reserve_bytes=activation_reserve_bytes(config, dtype, prefill_chunk(settings.max_prefill_length, self.device),
+                                                   settings.max_running_requests),
         )
         logger.info("KV pool: %s", size.reason)
         num_pages = size.num_pages
