@@ -650,8 +650,7 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
     for line in header_lines(head):
         console.print(line)
     if json_path:
-        with open(json_path, "w") as fh:
-            json.dump({"environment": head, "results": report, "read_floor_ms": floor_ms}, fh, indent=2)
+        write_json(json_path, {"environment": head, "results": report, "read_floor_ms": floor_ms})
 
 
 # ---- contention -------------------------------------------------------------------------
