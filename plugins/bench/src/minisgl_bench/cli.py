@@ -431,6 +431,7 @@ def suite(model, cases, repeat, warmup, concurrency, mixed_prompts, hf_concurren
     from transformers import AutoTokenizer
 
     from minisgl import LLM
+    from minisgl.models import default_model
     from minisgl.settings import DEFAULT_MODEL
 
     from . import suite as st
@@ -445,7 +446,7 @@ def suite(model, cases, repeat, warmup, concurrency, mixed_prompts, hf_concurren
         raise click.BadParameter(f"unknown case(s) {bad}; choose from {', '.join(st.CASES)}", param_hint="--cases")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _log_level(log_level)
-    model = model or os.environ.get("MODEL_NAME") or DEFAULT_MODEL
+    model = model or os.environ.get("MODEL_NAME") or default_model(DEFAULT_MODEL)[0]  # offline: the embedded one
     path = _model_path(model)
     if dtype == "auto":
         dtype = checkpoint_dtype(path)
