@@ -42,6 +42,10 @@ SETTINGS = [
      "restarts of a dead engine replica in a row before it stays down (0 = never restart)"),
     ("engine_restart_backoff_s", Seconds, 1.0,
      "wait before the first restart of a dead engine; doubles with each failure in a row (at most 60 s)"),
+    ("watchdog_timeout", Seconds, 300.0,
+     "seconds an engine with requests waiting may go without finishing a step before it is declared stuck, "
+     "killed and restarted (0 = no watchdog); long enough for the first CUDA-graph capture and the slowest "
+     "CPU step"),
     ("api_key", list[str], [],
      "API keys (separated by ||): every route but /health, /metrics and /schema then needs "
      "`Authorization: Bearer <key>`, and stored responses belong to the key that made them"),
