@@ -23,6 +23,8 @@ SETTINGS = [
     ("host", str, "127.0.0.1", "HTTP listen address"),
     ("port", Port, 1919, "HTTP listen port"),
     ("http_header_timeout", HeaderTimeout, 5.0, "seconds a connection has to send a request's headers (then it is closed)"),
+    ("http_body_timeout", HeaderTimeout, 60.0,
+     "seconds a request's body has to arrive in full once its headers are in (then 408 and the connection is closed)"),
     ("served_model_name", str | None, None, "model id reported by /v1/models"),
     ("server_stream_log_stride", NonNegative, 0, "log every N streamed chunks (0 = off)"),
     ("warm_prefixes", list[str], [], "prompts separated by || that seed the prefix cache"),
