@@ -60,6 +60,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     num_tokenizer: NonNegative = 0
     shell_mode: bool = False
     max_new_tokens_default: Positive = MAX_NEW_TOKENS_DEFAULT
+    max_request_logprobs: Positive = 1_000_000
     # streaming and logs
     fast_stream_decode: bool = True
     decode_log_stride: NonNegative = 256
@@ -149,6 +150,9 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "num_tokenizer": _o("NUM_TOKENIZER", ("--num-tokenizer", "--tokenizer-count"), "tokenizer worker processes in front of the engines (0 = a thread of the server process)"),
     "shell_mode": _o("SHELL_MODE", "--shell-mode", "interactive shell: one request at a time"),
     "max_new_tokens_default": _o("MAX_NEW_TOKENS_DEFAULT", "--max-new-tokens-default", "max_new_tokens when a request sets none"),
+    "max_request_logprobs": _o("MAX_REQUEST_LOGPROBS", "--max-request-logprobs",
+                               "logprob entries one request may ask for: n x max_tokens x (1 + top_logprobs), "
+                               "over all its prompts (more is a 400)"),
     "fast_stream_decode": _o("FAST_STREAM_DECODE", "--fast-stream-decode", "stream per-token deltas whose text "
                              "equals a full decode (always so)",
                              unsupported="the incremental detokenizer always streams per-token deltas, and their "

@@ -203,6 +203,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
         backend=engine.backend_name,
         backend_reason=engine.backend_reason,
         max_context_len=int(engine.max_context_len),
+        kv_pool_tokens=int(engine.pool_tokens),
         eos_token_ids=list(engine.eos_token_ids),
         load_seconds=time.perf_counter() - started,
     )

@@ -35,6 +35,7 @@ class EngineReady(msgspec.Struct, kw_only=True, tag="ready"):
     backend: str
     backend_reason: str
     max_context_len: int
+    kv_pool_tokens: int = 0  # tokens its KV pool holds (0: not said)
     eos_token_ids: list[int]
     load_seconds: float
 
