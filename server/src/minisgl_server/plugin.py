@@ -25,6 +25,9 @@ SETTINGS = [
     ("http_header_timeout", HeaderTimeout, 5.0, "seconds a connection has to send a request's headers (then it is closed)"),
     ("http_body_timeout", HeaderTimeout, 60.0,
      "seconds a request's body has to arrive in full once its headers are in (then 408 and the connection is closed)"),
+    ("request_timeout", Seconds, 0.0,
+     "seconds a generation request may run from its admission before it is ended with 408 request_timeout "
+     "and its engine work aborted (0 = no deadline)"),
     ("served_model_name", str | None, None, "model id reported by /v1/models"),
     ("server_stream_log_stride", NonNegative, 0, "log every N streamed chunks (0 = off)"),
     ("warm_prefixes", list[str], [], "prompts separated by || that seed the prefix cache"),
