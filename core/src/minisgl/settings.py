@@ -78,6 +78,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     vlm_image_token: str = "<image>"
     vlm_image_http_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     vlm_max_image_bytes: Positive = 10485760
+    vlm_max_request_pixels: Positive = 100_000_000
     allow_file_image_url: bool = False
     vlm_stream_log_stride: NonNegative = 32
     # chat answers
@@ -174,6 +175,8 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "vlm_image_http_timeout_s": _o("VLM_IMAGE_HTTP_TIMEOUT_S", "--vlm-image-http-timeout-s",
                                    "seconds an http(s) image download may take in all"),
     "vlm_max_image_bytes": _o("VLM_MAX_IMAGE_BYTES", "--vlm-max-image-bytes", "largest encoded image accepted, in bytes"),
+    "vlm_max_request_pixels": _o("VLM_MAX_REQUEST_PIXELS", "--vlm-max-request-pixels",
+                                 "pixels of all one request's images together (more is a 400)"),
     "allow_file_image_url": _o("ALLOW_FILE_IMAGE_URL", "--allow-file-image-url", "accept file:// URLs and local "
                                "paths as images (lets every caller read this server's files: trusted use only)"),
     "vlm_stream_log_stride": _o("VLM_STREAM_LOG_STRIDE", "--vlm-stream-log-stride",
