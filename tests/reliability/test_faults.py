@@ -93,3 +93,35 @@ def test_a_grammar_compile_that_raises_fails_that_request_only(tiny_qwen3_path, 
         assert_nothing_leaks(url)
     finally:
         srv.stop()
+
+
+def children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            kids += [int(k) for k in f.read().split()]
+    return kids
+
+
+def cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace")
+
+
+def test_a_tokenizer_worker_that_dies_is_replaced_and_no_request_fails(tiny_qwen3_path, tmp_path):
+    srv = start_server(tiny_qwen3_path, "--num-tokenizer", "1", log_dir=tmp_path)
+    try:
+        url = srv.url
+        engine_pids = {e["pid"] for e in engines(url)}
+        workers = [p for p in children(srv.proc.pid) if p not in engine_pids and "resource_tracker" not in cmdline(p)]
+        assert len(workers) == 1, [(p, cmdline(p)) for p in workers]
+        os.kill(workers[0], signal.SIGKILL)
+        chat = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+        for _ in range(3):
+            r = httpx.post(url + "/v1/chat/completions", json=chat, timeout=120)
+            assert r.status_code == 200, r.text
+        assert "a tokenizer worker process died" in srv.log(tail=None)
+        assert_nothing_leaks(url)
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
