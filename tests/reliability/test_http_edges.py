@@ -1,6 +1,6 @@
 """HTTP edges of a real server on loopback: JSON bodies only as application/json (415
-otherwise, so a cross-origin page cannot POST without a CORS preflight), a deadline for
-request headers (raw sockets that never finish them are dropped), Prometheus' content type,
+otherwise, so a cross-origin page cannot POST without a CORS preflight), deadlines for
+request headers (raw sockets that never finish them are dropped) and bodies (408, closed), Prometheus' content type,
 X-Request-ID on every response, image/video routes that load nothing unconfigured, and
 an OpenAPI document whose errors are OpenAI's error body."""
 
@@ -15,6 +15,7 @@ import pytest
 from server_process import start_server
 
 HEADER_TIMEOUT = 2.0
+BODY_TIMEOUT = 5.0  # longer than the wait of the body that comes late but in time (below)
 JSON_POSTS = ["/generate", "/v1/completions", "/v1/chat/completions", "/v1/images/generations",
               "/v1/videos/generations"]
 BODY = b'{"prompt": "hi", "max_new_tokens": 1, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}'
@@ -28,7 +29,8 @@ def image_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_qwen3_path, tmp_path_factory, image_cache):
     srv = start_server(tiny_qwen3_path, log_dir=tmp_path_factory.mktemp("http-edges"),
-                       env={"HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT), "Z_IMAGE_CACHE_DIR": str(image_cache)})
+                       env={"HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT), "HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT),
+                            "Z_IMAGE_CACHE_DIR": str(image_cache)})
     yield srv
     srv.stop()
 
@@ -160,6 +162,35 @@ def test_idle_and_kept_alive_connections_are_dropped_but_requests_are_not_cut(se
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
     finally:
         s.close()
+
+
+def test_a_body_that_never_finishes_gets_408_and_the_connection_closed(server):
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        started = time.monotonic()
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000\r\n\r\n{\"prompt\": ")
+        received = b""
+        s.settimeout(0.5)
+        while time.monotonic() - started < BODY_TIMEOUT + 20:
+            try:
+                s.sendall(b" ")  # a byte now and then: trickling does not reset the deadline
+            except OSError:
+                break
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            received += chunk
+        closed_after = time.monotonic() - started
+        assert received.startswith(b"HTTP/1.1 408"), received[:200]
+        assert b"request_timeout" in received and b"HTTP_BODY_TIMEOUT" in received, received
+        assert BODY_TIMEOUT - 1 < closed_after < BODY_TIMEOUT + 5, closed_after
+    finally:
+        s.close()
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200
 
 
 def test_the_header_deadline_defaults_to_a_few_seconds():

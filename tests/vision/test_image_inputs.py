@@ -10,7 +10,7 @@ import pytest
 from image_server import ImageServer, data_url, png_bytes
 
 from minisgl.frontend.errors import ErrorKind, RequestError
-from minisgl.frontend.images import ImageRules, decode_image, image_bytes
+from minisgl.frontend.images import ImageRules, check_request_pixels, decode_image, image_bytes
 
 P = "messages[0].content[1].image_url"
 
@@ -67,6 +67,14 @@ def test_files_only_with_allow_file_image_url(tmp_path):
     big = tmp_path / "big.bin"
     big.write_bytes(b"\0" * 5000)
     refused(str(big), ImageRules(allow_files=True, max_bytes=4096), "VLM_MAX_IMAGE_BYTES")
+
+
+def test_a_request_s_images_together_have_a_pixel_budget():
+    images = [(png_bytes(i), f"messages[0].content[{i}]") for i in range(3)]  # 50 x 40 each
+    check_request_pixels(images, ImageRules(max_request_pixels=6000))
+    with pytest.raises(RequestError, match="6000 pixels together; at most 5999") as caught:
+        check_request_pixels(images, ImageRules(max_request_pixels=5999))
+    assert caught.value.param == "messages" and "VLM_MAX_REQUEST_PIXELS" in caught.value.message
 
 
 def test_decoding_refuses_non_images_and_pixel_bombs():

@@ -95,7 +95,9 @@ class LLM:
         # the engine's vocabulary size: both check and mask grammars with one tokenizer view
         self.frontend = Frontend(tokenizer, max_context_len=self.engine.max_context_len,
                                  eos_token_ids=self.engine.eos_token_ids, vocab_size=self.engine.runner.vocab_size,
-                                 max_new_tokens_default=self.settings.max_new_tokens_default, **plugins)
+                                 max_new_tokens_default=self.settings.max_new_tokens_default,
+                                 kv_pool_tokens=self.engine.pool_tokens,
+                                 max_logprobs=self.settings.max_request_logprobs, **plugins)
         self._ids = itertools.count()
         self.image_rules = ImageRules.from_settings(self.settings)
 

@@ -60,6 +60,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     num_tokenizer: NonNegative = 0
     shell_mode: bool = False
     max_new_tokens_default: Positive = MAX_NEW_TOKENS_DEFAULT
+    max_request_logprobs: Positive = 1_000_000
     # streaming and logs
     fast_stream_decode: bool = True
     decode_log_stride: NonNegative = 256
@@ -78,6 +79,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     vlm_image_token: str = "<image>"
     vlm_image_http_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     vlm_max_image_bytes: Positive = 10485760
+    vlm_max_request_pixels: Positive = 100_000_000
     allow_file_image_url: bool = False
     vlm_stream_log_stride: NonNegative = 32
     # chat answers
@@ -152,6 +154,9 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "num_tokenizer": _o("NUM_TOKENIZER", ("--num-tokenizer", "--tokenizer-count"), "tokenizer worker processes in front of the engines (0 = a thread of the server process)"),
     "shell_mode": _o("SHELL_MODE", "--shell-mode", "interactive shell: one request at a time"),
     "max_new_tokens_default": _o("MAX_NEW_TOKENS_DEFAULT", "--max-new-tokens-default", "max_new_tokens when a request sets none"),
+    "max_request_logprobs": _o("MAX_REQUEST_LOGPROBS", "--max-request-logprobs",
+                               "logprob entries one request may ask for: n x max_tokens x (1 + top_logprobs), "
+                               "over all its prompts (more is a 400)"),
     "fast_stream_decode": _o("FAST_STREAM_DECODE", "--fast-stream-decode", "stream per-token deltas whose text "
                              "equals a full decode (always so)",
                              unsupported="the incremental detokenizer always streams per-token deltas, and their "
@@ -175,6 +180,8 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "vlm_image_http_timeout_s": _o("VLM_IMAGE_HTTP_TIMEOUT_S", "--vlm-image-http-timeout-s",
                                    "seconds an http(s) image download may take in all"),
     "vlm_max_image_bytes": _o("VLM_MAX_IMAGE_BYTES", "--vlm-max-image-bytes", "largest encoded image accepted, in bytes"),
+    "vlm_max_request_pixels": _o("VLM_MAX_REQUEST_PIXELS", "--vlm-max-request-pixels",
+                                 "pixels of all one request's images together (more is a 400)"),
     "allow_file_image_url": _o("ALLOW_FILE_IMAGE_URL", "--allow-file-image-url", "accept file:// URLs and local "
                                "paths as images (lets every caller read this server's files: trusted use only)"),
     "vlm_stream_log_stride": _o("VLM_STREAM_LOG_STRIDE", "--vlm-stream-log-stride",

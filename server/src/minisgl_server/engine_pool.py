@@ -13,6 +13,9 @@ The new process loads, warms up, gets WARM_PREFIXES again (`on_restart`), and on
 rejoins the rotation. Each attempt is logged; /health shows each replica's state
 (starting | ready | restarting | dead) and restart count.
 
+A stuck engine (no step finished within WATCHDOG_TIMEOUT seconds while it has work: the
+client's watchdog, minisgl.ipc.client) is killed and counts as a death like any other.
+
 Shutdown (SIGTERM/SIGINT, ServerState.shutdown): `drain` is the one place that stops
 admission and waits for in-flight requests, for the control plane's `drain` command as for
 a shutdown; `shutting_down` also stops restarts and refuses `resume`; `end_inflight` then
@@ -124,7 +127,7 @@ class EnginePool:
         return EngineClient(
             self.settings, placement.index, self.endpoints.for_replica(placement.index, generation), self.ctx,
             on_death=self._replica_died, env=placement.env,
-            curve_server_keys=self.endpoints.server_keys,
+            curve_server_keys=self.endpoints.server_keys, watchdog_timeout=self.settings.watchdog_timeout,
             **({"host": self.executor.host_factory()} if self.executor else {}),
         )
 

@@ -25,6 +25,7 @@ KINDS: dict[ErrorKind, tuple[int, str, str | None]] = {
     ErrorKind.CAPACITY: (429, "rate_limit_error", "rate_limit_exceeded"),
     ErrorKind.NOT_READY: (503, "service_unavailable", "not_ready"),
     ErrorKind.ENGINE_DEAD: (503, "service_unavailable", "engine_unavailable"),
+    ErrorKind.TIMEOUT: (408, "invalid_request_error", "request_timeout"),
     ErrorKind.UNAVAILABLE: (503, "service_unavailable", "unavailable"),
     ErrorKind.INTERNAL: (500, "internal_server_error", None),
 }

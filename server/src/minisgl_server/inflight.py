@@ -1,6 +1,8 @@
 """One HTTP request's engine work in flight, as functions over its Generation: `send` leases
 slots on one replica (the Generation carries the lease) and submits its engine requests,
 `deltas` folds their outputs into deltas through the request layer, `release` ends it.
+With REQUEST_TIMEOUT, `deltas` ends a request that runs past its deadline with a TIMEOUT
+error (408; streams: an error event, then [DONE]).
 
 Whatever was leased is given back on every way out: the last delta, an error, a client
 that leaves (the stream is closed or the task cancelled), which also aborts every
@@ -8,6 +10,7 @@ unfinished engine request and so frees its KV at once."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -98,9 +101,11 @@ async def deltas(state: Any, gen: Generation) -> AsyncIterator[Delta]:
     stride = settings.vlm_stream_log_stride if gen.samples[0].images else settings.server_stream_log_stride
     chunks = 0
     last_token_at: dict[int, float] = {}  # by sample: when its previous tokens came
+    limit = settings.request_timeout
+    deadline = gen.started_at + limit if limit else None
     try:
         while not gen.finished:
-            delta = gen.take(await lease.outputs.get(), lease.client.abort)
+            delta = gen.take(await _next_output(lease.outputs, deadline, limit), lease.client.abort)
             if delta is None:
                 continue
             chunks += 1
@@ -115,6 +120,16 @@ async def deltas(state: Any, gen: Generation) -> AsyncIterator[Delta]:
             yield delta
     finally:
         release(state, gen)
+
+
+async def _next_output(outputs: asyncio.Queue[Any], deadline: float | None, limit: float) -> Any:
+    if deadline is None:
+        return await outputs.get()
+    try:
+        return await asyncio.wait_for(outputs.get(), max(0.0, deadline - time.perf_counter()))
+    except asyncio.TimeoutError:
+        raise RequestError(ErrorKind.TIMEOUT, f"the request did not finish within {limit:g} s (REQUEST_TIMEOUT); "
+                                              "its work was stopped") from None
 
 
 async def finish(request: Request[Any, Any, Any], state: Any, gen: Generation) -> bool:

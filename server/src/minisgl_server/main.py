@@ -22,7 +22,7 @@ from minisgl.settings import Settings
 
 from .app import create_app
 from .engine_pool import SchedulerError
-from .http_protocol import header_timeout_protocol
+from .http_protocol import timed_protocol
 from .ray_executor import ExecutorError
 from .replica_layout import LayoutError
 from .state import ServerState
@@ -84,9 +84,9 @@ def run_server(settings: Settings, sources: dict[str, str] | None = None) -> Non
         access_log=settings.log_level == "DEBUG",
         timeout_graceful_shutdown=SHUTDOWN_TAIL_S,
         lifespan="on",
-        # a client must finish its request headers within HTTP_HEADER_TIMEOUT (slowloris);
-        # idle kept-alive connections close after timeout_keep_alive
-        http=header_timeout_protocol(settings.http_header_timeout),
+        # a client must finish its request headers within HTTP_HEADER_TIMEOUT (slowloris) and
+        # its body within HTTP_BODY_TIMEOUT; idle kept-alive connections close after timeout_keep_alive
+        http=timed_protocol(settings.http_header_timeout, settings.http_body_timeout),
         timeout_keep_alive=5,
     )
     server = DrainingServer(config, state)

@@ -22,6 +22,8 @@ DESCRIPTIONS = {
          "context (code context_length_exceeded)",
     404: "the model named is not served here (code model_not_found), or a stored response id is not there "
          "(code not_found)",
+    408: "the request body did not arrive within HTTP_BODY_TIMEOUT, or the request did not finish within "
+         "REQUEST_TIMEOUT (code request_timeout)",
     413: "the request body is too large (code request_too_large)",
     415: "the body is not `Content-Type: application/json` (code unsupported_media_type)",
     429: "too many requests in flight (MAX_INFLIGHT_TOTAL / MAX_INFLIGHT_PER_ENGINE); retry after Retry-After",
@@ -29,7 +31,7 @@ DESCRIPTIONS = {
     503: "not ready: loading, draining, restarting, or no engine replica left (codes not_ready, "
          "engine_unavailable, unavailable)",
 }
-BODY = (400, 413, 415, 500)  # any route that reads a JSON body
+BODY = (400, 408, 413, 415, 500)  # any route that reads a JSON body
 GENERATION = (*BODY, 404, 429, 503)
 
 # (method, path) -> the error statuses it can answer

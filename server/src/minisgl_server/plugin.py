@@ -23,6 +23,11 @@ SETTINGS = [
     ("host", str, "127.0.0.1", "HTTP listen address"),
     ("port", Port, 1919, "HTTP listen port"),
     ("http_header_timeout", HeaderTimeout, 5.0, "seconds a connection has to send a request's headers (then it is closed)"),
+    ("http_body_timeout", HeaderTimeout, 60.0,
+     "seconds a request's body has to arrive in full once its headers are in (then 408 and the connection is closed)"),
+    ("request_timeout", Seconds, 0.0,
+     "seconds a generation request may run from its admission before it is ended with 408 request_timeout "
+     "and its engine work aborted (0 = no deadline)"),
     ("served_model_name", str | None, None, "model id reported by /v1/models"),
     ("server_stream_log_stride", NonNegative, 0, "log every N streamed chunks (0 = off)"),
     ("warm_prefixes", list[str], [], "prompts separated by || that seed the prefix cache"),
@@ -42,6 +47,10 @@ SETTINGS = [
      "restarts of a dead engine replica in a row before it stays down (0 = never restart)"),
     ("engine_restart_backoff_s", Seconds, 1.0,
      "wait before the first restart of a dead engine; doubles with each failure in a row (at most 60 s)"),
+    ("watchdog_timeout", Seconds, 300.0,
+     "seconds an engine with requests waiting may go without finishing a step before it is declared stuck, "
+     "killed and restarted (0 = no watchdog); long enough for the first CUDA-graph capture and the slowest "
+     "CPU step"),
     ("api_key", list[str], [],
      "API keys (separated by ||): every route but /health, /metrics and /schema then needs "
      "`Authorization: Bearer <key>`, and stored responses belong to the key that made them"),

@@ -218,6 +218,9 @@ class RayActorHost:
         if self._actor is not None:
             self.executor.forget(self.replica)
 
+    def kill(self) -> None:
+        self.terminate()  # forgetting the actor kills it
+
     def detach(self) -> None:
         if self._task is not None and asyncio.current_task() is not self._task:
             self._task.cancel()

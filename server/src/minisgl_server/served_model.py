@@ -62,6 +62,12 @@ class ServedModel:
         return ctx
 
     @property
+    def kv_pool_tokens(self) -> int | None:
+        """The smallest KV pool of its replicas: a request must fit whichever one it is sent to."""
+        pools = [info.kv_pool_tokens for info in self.pool.ready_infos if info.kv_pool_tokens]
+        return min(pools) if pools else None
+
+    @property
     def takes_images(self) -> bool:
         return self.frontend is not None and self.frontend.tokenizer.vision is not None
 
@@ -83,7 +89,9 @@ class ServedModel:
                                         trust_remote_code=s.trust_remote_code)
         await self.tokenizers.start()
         self.frontend = Frontend(tokenizer, max_context_len=self.max_context_len, eos_token_ids=info.eos_token_ids,
-                                 max_new_tokens_default=s.max_new_tokens_default, **self.plugins)
+                                 max_new_tokens_default=s.max_new_tokens_default,
+                                 kv_pool_tokens=self.kv_pool_tokens, max_logprobs=s.max_request_logprobs,
+                                 **self.plugins)
 
     async def warm(self, prefixes: list[str], replicas: list[Replica] | None = None) -> list[int]:
         assert self.tokenizers is not None

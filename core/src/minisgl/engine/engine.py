@@ -147,6 +147,10 @@ class Engine:
                 self._error(er.rid, ErrorKind.INVALID_REQUEST, f"{c.field}: {exc}", len(er.input_ids),
                             emit=not c.warm_only)
                 continue
+            except Exception as exc:  # the backend's bug: this request fails, the engine serves on
+                self._error(er.rid, ErrorKind.INTERNAL, f"{c.field}: compiling it failed: {type(exc).__name__}: {exc}",
+                            len(er.input_ids), emit=not c.warm_only)
+                continue
             req = self._new_req(er, c.warm_only, grammar=matcher)
             if req is not None:
                 self.scheduler.add(req)

@@ -17,6 +17,7 @@ class ErrorKind(str, Enum):
     CAPACITY = "capacity"  # too much in flight now: retry later
     NOT_READY = "not_ready"  # loading, warming or draining
     ENGINE_DEAD = "engine_dead"  # the engine that held the request is gone
+    TIMEOUT = "timeout"  # the request ran past its deadline (the server's REQUEST_TIMEOUT)
     UNAVAILABLE = "unavailable"  # a part this server lacks or cannot run here (a package, a runner)
     INTERNAL = "internal"  # a bug: a 500
 

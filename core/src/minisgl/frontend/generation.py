@@ -252,9 +252,14 @@ class Frontend:
 
     def __init__(self, tokenizer: Any, *, max_context_len: int, eos_token_ids: Sequence[int], max_new_tokens_default: int,
                  reasoning: Callable[[], Any] | None = None, tool_calls: Any = None,
-                 grammar_backend: Callable[..., GrammarBackend] = LLGuidance, vocab_size: int | None = None) -> None:
+                 grammar_backend: Callable[..., GrammarBackend] = LLGuidance, vocab_size: int | None = None,
+                 kv_pool_tokens: int | None = None, max_logprobs: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.max_context_len = max_context_len
+        # admission by cost (`check_cost`): the KV pool a request runs on (the smallest of the
+        # replicas') and the logprob entries one request may ask for; None: unbounded
+        self.kv_pool_tokens = kv_pool_tokens
+        self.max_logprobs = max_logprobs
         self.eos_token_ids = list(eos_token_ids)
         self.max_new_tokens_default = max_new_tokens_default
         self.reasoning = reasoning  # a reasoning parser's factory (--reasoning-parser), for chat answers
@@ -331,9 +336,11 @@ class Frontend:
                  tools: ToolUse | None, priority: int = 0, images: Sequence[list[ImageInput]] | None = None,
                  separate_reasoning: bool = False) -> Generation:
         stop_ids = params.stop_ids(self.eos_token_ids)
+        budgets = [self.fit_context(len(ids), params, names) for ids in prompts]
+        self.check_cost([len(ids) for ids in prompts], budgets, params, names)
         samples = []
         for p, ids in enumerate(prompts):
-            max_new = self.fit_context(len(ids), params, names)
+            max_new = budgets[p]
             for j in range(params.n):
                 samples.append(Sample(
                     rid=f"{rid}-{p * params.n + j}", index=p * params.n + j, prompt_index=p, prompt_ids=ids,
@@ -355,6 +362,8 @@ class Frontend:
         room = ctx - prompt_len
         if params.max_new_tokens is None:
             max_new = min(self.max_new_tokens_default, room)
+            if self.kv_pool_tokens:  # a default the client did not ask for never exceeds the pool
+                max_new = max(1, min(max_new, (self.kv_pool_tokens - prompt_len) // params.n))
         elif params.max_new_tokens > room:
             name = names.get("max_new_tokens", "max_new_tokens")
             raise RequestError(ErrorKind.CONTEXT_LENGTH_EXCEEDED,
@@ -367,3 +376,35 @@ class Frontend:
             name = names.get("min_new_tokens", "min_new_tokens")
             raise invalid(f"'{name}' ({params.min_new_tokens}) exceeds the completion budget ({max_new})", name)
         return max_new
+
+    def check_cost(self, prompt_lens: Sequence[int], budgets: Sequence[int], params: SamplingParams,
+                   names: Mapping[str, str]) -> None:
+        """Admission by cost, before any work: the request's worst case (every prompt, plus n
+        completions of their whole budget each) must fit the KV pool, and the logprob entries
+        it asks for the per-request budget. Beyond either it is a 400 naming the field to
+        reduce, not an out-of-memory or a pool that keeps retracting."""
+        n = params.n
+        n_name = names.get("n", "n")
+        tokens_name = names.get("max_new_tokens", "max_new_tokens")
+        # the field to reduce: n when several are asked for, else max_tokens (or the prompt, when
+        # max_tokens is the default)
+        field = (n_name if n > 1 else tokens_name if params.max_new_tokens is not None
+                 else names.get("prompt", "prompt"))
+        pool = self.kv_pool_tokens
+        worst = sum(prompt_lens) + n * sum(budgets)
+        if pool and worst > pool:
+            raise RequestError(
+                ErrorKind.CONTEXT_LENGTH_EXCEEDED,
+                f"this request may need {worst} tokens of KV cache ({sum(prompt_lens)} prompt tokens + "
+                f"{n_name}={n} x {sum(budgets)} completion tokens), more than the server's KV pool holds "
+                f"({pool} tokens); reduce '{field}'", field)
+        top = params.top_logprobs
+        if self.max_logprobs and (params.logprobs or top):
+            entries = n * sum(budgets) * (1 + top)
+            if entries > self.max_logprobs:
+                top_name = names.get("top_logprobs", "top_logprobs")
+                field = top_name if top else field
+                raise invalid(
+                    f"this request may return {entries} logprob entries ({n_name}={n} x {sum(budgets)} completion "
+                    f"tokens x (1 + {top_name}={top})), more than one request may ask for ({self.max_logprobs}, "
+                    f"MAX_REQUEST_LOGPROBS); reduce '{field}'", field)

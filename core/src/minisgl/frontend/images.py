@@ -33,12 +33,14 @@ class ImageRules:
     max_bytes: int = 10_485_760  # VLM_MAX_IMAGE_BYTES: the encoded image, however it arrives
     allow_files: bool = False  # ALLOW_FILE_IMAGE_URL
     max_pixels: int = 40_000_000  # width x height, checked from the header before decoding
+    max_request_pixels: int = 100_000_000  # VLM_MAX_REQUEST_PIXELS: all of one request's images together
     placeholder: str = "<image>"  # VLM_IMAGE_TOKEN: marks an image where the chat template writes none
 
     @classmethod
     def from_settings(cls, settings: Any) -> ImageRules:
         return cls(timeout_s=settings.vlm_image_http_timeout_s, max_bytes=settings.vlm_max_image_bytes,
-                   allow_files=settings.allow_file_image_url, placeholder=settings.vlm_image_token)
+                   allow_files=settings.allow_file_image_url, placeholder=settings.vlm_image_token,
+                   max_request_pixels=settings.vlm_max_request_pixels)
 
 
 def image_bytes(url: str, rules: ImageRules, param: str) -> bytes:
@@ -117,6 +119,25 @@ def _local_file(path: str, rules: ImageRules, param: str) -> bytes:
     if len(data) > rules.max_bytes:
         raise _too_big(len(data), rules, param)
     return data
+
+
+def check_request_pixels(images: list[tuple[bytes, str]], rules: ImageRules) -> None:
+    """One request's images ((encoded bytes, param)) together hold at most
+    `max_request_pixels`, read from their headers before any is decoded (each image's own
+    cap and the image count bound each factor, not their product)."""
+    from PIL import Image
+
+    total = 0
+    for data, _param in images:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+        except Exception:  # not an image: decode_image says why
+            continue
+        total += width * height
+    if total > rules.max_request_pixels:
+        raise invalid(f"the request's images hold {total} pixels together; at most {rules.max_request_pixels} per "
+                      "request (VLM_MAX_REQUEST_PIXELS)", "messages")
 
 
 def decode_image(data: bytes, rules: ImageRules, param: str) -> Any:

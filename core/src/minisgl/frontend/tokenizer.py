@@ -18,7 +18,7 @@ from ..engine.messages import ImageInput
 from ..models.resolve import is_vision_model
 from .detokenizer import IncrementalDetokenizer
 from .errors import ErrorKind, RequestError, invalid
-from .images import ImageRules, image_bytes
+from .images import ImageRules, check_request_pixels, image_bytes
 from .vision import VisionProcessor
 
 log = logging.getLogger("minisgl.frontend")
@@ -279,6 +279,7 @@ def encode_chat(tokenizer: Tokenizer, messages: Sequence[dict[str, Any]], *, add
     check_length(tokenizer, sum(len(_text_of(m["content"])) for m in conversation), max_context_len, "messages")
     rules = image_rules or ImageRules()
     encoded = [(image_bytes(url, rules, param), param) for url, param in urls]  # bad URLs fail first
+    check_request_pixels(encoded, rules)
     kwargs = dict(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
                   template_kwargs=template_kwargs, tools=tools)
     text = tokenizer.render_chat(conversation, **kwargs)

@@ -4,13 +4,21 @@ of the request they belong to.
 
 Engine death (crash, kill, failed start) is noticed by the host (the process sentinel, the
 actor's task): every in-flight request then receives an error output at once and new work
-is refused, so no caller ever hangs on a dead engine."""
+is refused, so no caller ever hangs on a dead engine.
+
+A stuck engine (alive, but its loop does not turn: a hung kernel, a deadlocked collective,
+a stopped process) is noticed by the watchdog: once ready, an engine that has work (requests
+or calls waiting on it) and has sent no frame for `watchdog_timeout` seconds is killed
+(SIGKILL) and declared dead like any other, so its requests end and the pool restarts it.
+The engine sends a Heartbeat whenever it has sent nothing for a second, so silence means
+that no step has finished."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,7 +31,7 @@ from ..frontend.errors import ErrorKind, RequestError
 from ..settings import Settings
 from .endpoints import ReplicaEndpoints
 from .engine_host import EngineHost, HostFactory, LocalProcess
-from .protocol import EngineCall, EngineFatal, EngineReady, EngineReply, FrameCodec, Shutdown, StepOutputs
+from .protocol import EngineCall, EngineFatal, EngineReady, EngineReply, FrameCodec, Heartbeat, Shutdown, StepOutputs
 
 log = logging.getLogger("minisgl.ipc")
 
@@ -43,6 +51,7 @@ class EngineClient:
         env: Mapping[str, str] | None = None,
         host: HostFactory = LocalProcess,
         curve_server_keys: tuple[bytes, bytes] | None = None,
+        watchdog_timeout: float = 0.0,
     ) -> None:
         self.settings = settings
         self.replica = replica
@@ -78,6 +87,10 @@ class EngineClient:
         self._ready: asyncio.Future[EngineReady] | None = None
         self._recv_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self.watchdog_timeout = watchdog_timeout  # seconds without a frame while it has work; 0: off
+        self.steps = 0  # engine steps finished, as its last Heartbeat said
+        self._last_frame = time.monotonic()  # when the engine last showed its loop turning
+        self._watchdog_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> EngineReady:
@@ -96,6 +109,8 @@ class EngineClient:
         info = await self._ready
         self.ready_info = info
         self.state = "ready"
+        if self.watchdog_timeout > 0:
+            self._watchdog_task = asyncio.create_task(self._watchdog(), name=f"engine-{self.replica}-watchdog")
         return info
 
     @property
@@ -135,7 +150,7 @@ class EngineClient:
 
     def _detach(self) -> None:
         self.host.detach()
-        for task in (self._recv_task, self._watch_task):
+        for task in (self._recv_task, self._watch_task, self._watchdog_task):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
 
@@ -154,6 +169,28 @@ class EngineClient:
             if not self._outputs.closed:
                 self._outputs.disable_monitor()
             monitor.close(linger=0)
+
+    @property
+    def has_work(self) -> bool:
+        """Requests or calls wait on the engine (the ones it must answer to make progress)."""
+        return bool(self._routes or self._calls)
+
+    def _note_work(self) -> None:
+        """Work arrives: an engine that was idle (and quiet) is timed from now."""
+        if not self.has_work:
+            self._last_frame = time.monotonic()
+
+    async def _watchdog(self) -> None:
+        timeout = self.watchdog_timeout
+        while self.state == "ready":
+            await asyncio.sleep(min(1.0, timeout / 4))
+            silent = time.monotonic() - self._last_frame
+            if self.state == "ready" and self.has_work and silent > timeout:
+                error = (f"engine replica {self.replica} (process {self.pid}) is stuck: no step finished in "
+                         f"{silent:.1f}s with requests waiting (--watchdog-timeout {timeout:g}); it was killed")
+                self.host.kill()
+                self._die(error)
+                return
 
     def _on_host_exit(self, why: str) -> None:
         self._detach()
@@ -184,6 +221,7 @@ class EngineClient:
     async def _receive_loop(self) -> None:
         while True:
             frame = await self._outputs.recv()
+            self._last_frame = time.monotonic()
             try:
                 msg = self.codec.decode_from_engine(frame)
             except Exception as exc:
@@ -207,6 +245,8 @@ class EngineClient:
             elif isinstance(msg, EngineReady):
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_result(msg)
+            elif isinstance(msg, Heartbeat):
+                self.steps = msg.steps
             elif isinstance(msg, EngineFatal):
                 self.error = msg.error  # the sentinel fires next; report this cause
 
@@ -227,6 +267,7 @@ class EngineClient:
         self._check_alive()
         if request.rid in self._routes:  # another request's stream must never be taken over
             raise RequestError(ErrorKind.INVALID_REQUEST, f"request id {request.rid!r} is already in use", "rid")
+        self._note_work()
         self._routes[request.rid] = queue
         if not self._send(request):
             del self._routes[request.rid]
@@ -256,6 +297,7 @@ class EngineClient:
         self._check_alive()
         call_id = next(self._call_ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._note_work()
         self._calls[call_id] = fut
         if not self._send(EngineCall(call_id=call_id, method=method, args=args)):
             self._calls.pop(call_id, None)

@@ -34,6 +34,10 @@ class EngineHost(Protocol):
     def terminate(self) -> None:
         """End it now, without the Shutdown frame's clean stop."""
 
+    def kill(self) -> None:
+        """End it now without waiting, even when it cannot act on a signal (stopped, hung in
+        a kernel): the watchdog's way. Its end is reported as any other (on_exit)."""
+
     def detach(self) -> None:
         """Stop watching it: on_exit is not called after this."""
 
@@ -98,6 +102,10 @@ class LocalProcess:
         if self.process is not None:
             self.process.terminate()
             self.process.join(5)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()  # SIGKILL: a stopped process takes no SIGTERM until it is continued
 
     def detach(self) -> None:
         if self._loop is not None and self.process is not None:

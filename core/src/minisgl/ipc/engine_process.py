@@ -28,6 +28,7 @@ from ..frontend.errors import ErrorKind
 from ..sampling_params import SamplingParams
 from ..settings import Settings
 from .endpoints import ReplicaEndpoints, remove_orphaned_dir
+from .faults import Faults
 from .protocol import (
     CALLABLE_METHODS,
     EngineCall,
@@ -35,6 +36,7 @@ from .protocol import (
     EngineReady,
     EngineReply,
     FrameCodec,
+    Heartbeat,
     Shutdown,
     StepOutputs,
 )
@@ -45,6 +47,7 @@ log = logging.getLogger("minisgl.engine_process")
 # engine.warming.PendingCall (warm: its prefills are scheduled behind user requests, see Scheduler)
 DEFERRED_METHODS = {"warm": "warm_async"}
 IDLE_POLL_MS = 500  # while idle, wake this often to notice a dead parent
+HEARTBEAT_S = 1.0  # send a Heartbeat when nothing else was sent for this long (the server's watchdog reads it)
 WARMUP_RID = "__warmup__"
 
 
@@ -89,6 +92,8 @@ class EngineLoop:
         self.poller.register(requests, zmq.POLLIN)
         self.running = True
         self.orphaned = False  # the server process died under us
+        self.steps = 0
+        self.last_sent = time.monotonic()
 
     def run(self) -> None:
         parent = multiprocessing.parent_process()
@@ -102,8 +107,15 @@ class EngineLoop:
                 return
             if self.running and self.engine.has_work():
                 outs = self.engine.step()
+                self.steps += 1
                 if outs:
-                    self.outputs.send(self.codec.encode(StepOutputs(outputs=outs)))
+                    self._send(StepOutputs(outputs=outs))
+            if time.monotonic() - self.last_sent >= HEARTBEAT_S:
+                self._send(Heartbeat(steps=self.steps))
+
+    def _send(self, msg: Any) -> None:
+        self.outputs.send(self.codec.encode(msg))
+        self.last_sent = time.monotonic()
 
     def _drain(self) -> None:
         while True:
@@ -136,7 +148,7 @@ class EngineLoop:
 
     def _send_error(self, rid: str, error: str) -> None:
         out = EngineOutput(rid=rid, finished=True, finish_reason="error", error=error, error_kind=ErrorKind.INTERNAL.value)
-        self.outputs.send(self.codec.encode(StepOutputs(outputs=[out])))
+        self._send(StepOutputs(outputs=[out]))
 
     def _call(self, call: EngineCall) -> None:
         reply = EngineReply(call_id=call.call_id)
@@ -156,10 +168,10 @@ class EngineLoop:
                 reply.result = getattr(self.engine, call.method)(**call.args)
             except Exception as exc:
                 reply.error = f"{type(exc).__name__}: {exc}"
-        self.outputs.send(self.codec.encode(reply))
+        self._send(reply)
 
     def _reply(self, call_id: int, result: Any, error: str | None) -> None:
-        self.outputs.send(self.codec.encode(EngineReply(call_id=call_id, result=result, error=error)))
+        self._send(EngineReply(call_id=call_id, result=result, error=error))
 
 
 def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpoints) -> None:
@@ -184,8 +196,11 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
     try:
         from ..engine.engine import Engine
 
+        faults = Faults.from_env()  # tests only (MINISGL_TEST_FAULTS); none otherwise
+        faults.at_load()
         engine = Engine(settings)
         warm_up(engine)
+        faults.install(engine)
     except BaseException as exc:
         log.error("engine replica %d failed to start:\n%s", replica, traceback.format_exc())
         outputs.send(codec.encode(EngineFatal(error=f"{type(exc).__name__}: {exc}")))
@@ -201,6 +216,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
         backend=engine.backend_name,
         backend_reason=engine.backend_reason,
         max_context_len=int(engine.max_context_len),
+        kv_pool_tokens=int(engine.pool_tokens),
         eos_token_ids=list(engine.eos_token_ids),
         load_seconds=time.perf_counter() - started,
         device=_device_name(engine.runner.device),

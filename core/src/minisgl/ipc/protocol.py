@@ -2,7 +2,8 @@
 
 server -> engine: EngineRequest, AbortRequest (engine/messages.py), EngineCall, Shutdown
 engine -> server: EngineReady (once, after load + warm-up), StepOutputs (one per engine
-step), EngineReply (answers an EngineCall), EngineFatal (the engine loop is going down)
+step), EngineReply (answers an EngineCall), EngineFatal (the engine loop is going down),
+Heartbeat (the loop is alive: sent whenever nothing else was sent for HEARTBEAT_S)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class EngineReady(msgspec.Struct, kw_only=True, tag="ready"):
     backend: str
     backend_reason: str
     max_context_len: int
+    kv_pool_tokens: int = 0  # tokens its KV pool holds (0: not said)
     eos_token_ids: list[int]
     load_seconds: float
     device: str = ""  # what the engine computes on: "cpu", "cuda:0" (never "auto")
@@ -53,8 +55,15 @@ class EngineFatal(msgspec.Struct, kw_only=True, tag="fatal"):
     error: str
 
 
+class Heartbeat(msgspec.Struct, kw_only=True, tag="beat"):
+    """Progress for the server's watchdog: any frame from the engine says its loop turns;
+    this one says so when the loop has nothing else to send (idle, or steps without output)."""
+
+    steps: int  # engine steps finished so far
+
+
 ToEngine = EngineRequest | AbortRequest | EngineCall | Shutdown
-FromEngine = EngineReady | StepOutputs | EngineReply | EngineFatal
+FromEngine = EngineReady | StepOutputs | EngineReply | EngineFatal | Heartbeat
 
 # Engine methods the server may call through EngineCall (nothing else is reachable).
 CALLABLE_METHODS = frozenset({"metrics", "warm", "flush_cache", "prefix_match_len", "check_invariants"})

@@ -17,7 +17,7 @@ import click
 from minisgl.cli.options import setting_option
 
 from .hf_peers import PEERS
-from .report_json import write_json
+from .report_json import to_json, write_json
 
 
 def _log_level(level: str) -> None:
@@ -720,3 +720,42 @@ def contention(model, dtype, batch, mixes, vllm_python, json_path) -> None:
         console.print(line)
     if json_path:
         write_json(json_path, {"environment": head, "step_ms": {s.name: s.steps for s in systems}, "read_floor_ms": floor_ms})
+
+
+# ---- soak ---------------------------------------------------------------------------
+@bench.command()
+@click.option("--base-url", default="http://127.0.0.1:1919", show_default=True, help="the server to soak")
+@click.option("--minutes", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1), help="clients at once")
+@click.option("--model", default=None, help="model name to send (default: the server's first in /v1/models)")
+@click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(min=1), help="longest answer asked for")
+@click.option("--kill-every", "kill_every_s", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="SIGKILL an engine replica this often, in seconds (0: never; the server must run on this host)")
+@click.option("--control-endpoint", default=None, help="the server's ZMQ_CONTROL_ENDPOINT: control commands join the mix")
+@click.option("--server-pid", default=None, type=int, help="the server's process id: its memory is reported")
+@click.option("--window", "window_s", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="seconds per latency window")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
+def soak(base_url, minutes, concurrency, model, max_tokens, kill_every_s, control_endpoint, server_pid, window_s, seed,
+         json_path) -> None:
+    """Minutes of mixed traffic (streams, non-streams, clients leaving mid-stream, structured
+    outputs, control commands, killed replicas): outcomes, latency over time, and KV and
+    memory at the start and the end."""
+    import httpx
+
+    from . import soak as sk
+    from .environment import header
+
+    cfg = sk.SoakConfig(base_url=base_url.rstrip("/"), minutes=minutes, concurrency=concurrency, model=model,
+                        max_tokens=max_tokens, kill_every_s=kill_every_s, control_endpoint=control_endpoint,
+                        server_pid=server_pid, window_s=window_s, seed=seed)
+    try:
+        report = asyncio.run(sk.soak(cfg))
+    except (RuntimeError, httpx.HTTPError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(to_json(report))
+    if json_path:
+        write_json(json_path, {**report, "environment": header(base_url=base_url)})
+    if not report["kv_matches"]:
+        raise click.ClickException("the KV pool or inflight slots did not come back to where they started")

@@ -20,6 +20,10 @@ def finite(value: Any) -> Any:
     return value
 
 
+def to_json(report: dict[str, Any]) -> str:
+    return json.dumps(finite(report), indent=2, allow_nan=False)
+
+
 def write_json(path: str, report: dict[str, Any]) -> None:
     with open(path, "w") as fh:
         json.dump(finite(report), fh, indent=2, allow_nan=False)
