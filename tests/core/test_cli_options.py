@@ -37,7 +37,7 @@ def test_generate_and_chat_help_list_engine_flags_with_defaults_and_no_server_fl
 def test_serve_help_shows_every_flag_with_its_default():
     text = " ".join(_cli("serve", "--help").stdout.split())
     assert "--dp-size" in text and "--api-key" in text
-    assert "[default: 8192; env MAX_PREFILL_LENGTH]" in text and "[default: 1919; env PORT]" in text
+    assert "[default: 256; env MAX_RUNNING_REQUESTS]" in text and "[default: 1919; env PORT]" in text
 
 
 @pytest.mark.parametrize("flag", ["--max-seq-len-override", "--max-model-len", "--context-length"])
