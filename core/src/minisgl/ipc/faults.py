@@ -5,6 +5,7 @@ MINISGL_TEST_FAULTS is a comma-separated list of:
 - `load_raise`: the engine fails while it loads (as a runner that cannot load would)
 - `step_raise_after=N`: the engine step after N finished steps raises (a failing forward)
 - `step_hang_after=N`: the engine step after N finished steps never returns (a hung forward)
+- `step_sleep_ms=N`: every engine step that has work takes N ms longer (a slow device)
 - `grammar_raise`: compiling a request's grammar raises an unexpected error
 - `once=PATH`: only the first engine process (the one that creates PATH) gets the faults:
   a restarted engine serves normally
@@ -30,6 +31,7 @@ class Faults:
     load_raise: bool = False
     step_raise_after: int | None = None
     step_hang_after: int | None = None
+    step_sleep_ms: int = 0
     grammar_raise: bool = False
 
     @classmethod
@@ -43,7 +45,7 @@ class Faults:
                     return cls()
             elif key in ("load_raise", "grammar_raise"):
                 setattr(faults, key, True)
-            elif key in ("step_raise_after", "step_hang_after"):
+            elif key in ("step_raise_after", "step_hang_after", "step_sleep_ms"):
                 setattr(faults, key, int(value))
             else:
                 raise ValueError(f"{ENV}: unknown fault {item!r}")
@@ -55,10 +57,12 @@ class Faults:
 
     def install(self, engine: Any) -> None:
         """Wrap the loaded engine's step and grammar backend as the faults ask."""
-        if self.step_raise_after is not None or self.step_hang_after is not None:
+        if self.step_raise_after is not None or self.step_hang_after is not None or self.step_sleep_ms:
             step, done = engine.step, [0]
 
             def faulty_step() -> Any:
+                if self.step_sleep_ms and engine.has_work():
+                    threading.Event().wait(self.step_sleep_ms / 1000)
                 if self.step_raise_after is not None and done[0] >= self.step_raise_after:
                     raise InjectedFault(f"injected fault: the forward failed after {done[0]} steps")
                 if self.step_hang_after is not None and done[0] >= self.step_hang_after:
