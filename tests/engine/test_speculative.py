@@ -5,6 +5,7 @@ equality runs on the real smollm2-135m: a verify forward and a decode step add i
 order, which flips the near-ties of random weights."""
 
 import random
+from collections import Counter
 
 import pytest
 from engine_helpers import make_engine, run_all, tokens
@@ -12,11 +13,20 @@ from engine_helpers import make_engine, run_all, tokens
 from minisgl import LLM, SamplingParams
 from minisgl.engine import speculative
 from minisgl.engine.messages import EngineRequest
+from minisgl.engine.request import Req
 from minisgl.engine.speculative import NgramProposer
 from minisgl.plugins import SelectionError
 from minisgl.settings import Settings, SettingsError, load_settings
 
 SPEC = dict(speculative_algorithm="ngram", speculative_num_draft_tokens=4)
+
+
+@pytest.fixture(autouse=True)
+def always_draft(request, monkeypatch):
+    """Drafting is paused where timed steps say it does not pay; these tests check what
+    drafts do, so they draft whatever the clock says (the gate has its own test)."""
+    if "gate" not in request.node.name:
+        monkeypatch.setattr(speculative.Speculation, "_pays", lambda self: True)
 # a prompt that repeats itself: the proposer finds what followed each suffix before, and a
 # real model goes on repeating it
 LOOP = [1011, 1012, 1013, 1014, 1015, 1016, 1017, 1018] * 6
@@ -132,3 +142,32 @@ def test_settings_are_checked_at_start(tiny_llama_path):
                              "speculative_ngram_max_match_window_size": 3}, environ={})
     with pytest.raises(SettingsError, match="speculative_draft_model_path"):
         load_settings(flags={"speculative_draft_model_path": "/models/draft"}, environ={})
+
+
+def test_the_gate_drafts_only_while_drafted_steps_pay():
+    class Fixed:
+        def propose(self, token_ids, max_tokens):
+            return [7] * max_tokens
+
+    spec = speculative.Speculation(Fixed(), 4, 1000, Counter())
+    req = Req(rid="a", prompt_ids=[1, 2, 3], params=SamplingParams(max_new_tokens=100), max_new_tokens=100,
+              stop_ids=frozenset())
+    spec.draft([req])
+    assert req.draft == []  # a plain step first: its time is what drafts must beat
+    spec.observe(0.010, drafted=False)
+    spec.draft([req])
+    assert req.draft == [7, 7, 7, 7]
+    for _ in range(speculative.JUDGE_AFTER):  # every draft accepted: 5 tokens for a step twice as long
+        spec.verify(req, [7, 7, 7, 7, 9])
+        spec.observe(0.020, drafted=True)
+    spec.draft([req])
+    assert req.draft == [7, 7, 7, 7]
+    for _ in range(20):  # now none accepted: a step twice as long for one token
+        spec.verify(req, [1, 1, 1, 1, 1])
+        req.spec_pause = 0
+        spec.observe(0.020, drafted=True)
+        if spec.off_steps:
+            break
+    assert spec.off_steps == speculative.OFF_STEPS
+    spec.draft([req])
+    assert req.draft == []  # paused for every request

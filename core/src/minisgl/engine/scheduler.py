@@ -21,6 +21,7 @@ takes a request's KV back to a length. Speculative decoding builds on both.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 
 import torch
@@ -166,6 +167,8 @@ class Scheduler:
                 outputs.append(out)
         if scheduled.batch.is_decode:
             self._log_decode(scheduled.batch.batch_size)
+        if self.speculation is not None and scheduled.decode_only:
+            self.speculation.observe(time.perf_counter() - scheduled.started, scheduled.drafted)
         return outputs
 
     def _append(self, req: Req, tok: int) -> str | None:

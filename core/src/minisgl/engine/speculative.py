@@ -11,8 +11,10 @@ the rejected drafts is truncated away (KVManager.truncate).
 
 Drafting stops where it would not pay: requests with a grammar (their masks know no
 drafts), batches of more than SPECULATE_UP_TO decoding requests (verifying k + 1 tokens
-each then costs more than it saves), and, for a while, requests whose drafts keep being
-rejected.
+each then costs more than it saves), for a while, requests whose drafts keep being
+rejected, and every request while a drafted step's time over the tokens it gives exceeds a
+plain step's (a verify forward without the decode step's CUDA graph can cost several plain
+steps on a small model): the engine times decode steps of both kinds as it runs.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ log = logging.getLogger("minisgl.engine")
 SPECULATE_UP_TO = 4  # decoding requests in a step; beyond, every request decodes plainly
 LOW_ACCEPTANCE = 0.2  # a request's recent accepted share of its drafts below which it pauses
 PAUSE_STEPS = 16  # steps a request with low acceptance decodes without drafts
+PLAIN_EVERY = 64  # drafted steps between plain ones that keep the plain step's time current
+EMA = 0.2  # weight of the newest step in the running step times
+JUDGE_AFTER = 4  # drafted steps timed before drafting may be found not to pay
+OFF_STEPS = 64  # steps without drafts once drafting did not pay; then it is timed afresh
 
 
 @runtime_checkable
@@ -93,10 +99,16 @@ class Speculation:
         self.k = num_draft_tokens
         self.max_context_len = max_context_len
         self.counters = counters
+        self.plain_s: float | None = None  # running time of a decode step without drafts
+        self.drafted_s: float | None = None  # ... and with drafts
+        self.gain = 1.0  # running tokens a drafted request gets from a drafted step
+        self.drafted_steps = 0  # since the last plain step
+        self.timed = 0  # drafted steps timed since drafting (re)started
+        self.off_steps = 0  # steps left without drafts because drafting did not pay
 
     def draft(self, decoding: list[Req]) -> None:
         """Set each decoding request's `draft` (empty where it decodes plainly)."""
-        speculate = len(decoding) <= SPECULATE_UP_TO
+        speculate = len(decoding) <= SPECULATE_UP_TO and self._pays()
         for req in decoding:
             req.draft = []
             if not speculate or req.grammar is not None or req.inflight:
@@ -108,6 +120,29 @@ class Speculation:
             room = min(req.max_new_tokens - req.num_output, self.max_context_len - len(req.all_ids)) - 1
             req.draft = self.proposer.propose(req.all_ids, min(self.k, room))
 
+    def _pays(self) -> bool:
+        """Whether this step may draft: not while paused, and a plain step first (and every
+        PLAIN_EVERY drafted steps) so that the plain step's time is known and current."""
+        if self.off_steps > 0:
+            self.off_steps -= 1
+            return False
+        return self.plain_s is not None and self.drafted_steps < PLAIN_EVERY
+
+    def observe(self, seconds: float, drafted: bool) -> None:
+        """A decode step's time; once both kinds are known, drafting pauses where it does
+        not pay (a drafted step slower than the plain steps its tokens replace)."""
+        if not drafted:
+            self.plain_s = seconds if self.plain_s is None else (1 - EMA) * self.plain_s + EMA * seconds
+            self.drafted_steps = 0
+            return
+        self.drafted_steps += 1
+        self.timed += 1
+        self.drafted_s = seconds if self.drafted_s is None else (1 - EMA) * self.drafted_s + EMA * seconds
+        if self.plain_s is not None and self.timed >= JUDGE_AFTER and self.drafted_s > self.gain * self.plain_s:
+            log.info("speculative decoding paused for %d steps: a drafted step takes %.1f ms for %.2f tokens "
+                     "a request, a plain one %.1f ms", OFF_STEPS, self.drafted_s * 1e3, self.gain, self.plain_s * 1e3)
+            self.off_steps, self.drafted_s, self.timed = OFF_STEPS, None, 0
+
     def verify(self, req: Req, sampled: list[int]) -> list[int]:
         """The tokens a drafted request emits, from those sampled at its positions: the
         first, and each next one while the draft before it was sampled too."""
@@ -116,6 +151,7 @@ class Speculation:
         while emit <= len(draft) and sampled[emit - 1] == draft[emit - 1]:
             emit += 1
         kept = emit - 1
+        self.gain = (1 - EMA) * self.gain + EMA * emit
         c = self.counters
         c["spec_verify_steps_total"] += 1
         c["spec_draft_tokens_total"] += len(draft)

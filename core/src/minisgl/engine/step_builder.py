@@ -9,8 +9,9 @@ device-side next_tokens, copied into input_ids on the device, so the CPU never w
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .batch import ForwardBatch, ForwardResult, ImageSlice, SamplingBatch, to_device
 from .kv import KVManager
@@ -23,6 +24,9 @@ class ScheduledBatch:
     reqs: list[Req]  # in batch order
     sampled: list[Req]  # rows of the sampling batch, in order
     result: ForwardResult | None = None  # set once the runner has launched it
+    decode_only: bool = False  # every request runs its next token (and its drafts), no prefill
+    drafted: bool = False  # some request runs drafts
+    started: float = field(default_factory=time.perf_counter)
 
 
 def build_step(items: list[tuple[Req, int]], previous: ScheduledBatch | None, kv: KVManager,
@@ -35,6 +39,8 @@ def build_step(items: list[tuple[Req, int]], previous: ScheduledBatch | None, kv
     out_slots: list[int] = []
     extend_lens, prefix_lens, sample_indices = [], [], []
     sampled: list[Req] = []
+    decode_only = all(n == 1 + len(r.draft) and r.kv_len + n == len(r.all_ids) + r.inflight + len(r.draft)
+                      for r, n in items)
     images: list[ImageSlice] = []
     for req, n in items:
         start = req.kv_len
@@ -91,7 +97,7 @@ def build_step(items: list[tuple[Req, int]], previous: ScheduledBatch | None, kv
     for i, req in enumerate(sampled):
         req.inflight += 1
         req.future_row = i  # (a drafted request's rows are read back before it runs again)
-    return ScheduledBatch(batch, reqs, sampled)
+    return ScheduledBatch(batch, reqs, sampled, decode_only=decode_only, drafted=any(r.draft for r in reqs))
 
 
 def _image_slices(req: Req, start: int, n: int, token_offset: int) -> list[ImageSlice]:
