@@ -297,6 +297,9 @@ class Engine:
         if getattr(self, "threads", None) is not None:
             self.threads.restore()
             self.threads = None  # type: ignore[assignment]
+        speculation = self.scheduler.speculation if getattr(self, "scheduler", None) is not None else None
+        if speculation is not None and hasattr(speculation.proposer, "shutdown"):
+            speculation.proposer.shutdown()  # a draft model's runner
         runner = getattr(self, "runner", None)
         if runner is not None:
             runner.shutdown()

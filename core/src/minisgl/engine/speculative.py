@@ -38,8 +38,13 @@ PAUSE_STEPS = 16  # steps a request with low acceptance decodes without drafts
 
 @runtime_checkable
 class Proposer(Protocol):
-    def propose(self, token_ids: list[int], max_tokens: int) -> list[int]:
-        """Up to `max_tokens` guesses of what follows `token_ids` ([] for none)."""
+    def propose(self, req_id: str, token_ids: list[int], max_tokens: int) -> list[int]:
+        """Up to `max_tokens` guesses of what follows request `req_id`'s `token_ids` ([] for
+        none). Any state kept for the request may be stale: `token_ids` is the truth."""
+        ...
+
+    def release(self, req_id: str) -> None:
+        """The request finished or was retracted: drop what is kept for it."""
         ...
 
 
@@ -65,7 +70,7 @@ class NgramProposer:
         self.min_window = settings.speculative_ngram_min_match_window_size
         self.max_window = settings.speculative_ngram_max_match_window_size
 
-    def propose(self, token_ids: list[int], max_tokens: int) -> list[int]:
+    def propose(self, req_id: str, token_ids: list[int], max_tokens: int) -> list[int]:
         n = len(token_ids)
         if n < 2 or max_tokens <= 0:
             return []
@@ -85,6 +90,9 @@ class NgramProposer:
         if best_len < self.min_window:
             return []
         return token_ids[best_end + 1 : best_end + 1 + max_tokens]
+
+    def release(self, req_id: str) -> None:
+        pass  # nothing is kept between proposals
 
 
 class Speculation:
@@ -106,7 +114,11 @@ class Speculation:
                 continue
             # every emitted token must fit: the drafts and the one sampled after them
             room = min(req.max_new_tokens - req.num_output, self.max_context_len - len(req.all_ids)) - 1
-            req.draft = self.proposer.propose(req.all_ids, min(self.k, room))
+            req.draft = self.proposer.propose(req.rid, req.all_ids, min(self.k, room))
+
+    def release(self, req: Req) -> None:
+        """`req` left the running batch (finished or retracted)."""
+        self.proposer.release(req.rid)
 
     def verify(self, req: Req, sampled: list[int]) -> list[int]:
         """The tokens a drafted request emits, from those sampled at its positions: the
