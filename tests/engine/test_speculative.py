@@ -29,11 +29,11 @@ def proposer(lo: int = 1, hi: int = 12) -> NgramProposer:
 
 def test_ngram_drafts_what_followed_the_latest_longest_match():
     p = proposer()
-    assert p.propose([1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3], 2) == [7, 1]  # the latest of two equal matches
-    assert p.propose([5, 1, 2, 8, 2, 9, 1, 2], 3) == [8, 2, 9]  # "1 2" beats the later "2"
-    assert p.propose([1, 2, 3], 4) == []  # nothing earlier ends like it
-    assert proposer(lo=3).propose([4, 1, 2, 9, 1, 2], 2) == []  # shorter than the min window
-    assert p.propose([1, 2, 1, 2], 0) == []
+    assert p.propose("r", [1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3], 2) == [7, 1]  # the latest of two equal matches
+    assert p.propose("r", [5, 1, 2, 8, 2, 9, 1, 2], 3) == [8, 2, 9]  # "1 2" beats the later "2"
+    assert p.propose("r", [1, 2, 3], 4) == []  # nothing earlier ends like it
+    assert proposer(lo=3).propose("r", [4, 1, 2, 9, 1, 2], 2) == []  # shorter than the min window
+    assert p.propose("r", [1, 2, 1, 2], 0) == []
 
 
 def run(engine, prompts, params):
