@@ -108,10 +108,12 @@ def test_the_draft_kv_follows_the_request_and_makes_room_by_dropping_the_oldest(
     assert kept.propose("c", [5] * 79, 4) == []
 
 
-def test_a_draft_model_with_another_tokenizer_is_refused_naming_both(smollm2_path, tiny_llama_path):
+def test_a_draft_model_with_another_tokenizer_or_tensor_parallelism_is_refused(smollm2_path, tiny_llama_path):
     with pytest.raises(ValueError, match="tokenizer differs") as info:
         make_engine(smollm2_path, **standalone(tiny_llama_path))
     assert tiny_llama_path in str(info.value) and str(smollm2_path) in str(info.value)
+    with pytest.raises(ValueError, match="--tp-size 2 is not supported"):
+        make_engine(smollm2_path, tp_size=2, **standalone(smollm2_path))
 
 
 def test_the_draft_model_path_goes_with_the_standalone_proposer_only():

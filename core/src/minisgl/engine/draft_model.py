@@ -76,6 +76,9 @@ class StandaloneProposer:
         from ..plugins import get_registry
         from .backend_choice import load_runner
 
+        if settings.tp_size > 1:
+            raise ValueError(f"--speculative-algorithm standalone runs its draft model on one device; "
+                             f"--tp-size {settings.tp_size} is not supported with it yet (use ngram)")
         target = resolve_model(settings.model_path, dummy_weight=settings.dummy_weight, progress=False)
         model = resolve_model(settings.speculative_draft_model_path, dummy_weight=settings.dummy_weight)
         check_same_tokenizer(str(target.path), str(model.path), settings.trust_remote_code)
