@@ -597,11 +597,12 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
 @click.option("--dtype", default="auto", show_default=True, type=DTYPES)
 @click.option("--speculative-algorithm", default="ngram", show_default=True, help="registered proposer")
 @click.option("--speculative-num-draft-tokens", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--speculative-draft-model-path", default=None, help="draft model (--speculative-algorithm standalone)")
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
-def speculative(model, backend, dtype, speculative_algorithm, speculative_num_draft_tokens, max_new_tokens, repeat,
-                json_path) -> None:
+def speculative(model, backend, dtype, speculative_algorithm, speculative_num_draft_tokens,
+                speculative_draft_model_path, max_new_tokens, repeat, json_path) -> None:
     """One stream with and without speculative decoding, copy-heavy and free writing: the
     ratio of tokens/s (goals: 2x on copy, at least 0.9x on free writing) and the acceptance."""
     from rich.console import Console
@@ -624,7 +625,9 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
     runs: dict[str, dict[str, Any]] = {}
     for name, extra in (("plain", {}), (speculative_algorithm, {
             "speculative_algorithm": speculative_algorithm,
-            "speculative_num_draft_tokens": speculative_num_draft_tokens})):
+            "speculative_num_draft_tokens": speculative_num_draft_tokens,
+            **({"speculative_draft_model_path": _model_path(speculative_draft_model_path)}
+               if speculative_draft_model_path else {})})):
         with LLM(path, backend=backend, dtype=dtype, **extra) as llm:
             runs[name] = {w: measure(llm, w, max_new_tokens, repeat) for w in WORKLOADS}
     table = Table(title=f"one stream, greedy, {model}, {dtype}: plain vs {speculative_algorithm}")
@@ -647,7 +650,7 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
     if floor_ms is not None:
         console.print(f"weight-read floor: {floor_ms:.1f} ms a token, {1000 / floor_ms:.0f} tok/s ({floor_how})")
     head = header(model=model, dtype=dtype, backend=backend, proposer=speculative_algorithm,
-                  num_draft_tokens=speculative_num_draft_tokens, max_new_tokens=max_new_tokens, repeat=repeat)
+                  draft_model=speculative_draft_model_path, num_draft_tokens=speculative_num_draft_tokens, max_new_tokens=max_new_tokens, repeat=repeat)
     for line in header_lines(head):
         console.print(line)
     if json_path:
