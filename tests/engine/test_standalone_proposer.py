@@ -104,6 +104,14 @@ def test_the_draft_kv_follows_the_request_and_makes_room_by_dropping_the_oldest(
     kept.check()
     kept.release("b")
     assert kept.states == {} and kept.kv.pool.free_pages == kept.kv.pool.num_pages
+    # a draft past the tokenizer's ids (embedding padding) ends the drafts before it
+    b2 = b + [2]
+    whole = fresh.propose("y", b2, 4)
+    kept.num_tokens = max(whole)
+    cut = kept.propose("b", b2, 4)
+    assert cut == whole[: whole.index(max(whole))]
+    assert kept.states["b"].all_ids == b2 + cut
+    kept.check()
     # nothing to draft when the request cannot fit the draft pool at all
     assert kept.propose("c", [5] * 79, 4) == []
 

@@ -33,9 +33,9 @@ _PROBES = ("Hello, world! The quick brown fox jumps over the lazy dog.", "def f(
            "  1234 5678\t\n")
 
 
-def check_same_tokenizer(target_path: str, draft_path: str, trust_remote_code: bool) -> None:
+def check_same_tokenizer(target_path: str, draft_path: str, trust_remote_code: bool) -> int:
     """Refuse a draft model whose tokenizer is not the target's: its drafts would be ids of
-    other tokens."""
+    other tokens. The number of tokens the tokenizer knows."""
     from transformers import AutoTokenizer
 
     target = AutoTokenizer.from_pretrained(target_path, trust_remote_code=trust_remote_code)
@@ -53,6 +53,7 @@ def check_same_tokenizer(target_path: str, draft_path: str, trust_remote_code: b
     if why is not None:
         raise ValueError(f"--speculative-draft-model-path {draft_path}: its tokenizer differs from the target "
                          f"model {target_path}'s ({why}); the draft model must share the target's tokenizer")
+    return len(target)
 
 
 def _greedy(device: torch.device) -> SamplingBatch:
@@ -81,7 +82,8 @@ class StandaloneProposer:
                              f"--tp-size {settings.tp_size} is not supported with it yet (use ngram)")
         target = resolve_model(settings.model_path, dummy_weight=settings.dummy_weight, progress=False)
         model = resolve_model(settings.speculative_draft_model_path, dummy_weight=settings.dummy_weight)
-        check_same_tokenizer(str(target.path), str(model.path), settings.trust_remote_code)
+        # ids past the tokenizer's are embedding padding, which the two models may size differently
+        self.num_tokens = check_same_tokenizer(str(target.path), str(model.path), settings.trust_remote_code)
         # the draft pool holds the requests that draft at once (a step drafts for at most
         # SPECULATE_UP_TO); --num-pages, when set, sizes it like the target's
         draft_settings = msgspec.structs.replace(settings, model_path=str(model.path),
@@ -126,9 +128,11 @@ class StandaloneProposer:
         self.kv.flush()
         self.states[req_id] = st
         drafts = [self._forward(st, token_ids[st.kv_len :])]
-        while len(drafts) < max_tokens:
+        while len(drafts) < max_tokens and drafts[-1] < self.num_tokens:
             drafts.append(self._forward(st, drafts[-1:]))
-        st.all_ids = list(token_ids) + drafts[:-1]
+        st.all_ids = (list(token_ids) + drafts)[: st.kv_len]
+        if drafts[-1] >= self.num_tokens:  # not a token: the drafts end before it
+            drafts.pop()
         return drafts
 
     def release(self, req_id: str) -> None:
