@@ -112,6 +112,14 @@ def test_the_draft_kv_follows_the_request_and_makes_room_by_dropping_the_oldest(
     assert cut == whole[: whole.index(max(whole))]
     assert kept.states["b"].all_ids == b2 + cut
     kept.check()
+    kept.num_tokens = fresh.num_tokens
+    # a batch drafts what each request drafts alone; a request the pool cannot add without
+    # taking another's draft K/V from this batch drafts nothing
+    p, q, r = ([4000 + 10 * j + i for i in range(27)] for j in range(3))  # 30, 29 and 30 of 80 slots
+    alone = [fresh.propose("p", p, 4), fresh.propose("q", q, 4)]
+    assert kept.propose_batch([("p", p, 4), ("q", q, 3), ("r", r, 4)]) == [alone[0], alone[1][:3], []]
+    assert set(kept.states) == {"p", "q"}
+    kept.check()
     # nothing to draft when the request cannot fit the draft pool at all
     assert kept.propose("c", [5] * 79, 4) == []
 

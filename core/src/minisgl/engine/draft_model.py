@@ -4,7 +4,8 @@ target's backend as a second ModelRunner with a KV pool of its own.
 Each request keeps the draft model's K/V of its tokens between steps (keyed by request
 id). A proposal first catches the draft up: the K/V past the longest prefix still equal to
 the request's tokens is dropped (the target rejected those drafts), the missing suffix runs
-in one forward, then k greedy steps of one token each give the k drafts. The draft pool is
+in one forward, then k greedy steps of one token each give the k drafts. The requests that
+draft in a step share these forwards. The draft pool is
 only a cache of work: when it is short, the least recently drafted requests lose their
 draft K/V and recompute it on their next proposal.
 """
@@ -56,10 +57,10 @@ def check_same_tokenizer(target_path: str, draft_path: str, trust_remote_code: b
     return len(target)
 
 
-def _greedy(device: torch.device) -> SamplingBatch:
-    """One argmax row."""
+def _greedy(rows: int, device: torch.device) -> SamplingBatch:
+    """`rows` argmax rows."""
     def full(value: float | int, dtype: torch.dtype) -> torch.Tensor:
-        return torch.full((1,), value, dtype=dtype, device=device)
+        return torch.full((rows,), value, dtype=dtype, device=device)
 
     return SamplingBatch(
         temperature=full(0.0, torch.float32), top_p=full(1.0, torch.float32), top_k=full(0, torch.int64),
@@ -98,15 +99,48 @@ class StandaloneProposer:
         self.kv = KVManager(num_slots, settings.page_size, NaiveCache(settings.page_size), 2 * SPECULATE_UP_TO,
                             self.max_len + 1, self.device, Counter())
         self.states: dict[str, Req] = {}  # request id -> its draft K/V; oldest proposal first
-        self._sampling = _greedy(self.device)
+        self._sampling: dict[int, SamplingBatch] = {}  # greedy rows, by their number
 
     def propose(self, req_id: str, token_ids: list[int], max_tokens: int) -> list[int]:
+        return self.propose_batch([(req_id, token_ids, max_tokens)])[0]
+
+    def propose_batch(self, items: list[tuple[str, list[int], int]]) -> list[list[int]]:
+        """`propose` for several requests at once: one forward catches all of them up, then
+        each greedy step is one forward of every request still drafting."""
+        drafts: list[list[int]] = [[] for _ in items]
+        batch = {rid for rid, _, _ in items}
+        ready: list[tuple[int, Req, list[int], int]] = []
+        for i, (rid, token_ids, max_tokens) in enumerate(items):
+            st = self._prepare(rid, token_ids, max_tokens, batch)
+            if st is not None:
+                ready.append((i, st, token_ids, max_tokens))
+        if not ready:
+            return drafts
+        self.kv.flush()
+        caught_up = self._forward([(st, token_ids[st.kv_len :]) for _, st, token_ids, _ in ready])
+        for (i, *_), tok in zip(ready, caught_up):
+            drafts[i].append(tok)
+        while True:
+            going = [(i, st) for i, st, _, k in ready if len(drafts[i]) < k and drafts[i][-1] < self.num_tokens]
+            if not going:
+                break
+            for (i, _), tok in zip(going, self._forward([(st, drafts[i][-1:]) for i, st in going])):
+                drafts[i].append(tok)
+        for i, st, token_ids, _ in ready:
+            st.all_ids = (list(token_ids) + drafts[i])[: st.kv_len]
+            if drafts[i][-1] >= self.num_tokens:  # not a token: the drafts end before it
+                drafts[i].pop()
+        return drafts
+
+    def _prepare(self, rid: str, token_ids: list[int], max_tokens: int, batch: set[str]) -> Req | None:
+        """`rid`'s draft K/V cut back to the tokens it still shares with `token_ids`, and
+        slots for the drafting ahead; None when it does not fit (its draft K/V dropped)."""
         n = len(token_ids)
         need = n + max_tokens - 1  # the last draft's K/V is never written
         if max_tokens <= 0 or n == 0 or need > self.max_len:
-            self.release(req_id)
-            return []
-        st = self.states.pop(req_id, None)
+            self.release(rid)
+            return None
+        st = self.states.pop(rid, None)
         if st is not None:
             # the K/V of tokens that are no longer the request's (rejected drafts) goes; the
             # last token always runs again, for its logits
@@ -117,49 +151,60 @@ class StandaloneProposer:
             self.kv.truncate(st, keep)
             st.all_ids = list(token_ids)
         else:
-            st = Req(rid=req_id, prompt_ids=list(token_ids), params=SamplingParams(), max_new_tokens=0,
+            st = Req(rid=rid, prompt_ids=list(token_ids), params=SamplingParams(), max_new_tokens=0,
                      stop_ids=frozenset())
-            if not self._make_room(self.kv.pages_for(n), row=True) or self.kv.admit(st) is None:
-                return []
-        if not self._make_room(self.kv.pages_short(st, need)):
+            if not self._make_room(self.kv.pages_for(n), batch, row=True) or self.kv.admit(st) is None:
+                return None
+        if not self._make_room(self.kv.pages_short(st, need), batch):
             self.kv.release(st, keep_in_cache=False)
-            return []
+            return None
         self.kv.grow(st, need)
-        self.kv.flush()
-        self.states[req_id] = st
-        drafts = [self._forward(st, token_ids[st.kv_len :])]
-        while len(drafts) < max_tokens and drafts[-1] < self.num_tokens:
-            drafts.append(self._forward(st, drafts[-1:]))
-        st.all_ids = (list(token_ids) + drafts)[: st.kv_len]
-        if drafts[-1] >= self.num_tokens:  # not a token: the drafts end before it
-            drafts.pop()
-        return drafts
+        self.states[rid] = st
+        return st
 
     def release(self, req_id: str) -> None:
         st = self.states.pop(req_id, None)
         if st is not None:
             self.kv.release(st, keep_in_cache=False)
 
-    def _make_room(self, pages: int, row: bool = False) -> bool:
+    def _make_room(self, pages: int, keep: set[str], row: bool = False) -> bool:
         """`pages` free pages (and a free page-table row), dropping the draft K/V of the
-        least recently drafted requests as needed."""
+        least recently drafted requests outside `keep` as needed."""
         while self.kv.pool.free_pages < pages or (row and self.kv.free_rows == 0):
-            if not self.states:
+            victim = next((rid for rid in self.states if rid not in keep), None)
+            if victim is None:
                 return False
-            self.release(next(iter(self.states)))
+            self.release(victim)
         return True
 
-    def _forward(self, st: Req, ids: list[int]) -> int:
-        """Run `ids` at the next positions of `st`, writing their K/V; the greedy next token."""
-        start, m = st.kv_len, len(ids)
+    def _forward(self, runs: list[tuple[Req, list[int]]]) -> list[int]:
+        """Run each request's ids at its next positions, writing their K/V; each one's
+        greedy next token."""
         d = self.device
+        ids, positions, out_slots, extend_lens, prefix_lens, last = [], [], [], [], [], []
+        for st, new in runs:
+            start, m = st.kv_len, len(new)
+            ids.extend(new)
+            positions.extend(range(start, start + m))
+            out_slots.extend(st.slots[start : start + m])
+            extend_lens.append(m)
+            prefix_lens.append(start)
+            last.append(len(ids) - 1)
+        sts = [st for st, _ in runs]
         batch = ForwardBatch(
-            input_ids=to_device(ids, d), positions=to_device(list(range(start, start + m)), d),
-            out_slots=to_device(st.slots[start : start + m], d), page_table=self.kv.table_rows([st], start + m),
-            extend_lens=[m], prefix_lens=[start], sample_indices=to_device([m - 1], d), sampling=self._sampling,
+            input_ids=to_device(ids, d), positions=to_device(positions, d), out_slots=to_device(out_slots, d),
+            page_table=self.kv.table_rows(sts, max(p + e for p, e in zip(prefix_lens, extend_lens))),
+            extend_lens=extend_lens, prefix_lens=prefix_lens, sample_indices=to_device(last, d),
+            sampling=self._greedy(len(runs)),
         )
-        st.kv_len += m
-        return int(self.runner.forward(batch).resolve().next_tokens.tolist()[0])
+        for st, new in runs:
+            st.kv_len += len(new)
+        return [int(t) for t in self.runner.forward(batch).resolve().next_tokens.tolist()]
+
+    def _greedy(self, rows: int) -> SamplingBatch:
+        if rows not in self._sampling:
+            self._sampling[rows] = _greedy(rows, self.device)
+        return self._sampling[rows]
 
     def check(self) -> None:
         """The draft pool's pages: free or held by one request's draft K/V."""

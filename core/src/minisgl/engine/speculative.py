@@ -47,6 +47,9 @@ class Proposer(Protocol):
         """The request finished or was retracted: drop what is kept for it."""
         ...
 
+    # optional: `propose_batch(items: list[tuple[req_id, token_ids, max_tokens]]) -> list[list[int]]`
+    # drafts for a step's requests at once (the standalone proposer batches its forwards)
+
 
 def load_proposer(settings: Settings, registry: Registry) -> Proposer | None:
     """--speculative-algorithm's proposer (None: off), built from the plugin registry."""
@@ -105,6 +108,7 @@ class Speculation:
     def draft(self, decoding: list[Req]) -> None:
         """Set each decoding request's `draft` (empty where it decodes plainly)."""
         speculate = len(decoding) <= SPECULATE_UP_TO
+        wanted: list[tuple[Req, int]] = []
         for req in decoding:
             req.draft = []
             if not speculate or req.grammar is not None or req.inflight:
@@ -114,7 +118,15 @@ class Speculation:
                 continue
             # every emitted token must fit: the drafts and the one sampled after them
             room = min(req.max_new_tokens - req.num_output, self.max_context_len - len(req.all_ids)) - 1
-            req.draft = self.proposer.propose(req.rid, req.all_ids, min(self.k, room))
+            wanted.append((req, min(self.k, room)))
+        # a proposer that runs a model drafts for all of them in the same forwards
+        propose_batch = getattr(self.proposer, "propose_batch", None)
+        if propose_batch is not None:
+            drafts = propose_batch([(req.rid, req.all_ids, n) for req, n in wanted])
+        else:
+            drafts = [self.proposer.propose(req.rid, req.all_ids, n) for req, n in wanted]
+        for (req, _), draft in zip(wanted, drafts):
+            req.draft = draft
 
     def release(self, req: Req) -> None:
         """`req` left the running batch (finished or retracted)."""
