@@ -147,3 +147,23 @@ def test_llm_streams_with_a_draft_model(smollm2_path, plain):
         assert llm.metrics()["spec_accepted_tokens_total"] > 0
     assert [t for d in deltas for t in d.token_ids] == plain[0]
     assert any(len(d.token_ids) > 1 for d in deltas)
+
+
+def test_seeded_sampling_draws_the_same_tokens_with_a_draft_model(tiny_llama_path):
+    """Greedy drafts verified by sampling: each output index draws the same noise with or
+    without them, so a seeded request gives the same tokens (a low temperature: some drafts
+    are accepted, some rejected)."""
+    params = [SamplingParams(temperature=0.05, max_new_tokens=10, ignore_eos=True, seed=s) for s in range(6)]
+    prompt = list(range(5, 60))
+
+    def sample(engine):
+        for i, p in enumerate(params):
+            engine.add_request(EngineRequest(rid=f"s{i}", input_ids=prompt, sampling=p))
+        outs = run_all(engine)
+        return [tokens(outs[f"s{i}"]) for i in range(len(params))]
+
+    plain = sample(make_engine(tiny_llama_path, max_running_requests=3))
+    engine = make_engine(tiny_llama_path, max_running_requests=3, **standalone(tiny_llama_path))
+    assert sample(engine) == plain
+    m = engine.metrics()
+    assert m["spec_accepted_tokens_total"] > 0
