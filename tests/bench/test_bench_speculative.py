@@ -34,3 +34,10 @@ def test_bench_speculative_runs_a_draft_model(tiny_qwen3_path, tmp_path):
     assert data["environment"]["proposer"] == "standalone"
     assert data["environment"]["draft_model"] == tiny_qwen3_path
     assert all(row["drafted"] > 0 for row in data["results"])
+
+
+def test_bench_speculative_refuses_standalone_without_a_draft_model(tiny_qwen3_path):
+    result = subprocess.run([sys.executable, "-m", "minisgl", "bench", "speculative", "--model", tiny_qwen3_path,
+                             "--speculative-algorithm", "standalone"], capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "speculative_draft_model_path" in result.stderr

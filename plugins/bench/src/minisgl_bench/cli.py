@@ -611,6 +611,7 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
 
     from minisgl import LLM
     from minisgl.dtypes import resolve_dtype
+    from minisgl.settings import SettingsError, settings_from_kwargs
 
     from .contention import read_floor_ms
     from .environment import header, header_lines
@@ -621,13 +622,16 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
     path = _model_path(model)
     device = "cuda" if backend == "sgl" else "cpu"
     dtype = str(resolve_dtype(dtype, AutoConfig.from_pretrained(path), device)).removeprefix("torch.")
+    spec = {"speculative_algorithm": speculative_algorithm, "speculative_num_draft_tokens": speculative_num_draft_tokens,
+            **({"speculative_draft_model_path": _model_path(speculative_draft_model_path)}
+               if speculative_draft_model_path else {})}
+    try:  # refused before the plain run, not after it
+        settings_from_kwargs(model=path, backend=backend, dtype=dtype, **spec)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
     floor_ms, floor_how = read_floor_ms(path, dtype, 1) if device == "cpu" else (None, "")
     runs: dict[str, dict[str, Any]] = {}
-    for name, extra in (("plain", {}), (speculative_algorithm, {
-            "speculative_algorithm": speculative_algorithm,
-            "speculative_num_draft_tokens": speculative_num_draft_tokens,
-            **({"speculative_draft_model_path": _model_path(speculative_draft_model_path)}
-               if speculative_draft_model_path else {})})):
+    for name, extra in (("plain", {}), (speculative_algorithm, spec)):
         with LLM(path, backend=backend, dtype=dtype, **extra) as llm:
             runs[name] = {w: measure(llm, w, max_new_tokens, repeat) for w in WORKLOADS}
     table = Table(title=f"one stream, greedy, {model}, {dtype}: plain vs {speculative_algorithm}")
@@ -649,8 +653,9 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
     console.print(table)
     if floor_ms is not None:
         console.print(f"weight-read floor: {floor_ms:.1f} ms a token, {1000 / floor_ms:.0f} tok/s ({floor_how})")
-    head = header(model=model, dtype=dtype, backend=backend, proposer=speculative_algorithm,
-                  draft_model=speculative_draft_model_path, num_draft_tokens=speculative_num_draft_tokens, max_new_tokens=max_new_tokens, repeat=repeat)
+    draft = {"draft_model": speculative_draft_model_path} if speculative_draft_model_path else {}
+    head = header(model=model, dtype=dtype, backend=backend, proposer=speculative_algorithm, **draft,
+                  num_draft_tokens=speculative_num_draft_tokens, max_new_tokens=max_new_tokens, repeat=repeat)
     for line in header_lines(head):
         console.print(line)
     if json_path:
