@@ -20,13 +20,7 @@ from minisgl.settings import Settings, SettingsError, load_settings
 
 SPEC = dict(speculative_algorithm="ngram", speculative_num_draft_tokens=4)
 
-
-@pytest.fixture(autouse=True)
-def always_draft(request, monkeypatch):
-    """Drafting is paused where timed steps say it does not pay; these tests check what
-    drafts do, so they draft whatever the clock says (the gate has its own test)."""
-    if "gate" not in request.node.name:
-        monkeypatch.setattr(speculative.Speculation, "_pays", lambda self: True)
+pytestmark = pytest.mark.usefixtures("always_draft")
 # a prompt that repeats itself: the proposer finds what followed each suffix before, and a
 # real model goes on repeating it
 LOOP = [1011, 1012, 1013, 1014, 1015, 1016, 1017, 1018] * 6
@@ -39,11 +33,11 @@ def proposer(lo: int = 1, hi: int = 12) -> NgramProposer:
 
 def test_ngram_drafts_what_followed_the_latest_longest_match():
     p = proposer()
-    assert p.propose([1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3], 2) == [7, 1]  # the latest of two equal matches
-    assert p.propose([5, 1, 2, 8, 2, 9, 1, 2], 3) == [8, 2, 9]  # "1 2" beats the later "2"
-    assert p.propose([1, 2, 3], 4) == []  # nothing earlier ends like it
-    assert proposer(lo=3).propose([4, 1, 2, 9, 1, 2], 2) == []  # shorter than the min window
-    assert p.propose([1, 2, 1, 2], 0) == []
+    assert p.propose("r", [1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3], 2) == [7, 1]  # the latest of two equal matches
+    assert p.propose("r", [5, 1, 2, 8, 2, 9, 1, 2], 3) == [8, 2, 9]  # "1 2" beats the later "2"
+    assert p.propose("r", [1, 2, 3], 4) == []  # nothing earlier ends like it
+    assert proposer(lo=3).propose("r", [4, 1, 2, 9, 1, 2], 2) == []  # shorter than the min window
+    assert p.propose("r", [1, 2, 1, 2], 0) == []
 
 
 def run(engine, prompts, params):
@@ -146,8 +140,11 @@ def test_settings_are_checked_at_start(tiny_llama_path):
 
 def test_the_gate_drafts_only_while_drafted_steps_pay():
     class Fixed:
-        def propose(self, token_ids, max_tokens):
+        def propose(self, req_id, token_ids, max_tokens):
             return [7] * max_tokens
+
+        def release(self, req_id):
+            pass
 
     spec = speculative.Speculation(Fixed(), 4, 1000, Counter())
     req = Req(rid="a", prompt_ids=[1, 2, 3], params=SamplingParams(max_new_tokens=100), max_new_tokens=100,

@@ -95,3 +95,9 @@ def minisgl_register_proposers(register):
         description="prompt lookup: drafts what followed the latest earlier occurrence of the request's last tokens",
         factory="minisgl.engine.speculative:NgramProposer",
     ))
+    register(ProposerSpec(
+        name="standalone",
+        description="a smaller draft model with the target's tokenizer (--speculative-draft-model-path), "
+                    "run by the same backend with its own KV",
+        factory="minisgl.engine.draft_model:StandaloneProposer",
+    ))

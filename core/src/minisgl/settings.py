@@ -196,9 +196,7 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
     "speculative_num_draft_tokens": _o("SPECULATIVE_NUM_DRAFT_TOKENS", "--speculative-num-draft-tokens",
                                        "tokens drafted per request and step"),
     "speculative_draft_model_path": _o("SPECULATIVE_DRAFT_MODEL_PATH", "--speculative-draft-model-path",
-                                       "draft model of the standalone proposer",
-                                       unsupported="no installed proposer runs a draft model: use "
-                                       "--speculative-algorithm ngram"),
+                                       "draft model of the standalone proposer (same tokenizer as the model)"),
     "speculative_ngram_min_match_window_size": _o("SPECULATIVE_NGRAM_MIN_MATCH_WINDOW_SIZE",
                                                   "--speculative-ngram-min-match-window-size",
                                                   "shortest suffix the ngram proposer matches"),
@@ -352,6 +350,15 @@ def _finalize(s: Settings, sources: dict[str, str]) -> None:
                             sources["speculative_ngram_min_match_window_size"],
                             f"above --speculative-ngram-max-match-window-size "
                             f"({s.speculative_ngram_max_match_window_size})")
+    if s.speculative_algorithm == "standalone" and not s.speculative_draft_model_path:
+        raise SettingsError("speculative_draft_model_path", s.speculative_draft_model_path,
+                            sources["speculative_draft_model_path"],
+                            "--speculative-algorithm standalone drafts with this model: name one")
+    if s.speculative_draft_model_path and s.speculative_algorithm != "standalone":
+        raise SettingsError("speculative_draft_model_path", s.speculative_draft_model_path,
+                            sources["speculative_draft_model_path"],
+                            f"only --speculative-algorithm standalone runs a draft model "
+                            f"(it is {s.speculative_algorithm or 'off'})")
     if s.cpu_set is not None:  # refused at start, not when an engine plans its threads
         from .cpu_threads import plan_threads, usable_cpus
 

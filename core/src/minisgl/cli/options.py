@@ -28,7 +28,8 @@ ENGINE_SETTINGS = (
     "model_path", "trust_remote_code", "dtype", "dummy_weight", "backend", "device", "tp_size", "cpu_threads",
     "cpu_set", "max_running_requests", "max_seq_len_override", "memory_ratio", "max_prefill_length", "page_size",
     "num_pages", "cache_type", "prefix_cache", "reasoning_parser", "grammar_backend", "port", "log_level",
-    "speculative_algorithm", "speculative_num_draft_tokens", "speculative_ngram_min_match_window_size",
+    "speculative_algorithm", "speculative_num_draft_tokens", "speculative_draft_model_path",
+    "speculative_ngram_min_match_window_size",
     "speculative_ngram_max_match_window_size",
 )
 

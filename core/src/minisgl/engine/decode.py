@@ -68,6 +68,8 @@ class DecodeManager:
         self.kv.release(req, keep_in_cache=True)
         self.running.remove(req)
         req.draft = []
+        if self.speculation is not None:
+            self.speculation.release(req)
         req.num_retractions += 1
         self.counters[counter] += 1
         self.waiting[req.rid] = req

@@ -45,6 +45,9 @@ class Engine:
         self.settings = settings
         self.registry = registry or get_registry()
         self.model: ResolvedModel = resolve_model(settings.model_path, dummy_weight=settings.dummy_weight)
+        # before the target's runner: a draft model's weights and pool are in use when the
+        # target sizes its pool by what is left (--memory-ratio)
+        proposer = load_proposer(settings, self.registry)
         if runner is None:
             runner, self.backend_name, self.backend_reason = load_runner(settings, self.registry, self.model)
         else:  # an embedder's own runner
@@ -62,7 +65,6 @@ class Engine:
         policy_spec = self.registry.get("queue_policy", settings.queue_policy)
         self.queue_policy_name = policy_spec.name
         self.policy: QueuePolicy = policy_spec.load()()
-        proposer = load_proposer(settings, self.registry)
         self.scheduler = Scheduler(
             runner, self.cache, self.policy, page_size=settings.page_size,
             max_running_requests=settings.max_running_requests, max_prefill_length=settings.max_prefill_length,
@@ -297,6 +299,9 @@ class Engine:
         if getattr(self, "threads", None) is not None:
             self.threads.restore()
             self.threads = None  # type: ignore[assignment]
+        speculation = self.scheduler.speculation if getattr(self, "scheduler", None) is not None else None
+        if speculation is not None and hasattr(speculation.proposer, "shutdown"):
+            speculation.proposer.shutdown()  # a draft model's runner
         runner = getattr(self, "runner", None)
         if runner is not None:
             runner.shutdown()

@@ -104,6 +104,8 @@ class Scheduler:
         elif req in self.running:
             self.kv.release(req, keep_in_cache=True)
             self.running.remove(req)
+            if self.speculation is not None:
+                self.speculation.release(req)
 
     def schedule(self, previous: ScheduledBatch | None = None) -> ScheduledBatch | None:
         """The next batch. `previous` is the launched, unprocessed step whose device-side
@@ -210,6 +212,9 @@ class Scheduler:
 
     def check_invariants(self) -> None:
         self.kv.check(self.running, list(self.waiting.values()))
+        draft_check = getattr(self.speculation.proposer, "check", None) if self.speculation else None
+        if draft_check is not None:  # a proposer with a KV pool of its own
+            draft_check()
 
 
 def _runs(sampled: list[Req]) -> list[tuple[Req, list[int]]]:

@@ -44,9 +44,17 @@ OFF_STEPS = 64  # steps without drafts once drafting did not pay; then it is tim
 
 @runtime_checkable
 class Proposer(Protocol):
-    def propose(self, token_ids: list[int], max_tokens: int) -> list[int]:
-        """Up to `max_tokens` guesses of what follows `token_ids` ([] for none)."""
+    def propose(self, req_id: str, token_ids: list[int], max_tokens: int) -> list[int]:
+        """Up to `max_tokens` guesses of what follows request `req_id`'s `token_ids` ([] for
+        none). Any state kept for the request may be stale: `token_ids` is the truth."""
         ...
+
+    def release(self, req_id: str) -> None:
+        """The request finished or was retracted: drop what is kept for it."""
+        ...
+
+    # optional: `propose_batch(items: list[tuple[req_id, token_ids, max_tokens]]) -> list[list[int]]`
+    # drafts for a step's requests at once (the standalone proposer batches its forwards)
 
 
 def load_proposer(settings: Settings, registry: Registry) -> Proposer | None:
@@ -71,7 +79,7 @@ class NgramProposer:
         self.min_window = settings.speculative_ngram_min_match_window_size
         self.max_window = settings.speculative_ngram_max_match_window_size
 
-    def propose(self, token_ids: list[int], max_tokens: int) -> list[int]:
+    def propose(self, req_id: str, token_ids: list[int], max_tokens: int) -> list[int]:
         n = len(token_ids)
         if n < 2 or max_tokens <= 0:
             return []
@@ -92,6 +100,9 @@ class NgramProposer:
             return []
         return token_ids[best_end + 1 : best_end + 1 + max_tokens]
 
+    def release(self, req_id: str) -> None:
+        pass  # nothing is kept between proposals
+
 
 class Speculation:
     def __init__(self, proposer: Proposer, num_draft_tokens: int, max_context_len: int, counters: Counter[str]) -> None:
@@ -109,6 +120,7 @@ class Speculation:
     def draft(self, decoding: list[Req]) -> None:
         """Set each decoding request's `draft` (empty where it decodes plainly)."""
         speculate = len(decoding) <= SPECULATE_UP_TO and self._pays()
+        wanted: list[tuple[Req, int]] = []
         for req in decoding:
             req.draft = []
             if not speculate or req.grammar is not None or req.inflight:
@@ -118,7 +130,19 @@ class Speculation:
                 continue
             # every emitted token must fit: the drafts and the one sampled after them
             room = min(req.max_new_tokens - req.num_output, self.max_context_len - len(req.all_ids)) - 1
-            req.draft = self.proposer.propose(req.all_ids, min(self.k, room))
+            wanted.append((req, min(self.k, room)))
+        # a proposer that runs a model drafts for all of them in the same forwards
+        propose_batch = getattr(self.proposer, "propose_batch", None)
+        if propose_batch is not None:
+            drafts = propose_batch([(req.rid, req.all_ids, n) for req, n in wanted])
+        else:
+            drafts = [self.proposer.propose(req.rid, req.all_ids, n) for req, n in wanted]
+        for (req, _), draft in zip(wanted, drafts):
+            req.draft = draft
+
+    def release(self, req: Req) -> None:
+        """`req` left the running batch (finished or retracted)."""
+        self.proposer.release(req.rid)
 
     def _pays(self) -> bool:
         """Whether this step may draft: not while paused, and a plain step first (and every

@@ -597,11 +597,12 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
 @click.option("--dtype", default="auto", show_default=True, type=DTYPES)
 @click.option("--speculative-algorithm", default="ngram", show_default=True, help="registered proposer")
 @click.option("--speculative-num-draft-tokens", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--speculative-draft-model-path", default=None, help="draft model (--speculative-algorithm standalone)")
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
-def speculative(model, backend, dtype, speculative_algorithm, speculative_num_draft_tokens, max_new_tokens, repeat,
-                json_path) -> None:
+def speculative(model, backend, dtype, speculative_algorithm, speculative_num_draft_tokens,
+                speculative_draft_model_path, max_new_tokens, repeat, json_path) -> None:
     """One stream with and without speculative decoding, copy-heavy and free writing: the
     ratio of tokens/s (goals: 2x on copy, at least 0.9x on free writing) and the acceptance."""
     from rich.console import Console
@@ -610,6 +611,7 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
 
     from minisgl import LLM
     from minisgl.dtypes import resolve_dtype
+    from minisgl.settings import SettingsError, settings_from_kwargs
 
     from .contention import read_floor_ms
     from .environment import header, header_lines
@@ -620,11 +622,16 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
     path = _model_path(model)
     device = "cuda" if backend == "sgl" else "cpu"
     dtype = str(resolve_dtype(dtype, AutoConfig.from_pretrained(path), device)).removeprefix("torch.")
+    spec = {"speculative_algorithm": speculative_algorithm, "speculative_num_draft_tokens": speculative_num_draft_tokens,
+            **({"speculative_draft_model_path": _model_path(speculative_draft_model_path)}
+               if speculative_draft_model_path else {})}
+    try:  # refused before the plain run, not after it
+        settings_from_kwargs(model=path, backend=backend, dtype=dtype, **spec)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
     floor_ms, floor_how = read_floor_ms(path, dtype, 1) if device == "cpu" else (None, "")
     runs: dict[str, dict[str, Any]] = {}
-    for name, extra in (("plain", {}), (speculative_algorithm, {
-            "speculative_algorithm": speculative_algorithm,
-            "speculative_num_draft_tokens": speculative_num_draft_tokens})):
+    for name, extra in (("plain", {}), (speculative_algorithm, spec)):
         with LLM(path, backend=backend, dtype=dtype, **extra) as llm:
             runs[name] = {w: measure(llm, w, max_new_tokens, repeat) for w in WORKLOADS}
     table = Table(title=f"one stream, greedy, {model}, {dtype}: plain vs {speculative_algorithm}")
@@ -646,7 +653,8 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
     console.print(table)
     if floor_ms is not None:
         console.print(f"weight-read floor: {floor_ms:.1f} ms a token, {1000 / floor_ms:.0f} tok/s ({floor_how})")
-    head = header(model=model, dtype=dtype, backend=backend, proposer=speculative_algorithm,
+    draft = {"draft_model": speculative_draft_model_path} if speculative_draft_model_path else {}
+    head = header(model=model, dtype=dtype, backend=backend, proposer=speculative_algorithm, **draft,
                   num_draft_tokens=speculative_num_draft_tokens, max_new_tokens=max_new_tokens, repeat=repeat)
     for line in header_lines(head):
         console.print(line)
