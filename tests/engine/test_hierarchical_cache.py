@@ -40,6 +40,27 @@ def test_evicted_prefix_comes_back_from_host_token_exact(engine_factory, tiny_qw
     assert m["cached_tokens_total"] == 36 and m["evicted_tokens_total"] > 0
 
 
+def test_chunked_prefill_and_retraction_with_shared_prefixes(engine_factory, tiny_qwen3_path):
+    knobs = dict(num_pages=24, page_size=4, max_running_requests=4, max_prefill_length=16)
+    plain = engine_factory(tiny_qwen3_path, **knobs)
+    tiered = engine_factory(tiny_qwen3_path, **knobs, enable_hierarchical_cache=True, hicache_write_policy="write_back")
+    (system,) = prompts(plain.runner.vocab_size, [24], seed=5)
+    tails = prompts(plain.runner.vocab_size, [5, 17, 30, 9, 12, 3], seed=6)
+    results = []
+    for eng in (plain, tiered):
+        got = {}
+        for round_ in range(2):  # the second round finds the shared prefix evicted to host (or recomputes it)
+            for i, tail in enumerate(tails):
+                eng.add_request(EngineRequest(rid=f"{round_}-{i}", input_ids=system + tail,
+                                              sampling=SamplingParams(max_new_tokens=12, **GREEDY)))
+            got.update({rid: tokens(o) for rid, o in run_all(eng).items()})
+        results.append(got)
+    assert len(results[0]) == 12 and results[0] == results[1]
+    m = tiered.metrics()
+    assert m["retractions_total"] > 0 and m["hicache_host_hit_tokens_total"] > 0
+    assert m["cached_tokens_total"] > plain.metrics()["cached_tokens_total"]
+
+
 def test_host_cap_is_honoured(engine_factory, tiny_qwen3_path):
     probe = engine_factory(tiny_qwen3_path, **SMALL_POOL, enable_hierarchical_cache=True)
     page_bytes = probe.runner.read_kv(list(range(4))).nbytes
@@ -60,6 +81,7 @@ def test_restart_serves_prefix_from_disk(engine_factory, tiny_qwen3_path, tmp_pa
     (p,) = prompts(first.runner.vocab_size, [40], seed=2)
     cold, cached = serve(first, "a", p)
     assert cached == 0
+    assert first.flush_cache() > 0 and first.metrics()["hicache_host_pages"] == 0  # the disk tier stays
     first.shutdown()
     files = sorted(tmp_path.glob("*.kvpage"))
     # 40 prompt tokens and the 4 output tokens fed back (the 5th never ran): 11 pages, written

@@ -17,6 +17,7 @@ import logging
 import os
 import struct
 import tempfile
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -26,6 +27,7 @@ log = logging.getLogger("minisgl.cache")
 
 MAGIC = b"MSGLKV1\n"
 SUFFIX = ".kvpage"
+STALE_TEMP_S = 600  # a page write takes milliseconds: a temporary file this old lost its writer
 
 
 class DiskTier:
@@ -42,7 +44,9 @@ class DiskTier:
         self._files: OrderedDict[str, int] = OrderedDict()
         found = []
         for entry in os.scandir(self.dir):
-            if entry.name.endswith(SUFFIX) and entry.is_file():
+            if entry.name.startswith(".tmp-") and time.time() - entry.stat().st_mtime > STALE_TEMP_S:
+                Path(entry.path).unlink(missing_ok=True)  # a writer that died mid-write
+            elif entry.name.endswith(SUFFIX) and entry.is_file():
                 st = entry.stat()
                 found.append((st.st_mtime, entry.name, st.st_size))
         for _, name, size in sorted(found):

@@ -30,6 +30,21 @@ from .host_tier import HostTier
 log = logging.getLogger("minisgl.cache")
 GB = 10**9
 
+# what the engine's metrics carry while the tiers are on (the server's /metrics help texts)
+METRICS = {
+    "hicache_host_pages": "KV pages held by the hierarchical cache's host tier.",
+    "hicache_host_bytes": "Bytes held by the host tier.",
+    "hicache_disk_pages": "KV page files in the storage directory (every model's).",
+    "hicache_disk_bytes": "Bytes of KV page files in the storage directory.",
+    "hicache_disk_rejected_total": "Page files found truncated, corrupt or another model's (removed, recomputed).",
+    "hicache_host_hit_tokens_total": "Prompt tokens loaded back from the host tier.",
+    "hicache_disk_hit_tokens_total": "Prompt tokens loaded back from the disk tier.",
+    "hicache_loaded_bytes_total": "Bytes copied from the tiers into the device pool.",
+    "hicache_host_stored_bytes_total": "Bytes copied into the host tier.",
+    "hicache_disk_written_bytes_total": "Bytes written to the disk tier.",
+    "hicache_disk_read_bytes_total": "Bytes read from the disk tier.",
+}
+
 
 def page_keys(token_ids: Sequence[int], page_size: int) -> list[str]:
     """One key per whole page of `token_ids`: a hash of the page's tokens and the key before it."""
@@ -119,7 +134,12 @@ class KVTiers:
         self.counters["hicache_loaded_bytes_total"] += data.numel() * data.element_size()
 
     def flush(self) -> int:
-        return self.host.clear() + (self.disk.clear() if self.disk is not None else 0)
+        """Drop the host tier (with the device's prefix cache). The disk tier stays: it is
+        there to outlive this process and other servers may share it (`flush_disk`)."""
+        return self.host.clear()
+
+    def flush_disk(self) -> int:
+        return self.disk.clear() if self.disk is not None else 0
 
     def metrics(self) -> dict[str, int]:
         c = self.counters
@@ -130,10 +150,7 @@ class KVTiers:
             "hicache_disk_bytes": self.disk.nbytes if self.disk is not None else 0,
             "hicache_disk_rejected_total": self.disk.rejected if self.disk is not None else 0,
         }
-        for name in ("hicache_host_hit_tokens_total", "hicache_disk_hit_tokens_total", "hicache_loaded_bytes_total",
-                     "hicache_host_stored_bytes_total", "hicache_disk_written_bytes_total",
-                     "hicache_disk_read_bytes_total"):
-            out[name] = c[name]
+        out.update({name: c[name] for name in METRICS if name not in out})
         return out
 
     def check(self) -> None:

@@ -279,7 +279,7 @@ class Engine:
             freed = self.scheduler.kv.flush_cache()
             log.info("prefix cache flushed: %d tokens freed", freed)
             if self.scheduler.tiers is not None:
-                log.info("hierarchical cache flushed: %d pages dropped", self.scheduler.tiers.flush())
+                log.info("hierarchical cache: %d host pages dropped", self.scheduler.tiers.flush())
             return freed
 
     # ---- observability ------------------------------------------------------------
