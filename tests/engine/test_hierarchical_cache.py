@@ -25,10 +25,12 @@ def workload(eng, ps: list[list[int]]) -> list[tuple[list[int], int]]:
     return [serve(eng, f"r{i}", p) for i, p in enumerate(ps + ps[:1])]
 
 
-@pytest.mark.parametrize("policy", ["write_back", "write_through"])
-def test_evicted_prefix_comes_back_from_host_token_exact(engine_factory, tiny_qwen3_path, policy):
-    plain = engine_factory(tiny_qwen3_path, **SMALL_POOL)
-    tiered = engine_factory(tiny_qwen3_path, **SMALL_POOL, enable_hierarchical_cache=True, hicache_write_policy=policy)
+@pytest.mark.parametrize("policy,backend", [("write_back", "hf"), ("write_through", "hf"), ("write_back", "sgl")])
+def test_evicted_prefix_comes_back_from_host_token_exact(engine_factory, tiny_qwen3_path, policy, backend):
+    on = dict(backend=backend, device="cpu", **SMALL_POOL)
+    plain = engine_factory(tiny_qwen3_path, **on)
+    tiered = engine_factory(tiny_qwen3_path, **on, enable_hierarchical_cache=True, hicache_write_policy=policy)
+    assert tiered.backend_name == backend
     ps = prompts(plain.runner.vocab_size, [40, 40, 40])
     off, on = workload(plain, ps), workload(tiered, ps)
     assert [t for t, _ in on] == [t for t, _ in off]
@@ -140,6 +142,41 @@ def test_disk_cap_is_honoured(engine_factory, tiny_qwen3_path, tmp_path):
         serve(eng, f"r{i}", p)
     used = sum(f.stat().st_size for f in (tmp_path / "capped").glob("*.kvpage"))
     assert 0 < used <= cap and eng.metrics()["hicache_disk_bytes"] == used
+
+
+def test_two_servers_sharing_a_directory(engine_factory, tiny_qwen3_path, tmp_path):
+    disk = dict(enable_hierarchical_cache=True, hicache_storage_backend="file", hicache_storage_dir=str(tmp_path))
+    a = engine_factory(tiny_qwen3_path, **SMALL_POOL, **disk)
+    b = engine_factory(tiny_qwen3_path, **SMALL_POOL, **disk)
+    (p,) = prompts(a.runner.vocab_size, [40], seed=7)
+    # both write the same pages; each sees the other's files whole
+    out_a, _ = serve(a, "a", p)
+    out_b, cached_b = serve(b, "b", p)
+    assert out_a == out_b and cached_b == 36 and b.metrics()["hicache_disk_hit_tokens_total"] == 36
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_disk_tier_rejects_truncated_files_and_evicts_least_recently_used(tmp_path):
+    import torch
+
+    from minisgl.cache.disk_tier import DiskTier
+
+    page = torch.arange(24, dtype=torch.float32).view(4, 6)
+    tier = DiskTier(str(tmp_path), 1 << 20, "f" * 64, torch.float32, (4, 6))
+    size = tier.put("k0", page)
+    assert size > 0 and torch.equal(tier.get("k0"), page)
+    path = tmp_path / tier._name("k0")
+    path.write_bytes(path.read_bytes()[:-5])
+    assert tier.get("k0") is None and tier.rejected == 1 and not path.exists()
+    tier.check()
+
+    small = DiskTier(str(tmp_path / "small"), 2 * size, "f" * 64, torch.float32, (4, 6))
+    small.put("k1", page)
+    small.put("k2", page)
+    small.get("k1")  # k2 is now the least recently used
+    small.put("k3", page)
+    assert "k1" in small and "k3" in small and "k2" not in small and small.nbytes == 2 * size
+    small.check()
 
 
 def test_settings_refuse_what_has_no_implementation():
