@@ -21,6 +21,7 @@ SEED_VALUES = {"attention_backend": ("fa", "fi", "sdpa", "torch")}
 REFUSED = {
     ("attention_backend", "fa"), ("attention_backend", "fi"), ("attention_backend", "sdpa"),
     ("attention_backend", "torch"), ("disable_pynccl", False), ("fast_stream_decode", False),
+    ("hicache_storage_backend", "file"),  # alone: it needs --enable-hierarchical-cache and a directory
 }
 # settings of every installed distribution this walk must meet (it cannot pass on an empty registry)
 KNOWN = {"attention_backend", "disable_pynccl", "fast_stream_decode", "moe_backend", "dtype", "prefix_cache",

@@ -73,6 +73,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prefix_cache_size: NonNegative | None = None
     prefix_cache_max_tokens: NonNegative | None = None
     prefix_cache_token_budget: NonNegative | None = None
+    # hierarchical cache: host-memory and disk tiers under the prefix cache (sglang's names; cache/tiers.py)
+    enable_hierarchical_cache: bool = False
+    hicache_size: Annotated[float, msgspec.Meta(gt=0)] = 4.0  # GB of host memory
+    hicache_ratio: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    hicache_write_policy: Literal["write_back", "write_through"] = "write_through"
+    hicache_storage_backend: Literal["file"] | None = None
+    hicache_storage_dir: str | None = None
+    hicache_storage_size: Annotated[float, msgspec.Meta(gt=0)] = 16.0  # GB of disk
     # vision-language chat: image_url parts (fetched and checked by the request layer)
     vlm_backend: Literal["auto", "hf", "mlx"] = "auto"
     vlm_model_name: str | None = None
@@ -171,6 +179,20 @@ CORE_OPTIONS: dict[str, dict[str, Any]] = {
                                   "(unset: any)"),
     "prefix_cache_token_budget": _o("PREFIX_CACHE_TOKEN_BUDGET", (), "tokens the prefix cache may hold "
                                     "(unset: the KV pool decides)"),
+    "enable_hierarchical_cache": _o("ENABLE_HIERARCHICAL_CACHE", "--enable-hierarchical-cache",
+                                    "keep KV pages the device pool lets go in host memory (and on disk with "
+                                    "--hicache-storage-backend file), and load them back for matching prefixes"),
+    "hicache_size": _o("HICACHE_SIZE", "--hicache-size", "GB of host memory for the hierarchical cache's host tier"),
+    "hicache_ratio": _o("HICACHE_RATIO", "--hicache-ratio", "host tier size as a multiple of the device pool",
+                        unsupported="size the host tier in GB with --hicache-size"),
+    "hicache_write_policy": _o("HICACHE_WRITE_POLICY", "--hicache-write-policy", "when pages reach the tiers: "
+                               "write_through (as a finished request caches them) or write_back (when evicted)"),
+    "hicache_storage_backend": _o("HICACHE_STORAGE_BACKEND", "--hicache-storage-backend",
+                                  "a tier that outlives the process: file (default: none)"),
+    "hicache_storage_dir": _o("HICACHE_STORAGE_DIR", "--hicache-storage-dir", "directory of the file storage "
+                              "tier (servers of any model may share it)"),
+    "hicache_storage_size": _o("HICACHE_STORAGE_SIZE", "--hicache-storage-size",
+                               "GB the file storage tier may take (least recently used pages go first)"),
     "vlm_backend": _o("VLM_BACKEND", "--vlm-backend", "backend for a vision-language model under --backend auto: "
                       "auto (mlx on Apple silicon when mlx-vlm is installed, else hf)|hf|mlx"),
     "vlm_model_name": _o("VLM_MODEL_NAME", "--vlm-model-name", "vision-language model served beside MODEL_NAME "
@@ -345,6 +367,15 @@ def _finalize(s: Settings, sources: dict[str, str]) -> None:
         sources["cache_type"] = sources["prefix_cache"]
     if s.backend == "torch":
         s.backend = "hf"  # the original name of the HF/torch backend
+    if s.hicache_storage_backend is not None and not s.enable_hierarchical_cache:
+        raise SettingsError("hicache_storage_backend", s.hicache_storage_backend, sources["hicache_storage_backend"],
+                            "needs --enable-hierarchical-cache")
+    if s.hicache_storage_backend == "file" and not s.hicache_storage_dir:
+        raise SettingsError("hicache_storage_backend", s.hicache_storage_backend, sources["hicache_storage_backend"],
+                            "needs --hicache-storage-dir")
+    if s.enable_hierarchical_cache and s.cache_type != "radix":
+        raise SettingsError("enable_hierarchical_cache", True, sources["enable_hierarchical_cache"],
+                            f"needs the radix prefix cache, not --cache-type {s.cache_type}")
     if s.speculative_ngram_min_match_window_size > s.speculative_ngram_max_match_window_size:
         raise SettingsError("speculative_ngram_min_match_window_size", s.speculative_ngram_min_match_window_size,
                             sources["speculative_ngram_min_match_window_size"],

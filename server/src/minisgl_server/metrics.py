@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from minisgl.cache.tiers import METRICS as TIER_METRICS
 from minisgl.engine.speculative import metrics as speculation_metrics
 
 log = logging.getLogger("minisgl.server")
@@ -40,7 +41,7 @@ COUNTERS = {"prompt_tokens_total", "generation_tokens_total", "cached_tokens_tot
             "engine_requests_aborted_total", "requests_total", "requests_rejected_total", "requests_dispatched",
             "warmed_tokens", "adaptive_downscaled_total", "cache_hits", "cache_misses", "retractions_total",
             "evicted_tokens_total", "requests_finished_total", "steps_total", "restarts", "spec_draft_tokens_total",
-            "spec_accepted_tokens_total", "spec_verify_steps_total"}
+            "spec_accepted_tokens_total", "spec_verify_steps_total"} | {k for k in TIER_METRICS if k.endswith("_total")}
 
 
 def _numbers(d: dict[str, Any]) -> dict[str, int | float]:
@@ -152,6 +153,7 @@ HELP = {
     "avg_ttft_s": "Mean seconds to the first token of the window's requests.",
     "avg_tokens_per_s": "Mean output tokens per second one request saw, over the window.",
     "throughput_tokens_per_s": "Output tokens per wall-clock second over the window (first arrival to last finish).",
+    **TIER_METRICS,
 }
 # vLLM's names for what the engine reports under its own
 VLLM_ALIASES = {"num_requests_running": "num_running_reqs", "num_requests_waiting": "num_waiting_reqs",

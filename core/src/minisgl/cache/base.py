@@ -5,6 +5,10 @@ matches a prompt, locks what it matched while the request runs (locked entries a
 evicted), inserts a finished request's tokens, and asks the cache to give slots back when
 the pool runs short. Everything is in whole pages: matches and inserts are multiples of
 the page size, so freed slots always form whole pages of the pool.
+
+A cache that can sit above the hierarchical cache's tiers (cache/tiers.py) has an
+`on_evict` attribute: called with (the tokens through an evicted entry, its slots) before
+an eviction under pressure hands the slots back (not on `flush`).
 """
 
 from __future__ import annotations

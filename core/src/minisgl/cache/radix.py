@@ -76,6 +76,9 @@ class RadixCache:
         self._evictable = 0
         self._locked = 0
         self._prompt_entries: OrderedDict[_Node, int] = OrderedDict()  # node -> depth
+        # called with (the tokens up to and through an evicted leaf, the leaf's slots) before
+        # its slots go back: the hierarchical cache copies the pages to its tiers
+        self.on_evict: Any = None
 
     # ---- lookups ------------------------------------------------------------------
     def _page(self, tokens: Sequence[int], start: int) -> tuple[int, ...]:
@@ -218,7 +221,14 @@ class RadixCache:
             self._prompt_entries.pop(leaf, None)
         return leaf.slots
 
-    def _evict_leaves(self, done: Any, skip_protected: bool) -> list[int]:
+    def _path_tokens(self, node: _Node) -> list[int]:
+        parts = []
+        while node is not None and node is not self.root:
+            parts.append(node.key)
+            node = node.parent
+        return [t for part in reversed(parts) for t in part]
+
+    def _evict_leaves(self, done: Any, skip_protected: bool, report: bool = True) -> list[int]:
         """Delete unlocked leaves, LRU first, until `done(freed_so_far)` is true."""
         heap = [n for n in self._nodes() if not n.children and n.lock_ref == 0 and n is not self.root]
         heapq.heapify(heap)
@@ -227,6 +237,8 @@ class RadixCache:
             leaf = heapq.heappop(heap)
             if skip_protected and leaf.prompt_entry:
                 continue
+            if report and self.on_evict is not None:
+                self.on_evict(self._path_tokens(leaf), leaf.slots)
             freed.extend(self._delete(leaf))
             parent = leaf.parent
             if parent is not None and parent is not self.root and not parent.children and parent.lock_ref == 0:
@@ -247,7 +259,7 @@ class RadixCache:
         return self._evict_leaves(lambda freed: len(freed) >= num_tokens, skip_protected=False)
 
     def flush(self) -> list[int]:
-        return self.evict(1 << 62)
+        return self._evict_leaves(lambda _: False, skip_protected=False, report=False)
 
     # ---- accounting ---------------------------------------------------------------
     def cached_slots(self) -> list[int]:

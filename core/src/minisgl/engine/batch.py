@@ -168,6 +168,12 @@ class ModelRunner(ABC):
     # a request may grow only to its share of the pool (max_new_tokens capped on admission),
     # so a full batch never has to retract
     kv_fair_share: bool = False
+    # copies of KV pages between the pool and the host, for the hierarchical cache's tiers
+    # (None: not supported). read_kv(slots) returns every layer's K and V at `slots` as one
+    # host tensor with the token dimension first ([len(slots), ...]); write_kv(slots, data)
+    # stores such a tensor back at other slots.
+    read_kv: Callable[[list[int]], torch.Tensor] | None = None
+    write_kv: Callable[[list[int], torch.Tensor], None] | None = None
 
     @abstractmethod
     def kv_capacity(self) -> int:

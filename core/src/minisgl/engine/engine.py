@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from ..cache.base import PrefixCache
+from ..cache.tiers import build_tiers
 from ..cpu_threads import EngineThreads
 from ..frontend.errors import ErrorKind
 from ..grammar import GrammarBackend, GrammarError, constraint_of
@@ -70,6 +71,7 @@ class Engine:
             max_running_requests=settings.max_running_requests, max_prefill_length=settings.max_prefill_length,
             max_context_len=self.max_context_len, decode_log_stride=settings.decode_log_stride,
             proposer=proposer, num_draft_tokens=settings.speculative_num_draft_tokens,
+            tiers=build_tiers(settings, runner, self.cache, self.model, self.backend_name),
         )
         self.pool_tokens = self.scheduler.kv.pool.num_slots
         # drafts need the last token's value: a drafted step is processed before the next is built
@@ -278,6 +280,8 @@ class Engine:
         with self._lock:
             freed = self.scheduler.kv.flush_cache()
             log.info("prefix cache flushed: %d tokens freed", freed)
+            if self.scheduler.tiers is not None:
+                log.info("hierarchical cache: %d host pages dropped", self.scheduler.tiers.flush())
             return freed
 
     # ---- observability ------------------------------------------------------------

@@ -13,15 +13,16 @@ from collections import Counter
 
 import torch
 
-from ..cache.base import PrefixCache
+from ..cache.base import MatchResult, PrefixCache
 from ..cache.pool import PagePool
+from ..cache.tiers import KVTiers
 from .batch import to_device
 from .request import Req
 
 
 class KVManager:
     def __init__(self, num_slots: int, page_size: int, cache: PrefixCache, rows: int, width: int,
-                 device: torch.device, counters: Counter[str]) -> None:
+                 device: torch.device, counters: Counter[str], tiers: KVTiers | None = None) -> None:
         self.P = page_size
         self.pool = PagePool(num_slots, page_size)
         self.cache = cache
@@ -30,6 +31,9 @@ class KVManager:
         self._free_rows = list(range(rows - 1, -1, -1))
         self._writes: list[tuple[int, int, int]] = []  # (row, position, slot), flushed once a step
         self.counters = counters
+        self.tiers = tiers
+        if tiers is not None:
+            cache.on_evict = tiers.store  # type: ignore[attr-defined]
 
     @property
     def free_rows(self) -> int:
@@ -52,11 +56,17 @@ class KVManager:
         """Give `req` a row, its longest cached prefix (locked) and pages for all its tokens;
         the matched length, or None when the pool cannot hold it (nothing taken)."""
         # the last token stays out of the match: it must run to give the logits
-        match = self.cache.match_prefix(req.all_ids[: len(req.all_ids) - 1])
+        prefix = req.all_ids[: len(req.all_ids) - 1]
+        match = self.cache.match_prefix(prefix)
         self.cache.lock(match.handle)
         if not self.ensure_free_pages(self.pages_for(len(req.all_ids)) - match.length // self.P):
             self.cache.unlock(match.handle)
             return None
+        if self.tiers is not None:
+            match = self._load_from_tiers(prefix, match)
+            if not self.ensure_free_pages(self.pages_for(len(req.all_ids)) - match.length // self.P):
+                self.cache.unlock(match.handle)
+                return None
         req.cache_handle, req.cached_len = match.handle, match.length
         req.slots = list(match.slots)
         req.kv_len = match.length
@@ -64,6 +74,25 @@ class KVManager:
         self._writes.extend((req.row, i, s) for i, s in enumerate(match.slots))
         self.grow(req, len(req.all_ids))
         return match.length
+
+    def _load_from_tiers(self, prefix: list[int], match: MatchResult) -> MatchResult:
+        """Extend the locked `match` with the pages that follow it in the tiers: written into
+        free pool pages and inserted into the cache; returns the new match, locked. The
+        pages come out of what the request would take anyway, which the caller made free."""
+        pages = self.tiers.load(prefix, match.length) if self.tiers is not None else []
+        pages = pages[: self.pool.free_pages]
+        if not pages:
+            return match
+        new_slots = self.pool.slots_of(self.pool.alloc(len(pages)))
+        self.tiers.write(new_slots, pages)  # type: ignore[union-attr]
+        end = match.length + len(new_slots)
+        _, to_free = self.cache.insert(prefix[:end], list(match.slots) + new_slots)
+        self.cache.unlock(match.handle)
+        # what the cache's limits refused or evicted to make room goes back to the pool
+        self.pool.free_slots(to_free)
+        extended = self.cache.match_prefix(prefix)
+        self.cache.lock(extended.handle)
+        return extended
 
     def pages_short(self, req: Req, n_tokens: int) -> int:
         """Pages `req` lacks to hold positions [0, n_tokens)."""
@@ -92,6 +121,8 @@ class KVManager:
         if keep_in_cache and aligned > 0:
             present, to_free = self.cache.insert(req.all_ids[:aligned], req.slots[:aligned],
                                                  prompt_len=len(req.prompt_ids))
+            if self.tiers is not None and self.tiers.write_through and aligned > present:
+                self.tiers.store(req.all_ids[:aligned], req.slots[present:aligned])
             if req.warm_only:
                 req.warm_tokens += aligned - present
             to_free = to_free + req.slots[aligned:]
@@ -169,3 +200,5 @@ class KVManager:
             raise AssertionError("prefix cache token accounting is off")
         if not running and self.cache.locked_tokens != 0:
             raise AssertionError(f"{self.cache.locked_tokens} cached tokens locked with no running request")
+        if self.tiers is not None:
+            self.tiers.check()

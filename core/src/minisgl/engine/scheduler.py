@@ -27,6 +27,7 @@ from collections import Counter
 import torch
 
 from ..cache.base import PrefixCache
+from ..cache.tiers import KVTiers
 from .admission import Admission
 from .batch import ForwardResult, ModelRunner
 from .decode import DecodeManager
@@ -61,7 +62,8 @@ def prefill_chunk(max_prefill_length: int | None, device: str | torch.device) ->
 class Scheduler:
     def __init__(self, runner: ModelRunner, cache: PrefixCache, policy: QueuePolicy, *, page_size: int,
                  max_running_requests: int, max_prefill_length: int | None, max_context_len: int,
-                 decode_log_stride: int = 0, proposer: Proposer | None = None, num_draft_tokens: int = 0) -> None:
+                 decode_log_stride: int = 0, proposer: Proposer | None = None, num_draft_tokens: int = 0,
+                 tiers: KVTiers | None = None) -> None:
         self.device = torch.device(runner.device)
         self.max_context_len = max_context_len
         self.decode_log_stride = decode_log_stride
@@ -82,8 +84,9 @@ class Scheduler:
             max_prefill_length = cap
         self.max_prefill = max_prefill_length
         num_slots = runner.kv_capacity()
+        self.tiers = tiers
         self.kv = KVManager(num_slots, page_size, cache, max_running_requests,
-                            min(max_context_len, num_slots) + 1, self.device, self.counters)
+                            min(max_context_len, num_slots) + 1, self.device, self.counters, self.tiers)
         self.rows = SamplingRows(max_running_requests, self.device)
         on_host = runner.forward_on_host if runner.forward_on_host is not None else self.device.type == "cpu"
         self.masks = GrammarMasks(runner.vocab_size, self.device, on_host)
@@ -208,6 +211,7 @@ class Scheduler:
                                           "cache_hits", "cache_misses", "retractions_total", "evicted_tokens_total")},
             "steps_total": self.steps,
             **speculation_metrics(self.counters),
+            **(self.tiers.metrics() if self.tiers is not None else {}),
         }
 
     def check_invariants(self) -> None:

@@ -64,3 +64,14 @@ class KVPool:
     def gather(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of one layer at `slots` [N], each [kv_heads, N, head_dim]."""
         return self.k[layer].index_select(1, slots), self.v[layer].index_select(1, slots)
+
+    def read(self, slots: torch.Tensor) -> torch.Tensor:
+        """Every layer's K and V at `slots` [N], on the host: [N, 2, layers, kv_heads, head_dim]."""
+        kv = torch.stack((self.k.index_select(2, slots), self.v.index_select(2, slots)))
+        return kv.permute(3, 0, 1, 2, 4).to("cpu").contiguous()
+
+    def store(self, slots: torch.Tensor, data: torch.Tensor) -> None:
+        """Write what `read` returned back at `slots` [N]."""
+        kv = data.to(self.k.device).permute(1, 2, 3, 0, 4)
+        self.k.index_copy_(2, slots, kv[0])
+        self.v.index_copy_(2, slots, kv[1])

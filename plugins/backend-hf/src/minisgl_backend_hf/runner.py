@@ -194,6 +194,12 @@ class HFModelRunner(ModelRunner):
     def kv_capacity(self) -> int:
         return self.pool.capacity
 
+    def read_kv(self, slots: list[int]) -> torch.Tensor:
+        return self.pool.read(torch.tensor(slots, dtype=torch.long, device=self.device))
+
+    def write_kv(self, slots: list[int], data: torch.Tensor) -> None:
+        self.pool.store(torch.tensor(slots, dtype=torch.long, device=self.device), data)
+
     def _to_device(self, batch: ForwardBatch) -> ForwardBatch:
         if batch.input_ids.device == self.device:
             return batch

@@ -38,3 +38,14 @@ class KVCache:
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[i], self.v[i]
+
+    def read(self, slots: torch.Tensor) -> torch.Tensor:
+        """Every layer's K and V at `slots` [N], on the host: [N, 2, layers, kv_heads, head_dim]."""
+        kv = torch.stack((self.k.index_select(1, slots), self.v.index_select(1, slots)))
+        return kv.transpose(0, 2).to("cpu").contiguous()
+
+    def store(self, slots: torch.Tensor, data: torch.Tensor) -> None:
+        """Write what `read` returned back at `slots` [N]."""
+        kv = data.to(self.k.device).transpose(0, 2)
+        self.k.index_copy_(1, slots, kv[0])
+        self.v.index_copy_(1, slots, kv[1])

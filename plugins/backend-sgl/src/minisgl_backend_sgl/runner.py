@@ -130,6 +130,8 @@ class SglModelRunner(ModelRunner):
         if self.tp is not None:  # every rank's pool has rank 0's number of slots
             num_pages = int(self.tp.broadcast(torch.tensor([num_pages]) if tp_rank == 0 else None, 1).item())
         self.kv = KVCache(shape, num_pages, settings.page_size, self.device)
+        if self.tp is None:  # under TP each rank holds a slice: the tiers do not reach the workers
+            self.read_kv, self.write_kv = self._read_kv, self._write_kv
         self.max_context_len = min(max_context, self.kv.capacity)
         self.cos_sin = cos_sin_table(config.head_dim, config.rope, self.max_context_len, self.device)
 
@@ -155,6 +157,12 @@ class SglModelRunner(ModelRunner):
 
     def kv_capacity(self) -> int:
         return self.kv.capacity
+
+    def _read_kv(self, slots: list[int]) -> torch.Tensor:
+        return self.kv.read(torch.tensor(slots, dtype=torch.long, device=self.device))
+
+    def _write_kv(self, slots: list[int], data: torch.Tensor) -> None:
+        self.kv.store(torch.tensor(slots, dtype=torch.long, device=self.device), data)
 
     def _join_group(self, settings: Any, model_path: str, dummy: bool, rank: int) -> None:
         """Rank 0 starts the other ranks; every rank joins the group (see tp.py)."""
