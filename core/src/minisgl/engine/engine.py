@@ -48,7 +48,7 @@ class Engine:
         self.model: ResolvedModel = resolve_model(settings.model_path, dummy_weight=settings.dummy_weight)
         # before the target's runner: a draft model's weights and pool are in use when the
         # target sizes its pool by what is left (--memory-ratio)
-        proposer = load_proposer(settings, self.registry)
+        self.proposer = proposer = load_proposer(settings, self.registry)
         if runner is None:
             runner, self.backend_name, self.backend_reason = load_runner(settings, self.registry, self.model)
         else:  # an embedder's own runner
@@ -106,14 +106,10 @@ class Engine:
             self._errors.append(EngineOutput(rid=rid, finished=True, finish_reason="error", error=message,
                                              error_kind=kind.value, prompt_tokens=prompt_tokens))
 
-    def _known(self, rid: str) -> Req | None:
-        s = self.scheduler
-        return s.waiting.get(rid) or next((r for r in s.running if r.rid == rid), None)
-
     def _new_req(self, er: EngineRequest, warm_only: bool = False, grammar: Any = None) -> Req | None:
         """The scheduler's request for `er`, or None: refused (an error output), or waiting
         for its grammar, compiled off the loop (then `grammar` is its matcher)."""
-        if self._known(er.rid) is not None or self.grammar_queue.find(er.rid) is not None:
+        if self.scheduler.find(er.rid) is not None or self.grammar_queue.find(er.rid) is not None:
             self._error(er.rid, ErrorKind.INVALID_REQUEST, f"request id {er.rid!r} is already in use", emit=not warm_only)
             return None
         fault = request_fault(er, self.runner, self.backend_name, self.max_context_len, self.pool_tokens)
@@ -147,13 +143,11 @@ class Engine:
             er = c.request
             try:
                 matcher = c.matcher.result()
-            except GrammarError as exc:
-                self._error(er.rid, ErrorKind.INVALID_REQUEST, f"{c.field}: {exc}", len(er.input_ids),
-                            emit=not c.warm_only)
-                continue
-            except Exception as exc:  # the backend's bug: this request fails, the engine serves on
-                self._error(er.rid, ErrorKind.INTERNAL, f"{c.field}: compiling it failed: {type(exc).__name__}: {exc}",
-                            len(er.input_ids), emit=not c.warm_only)
+            except Exception as exc:  # a bad grammar is the client's; anything else the backend's bug
+                bad = isinstance(exc, GrammarError)
+                self._error(er.rid, ErrorKind.INVALID_REQUEST if bad else ErrorKind.INTERNAL, f"{c.field}: " + (
+                    str(exc) if bad else f"compiling it failed: {type(exc).__name__}: {exc}"), len(er.input_ids),
+                    emit=not c.warm_only)
                 continue
             req = self._new_req(er, c.warm_only, grammar=matcher)
             if req is not None:
@@ -178,7 +172,7 @@ class Engine:
                 continue
             rid, reason = payload
             compiling = self.grammar_queue.cancel(rid)
-            req = self._known(rid)
+            req = self.scheduler.find(rid)
             if compiling is not None:  # aborted before its grammar was ready: it held nothing
                 prompt_tokens, cached, completion = len(compiling.request.input_ids), 0, 0
             elif req is not None and not req.warm_only:
@@ -278,11 +272,7 @@ class Engine:
 
     def flush_cache(self) -> int:
         with self._lock:
-            freed = self.scheduler.kv.flush_cache()
-            log.info("prefix cache flushed: %d tokens freed", freed)
-            if self.scheduler.tiers is not None:
-                log.info("hierarchical cache: %d host pages dropped", self.scheduler.tiers.flush())
-            return freed
+            return self.scheduler.flush_cache()
 
     # ---- observability ------------------------------------------------------------
     def metrics(self) -> dict:
@@ -303,10 +293,7 @@ class Engine:
         if getattr(self, "threads", None) is not None:
             self.threads.restore()
             self.threads = None  # type: ignore[assignment]
-        speculation = self.scheduler.speculation if getattr(self, "scheduler", None) is not None else None
-        if speculation is not None and hasattr(speculation.proposer, "shutdown"):
-            speculation.proposer.shutdown()  # a draft model's runner
-        runner = getattr(self, "runner", None)
-        if runner is not None:
-            runner.shutdown()
-            self.runner = None  # type: ignore[assignment]
+        for part in (getattr(self, "proposer", None), getattr(self, "runner", None)):  # a draft model's runner too
+            if hasattr(part, "shutdown"):
+                part.shutdown()
+        self.proposer = self.runner = None  # type: ignore[assignment]

@@ -100,6 +100,9 @@ class Scheduler:
     def add(self, req: Req) -> None:
         self.waiting[req.rid] = req
 
+    def find(self, rid: str) -> Req | None:
+        return self.waiting.get(rid) or next((r for r in self.running if r.rid == rid), None)
+
     def finish(self, req: Req, reason: str) -> None:
         req.finished_reason = reason
         if req.rid in self.waiting:
@@ -213,6 +216,14 @@ class Scheduler:
             **speculation_metrics(self.counters),
             **(self.tiers.metrics() if self.tiers is not None else {}),
         }
+
+    def flush_cache(self) -> int:
+        """Drop every unlocked cached prefix (and the host tier's pages); the tokens freed."""
+        freed = self.kv.flush_cache()
+        log.info("prefix cache flushed: %d tokens freed", freed)
+        if self.tiers is not None:
+            log.info("hierarchical cache: %d host pages dropped", self.tiers.flush())
+        return freed
 
     def check_invariants(self) -> None:
         self.kv.check(self.running, list(self.waiting.values()))
