@@ -165,6 +165,6 @@ def test_the_gate_drafts_only_while_drafted_steps_pay():
         spec.observe(0.020, drafted=True)
         if spec.off_steps:
             break
-    assert spec.off_steps == speculative.OFF_STEPS
+    assert spec.off_steps == speculative.OFF_STEPS and spec.next_off == 2 * speculative.OFF_STEPS  # longer next time
     spec.draft([req])
     assert req.draft == []  # paused for every request

@@ -38,8 +38,9 @@ LOW_ACCEPTANCE = 0.2  # a request's recent accepted share of its drafts below wh
 PAUSE_STEPS = 16  # steps a request with low acceptance decodes without drafts
 PLAIN_EVERY = 64  # drafted steps between plain ones that keep the plain step's time current
 EMA = 0.2  # weight of the newest step in the running step times
-JUDGE_AFTER = 4  # drafted steps timed before drafting may be found not to pay
-OFF_STEPS = 64  # steps without drafts once drafting did not pay; then it is timed afresh
+JUDGE_AFTER = 3  # drafted steps timed before drafting may be found not to pay
+OFF_STEPS = 64  # steps without drafts once drafting did not pay; then it is timed afresh ...
+MAX_OFF_STEPS = 8192  # ... and twice as many each time it still does not pay, up to this
 
 
 @runtime_checkable
@@ -116,6 +117,7 @@ class Speculation:
         self.drafted_steps = 0  # since the last plain step
         self.timed = 0  # drafted steps timed since drafting (re)started
         self.off_steps = 0  # steps left without drafts because drafting did not pay
+        self.next_off = OFF_STEPS
 
     def draft(self, decoding: list[Req]) -> None:
         """Set each decoding request's `draft` (empty where it decodes plainly)."""
@@ -162,10 +164,15 @@ class Speculation:
         self.drafted_steps += 1
         self.timed += 1
         self.drafted_s = seconds if self.drafted_s is None else (1 - EMA) * self.drafted_s + EMA * seconds
-        if self.plain_s is not None and self.timed >= JUDGE_AFTER and self.drafted_s > self.gain * self.plain_s:
+        if self.plain_s is None or self.timed < JUDGE_AFTER:
+            return
+        if self.drafted_s > self.gain * self.plain_s:
             log.info("speculative decoding paused for %d steps: a drafted step takes %.1f ms for %.2f tokens "
-                     "a request, a plain one %.1f ms", OFF_STEPS, self.drafted_s * 1e3, self.gain, self.plain_s * 1e3)
-            self.off_steps, self.drafted_s, self.timed = OFF_STEPS, None, 0
+                     "a request, a plain one %.1f ms", self.next_off, self.drafted_s * 1e3, self.gain, self.plain_s * 1e3)
+            self.off_steps, self.drafted_s, self.timed = self.next_off, None, 0
+            self.next_off = min(2 * self.next_off, MAX_OFF_STEPS)
+        else:
+            self.next_off = OFF_STEPS
 
     def verify(self, req: Req, sampled: list[int]) -> list[int]:
         """The tokens a drafted request emits, from those sampled at its positions: the
