@@ -174,20 +174,20 @@ def test_a_body_that_never_finishes_gets_408_and_the_connection_closed(server):
         s.settimeout(0.5)
         while time.monotonic() - started < BODY_TIMEOUT + 20:
             try:
-                s.sendall(b" ")  # a byte now and then: trickling does not reset the deadline
-            except OSError:
-                break
-            try:
                 chunk = s.recv(65536)
             except TimeoutError:
+                if not received:  # a byte now and then until the answer: trickling does not reset the deadline
+                    s.sendall(b" ")
                 continue
+            except ConnectionResetError:  # closed with our last bytes unread
+                break
             if not chunk:
                 break
             received += chunk
         closed_after = time.monotonic() - started
         assert received.startswith(b"HTTP/1.1 408"), received[:200]
         assert b"request_timeout" in received and b"HTTP_BODY_TIMEOUT" in received, received
-        assert BODY_TIMEOUT - 1 < closed_after < BODY_TIMEOUT + 5, closed_after
+        assert BODY_TIMEOUT - 1 < closed_after < BODY_TIMEOUT + 15, closed_after  # not before its deadline
     finally:
         s.close()
     assert httpx.get(server.url + "/health", timeout=10).status_code == 200

@@ -128,5 +128,5 @@ def test_the_server_mounts_the_routes_through_the_hook_and_documents_their_error
         doc = bare.get("/schema/openapi.json").json()
         unconfigured = bare.post("/v1/images/generations", json={"prompt": "a fox"})
     for path in ("/v1/images/generations", "/v1/videos/generations"):
-        assert set(doc["paths"][path]["post"]["responses"]) == {"200", "400", "404", "413", "415", "500", "503"}
+        assert set(doc["paths"][path]["post"]["responses"]) == {"200", "400", "404", "408", "413", "415", "500", "503"}
     assert unconfigured.status_code == 503 and unconfigured.json()["error"]["code"] == "unavailable"
