@@ -39,13 +39,16 @@ def test_a_forward_that_raises_fails_every_request_and_the_engine_comes_back(tin
         lines = sse_data(stream.join(120))
         assert lines[-1] == "data: [DONE]", lines[-3:]
         error = sse_json(lines[-2])["error"]
-        assert error["code"] == "engine_unavailable" and "injected fault" in error["message"], error
+        # the engine's own report of the failure, or, when its exit is seen first, the exit
+        assert error["code"] == "engine_unavailable" and any(
+            why in error["message"] for why in ("injected fault", "exited")), error
         r = post.join(120)
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
 
         wait_until(lambda: health(url).status_code == 200, "/health 200 after the restart")
         entry = engines(url)[0]
-        assert entry["restarts"] == 1 and entry["pid"] != victim and "injected fault" in entry["last_death"], entry
+        assert entry["restarts"] == 1 and entry["pid"] != victim, entry
+        assert any(why in entry["last_death"] for why in ("injected fault", "exited")), entry
         assert complete(url).status_code == 200
         assert_nothing_leaks(url)
         assert srv.proc.poll() is None
