@@ -118,18 +118,70 @@ def test_runner_uses_the_cpu_kernels_and_can_turn_them_off(tiny_llama_path, capl
     assert fast.context.decode_kernel is KERNEL
     assert any(isinstance(m, PackedLinear) for m in fast.model.modules())
     assert "decode native CPU kernel, in place" in caplog.text
+    assert fast.decoder is not None and "Forward: the lean CPU decoder" in caplog.text
     plain = make_runner(tiny_llama_path, hf_cpu_kernels=False)
     assert plain.context.decode_kernel is None
     assert not any(isinstance(m, PackedLinear) for m in plain.model.modules())
+    assert plain.decoder is None
 
 
-def test_without_a_compiler_attention_stays_on_torch_ops(tmp_path, monkeypatch, caplog):
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoder_ops_compute_what_transformers_modules_compute(dtype):
+    """RMSNorm and rotary embeddings round where transformers rounds: bit for bit in bf16."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
+
+    ops = cpu_kernels.decoder_ops(dtype)
+    gen = torch.Generator().manual_seed(0)
+    norm = LlamaRMSNorm(96, eps=1e-5).to(dtype)
+    norm.weight.data = torch.randn(96, generator=gen).to(dtype)
+    x = torch.randn(40, 2 * 96, generator=gen).to(dtype)[:, :96]  # strided rows
+    torch.testing.assert_close(ops.rms_norm(x, norm.weight, 1e-5), norm(x), atol=2e-6, rtol=0)
+
+    tokens, heads, kv_heads, dim, slots = 20, 6, 2, 32, 300
+    q, k, v = (torch.randn(tokens, n, dim, generator=gen).to(dtype) for n in (heads, kv_heads, kv_heads))
+    freqs = torch.arange(tokens)[:, None] * 10000 ** (-torch.arange(0, dim, 2) / dim)[None]
+    emb = torch.cat([freqs, freqs], -1)
+    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+    want_q, want_k = apply_rotary_pos_emb(q.transpose(0, 1), k.transpose(0, 1), cos, sin, unsqueeze_dim=0)
+    where = torch.randperm(slots, generator=gen)[:tokens]
+    k_pool, v_pool = torch.zeros(kv_heads, slots, dim, dtype=dtype), torch.zeros(kv_heads, slots, dim, dtype=dtype)
+    ops.rope_store(q, k, v, cos.float(), sin.float(), where, k_pool, v_pool)
+    torch.testing.assert_close(q, want_q.transpose(0, 1), atol=2e-6, rtol=0)
+    torch.testing.assert_close(k, want_k.transpose(0, 1), atol=2e-6, rtol=0)
+    torch.testing.assert_close(k_pool[:, where], want_k, atol=2e-6, rtol=0)
+    torch.testing.assert_close(v_pool[:, where], v.transpose(0, 1), atol=0, rtol=0)
+    assert k_pool.abs().sum(-1).count_nonzero() == tokens * kv_heads  # nothing written elsewhere
+
+
+def test_the_lean_decoder_names_what_it_does_not_take(tiny_llama_path, tiny_qwen3_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from minisgl_backend_hf.cpu_decoder import unsupported_reason
+
+    config = AutoConfig.from_pretrained(tiny_llama_path)
+    model = AutoModelForCausalLM.from_config(config)
+    assert unsupported_reason(model) == "linear layers not packed for oneDNN"
+    config.hidden_act = "gelu"
+    assert unsupported_reason(AutoModelForCausalLM.from_config(config)) == "activation 'gelu'"
+    qwen3 = AutoConfig.from_pretrained(tiny_qwen3_path)
+    qwen3.use_sliding_window, qwen3.sliding_window = True, 16
+    assert unsupported_reason(AutoModelForCausalLM.from_config(qwen3)) == "a sliding window"
+
+
+def test_without_a_compiler_the_runner_stays_on_torch_ops(tiny_llama_path, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cached build to fall back on
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    cpu_kernels.paged_decode_kernel.cache_clear()
+    builds = (cpu_kernels._library, cpu_kernels.paged_decode_kernel, cpu_kernels.decoder_ops)
+    for cached in builds:
+        cached.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="minisgl_backend_hf"):
+        with caplog.at_level(logging.INFO, logger="minisgl_backend_hf"):
             assert cpu_kernels.paged_decode_kernel() is None
-        assert "native kernel is unavailable" in caplog.text
+            runner = make_runner(tiny_llama_path)
+        assert "native kernels are unavailable" in caplog.text
+        assert runner.context.decode_kernel is None and runner.decoder is None
+        assert "Forward: transformers' modules" in caplog.text
     finally:
-        cpu_kernels.paged_decode_kernel.cache_clear()
+        for cached in builds:
+            cached.cache_clear()

@@ -21,14 +21,19 @@ def random_tokens(n: int, vocab: int, seed: int) -> list[int]:
 
 @pytest.fixture(
     scope="module",
-    params=[("tiny_qwen3_path", True), ("tiny_llama_path", True), ("tiny_llama_path", False)],
-    ids=["qwen3", "llama", "llama-torch-ops"],
+    params=[("tiny_qwen3_path", True, True), ("tiny_llama_path", True, True), ("tiny_llama_path", True, False),
+            ("tiny_llama_path", False, False)],
+    ids=["qwen3", "llama", "llama-transformers-modules", "llama-torch-ops"],
 )
 def tiny(request):
-    """Each model through the CPU kernels (packed linears, native decode), and once through torch ops."""
-    fixture, cpu_kernels = request.param
+    """Each model through the lean CPU decoder, then through transformers' modules on the CPU
+    kernels (packed linears, native decode), and once through torch ops alone."""
+    fixture, cpu_kernels, lean = request.param
     path = request.getfixturevalue(fixture)
     runner = make_runner(path, dtype="float32", hf_cpu_kernels=cpu_kernels)
+    assert (runner.decoder is not None) == cpu_kernels
+    if not lean:
+        runner.decoder = None
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return runner, ref
 

@@ -137,33 +137,45 @@ def paged_attention_forward(
         )
     if kwargs.get("s_aux") is not None:
         raise NotImplementedError(f"{ATTN_IMPLEMENTATION}: attention sinks (s_aux) are not supported")
-    plan, layer = ctx.plan, module.layer_idx
     dim = query.shape[-1]
-    scale = scaling if scaling is not None else dim**-0.5
-    window = kwargs.get("sliding_window")
-    softcap = kwargs.get("softcap")
+    ctx.pool.write(module.layer_idx, ctx.plan.out_slots, key[0], value[0])
+    out = attend(ctx, module.layer_idx, query[0].transpose(0, 1), key[0], value[0],
+                 scaling if scaling is not None else dim**-0.5, kwargs.get("sliding_window"), kwargs.get("softcap"))
+    return out.unsqueeze(0), None
 
-    ctx.pool.write(layer, plan.out_slots, key[0], value[0])
-    q_tokens = query[0].transpose(0, 1)  # [T, H, D]; contiguous as transformers builds it
 
+def attend(
+    ctx: PagedAttentionContext,
+    layer: int,
+    q_tokens: torch.Tensor,  # [T, H, D]
+    key: torch.Tensor,  # [KVH, T, D]: this forward's keys, already in the pool
+    value: torch.Tensor,  # [KVH, T, D]
+    scale: float,
+    window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    """Each token's attention output [T, H, D] under the current plan: decode rows over their
+    page-table slots, prefill chunks over their cached prefix and themselves."""
+    plan = ctx.plan
+    assert plan is not None
     dec = plan.decode
     if dec is not None:
         q = q_tokens if dec.token_index is None else q_tokens.index_select(0, dec.token_index)
         out_dec = _decode(ctx, dec, layer, q.contiguous(), scale, window, softcap)
         if dec.token_index is None:
-            return out_dec.unsqueeze(0), None
+            return out_dec
 
-    out = torch.empty_like(q_tokens)
+    out = torch.empty(q_tokens.shape, dtype=q_tokens.dtype, device=q_tokens.device)
     if dec is not None:
         out.index_copy_(0, dec.token_index, out_dec)
     for seg in plan.extends:
         if seg.slots is None:  # nothing cached before this chunk: its own K/V are the whole context
-            k, v = key[0, :, seg.start : seg.end], value[0, :, seg.start : seg.end]
+            k, v = key[:, seg.start : seg.end], value[:, seg.start : seg.end]
         else:
             k, v = ctx.pool.gather(layer, seg.slots)
-        q = query[0, :, seg.start : seg.end]  # [H, E, D]
+        q = q_tokens[seg.start : seg.end].transpose(0, 1)  # [H, E, D]
         out[seg.start : seg.end] = _extend(ctx, seg, q, k, v, scale, window, softcap).transpose(0, 1)
-    return out.unsqueeze(0), None
+    return out
 
 
 def register() -> str:

@@ -1,5 +1,6 @@
-"""The native CPU decode attention (csrc/paged_decode.c): built once per machine with the
-system's C compiler, cached, and called through ctypes.
+"""The native CPU kernels (csrc/*.c: decode attention over the paged pool, and the decoder's
+small per-layer ops): built once per machine with the system's C compiler into one library,
+cached, and called through ctypes.
 
 It is plain C with OpenMP, no torch headers, so a build takes about a second. The library
 is compiled for this CPU (-march=native), so the cache key holds the CPU's model and flags.
@@ -25,7 +26,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "paged_decode.c"
+SOURCES = sorted((Path(__file__).with_name("csrc")).glob("*.c"))
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11"]
 # Linked in a step of its own, without -ffast-math: gcc before 13 would link crtfastmath.o into
 # the library, which turns on flush-to-zero for the whole process (torch and Python included)
@@ -74,27 +75,28 @@ def _build() -> Path:
     if compiler is None:
         raise RuntimeError("no C compiler found (install gcc, or set CC)")
     key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join([compiler, *CFLAGS, *LDFLAGS]).encode() + _cpu_identity().encode()
+        b"".join(src.read_bytes() for src in SOURCES) + " ".join([compiler, *CFLAGS, *LDFLAGS]).encode() + _cpu_identity().encode()
     ).hexdigest()[:16]
-    target = _cache_dir() / f"paged_decode-{key}.so"
+    target = _cache_dir() / f"minisgl_cpu-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # build beside the target and rename: processes starting together never load a half-written file
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    obj = tmp[:-3] + ".o"
+    objs = [f"{tmp[:-3]}-{src.stem}.o" for src in SOURCES]
+    steps = [[*CFLAGS, "-c", str(src), "-o", obj] for src, obj in zip(SOURCES, objs)] + [[*objs, *LDFLAGS, "-o", tmp]]
     try:
-        for step in ([*CFLAGS, "-c", str(SOURCE), "-o", obj], [obj, *LDFLAGS, "-o", tmp]):
+        for step in steps:
             proc = subprocess.run([compiler, *step], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, target)
     finally:
-        for path in (tmp, obj):
+        for path in (tmp, *objs):
             if os.path.exists(path):
                 os.unlink(path)
-    logger.info("Built the CPU decode-attention kernel: %s", target)
+    logger.info("Built the CPU kernels: %s", target)
     return target
 
 
@@ -135,15 +137,86 @@ class PagedDecodeKernel:
                              "dims do not fit it")
 
 
+class _RopeStoreArgs(ctypes.Structure):
+    _fields_ = [
+        ("q", ctypes.c_void_p),
+        ("k", ctypes.c_void_p),
+        ("v", ctypes.c_void_p),
+        ("cos", ctypes.c_void_p),
+        ("sin", ctypes.c_void_p),
+        ("slots", ctypes.c_void_p),
+        ("k_pool", ctypes.c_void_p),
+        ("v_pool", ctypes.c_void_p),
+        ("tokens", ctypes.c_int64),
+        ("q_stride", ctypes.c_int64),
+        ("k_stride", ctypes.c_int64),
+        ("v_stride", ctypes.c_int64),
+        ("pool_slots", ctypes.c_int64),
+        ("heads", ctypes.c_int),
+        ("kv_heads", ctypes.c_int),
+        ("dim", ctypes.c_int),
+    ]
+
+
+_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+
+class DecoderOps:
+    """`rms_norm` and `rope_store` (csrc/decoder_ops.c) for one dtype. Tensors are taken as
+    they are (rows may be strided, the last dimension must be contiguous); the caller checks
+    shapes once per model, not per call."""
+
+    def __init__(self, library: ctypes.CDLL, dtype: torch.dtype) -> None:
+        suffix = _SUFFIX[dtype]
+        self._norm = getattr(library, f"rms_norm_{suffix}")
+        self._norm.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                               ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_int]
+        self._norm.restype = None
+        self._rope = getattr(library, f"rope_store_{suffix}")
+        self._rope.argtypes = [ctypes.POINTER(_RopeStoreArgs), ctypes.c_int]
+        self._rope.restype = None
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """RMSNorm over the last dimension of a 2-D `x` into a new tensor."""
+        rows, dim = x.shape
+        out = torch.empty((rows, dim), dtype=x.dtype)
+        self._norm(x.data_ptr(), x.stride(0), weight.data_ptr(), out.data_ptr(), dim, rows, dim, eps,
+                   torch.get_num_threads())
+        return out
+
+    def rope_store(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   slots: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor) -> None:
+        """Rotate q [T, H, D] and k [T, KVH, D] in place and store k and v at `slots` of one
+        layer's pool ([KVH, S, D] each). cos/sin: float32 [T, D]."""
+        tokens, heads, dim = q.shape
+        args = _RopeStoreArgs(
+            q.data_ptr(), k.data_ptr(), v.data_ptr(), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(),
+            k_pool.data_ptr(), v_pool.data_ptr(), tokens, q.stride(0), k.stride(0), v.stride(0), k_pool.shape[1],
+            heads, k.shape[1], dim,
+        )
+        self._rope(ctypes.byref(args), torch.get_num_threads())
+
+
 @functools.cache
-def paged_decode_kernel() -> PagedDecodeKernel | None:
-    """The compiled kernel, or None (logged once with the reason) where it cannot be built."""
+def _library() -> ctypes.CDLL | None:
+    """The compiled library, or None (logged once with the reason) where it cannot be built."""
     if sys.platform == "win32":
-        logger.info("CPU decode attention: torch ops (no native kernel build on Windows)")
+        logger.info("CPU kernels: torch ops (no native kernel build on Windows)")
         return None
     try:
-        kernel = PagedDecodeKernel(ctypes.CDLL(str(_build())))
+        return ctypes.CDLL(str(_build()))
     except (OSError, RuntimeError) as exc:
-        logger.warning("CPU decode attention: torch ops, the native kernel is unavailable: %s", exc)
+        logger.warning("CPU kernels: torch ops, the native kernels are unavailable: %s", exc)
         return None
-    return kernel
+
+
+@functools.cache
+def paged_decode_kernel() -> PagedDecodeKernel | None:
+    library = _library()
+    return None if library is None else PagedDecodeKernel(library)
+
+
+@functools.cache
+def decoder_ops(dtype: torch.dtype) -> DecoderOps | None:
+    library = _library()
+    return None if library is None or dtype not in _SUFFIX else DecoderOps(library, dtype)

@@ -28,7 +28,8 @@ from minisgl.engine.sampler import sample
 
 from .attention import CONTEXT_ATTR, PagedAttentionContext, register
 from .attention_plan import AttentionPlan
-from .cpu_kernels import paged_decode_kernel
+from .cpu_decoder import CPUDecoder, unsupported_reason
+from .cpu_kernels import decoder_ops, paged_decode_kernel
 from .cpu_linear import MLP_ROWS, can_pack, pack_linears, slice_mlp_rows
 from .device import available_memory_bytes, configure_torch, pick_device
 from .kv_pool import KVPool
@@ -140,6 +141,7 @@ class HFModelRunner(ModelRunner):
                     "native CPU kernel, in place" if kernel else "gathered, same as prefill",
                     "torch SDPA" if use_sdpa else "batched matmuls")
         self._attach_context(shape.num_layers)
+        self.decoder = self._lean_decoder() if cpu_kernels else None
         # a vision-language model: images go through the same batches and KV pool as text
         self.vision: VisionEmbedder | None = None
         if _takes_images(self.model):
@@ -173,6 +175,16 @@ class HFModelRunner(ModelRunner):
             raise
         lm = lm.to(self.device).eval().requires_grad_(False)
         return lm
+
+    def _lean_decoder(self) -> CPUDecoder | None:
+        """The lean CPU forward where it computes what transformers computes (logged either way)."""
+        ops = decoder_ops(self.dtype)
+        reason = "a dtype without native kernels, or no kernel build" if ops is None else unsupported_reason(self.model)
+        if reason is not None:
+            logger.info("Forward: transformers' modules (the lean CPU decoder does not take %s)", reason)
+            return None
+        logger.info("Forward: the lean CPU decoder (native RMSNorm and rotary kernels, fused oneDNN epilogues)")
+        return CPUDecoder(self.model, ops, self.context)
 
     def _attach_context(self, num_layers: int) -> None:
         """Every attention module of the language model finds this runner's pool and plan
@@ -216,6 +228,12 @@ class HFModelRunner(ModelRunner):
         sampled rows, or None when nothing is sampled (a mid-prompt chunk: no LM head at all)."""
         batch = self._to_device(batch)
         self.context.plan = AttentionPlan.build(batch)
+        rows = batch.sample_indices if batch.sampling is not None else self._no_rows
+        if self.decoder is not None and not batch.images:
+            try:
+                return self.decoder.logits(batch.input_ids, batch.positions, rows)
+            finally:
+                self.context.plan = None
         tokens: dict[str, torch.Tensor] = {"input_ids": batch.input_ids[None]}
         if batch.images:
             assert self.vision is not None, "the engine admits images only when supports_images"
@@ -225,7 +243,7 @@ class HFModelRunner(ModelRunner):
                 **tokens,
                 position_ids=batch.positions[None],
                 use_cache=False,
-                logits_to_keep=batch.sample_indices if batch.sampling is not None else self._no_rows,
+                logits_to_keep=rows,
             )
         finally:
             self.context.plan = None
