@@ -67,6 +67,28 @@ def test_prefill_and_decode_steps(runner, tiny_path):
         assert len(tokens) == 3
 
 
+def test_short_extends_as_decode_rows_give_the_extend_paths_logits(runner):
+    """A verify step (a request's last token and its drafts, every row sampled) run as one
+    decode row per token, eagerly and (on CUDA) through a decode graph, equals the extend path."""
+    from minisgl_backend_sgl.cuda_graph import as_decode_rows
+
+    device = runner.device.type
+    planner = SlotPlanner(runner.kv_capacity(), seed=5)
+    runner.logits(make_batch(planner, [(0, [3, 4, 5, 6, 7, 8]), (1, [9, 10])], device=device))
+    step = make_batch(planner, [(0, [11, 12, 13]), (1, [14])], device=device, sample_all_rows=True)
+    graphs, runner.graphs = runner.graphs, None
+    try:
+        extend = runner.logits(step).clone()
+        rows = as_decode_rows(step)
+        assert rows.is_decode and rows.seq_lens == [7, 8, 9, 3] and rows.prefix_lens == [6, 7, 8, 2]
+        torch.testing.assert_close(runner.logits(rows), extend, atol=1e-5, rtol=1e-5)
+    finally:
+        runner.graphs = graphs
+    if graphs is not None:
+        assert graphs.can_run_as_decode_rows(step) and not graphs.can_run(step)
+        torch.testing.assert_close(runner.logits(step), extend, atol=1e-5, rtol=1e-5)
+
+
 def test_intermediate_chunk_samples_nothing(runner):
     planner = SlotPlanner(runner.kv_capacity(), seed=4)
     batch = make_batch(planner, [(0, [1, 2, 3])], device=runner.device.type)

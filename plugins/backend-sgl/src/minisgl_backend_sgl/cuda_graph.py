@@ -1,4 +1,6 @@
 """CUDA graphs for decode steps: one graph per batch size, replayed with the step's inputs.
+A batch of short extends (a speculative verify step: each request's last token and its
+drafts) replays the same graphs, one decode row per token (`as_decode_rows`).
 
 A decode step launches a few hundred small kernels; replaying a captured graph removes the
 CPU launch cost of each. Inputs live in static buffers that the step's tensors are copied
@@ -28,6 +30,23 @@ GIB = 1024**3
 AUTO_MAX_BS = 160  # mini-sglang captures 1..160 by default
 AUTO_MAX_BS_LARGE_GPU = 256  # 80 GiB and up: a full W1 batch (256 running) replays instead of launching eagerly
 AUTO_MAX_BS_SMALL_GPU = 64  # under 24 GiB of device memory
+MAX_ROWS_PER_REQUEST = 16  # extends up to this long run as decode rows (drafts of a verify step)
+
+
+def as_decode_rows(batch: ForwardBatch) -> ForwardBatch:
+    """The same step with one decode row per new token. Row j of a request attends its
+    prefix and its new tokens 0..j over the request's page-table row: causal attention, as
+    the extend path computes it. Every layer stores the step's K/V before its attention
+    reads them, so later rows see earlier rows' keys. Tokens keep their order, so
+    sample_indices and the logits' rows mean what they meant."""
+    rows = torch.tensor(batch.extend_lens)
+    prefix_lens = [p + j for p, e in zip(batch.prefix_lens, batch.extend_lens) for j in range(e)]
+    return ForwardBatch(
+        input_ids=batch.input_ids, positions=batch.positions, out_slots=batch.out_slots,
+        page_table=batch.page_table.repeat_interleave(rows.to(batch.page_table.device), dim=0),
+        extend_lens=[1] * len(prefix_lens), prefix_lens=prefix_lens, sample_indices=batch.sample_indices,
+        sampling=batch.sampling,
+    )
 
 
 def graph_batch_sizes(max_bs: int) -> list[int]:
@@ -88,6 +107,10 @@ class DecodeGraphs:
 
     def can_run(self, batch: ForwardBatch) -> bool:
         return batch.is_decode and 0 < batch.batch_size <= self.max_bs
+
+    def can_run_as_decode_rows(self, batch: ForwardBatch) -> bool:
+        return (not batch.images and 0 < batch.num_tokens <= self.max_bs
+                and max(batch.extend_lens, default=0) <= MAX_ROWS_PER_REQUEST)
 
     def padded_size(self, batch_size: int) -> int:
         return self.batch_sizes[bisect_left(self.batch_sizes, batch_size)]

@@ -28,7 +28,7 @@ from minisgl.engine.sampler import sample
 from minisgl.engine.scheduler import prefill_chunk
 
 from .config import ModelConfig, load_model_config
-from .cuda_graph import DecodeGraphs, graph_batch_sizes, resolve_max_bs
+from .cuda_graph import DecodeGraphs, as_decode_rows, graph_batch_sizes, resolve_max_bs
 from .forward_meta import build_meta, decode_splits, validate_batch
 from .kernels.select import select_kernels
 from .kv_cache import KVCache
@@ -193,6 +193,8 @@ class SglModelRunner(ModelRunner):
         sample_indices = batch.sample_indices.to(self.device, non_blocking=True)
         if self.graphs is not None and self.graphs.can_run(batch):
             return self.graphs.run(batch).index_select(0, sample_indices)
+        if self.graphs is not None and self.graphs.can_run_as_decode_rows(batch):
+            return self.graphs.run(as_decode_rows(batch)).index_select(0, sample_indices)
         splits = decode_splits(batch.batch_size, self.config.num_kv_heads, self.num_sms)
         meta = build_meta(batch, self.device, splits)
         input_ids = batch.input_ids.to(self.device, non_blocking=True)
