@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=2000, help="tokens of the long-prompt prefill")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no-hf", action="store_true", help="skip the plain transformers comparison")
+    parser.add_argument("--transformers-modules", action="store_true",
+                        help="run the runner through transformers' modules instead of the lean CPU decoder")
     parser.add_argument("--scatter", action="store_true", help="decode contexts on random slots (worst case)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--profile", type=int, default=None, metavar="B",
@@ -148,9 +150,13 @@ def main() -> None:
     runner = create_runner(settings, SimpleNamespace(path=resolved.path, dummy=resolved.dummy, name=resolved.name))
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.transformers_modules:
+        runner.decoder = None
     vocab, capacity = runner.vocab_size, runner.kv_capacity()
     gen = torch.Generator().manual_seed(0)
-    print(f"model {resolved.name}  dtype {runner.dtype}  threads {torch.get_num_threads()}  device {runner.device}")
+    forward = "lean CPU decoder" if runner.decoder is not None else "transformers' modules"
+    print(f"model {resolved.name}  dtype {runner.dtype}  threads {torch.get_num_threads()}  device {runner.device}  "
+          f"forward {forward}")
 
     hf = None
     if not args.no_hf:
