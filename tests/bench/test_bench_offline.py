@@ -85,3 +85,25 @@ def test_a_moe_step_reads_the_experts_its_batch_routes_to():
     assert one == pytest.approx(shape.weight_bytes + 8 * shape.expert_bytes)  # 8 of 128 experts
     assert many == pytest.approx(shape.weight_bytes + 128 * shape.expert_bytes)  # every expert, about 61 GB
     assert 60e9 < many < 62e9
+
+
+def test_a_speculative_run_reports_its_acceptance(tiny_qwen3_path, tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_bench("--model", tiny_qwen3_path, "--num-requests", "2", "--input-len", "30-30", "--output-len",
+                       "24-24", "--dtype", "float32", "--peers", "none", "--speculative-algorithm", "ngram",
+                       "--output", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    spec = json.loads(out.read_text())["speculation"]
+    assert spec["draft_tokens"] > 0 and 0 <= spec["accepted_tokens"] <= spec["draft_tokens"]
+    assert spec["acceptance_rate"] == spec["accepted_tokens"] / spec["draft_tokens"]
+    assert "speculative decoding:" in result.stdout and "tokens per verify step" in result.stdout
+
+
+def test_speculation_over_a_run_is_the_counters_difference():
+    from minisgl_bench.serving import speculation
+
+    before = {"spec_draft_tokens_total": 10, "spec_accepted_tokens_total": 4, "spec_verify_steps_total": 5}
+    after = {"spec_draft_tokens_total": 30, "spec_accepted_tokens_total": 16, "spec_verify_steps_total": 10}
+    assert speculation(before, after) == {"draft_tokens": 20, "accepted_tokens": 12, "verify_steps": 5,
+                                          "acceptance_rate": 0.6, "mean_accepted_length": 17 / 5}
+    assert speculation(after, after) is None and speculation(None, None) is None

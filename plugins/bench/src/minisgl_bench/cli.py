@@ -91,10 +91,12 @@ def _range(text: str, flag: str) -> tuple[int, int]:
 @click.option("--peers", default="all", show_default=True, help="all | none | comma list of " + ",".join(PEERS))
 @click.option("--max-running-requests", type=click.IntRange(min=1), default=None, help="minisgl scheduler limit")
 @click.option("--max-prefill-length", type=click.IntRange(min=1), default=None, help="minisgl prefill chunk budget")
+@click.option("--speculative-algorithm", default=None, help="minisgl: a registered proposer (ngram, standalone)")
+@click.option("--speculative-num-draft-tokens", type=click.IntRange(min=1), default=None, help="minisgl: drafts a step")
 @click.option("--output", "--json", "output", type=click.Path(dir_okay=False), default=None, help="write results JSON here")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="draw tok/s per system (PNG, needs matplotlib)")
 def offline(model, num_requests, input_len, output_len, seed, dtype, backend, workload, peers, max_running_requests,
-            max_prefill_length, output, plot) -> None:
+            max_prefill_length, speculative_algorithm, speculative_num_draft_tokens, output, plot) -> None:
     """Offline throughput: minisgl vs transformers on one seeded workload, each against the
     roofline floor of this hardware (its copy bandwidth and matmul rate, measured at start)."""
     from rich.console import Console
@@ -113,6 +115,7 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, wo
         run_minisgl,
     )
     from .roofline import ModelShape, measure_ceilings, roofline_floor
+    from .serving import speculation, speculation_line
 
     _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
     console = Console(width=None if sys.stdout.isatty() else 120)  # a log keeps the table's rows whole
@@ -154,7 +157,9 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, wo
 
     ceilings = measure_ceilings(hf_device(), DTYPES[dtype])  # before anything else loads this machine
     roof = roofline_floor(ModelShape.of(path, DTYPES[dtype]), [len(p) for p in wl.prompts], wl.output_lens, ceilings)
-    settings = {k: v for k, v in {"max_running_requests": max_running_requests, "max_prefill_length": max_prefill_length}.items() if v}
+    settings = {k: v for k, v in {"max_running_requests": max_running_requests, "max_prefill_length": max_prefill_length,
+                                  "speculative_algorithm": speculative_algorithm,
+                                  "speculative_num_draft_tokens": speculative_num_draft_tokens}.items() if v}
     settings["backend"] = backend
     results: list[Result] = []
     mini, metrics = run_minisgl(model, dtype, wl, settings)
@@ -187,6 +192,9 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, wo
     table.add_row("compute floor", f"{floor_s:.1f}", str(wl.output_tokens), f"{wl.output_tokens / floor_s:.1f}", "", "")
     console.print(table)
     console.print(f"{name} {model} minisgl {mini.tokens_per_s:.0f} tok/s: {mini.tokens_per_s / roof_tps:.0%} of roofline floor")
+    spec = speculation(None, metrics)
+    if spec:
+        console.print(speculation_line(spec))
     console.print(roof.describe())
     console.print(f"compute floor: {floor_how}")
     head = header(model=model, dtype=dtype, backend=backend, settings=settings)
@@ -206,6 +214,7 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, wo
                                "minisgl_efficiency": mini.tokens_per_s / roof_tps},
             "workload_name": name,
             "minisgl_metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)},
+            "speculation": spec,
             "hf_concurrency": concurrency,
             "environment": head,
         }
@@ -369,6 +378,7 @@ def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, in
     results, seconds, before, after = asyncio.run(go())
     report = sv.summarize(results, seconds)
     report["cached_prompt_share"] = sv.cached_share(before, after)
+    report["speculation"] = sv.speculation(before, after)
     report["compute_floor"] = {"seconds": floor_s, "output_throughput": report["output_tokens"] / floor_s if floor_s else 0,
                                "how": floor_how}
     head = header(base_url=base_url, server=server_backend, model=model, dtype=dtype, dataset=dataset,
@@ -391,6 +401,8 @@ def serving(base_url, server_backend, model, tokenizer, dataset, num_prompts, in
                   f"output {report['output_throughput']:.1f} tok/s, total {report['total_throughput']:.1f} tok/s")
     if report["cached_prompt_share"] is not None:
         console.print(f"prompt tokens from the prefix cache: {report['cached_prompt_share']:.1%}")
+    if report["speculation"]:
+        console.print(sv.speculation_line(report["speculation"]))
     floor_tps = report["compute_floor"]["output_throughput"]
     console.print(f"compute floor: {floor_tps:.1f} output tok/s ({floor_how}); measured "
                   f"{report['output_throughput'] / floor_tps:.1%} of it" if floor_tps else "compute floor: n/a")

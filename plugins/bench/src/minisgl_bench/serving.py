@@ -209,6 +209,26 @@ def cached_share(before: dict[str, Any] | None, after: dict[str, Any] | None) ->
     return cached / prompt if prompt > 0 else None
 
 
+def speculation(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, float] | None:
+    """Speculative decoding over the run (counter deltas): drafts proposed and accepted, verify
+    steps, the acceptance rate and the tokens a drafted request gained per verify step; None
+    when nothing was drafted."""
+    if not after:
+        return None
+    delta = {k: after.get(k, 0) - (before or {}).get(k, 0)
+             for k in ("spec_draft_tokens_total", "spec_accepted_tokens_total", "spec_verify_steps_total")}
+    drafted, kept, steps = delta.values()
+    if not drafted:
+        return None
+    return {"draft_tokens": drafted, "accepted_tokens": kept, "verify_steps": steps,
+            "acceptance_rate": kept / drafted, "mean_accepted_length": (kept + steps) / steps if steps else 0.0}
+
+
+def speculation_line(spec: dict[str, float]) -> str:
+    return (f"speculative decoding: {spec['acceptance_rate']:.0%} of {spec['draft_tokens']:.0f} drafted tokens accepted, "
+            f"{spec['mean_accepted_length']:.2f} tokens per verify step")
+
+
 def output_rate(results: list[RequestResult], buckets: int = 40) -> tuple[list[float], list[float]]:
     """Output tokens per second over the run, counted when they arrive: each request's
     tokens spread over its streamed chunks (a chunk may carry several). Bucket centres (s)
