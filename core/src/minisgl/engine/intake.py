@@ -24,6 +24,11 @@ def request_fault(er: EngineRequest, runner: ModelRunner, backend_name: str, max
     if er.images and not runner.supports_images:
         return ErrorKind.UNAVAILABLE, (f"backend {backend_name} takes text only; serve vision-language models "
                                        "with --backend hf")
+    if er.pooling is not None and not runner.embedding_size:
+        return ErrorKind.INVALID_REQUEST, (f"backend {backend_name} does not compute embeddings; serve the model "
+                                           "with --backend hf for /v1/embeddings")
+    if er.pooling not in (None, "last", "mean"):
+        return ErrorKind.INVALID_REQUEST, f"malformed engine request: pooling {er.pooling!r} is not last or mean"
     fault = _image_fault(er)
     if fault:
         return ErrorKind.INVALID_REQUEST, f"malformed engine request: {fault}"
