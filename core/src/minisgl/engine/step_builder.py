@@ -75,9 +75,12 @@ def build_step(items: list[tuple[Req, int]], previous: ScheduledBatch | None, kv
         prefix_lens.append(start)
         if req.pooling is not None:
             last = start + n == len(req.all_ids)
-            if req.pooling == "mean" or last:
-                pool_spans.append((len(input_ids) - (n if req.pooling == "mean" else 1), len(input_ids)))
+            if req.pooling == "mean":  # every chunk adds its positions to the sum
+                pool_spans.append((len(input_ids) - n, len(input_ids)))
                 pooled.append((req, start == 0, last))
+            elif last:  # the prompt's last position is the whole answer
+                pool_spans.append((len(input_ids) - 1, len(input_ids)))
+                pooled.append((req, True, True))
         elif start + n == len(req.all_ids) + req.inflight + len(req.draft):
             sample_indices.append(len(input_ids) - 1)
             sampled.append(req)
