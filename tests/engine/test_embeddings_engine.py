@@ -79,3 +79,24 @@ def test_a_runner_without_embeddings_refuses_pooling_requests_by_name(tiny_llama
         assert "backend OracleRunner does not compute embeddings" in out.error
     finally:
         engine.shutdown()
+
+
+def test_llm_embed_is_the_same_request_layer(tiny_llama_path, hf_model):
+    from minisgl import LLM
+    from minisgl.frontend.errors import RequestError
+
+    texts = ["The quick brown fox", "jumps over the lazy dog"]
+    with LLM(tiny_llama_path, dtype="float32", backend="hf") as llm:
+        last = llm.embed(texts)
+        mean = llm.embed(texts[0], pooling="mean", normalize=False)
+        ids = [llm.tokenizer(t)["input_ids"] for t in texts]
+        with pytest.raises(RequestError, match="pooling") as bad:
+            llm.embed(texts, pooling="cls")
+        assert bad.value.param == "pooling"
+        with pytest.raises(RequestError) as empty:
+            llm.embed([])
+        assert empty.value.param == "prompts"
+    for got, prompt in zip(last, ids, strict=True):
+        want = final_hidden(hf_model, prompt)[-1]
+        np.testing.assert_allclose(got, want / np.linalg.norm(want), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(mean[0], final_hidden(hf_model, ids[0]).mean(0), rtol=1e-4, atol=1e-5)

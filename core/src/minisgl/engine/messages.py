@@ -13,10 +13,9 @@ from __future__ import annotations
 import msgspec
 import torch
 
-from ..sampling_params import SamplingParams
+from ..sampling_params import Pooling, SamplingParams
 
 IMAGE_PAD_BASE = 1 << 40  # every image pad id is IMAGE_PAD_BASE + a 40-bit hash: never a token id
-
 
 class TensorData(msgspec.Struct, array_like=True):
     name: str
@@ -58,7 +57,7 @@ class EngineRequest(msgspec.Struct, kw_only=True, tag="req"):
     images: list[ImageInput] = []
     # "last" | "mean": a prefill-only request whose answer is its prompt's final hidden states
     # pooled (an embedding), not sampled tokens (None: a generation)
-    pooling: str | None = None
+    pooling: Pooling | None = None
 
 
 class AbortRequest(msgspec.Struct, kw_only=True, tag="abort"):

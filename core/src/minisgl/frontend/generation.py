@@ -25,7 +25,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import numpy as np
@@ -33,7 +33,7 @@ import numpy as np
 from ..engine.messages import EngineOutput, EngineRequest, ImageInput
 from ..grammar import GrammarBackend, GrammarError, LLGuidance, constraint_of
 from ..plugins import load_selected
-from ..sampling_params import SamplingParams
+from ..sampling_params import Pooling, SamplingParams
 from .errors import ErrorKind, RequestError, invalid
 from .tool_calls import ToolCall, ToolCallDelta, ToolUse, model_format, tool_use
 
@@ -382,6 +382,8 @@ class Frontend:
         truncated (only Matryoshka-trained models keep their meaning cut short)."""
         names = dict(names or {})
         names.setdefault("max_new_tokens", names.get("prompt", "prompt"))  # what to reduce is the input
+        if pooling not in get_args(Pooling):
+            raise invalid(f"pooling {pooling!r} is not one of {', '.join(get_args(Pooling))}", "pooling")
         if not self.embedding_size:
             raise invalid(f"backend {backend or 'in use'} does not compute embeddings; serve the model with "
                           "--backend hf for /v1/embeddings", names.get("model", "model"))
