@@ -100,3 +100,25 @@ def test_llm_embed_is_the_same_request_layer(tiny_llama_path, hf_model):
         want = final_hidden(hf_model, prompt)[-1]
         np.testing.assert_allclose(got, want / np.linalg.norm(want), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(mean[0], final_hidden(hf_model, ids[0]).mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_the_request_layer_names_a_backend_without_embeddings_and_a_wrong_dimensions(tiny_llama_path):
+    from minisgl.frontend.errors import RequestError
+    from minisgl.frontend.generation import Frontend
+    from minisgl.frontend.tokenizer import Tokenizer
+
+    def frontend(embedding_size: int) -> Frontend:
+        return Frontend(Tokenizer(tiny_llama_path), max_context_len=32, eos_token_ids=[0], max_new_tokens_default=8,
+                        embedding_size=embedding_size)
+
+    with pytest.raises(RequestError, match="backend sgl does not compute embeddings") as no_backend:
+        frontend(0).embedding("r", [[5, 6]], "last", backend="sgl")
+    assert no_backend.value.param == "model"
+    with pytest.raises(RequestError, match="embedding size, 64") as dims:
+        frontend(64).embedding("r", [[5, 6]], "last", dimensions=32)
+    assert dims.value.param == "dimensions"
+    with pytest.raises(RequestError) as too_long:
+        frontend(64).embedding("r", [[5] * 33], "mean", names={"prompt": "input"})
+    assert too_long.value.kind.value == "context_length_exceeded" and too_long.value.param == "input"
+    fits = frontend(64).embedding("r", [[5] * 32], "mean")  # the whole context: nothing is generated
+    assert [er.pooling for er in fits.engine_requests()] == ["mean"]
