@@ -139,3 +139,8 @@ def test_the_server_still_generates_after_embeddings(last_server):
     completion = c.completions.create(model=model, prompt=TEXTS[0], max_tokens=3, temperature=0)
     assert completion.usage.completion_tokens == 3
     assert httpx.get(last_server.url + "/metrics").json()["kv_used_tokens"] == 0
+
+
+def test_the_schema_documents_the_route(last_server):
+    paths = httpx.get(last_server.url + "/schema/openapi.json").json()["paths"]
+    assert "post" in paths["/v1/embeddings"]
