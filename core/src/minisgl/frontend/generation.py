@@ -85,7 +85,7 @@ class Sample:
     first_token_at: float | None = None
     queue_time_s: float | None = None  # the engine's, with its first output
     images: list[ImageInput] = field(default_factory=list)
-    pooling: str | None = None  # an embedding request's pooling ("last" | "mean")
+    pooling: Pooling | None = None  # an embedding request's: prefill only, its hidden states pooled
     embedding: bytes | None = None  # its answer: little-endian float32 values
 
     @property

@@ -248,6 +248,8 @@ class HFModelRunner(ModelRunner):
     def forward(self, batch: ForwardBatch) -> ForwardResult:
         logits, pooled = self._run(batch)
         if logits is None or batch.sampling is None:
+            if pooled is None:  # a mid-prompt chunk: nothing to hand back
+                return ForwardResult(next_tokens=self._no_rows)
             result = ForwardResult(next_tokens=self._no_rows, pooled=pooled)
         else:
             result = sample(logits, batch.sampling)
