@@ -97,7 +97,8 @@ class LLM:
                                  eos_token_ids=self.engine.eos_token_ids, vocab_size=self.engine.runner.vocab_size,
                                  max_new_tokens_default=self.settings.max_new_tokens_default,
                                  kv_pool_tokens=self.engine.pool_tokens,
-                                 max_logprobs=self.settings.max_request_logprobs, **plugins)
+                                 max_logprobs=self.settings.max_request_logprobs,
+                                 embedding_size=self.engine.runner.embedding_size, **plugins)
         self._ids = itertools.count()
         self.image_rules = ImageRules.from_settings(self.settings)
 
@@ -190,6 +191,18 @@ class LLM:
             pass
         texts = [p if isinstance(p, str) else None for p in prompt_items(prompts)]
         return [self._output(gen, text) for gen, text in zip(gens, texts)]
+
+    def embed(self, prompts: Prompt | Sequence[Prompt], pooling: str = "last", normalize: bool = True) -> list[Any]:
+        """Each prompt's embedding as /v1/embeddings computes it: its final hidden states
+        pooled ("last" token or "mean"), L2-normalised unless `normalize` is False; float32
+        numpy arrays, in order."""
+        gen = self.frontend.embedding(f"llm-{next(self._ids)}", self._encode(prompts), pooling,
+                                      backend=self.engine.backend_name)
+        for er in gen.engine_requests():
+            self.engine.add_request(er)
+        for _ in self._run([gen]):
+            pass
+        return gen.embeddings(normalize)
 
     def chat(self, messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
              sampling_params: SamplingParams | None = None, *, tools: list[dict[str, Any]] | None = None,

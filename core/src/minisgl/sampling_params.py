@@ -13,7 +13,7 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -23,6 +23,9 @@ from .grammar import GRAMMAR_FIELDS
 SEED_RANGE = (-(1 << 63), 1 << 64)  # what msgpack carries; derived seeds wrap modulo 2**64
 # the HTTP doors: /v1/completions, /v1/chat/completions, /generate, /v1/responses
 DOORS = ("completions", "chat", "generate", "responses")
+# what an embedding request pools of its prompt's final hidden states (vLLM's pooler names);
+# such a request samples nothing
+Pooling = Literal["last", "mean"]
 OPENAI = ("completions", "chat")
 
 

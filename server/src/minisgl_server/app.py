@@ -21,6 +21,7 @@ from .http_edges import APIKeyMiddleware, JSONContentTypeMiddleware, echo_reques
 from .openapi_docs import document_errors
 from .openapi_page import LocalPageRenderPlugin
 from .routes_anthropic import messages
+from .routes_embeddings import embeddings
 from .routes_generate import generate
 from .routes_openai import chat_completions, completions
 from .routes_responses import RESPONSES_ROUTES
@@ -49,8 +50,8 @@ def create_app(state: ServerState) -> Litestar:
             await state.stop()
 
     app = Litestar(
-        route_handlers=[generate, completions, chat_completions, *RESPONSES_ROUTES, messages, list_models, get_model,
-                        health, metrics, tokenize, detokenize, version],
+        route_handlers=[generate, completions, chat_completions, embeddings, *RESPONSES_ROUTES, messages, list_models,
+                        get_model, health, metrics, tokenize, detokenize, version],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         # /schema is a page of our own (no CDN assets); the document at /schema/openapi.json

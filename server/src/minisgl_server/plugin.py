@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from minisgl.hookspecs import hookimpl
+from minisgl.sampling_params import Pooling
 from minisgl.settings import NonNegative, Positive, Ratio
 from minisgl.specs import CommandSpec, SettingSpec
 
@@ -58,6 +59,10 @@ SETTINGS = [
      "the SQLite file of stored responses (POST /v1/responses with store: true); unset: "
      "responses.sqlite3 in the cache directory (MINISGL_CACHE_DIR); :memory: keeps them in memory only"),
     ("responses_store_max", Positive, 10000, "stored responses kept; beyond it the oldest go first"),
+    ("embedding_pooling", Pooling, "last",
+     "how /v1/embeddings pools a prompt's final hidden states: last (the last token's, as decoder-only "
+     "embedding models are trained) or mean (their average over every token)"),
+    ("embedding_normalize", bool, True, "L2-normalise /v1/embeddings vectors (as sentence-transformers and vLLM do)"),
 ]
 FLAGS = {"dp_size": ("--data-parallel-size", "--dp-size"), "drain_timeout_s": ("--drain-timeout",),
          "distributed_executor": ("--distributed-executor", "--distributed-executor-backend")}

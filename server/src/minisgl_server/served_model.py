@@ -91,7 +91,7 @@ class ServedModel:
         self.frontend = Frontend(tokenizer, max_context_len=self.max_context_len, eos_token_ids=info.eos_token_ids,
                                  max_new_tokens_default=s.max_new_tokens_default,
                                  kv_pool_tokens=self.kv_pool_tokens, max_logprobs=s.max_request_logprobs,
-                                 **self.plugins)
+                                 embedding_size=min(i.embedding_size for i in infos), **self.plugins)
 
     async def warm(self, prefixes: list[str], replicas: list[Replica] | None = None) -> list[int]:
         assert self.tokenizers is not None

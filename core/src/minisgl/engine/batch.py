@@ -91,6 +91,9 @@ class ForwardBatch:
     seq_lens: list[int] = field(default_factory=list)  # [B] prefix_lens + extend_lens
     # image positions among the new tokens: their input_ids are pad ids, not token ids
     images: list[ImageSlice] = field(default_factory=list)
+    # [start, end) ranges of T whose final hidden states (after the model's last norm, before
+    # the LM head) are summed, one row of ForwardResult.pooled each (pooling requests)
+    pool_spans: list[tuple[int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.seq_lens:
@@ -128,6 +131,7 @@ class ForwardResult:
     # still being filled, so the engine calls this (the whole result) once it has processed
     # the step before, instead of waiting for the mask
     sample_later: Callable[[], ForwardResult] | None = None
+    pooled: torch.Tensor | None = None  # float32 [len(batch.pool_spans), embedding_size]
 
     @property
     def future_tokens(self) -> torch.Tensor:
@@ -174,6 +178,9 @@ class ModelRunner(ABC):
     # stores such a tensor back at other slots.
     read_kv: Callable[[list[int]], torch.Tensor] | None = None
     write_kv: Callable[[list[int], torch.Tensor], None] | None = None
+    # the width of the final hidden states a forward sums over ForwardBatch.pool_spans into
+    # ForwardResult.pooled (embeddings); 0: this runner does not compute them
+    embedding_size: int = 0
 
     @abstractmethod
     def kv_capacity(self) -> int:

@@ -32,6 +32,8 @@ class DecodeManager:
 
     def will_finish(self, req: Req) -> bool:
         """An in-flight token certainly ends the request (length): nothing more to schedule."""
+        if req.pooling is not None:  # prefill only: done once its whole prompt has run
+            return req.kv_len >= len(req.all_ids)
         if req.inflight == 0:
             return False
         n = req.num_output + req.inflight
@@ -42,7 +44,7 @@ class DecodeManager:
         requests were retracted. Drafts are dropped before anyone is retracted for them."""
         retracted = False
         while True:
-            decoding = [r for r in self.running if r.pending == 1 and not self.will_finish(r)]
+            decoding = [r for r in self.running if r.pending == 1 and r.pooling is None and not self.will_finish(r)]
             if self.speculation is not None:
                 self.speculation.draft(decoding)
             need = sum(self.kv.pages_short(r, r.kv_len + 1 + len(r.draft)) for r in decoding)

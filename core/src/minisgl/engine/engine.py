@@ -134,7 +134,7 @@ class Engine:
             rid=er.rid, prompt_ids=list(er.input_ids), params=p, max_new_tokens=max_new,
             stop_ids=p.stop_ids(self.eos_token_ids), priority=er.priority,
             arrival_time=er.arrival_time or time.time(), seq=next(self._seq), warm_only=warm_only,
-            images=list(er.images), grammar=grammar,
+            images=list(er.images), grammar=grammar, pooling=er.pooling,
         )
 
     def _admit_compiled(self) -> None:

@@ -5,7 +5,10 @@ images) and what a malformed frame could break."""
 
 from __future__ import annotations
 
+from typing import get_args
+
 from ..frontend.errors import ErrorKind
+from ..sampling_params import Pooling
 from .batch import ModelRunner
 from .messages import IMAGE_PAD_BASE, EngineRequest
 
@@ -24,6 +27,11 @@ def request_fault(er: EngineRequest, runner: ModelRunner, backend_name: str, max
     if er.images and not runner.supports_images:
         return ErrorKind.UNAVAILABLE, (f"backend {backend_name} takes text only; serve vision-language models "
                                        "with --backend hf")
+    if er.pooling is not None and not runner.embedding_size:
+        return ErrorKind.INVALID_REQUEST, (f"backend {backend_name} does not compute embeddings; serve the model "
+                                           "with --backend hf for /v1/embeddings")
+    if er.pooling is not None and er.pooling not in get_args(Pooling):
+        return ErrorKind.INVALID_REQUEST, f"malformed engine request: pooling {er.pooling!r} is not last or mean"
     fault = _image_fault(er)
     if fault:
         return ErrorKind.INVALID_REQUEST, f"malformed engine request: {fault}"

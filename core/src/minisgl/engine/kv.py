@@ -55,8 +55,9 @@ class KVManager:
     def admit(self, req: Req) -> int | None:
         """Give `req` a row, its longest cached prefix (locked) and pages for all its tokens;
         the matched length, or None when the pool cannot hold it (nothing taken)."""
-        # the last token stays out of the match: it must run to give the logits
-        prefix = req.all_ids[: len(req.all_ids) - 1]
+        # the last token stays out of the match: it must run to give the logits; a pooling
+        # request matches nothing, since it needs the hidden state of every position it pools
+        prefix = req.all_ids[: len(req.all_ids) - 1] if req.pooling is None else []
         match = self.cache.match_prefix(prefix)
         self.cache.lock(match.handle)
         if not self.ensure_free_pages(self.pages_for(len(req.all_ids)) - match.length // self.P):

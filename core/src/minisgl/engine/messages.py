@@ -13,10 +13,9 @@ from __future__ import annotations
 import msgspec
 import torch
 
-from ..sampling_params import SamplingParams
+from ..sampling_params import Pooling, SamplingParams
 
 IMAGE_PAD_BASE = 1 << 40  # every image pad id is IMAGE_PAD_BASE + a 40-bit hash: never a token id
-
 
 class TensorData(msgspec.Struct, array_like=True):
     name: str
@@ -56,6 +55,9 @@ class EngineRequest(msgspec.Struct, kw_only=True, tag="req"):
     priority: int = 0  # for the priority queue policy; higher runs first
     arrival_time: float = 0.0
     images: list[ImageInput] = []
+    # "last" | "mean": a prefill-only request whose answer is its prompt's final hidden states
+    # pooled (an embedding), not sampled tokens (None: a generation)
+    pooling: Pooling | None = None
 
 
 class AbortRequest(msgspec.Struct, kw_only=True, tag="abort"):
@@ -76,3 +78,4 @@ class EngineOutput(msgspec.Struct, kw_only=True, tag="out", omit_defaults=True):
     top_logprobs: list[list[tuple[int, float]]] | None = None  # per new token: (id, logprob)
     error: str | None = None  # set with finish_reason "error"
     error_kind: str | None = None  # a minisgl.frontend.errors.ErrorKind value, with error
+    embedding: bytes | None = None  # a pooling request's answer: little-endian float32 values

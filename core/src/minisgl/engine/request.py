@@ -25,6 +25,8 @@ class Req:
     warm_only: bool = False  # a warm() prefill: fills the cache, emits nothing
     warm_tokens: int = 0  # tokens this warm request added to the prefix cache
     images: list[ImageInput] = field(default_factory=list)  # kept to the end: a retraction recomputes them
+    pooling: str | None = None  # "last" | "mean": prefill only, answered with its pooled hidden states
+    pooled: Any = None  # a pooling request's sum of hidden states so far (host float32 [H])
     # tokens: prompt + generated; the last generated one has no KV yet while decoding
     all_ids: list[int] = field(default_factory=list)
     num_output: int = 0

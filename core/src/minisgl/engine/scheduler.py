@@ -132,9 +132,12 @@ class Scheduler:
     def process(self, scheduled: ScheduledBatch, result: ForwardResult) -> list[EngineOutput]:
         """Append the sampled tokens, finish what is done, and say what each request got."""
         self.steps += 1
-        if not scheduled.sampled:
+        if not scheduled.sampled and not scheduled.pooled:
             return []
         result = result.resolve()  # the only wait for the device
+        outputs = self._pool(scheduled, result)
+        if not scheduled.sampled:
+            return outputs
         self.masks.wait_fed()
         tokens = result.next_tokens.tolist()
         logprobs = result.logprobs.tolist() if result.logprobs is not None else None
@@ -144,7 +147,6 @@ class Scheduler:
         self.masks.feed([(req, int(tokens[i])) for i, req in enumerate(scheduled.sampled)
                          if req.grammar is not None and req.finished_reason is None
                          and req.grammar_fed <= req.num_output])
-        outputs: list[EngineOutput] = []
         for req, rows in _runs(scheduled.sampled):
             req.inflight -= len(rows)
             if req.finished_reason is not None:
@@ -177,6 +179,26 @@ class Scheduler:
             self._log_decode(scheduled.batch.batch_size)
         if self.speculation is not None and scheduled.decode_only:
             self.speculation.observe(time.perf_counter() - scheduled.started, scheduled.drafted)
+        return outputs
+
+    def _pool(self, scheduled: ScheduledBatch, result: ForwardResult) -> list[EngineOutput]:
+        """Add each pooling request's span to its sum; one whose prompt has run ends here with
+        its embedding (the mean divides by the prompt's length)."""
+        if not scheduled.pooled:
+            return []
+        assert result.pooled is not None, "the runner returned no pooled rows for the batch's pool_spans"
+        rows = result.pooled.float().cpu()
+        outputs = []
+        for i, (req, first, last) in enumerate(scheduled.pooled):
+            if req.finished_reason is not None:
+                continue  # aborted after this step was launched
+            req.pooled = rows[i].clone() if first else req.pooled + rows[i]
+            if not last:
+                continue
+            vector = req.pooled / len(req.prompt_ids) if req.pooling == "mean" else req.pooled
+            self.finish(req, "stop")
+            outputs.append(EngineOutput(rid=req.rid, finished=True, finish_reason="stop", prompt_tokens=len(req.prompt_ids),
+                                        queue_time_s=req.queue_time_s, embedding=vector.numpy().astype("<f4").tobytes()))
         return outputs
 
     def _append(self, req: Req, tok: int) -> str | None:

@@ -2,7 +2,9 @@
 of their tokens each runs.
 
 A request whose tokens reach its end is sampled; a request with drafts (speculative.py)
-runs its last token and the drafts, and is sampled at every one of those positions. Under overlap scheduling a decoding
+runs its last token and the drafts, and is sampled at every one of those positions. A pooling
+request (an embedding) is never sampled: its chunk's positions (mean), or its prompt's last
+position (last), are a span whose final hidden states the runner sums. Under overlap scheduling a decoding
 request's input token may be a "future": its row in the launched, unprocessed step's
 device-side next_tokens, copied into input_ids on the device, so the CPU never waits.
 """
@@ -26,6 +28,8 @@ class ScheduledBatch:
     result: ForwardResult | None = None  # set once the runner has launched it
     decode_only: bool = False  # every request runs its next token (and its drafts), no prefill
     drafted: bool = False  # some request runs drafts
+    # pooling requests, one per batch.pool_spans entry: (request, its first chunk, its last chunk)
+    pooled: list[tuple[Req, bool, bool]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -39,6 +43,8 @@ def build_step(items: list[tuple[Req, int]], previous: ScheduledBatch | None, kv
     out_slots: list[int] = []
     extend_lens, prefix_lens, sample_indices = [], [], []
     sampled: list[Req] = []
+    pool_spans: list[tuple[int, int]] = []
+    pooled: list[tuple[Req, bool, bool]] = []
     decode_only = all(n == 1 + len(r.draft) and r.kv_len + n == len(r.all_ids) + r.inflight + len(r.draft)
                       for r, n in items)
     images: list[ImageSlice] = []
@@ -67,7 +73,15 @@ def build_step(items: list[tuple[Req, int]], previous: ScheduledBatch | None, kv
             out_slots.extend(req.slots[start : start + n])
         extend_lens.append(n)
         prefix_lens.append(start)
-        if start + n == len(req.all_ids) + req.inflight + len(req.draft):
+        if req.pooling is not None:
+            last = start + n == len(req.all_ids)
+            if req.pooling == "mean":  # every chunk adds its positions to the sum
+                pool_spans.append((len(input_ids) - n, len(input_ids)))
+                pooled.append((req, start == 0, last))
+            elif last:  # the prompt's last position is the whole answer
+                pool_spans.append((len(input_ids) - 1, len(input_ids)))
+                pooled.append((req, True, True))
+        elif start + n == len(req.all_ids) + req.inflight + len(req.draft):
             sample_indices.append(len(input_ids) - 1)
             sampled.append(req)
     device = kv.device
@@ -91,13 +105,15 @@ def build_step(items: list[tuple[Req, int]], previous: ScheduledBatch | None, kv
         sampling=sampling(sampled) if sampled else None,
         seq_lens=seq_lens,
         images=images,
+        pool_spans=pool_spans,
     )
     for req, n in items:
         req.kv_len += n
     for i, req in enumerate(sampled):
         req.inflight += 1
         req.future_row = i  # (a drafted request's rows are read back before it runs again)
-    return ScheduledBatch(batch, reqs, sampled, decode_only=decode_only, drafted=any(r.draft for r in reqs))
+    return ScheduledBatch(batch, reqs, sampled, decode_only=decode_only, drafted=any(r.draft for r in reqs),
+                          pooled=pooled)
 
 
 def _image_slices(req: Req, start: int, n: int, token_offset: int) -> list[ImageSlice]:

@@ -13,7 +13,11 @@ incremental detokenization, stop strings (the caller then aborts that engine req
 reason "stop"), stop tokens (they count as completion tokens and stay in token_ids, but
 their text is never part of the output, as in OpenAI and vLLM), the reasoning split and
 the tool calls of chat answers (--reasoning-parser, tools), logprobs, finish reasons,
-typed errors, and usage."""
+typed errors, and usage.
+
+`Frontend.embedding(rid, prompts, pooling)` shapes an embedding request the same way: one
+prefill-only Sample per prompt whose engine answer is its pooled final hidden states
+(`Generation.embeddings` reads them, L2-normalised where asked)."""
 
 from __future__ import annotations
 
@@ -21,14 +25,15 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
+import numpy as np
 
 from ..engine.messages import EngineOutput, EngineRequest, ImageInput
 from ..grammar import GrammarBackend, GrammarError, LLGuidance, constraint_of
 from ..plugins import load_selected
-from ..sampling_params import SamplingParams
+from ..sampling_params import Pooling, SamplingParams
 from .errors import ErrorKind, RequestError, invalid
 from .tool_calls import ToolCall, ToolCallDelta, ToolUse, model_format, tool_use
 
@@ -80,6 +85,8 @@ class Sample:
     first_token_at: float | None = None
     queue_time_s: float | None = None  # the engine's, with its first output
     images: list[ImageInput] = field(default_factory=list)
+    pooling: Pooling | None = None  # an embedding request's: prefill only, its hidden states pooled
+    embedding: bytes | None = None  # its answer: little-endian float32 values
 
     @property
     def finished(self) -> bool:
@@ -110,6 +117,8 @@ class Sample:
             self.finish_reason = "error"
             self.error = RequestError(out.error_kind or ErrorKind.INTERNAL, out.error or "engine error")
             return Delta(self.index, finish_reason="error", error=self.error)
+        if out.embedding is not None:
+            self.embedding = out.embedding
         new = list(out.new_token_ids)
         if new and self.first_token_at is None:
             self.first_token_at = time.perf_counter()
@@ -173,7 +182,19 @@ class Generation:
     def engine_requests(self) -> list[EngineRequest]:
         now = time.time()
         return [EngineRequest(rid=s.rid, input_ids=s.prompt_ids, sampling=s.params, priority=self.priority,
-                              arrival_time=now, images=s.images) for s in self.samples]
+                              arrival_time=now, images=s.images, pooling=s.pooling) for s in self.samples]
+
+    def embeddings(self, normalize: bool) -> list[np.ndarray]:
+        """The samples' embeddings (float32), in order; with `normalize`, of unit L2 norm."""
+        vectors = []
+        for s in self.samples:
+            if s.embedding is None:
+                raise RequestError(ErrorKind.INTERNAL, f"engine request {s.rid} finished without its embedding")
+            v = np.frombuffer(s.embedding, dtype="<f4")
+            if normalize:
+                v = v / max(float(np.linalg.norm(v)), 1e-12)  # as torch.nn.functional.normalize
+            vectors.append(v.astype("<f4"))
+        return vectors
 
     def update(self, out: EngineOutput) -> Delta | None:
         """Fold one engine output in; None when it adds nothing (or is not ours)."""
@@ -253,9 +274,10 @@ class Frontend:
     def __init__(self, tokenizer: Any, *, max_context_len: int, eos_token_ids: Sequence[int], max_new_tokens_default: int,
                  reasoning: Callable[[], Any] | None = None, tool_calls: Any = None,
                  grammar_backend: Callable[..., GrammarBackend] = LLGuidance, vocab_size: int | None = None,
-                 kv_pool_tokens: int | None = None, max_logprobs: int | None = None) -> None:
+                 kv_pool_tokens: int | None = None, max_logprobs: int | None = None, embedding_size: int = 0) -> None:
         self.tokenizer = tokenizer
         self.max_context_len = max_context_len
+        self.embedding_size = embedding_size  # the engines' embedding width (0: their backend computes none)
         # admission by cost (`check_cost`): the KV pool a request runs on (the smallest of the
         # replicas') and the logprob entries one request may ask for; None: unbounded
         self.kv_pool_tokens = kv_pool_tokens
@@ -352,13 +374,41 @@ class Frontend:
                 ))
         return Generation(rid, samples, priority)
 
-    def fit_context(self, prompt_len: int, params: SamplingParams, names: Mapping[str, str]) -> int:
-        """The completion budget of one prompt, or CONTEXT_LENGTH_EXCEEDED."""
+    def embedding(self, rid: str, prompts: list[list[int]], pooling: str, *, backend: str = "",
+                  dimensions: int | None = None, names: Mapping[str, str] | None = None) -> Generation:
+        """An embedding request: one prefill-only sample per prompt, answered with the prompt's
+        final hidden states pooled ("last" token or "mean" of all), checked like a generation's
+        prompt (context, KV pool). `dimensions` must be the model's width: the vectors are never
+        truncated (only Matryoshka-trained models keep their meaning cut short)."""
+        names = dict(names or {})
+        names.setdefault("max_new_tokens", names.get("prompt", "prompt"))  # what to reduce is the input
+        if pooling not in get_args(Pooling):
+            raise invalid(f"pooling {pooling!r} is not one of {', '.join(get_args(Pooling))}", "pooling")
+        if not self.embedding_size:
+            raise invalid(f"backend {backend or 'in use'} does not compute embeddings; serve the model with "
+                          "--backend hf for /v1/embeddings", names.get("model", "model"))
+        if dimensions is not None and dimensions != self.embedding_size:
+            name = names.get("dimensions", "dimensions")
+            raise invalid(f"'{name}' must be this model's embedding size, {self.embedding_size}: its embeddings "
+                          "cannot be shortened", name)
+        params = SamplingParams(max_new_tokens=0, temperature=0.0)
+        budgets = [self.fit_context(len(ids), params, names, generates=False) for ids in prompts]
+        self.check_cost([len(ids) for ids in prompts], budgets, params, names)
+        samples = [Sample(rid=f"{rid}-{p}", index=p, prompt_index=p, prompt_ids=ids, params=params,
+                          detok=self.tokenizer.detokenizer(), stop_ids=frozenset(), pooling=pooling)
+                   for p, ids in enumerate(prompts)]
+        return Generation(rid, samples)
+
+    def fit_context(self, prompt_len: int, params: SamplingParams, names: Mapping[str, str],
+                    generates: bool = True) -> int:
+        """The completion budget of one prompt, or CONTEXT_LENGTH_EXCEEDED (a prompt that
+        `generates` needs room for one more token)."""
         ctx = self.max_context_len
-        if prompt_len >= ctx:
+        if prompt_len > ctx or (generates and prompt_len == ctx):
             raise RequestError(ErrorKind.CONTEXT_LENGTH_EXCEEDED,
                                f"the prompt has {prompt_len} tokens; this model's maximum context length is {ctx} "
-                               "tokens (at least one more must be generated)", names.get("prompt", "prompt"))
+                               "tokens" + (" (at least one more must be generated)" if generates else ""),
+                               names.get("prompt", "prompt"))
         room = ctx - prompt_len
         if params.max_new_tokens is None:
             max_new = min(self.max_new_tokens_default, room)

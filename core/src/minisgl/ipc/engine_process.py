@@ -220,6 +220,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
         eos_token_ids=list(engine.eos_token_ids),
         load_seconds=time.perf_counter() - started,
         device=_device_name(engine.runner.device),
+        embedding_size=int(engine.runner.embedding_size),
     )
     outputs.send(codec.encode(ready))
     log.info("engine replica %d ready in %.1fs (pid %d)", replica, ready.load_seconds, ready.pid)

@@ -39,6 +39,7 @@ class EngineReady(msgspec.Struct, kw_only=True, tag="ready"):
     eos_token_ids: list[int]
     load_seconds: float
     device: str = ""  # what the engine computes on: "cpu", "cuda:0" (never "auto")
+    embedding_size: int = 0  # the width of its embeddings (0: its runner computes none)
 
 
 class StepOutputs(msgspec.Struct, kw_only=True, tag="outs"):

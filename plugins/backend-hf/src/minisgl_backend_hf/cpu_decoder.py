@@ -75,8 +75,9 @@ def unsupported_reason(model: Any) -> str | None:
 
 
 class CPUDecoder:
-    """`logits(batch, rows)`: the model's forward over one ForwardBatch (its plan already on
-    the attention context), logits of `rows` only."""
+    """`run(...)`: the model's forward over one ForwardBatch (its plan already on the
+    attention context): the logits of the sampled rows, and the final hidden states summed
+    over each pooled span (embeddings)."""
 
     def __init__(self, model: Any, ops: DecoderOps, context: PagedAttentionContext) -> None:
         decoder = model.model
@@ -115,7 +116,8 @@ class CPUDecoder:
         act = _linear.binary(x, gate, layer.up.packed_weight, None, "mul")
         return _linear.binary(act, residual, layer.down.packed_weight, None, "add")
 
-    def logits(self, input_ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor,
+            pool_spans: list[tuple[int, int]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         ops, ctx, eps = self.ops, self.context, self.eps
         plan = ctx.plan
         assert plan is not None
@@ -144,7 +146,11 @@ class CPUDecoder:
                                       for xs, rs in zip(x.split(MLP_ROWS), residual.split(MLP_ROWS))])
             if index + 1 < len(self.layers):
                 x = ops.rms_norm(residual, self.layers[index + 1].input_norm, eps)
+        pooled = None
+        if pool_spans:
+            hidden = ops.rms_norm(residual, self.final_norm, eps)
+            pooled = torch.stack([hidden[start:end].float().sum(0) for start, end in pool_spans])
         if rows.numel() == 0:
-            return None
+            return None, pooled
         last = ops.rms_norm(residual.index_select(0, rows), self.final_norm, eps)
-        return _linear(last, self.lm_head.packed_weight, self.lm_head.bias, "none", [], "")
+        return _linear(last, self.lm_head.packed_weight, self.lm_head.bias, "none", [], ""), pooled

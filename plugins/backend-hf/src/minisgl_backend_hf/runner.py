@@ -4,7 +4,8 @@ minisgl's paged KV pool.
 Each step the scheduler hands over one ForwardBatch; the runner calls the model once on all
 of its tokens flattened into a single [1, T] sequence (with their true positions, so rotary
 embeddings are right), lets the registered paged attention route each token to its request,
-projects only the sampled rows through the LM head, and samples them on the device.
+projects only the sampled rows through the LM head, and samples them on the device. Pooling
+requests (embeddings) get the final hidden states of their spans summed instead.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class HFModelRunner(ModelRunner):
         self.vocab_size: int = int(text_config.vocab_size)
         self.max_context_len = _context_length(text_config, settings.max_seq_len_override)
         self.eos_token_ids = _eos_token_ids(model.path, text_config)
+        self.embedding_size = int(text_config.hidden_size)
         logger.info(
             "Model %s (%s) on %s, dtype %s, context %d tokens, EOS token id(s) %s",
             self.name,
@@ -226,12 +228,17 @@ class HFModelRunner(ModelRunner):
     def compute_logits(self, batch: ForwardBatch) -> torch.Tensor | None:
         """Run the model on the batch (writing its K/V into the pool); logits [S, V] of the
         sampled rows, or None when nothing is sampled (a mid-prompt chunk: no LM head at all)."""
+        return self._run(batch)[0]
+
+    def _run(self, batch: ForwardBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`compute_logits`, and the sums of the final hidden states over batch.pool_spans
+        (float32 [len(pool_spans), hidden], None without spans)."""
         batch = self._to_device(batch)
         self.context.plan = AttentionPlan.build(batch)
         rows = batch.sample_indices if batch.sampling is not None else self._no_rows
         if self.decoder is not None and not batch.images:
             try:
-                return self.decoder.logits(batch.input_ids, batch.positions, rows)
+                return self.decoder.run(batch.input_ids, batch.positions, rows, batch.pool_spans)
             finally:
                 self.context.plan = None
         tokens: dict[str, torch.Tensor] = {"input_ids": batch.input_ids[None]}
@@ -244,19 +251,29 @@ class HFModelRunner(ModelRunner):
                 position_ids=batch.positions[None],
                 use_cache=False,
                 logits_to_keep=rows,
+                # transformers' last hidden state is after the final norm (hidden_states[-1])
+                output_hidden_states=bool(batch.pool_spans),
             )
         finally:
             self.context.plan = None
-        return out.logits[0] if batch.sampling is not None else None
+        pooled = None
+        if batch.pool_spans:
+            hidden = out.hidden_states[-1][0]
+            pooled = torch.stack([hidden[start:end].float().sum(0) for start, end in batch.pool_spans])
+        return (out.logits[0] if batch.sampling is not None else None), pooled
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> ForwardResult:
-        logits = self.compute_logits(batch)
+        logits, pooled = self._run(batch)
         if logits is None or batch.sampling is None:
-            return ForwardResult(next_tokens=self._no_rows)
-        result = sample(logits, batch.sampling)
+            if pooled is None:  # a mid-prompt chunk: nothing to hand back
+                return ForwardResult(next_tokens=self._no_rows)
+            result = ForwardResult(next_tokens=self._no_rows, pooled=pooled)
+        else:
+            result = sample(logits, batch.sampling)
+            result.pooled = pooled
         if self.device.type == "cuda":  # let the scheduler prepare the next step meanwhile
-            for name in ("next_tokens", "logprobs", "top_logprob_ids", "top_logprob_values"):
+            for name in ("next_tokens", "logprobs", "top_logprob_ids", "top_logprob_values", "pooled"):
                 value = getattr(result, name)
                 if value is not None:
                     setattr(result, name, value.to("cpu", non_blocking=True))
