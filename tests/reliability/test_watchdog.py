@@ -10,32 +10,25 @@ import signal
 import time
 
 import httpx
-from helpers import LONG, BackgroundPost, BackgroundStream, engines, health, sse_data, sse_json, wait_until
+from helpers import (
+    FAST_RESTARTS,
+    STREAM,
+    BackgroundPost,
+    BackgroundStream,
+    engines,
+    gone,
+    served_again,
+    sse_data,
+    sse_json,
+    wait_until,
+)
 from server_process import start_server
 
-FAST_RESTARTS = {"WATCHDOG_TIMEOUT": "3", "ENGINE_RESTART_LIMIT": "2", "ENGINE_RESTART_BACKOFF_S": "0.2"}
-STREAM = {"prompt": "a very long story", "max_tokens": LONG, "stream": True, "ignore_eos": True}
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-def served_again(url: str, old_pid: int) -> None:
-    wait_until(lambda: health(url).status_code == 200, "/health 200 after the restart")
-    entry = engines(url)[0]
-    assert entry["state"] == "ready" and entry["restarts"] == 1 and entry["pid"] != old_pid, entry
-    assert "stuck" in entry["last_death"], entry
-    r = httpx.post(url + "/v1/completions", json={"prompt": "hello", "max_tokens": 4}, timeout=60)
-    assert r.status_code == 200, r.text
+WATCHED = {**FAST_RESTARTS, "WATCHDOG_TIMEOUT": "3"}
 
 
 def test_a_stopped_engine_is_killed_and_restarted(tiny_qwen3_path, tmp_path):
-    srv = start_server(tiny_qwen3_path, log_dir=tmp_path, env=FAST_RESTARTS)
+    srv = start_server(tiny_qwen3_path, log_dir=tmp_path, env=WATCHED)
     try:
         url = srv.url
         stream = BackgroundStream(url, "/v1/completions", STREAM)
@@ -48,7 +41,7 @@ def test_a_stopped_engine_is_killed_and_restarted(tiny_qwen3_path, tmp_path):
         assert error["code"] == "engine_unavailable" and "stuck" in error["message"], error
         assert "--watchdog-timeout 3" in error["message"], error
         wait_until(lambda: gone(victim), "the stopped engine process killed")
-        served_again(url, victim)
+        served_again(url, victim, "stuck")
         assert srv.proc.poll() is None
     finally:
         srv.stop()
@@ -56,7 +49,7 @@ def test_a_stopped_engine_is_killed_and_restarted(tiny_qwen3_path, tmp_path):
 
 def test_a_forward_that_never_returns_is_caught(tiny_qwen3_path, tmp_path):
     faults = f"step_hang_after=2,once={tmp_path / 'hung'}"
-    srv = start_server(tiny_qwen3_path, log_dir=tmp_path, env={**FAST_RESTARTS, "MINISGL_TEST_FAULTS": faults})
+    srv = start_server(tiny_qwen3_path, log_dir=tmp_path, env={**WATCHED, "MINISGL_TEST_FAULTS": faults})
     try:
         url = srv.url
         victim = engines(url)[0]["pid"]
@@ -67,7 +60,7 @@ def test_a_forward_that_never_returns_is_caught(tiny_qwen3_path, tmp_path):
         # /health says why while it restarts (or, once back, in last_death)
         entry = engines(url)[0]
         assert "stuck" in (entry["error"] or entry["last_death"] or ""), entry
-        served_again(url, victim)
+        served_again(url, victim, "stuck")
         m = httpx.get(url + "/metrics", timeout=30).json()
         assert m["num_running_reqs"] == 0 and m["kv_used_tokens"] == 0, m
         assert engines(url)[0]["inflight"] == 0
@@ -78,11 +71,11 @@ def test_a_forward_that_never_returns_is_caught(tiny_qwen3_path, tmp_path):
 def test_an_idle_engine_is_not_stuck(tiny_qwen3_path, tmp_path):
     """Idle for longer than the timeout, with /metrics calling the engine every second: a
     quiet engine is not a stuck one."""
-    srv = start_server(tiny_qwen3_path, log_dir=tmp_path, env=FAST_RESTARTS)
+    srv = start_server(tiny_qwen3_path, log_dir=tmp_path, env=WATCHED)
     try:
         url = srv.url
         pid = engines(url)[0]["pid"]
-        time.sleep(2 * float(FAST_RESTARTS["WATCHDOG_TIMEOUT"]))  # time passing is what is tested
+        time.sleep(2 * float(WATCHED["WATCHDOG_TIMEOUT"]))  # time passing is what is tested
         r = httpx.post(url + "/v1/completions", json={"prompt": "hello", "max_tokens": 8}, timeout=60)
         assert r.status_code == 200, r.text
         entry = engines(url)[0]

@@ -197,6 +197,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
         from ..engine.engine import Engine
 
         faults = Faults.from_env()  # tests only (MINISGL_TEST_FAULTS); none otherwise
+        faults.hand_down()
         faults.at_load()
         engine = Engine(settings)
         warm_up(engine)
