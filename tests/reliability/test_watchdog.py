@@ -1,7 +1,8 @@
 """A stuck engine is caught: an engine process that is alive but finishes no step within
 WATCHDOG_TIMEOUT while requests wait on it (stopped with SIGSTOP, or a forward that never
 returns) is killed; its requests end with engine_unavailable (an error event and [DONE]
-when streaming), /health says why, and the supervisor restarts it."""
+when streaming), /health says why, and the supervisor restarts it. A tensor-parallel rank
+that is stopped holds rank 0 in a collective, which the same watchdog catches."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import signal
 import time
 
 import httpx
+import pytest
 from helpers import (
     FAST_RESTARTS,
     STREAM,
+    TP2,
     BackgroundPost,
     BackgroundStream,
     engines,
     gone,
     served_again,
+    spawned,
     sse_data,
     sse_json,
     wait_until,
@@ -81,5 +85,30 @@ def test_an_idle_engine_is_not_stuck(tiny_qwen3_path, tmp_path):
         entry = engines(url)[0]
         assert entry["pid"] == pid and entry["restarts"] == 0 and entry["state"] == "ready", entry
         assert "stuck" not in srv.log(tail=None)
+    finally:
+        srv.stop()
+
+
+def test_a_stopped_tp_rank_is_caught_and_leaves_no_rank_behind(tiny_qwen3_path, tmp_path):
+    """Rank 1 stopped (SIGSTOP) holds rank 0 in a collective: the watchdog kills the engine,
+    and the stopped rank dies with it (it could never poll for its parent)."""
+    pytest.importorskip("minisgl_backend_sgl", reason="backend-sgl is not installed: it runs --tp-size on the CPU")
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("finds the rank processes in /proc")
+    srv = start_server(tiny_qwen3_path, *TP2, log_dir=tmp_path, env=WATCHED)
+    try:
+        url = srv.url
+        stream = BackgroundStream(url, "/v1/completions", STREAM)
+        stream.wait_started()
+        victim = engines(url)[0]["pid"]
+        [rank1] = spawned(victim)
+        os.kill(rank1, signal.SIGSTOP)
+        lines = sse_data(stream.join(60))
+        assert lines[-1] == "data: [DONE]", lines[-3:]
+        error = sse_json(lines[-2])["error"]
+        assert error["code"] == "engine_unavailable" and "stuck" in error["message"], error
+        wait_until(lambda: gone(victim) and gone(rank1), "the engine and its stopped rank killed")
+        served_again(url, victim, "stuck")
+        assert srv.proc.poll() is None
     finally:
         srv.stop()
