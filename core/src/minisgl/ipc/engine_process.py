@@ -234,7 +234,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
         except zmq.ZMQError:
             pass
         requests.close(linger=0)
-        outputs.close(linger=1000)
+        ctx.destroy(linger=1000)  # the EngineFatal is on its way before the exit is seen
         os._exit(1)
     engine.shutdown()
     requests.close(linger=0)

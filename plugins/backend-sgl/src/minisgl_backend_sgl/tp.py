@@ -155,9 +155,10 @@ class Workers:
         try:
             yield
         except Exception as exc:
-            multiprocessing.connection.wait([p.sentinel for p in self.procs], timeout=EXIT_GRACE_S)
-            dead = [p for p in self.procs if not p.is_alive()]
+            ended = multiprocessing.connection.wait([p.sentinel for p in self.procs], timeout=EXIT_GRACE_S)
+            dead = [p for p in self.procs if p.sentinel in ended]
             if dead:
+                dead[0].join(EXIT_GRACE_S)  # the sentinel can fire before the exit status is there to reap
                 raise RuntimeError(f"{_died(dead[0])} during a step") from exc
             raise
 
