@@ -1,9 +1,11 @@
 """Small helpers for the reliability tests: polling with deadlines (never fixed sleeps that
-assume a fast machine) and reading streams in the background."""
+assume a fast machine), reading streams in the background, and the checks every fault test
+makes once an engine died (it came back, serves, and nothing leaked)."""
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +16,10 @@ import httpx
 T = TypeVar("T")
 
 LONG = 4000  # tokens: a request that is still running whatever the machine's speed
+STREAM = {"prompt": "a very long story", "max_tokens": LONG, "stream": True, "ignore_eos": True}
+FAST_RESTARTS = {"ENGINE_RESTART_LIMIT": "2", "ENGINE_RESTART_BACKOFF_S": "0.2"}
+# backend-sgl's tensor parallelism on the CPU: two gloo ranks
+TP2 = ("--backend", "sgl", "--device", "cpu", "--tp-size", "2")
 
 
 def wait_until(predicate: Callable[[], T], what: str, timeout: float = 120.0, every: float = 0.1) -> T:
@@ -36,6 +42,57 @@ def health(url: str) -> httpx.Response:
 
 def engines(url: str) -> list[dict[str, Any]]:
     return health(url).json()["engines"]
+
+
+def complete(url: str, **body: Any) -> httpx.Response:
+    return httpx.post(url + "/v1/completions", json={"prompt": "hello", "max_tokens": 4, **body}, timeout=60)
+
+
+def served_again(url: str, old_pid: int, *why: str) -> dict[str, Any]:
+    """The engine that died (process `old_pid`) was restarted once, /health says it died for
+    one of `why`, and it serves a request. Returns its /health entry."""
+    wait_until(lambda: health(url).status_code == 200, "/health 200 after the restart")
+    entry = engines(url)[0]
+    assert entry["state"] == "ready" and entry["restarts"] == 1 and entry["pid"] != old_pid, entry
+    assert any(w in entry["last_death"] for w in why), entry
+    r = complete(url)
+    assert r.status_code == 200, r.text
+    return entry
+
+
+def assert_nothing_leaks(url: str) -> None:
+    m = httpx.get(url + "/metrics", timeout=30).json()
+    assert m["num_running_reqs"] == 0 and m["num_waiting_reqs"] == 0 and m["kv_used_tokens"] == 0, m
+    assert all(r["inflight"] == 0 for r in m["replicas"]), m["replicas"]  # the pool's slots
+    assert all(e["inflight"] == 0 for e in engines(url)), engines(url)  # the engine client's routes
+
+
+def children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            kids += [int(k) for k in f.read().split()]
+    return kids
+
+
+def cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace")
+
+
+def spawned(pid: int) -> list[int]:
+    """Processes `pid` started with multiprocessing's spawn (an engine's TP ranks), not its
+    resource tracker."""
+    return [c for c in children(pid) if "spawn_main" in (line := cmdline(c)) and "resource_tracker" not in line]
+
+
+def gone(pid: int) -> bool:
+    """The process ended (a zombie nobody reaped yet counts: it holds no memory)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def sse_data(lines: list[str]) -> list[str]:

@@ -1,6 +1,7 @@
 """Injected faults are survived (MINISGL_TEST_FAULTS, minisgl.ipc.faults: nothing but a test
 sets it): a forward that raises after N steps, an engine whose restart fails at load, a
-grammar compile that raises. Every in-flight request ends with an error, not a hang;
+grammar compile that raises, a tokenizer worker that dies, a tensor-parallel rank that
+exits. Every in-flight request ends with an error, not a hang;
 nothing leaks (no request running, no KV held, no inflight slot); new requests are refused
 with 503 or served after the restart; the server process itself never exits."""
 
@@ -10,22 +11,27 @@ import os
 import signal
 
 import httpx
-from helpers import LONG, BackgroundPost, BackgroundStream, engines, health, sse_data, sse_json, wait_until
+import pytest
+from helpers import (
+    FAST_RESTARTS,
+    LONG,
+    STREAM,
+    TP2,
+    BackgroundPost,
+    BackgroundStream,
+    assert_nothing_leaks,
+    children,
+    cmdline,
+    complete,
+    engines,
+    health,
+    served_again,
+    spawned,
+    sse_data,
+    sse_json,
+    wait_until,
+)
 from server_process import start_server
-
-FAST_RESTARTS = {"ENGINE_RESTART_LIMIT": "2", "ENGINE_RESTART_BACKOFF_S": "0.2"}
-STREAM = {"prompt": "a very long story", "max_tokens": LONG, "stream": True, "ignore_eos": True}
-
-
-def complete(url: str, **body) -> httpx.Response:
-    return httpx.post(url + "/v1/completions", json={"prompt": "hello", "max_tokens": 4, **body}, timeout=60)
-
-
-def assert_nothing_leaks(url: str) -> None:
-    m = httpx.get(url + "/metrics", timeout=30).json()
-    assert m["num_running_reqs"] == 0 and m["num_waiting_reqs"] == 0 and m["kv_used_tokens"] == 0, m
-    assert all(r["inflight"] == 0 for r in m["replicas"]), m["replicas"]  # the pool's slots
-    assert all(e["inflight"] == 0 for e in engines(url)), engines(url)  # the engine client's routes
 
 
 def test_a_forward_that_raises_fails_every_request_and_the_engine_comes_back(tiny_qwen3_path, tmp_path):
@@ -45,11 +51,7 @@ def test_a_forward_that_raises_fails_every_request_and_the_engine_comes_back(tin
         r = post.join(120)
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
 
-        wait_until(lambda: health(url).status_code == 200, "/health 200 after the restart")
-        entry = engines(url)[0]
-        assert entry["restarts"] == 1 and entry["pid"] != victim, entry
-        assert any(why in entry["last_death"] for why in ("injected fault", "exited")), entry
-        assert complete(url).status_code == 200
+        served_again(url, victim, "injected fault", "exited")
         assert_nothing_leaks(url)
         assert srv.proc.poll() is None
     finally:
@@ -98,19 +100,6 @@ def test_a_grammar_compile_that_raises_fails_that_request_only(tiny_qwen3_path, 
         srv.stop()
 
 
-def children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            kids += [int(k) for k in f.read().split()]
-    return kids
-
-
-def cmdline(pid: int) -> str:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().replace(b"\0", b" ").decode(errors="replace")
-
-
 def test_a_tokenizer_worker_that_dies_is_replaced_and_no_request_fails(tiny_qwen3_path, tmp_path):
     srv = start_server(tiny_qwen3_path, "--num-tokenizer", "1", log_dir=tmp_path)
     try:
@@ -124,6 +113,47 @@ def test_a_tokenizer_worker_that_dies_is_replaced_and_no_request_fails(tiny_qwen
             r = httpx.post(url + "/v1/chat/completions", json=chat, timeout=120)
             assert r.status_code == 200, r.text
         assert "a tokenizer worker process died" in srv.log(tail=None)
+        assert_nothing_leaks(url)
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
+
+
+def needs_cpu_tensor_parallel() -> None:
+    pytest.importorskip("minisgl_backend_sgl", reason="backend-sgl is not installed: it runs --tp-size on the CPU")
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("this torch has no gloo: backend-sgl's CPU tensor parallelism needs it")
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("finds the rank processes in /proc")
+
+
+def test_a_tp_rank_that_exits_mid_step_fails_its_requests_at_once_and_the_engine_comes_back(tiny_qwen3_path, tmp_path):
+    """Rank 1 exits as rank 0 enters a step's collectives: the step fails naming the rank
+    and its exit code, well before the watchdog (300 s here) would have, and the restarted
+    engine has new ranks."""
+    needs_cpu_tensor_parallel()
+    faults = f"tp_rank_exit=1:40,once={tmp_path / 'exited'}"
+    srv = start_server(tiny_qwen3_path, *TP2, log_dir=tmp_path,
+                       env={**FAST_RESTARTS, "WATCHDOG_TIMEOUT": "300", "MINISGL_TEST_FAULTS": faults})
+    try:
+        url = srv.url
+        victim = engines(url)[0]["pid"]
+        [rank1] = spawned(victim)
+        stream = BackgroundStream(url, "/v1/completions", STREAM)
+        post = BackgroundPost(url, "/v1/completions", {"prompt": "another", "max_tokens": LONG, "ignore_eos": True})
+        lines = sse_data(stream.join(60))
+        assert lines[-1] == "data: [DONE]", lines[-3:]
+        error = sse_json(lines[-2])["error"]
+        assert error["code"] == "engine_unavailable", error
+        assert f"minisgl-tp1 died (rank 1, process {rank1}, exit code 3)" in error["message"], error
+        r = post.join(60)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
+
+        entry = served_again(url, victim, "rank 1")
+        new_ranks = spawned(entry["pid"])
+        assert len(new_ranks) == 1 and new_ranks[0] != rank1, new_ranks
         assert_nothing_leaks(url)
         assert srv.proc.poll() is None
     finally:

@@ -193,10 +193,25 @@ class EngineClient:
                 return
 
     def _on_host_exit(self, why: str) -> None:
+        if self.state != "stopped":
+            self._read_last_frames()
         self._detach()
         if self.state == "stopped":
             return
         self._die(self.error or why)
+
+    def _read_last_frames(self) -> None:
+        """Frames the engine sent before it exited that the receive loop has not read yet:
+        its EngineFatal says why it failed, which beats "exited with code 1"."""
+        if self._outputs.closed:
+            return
+        outputs = zmq.Socket.shadow(self._outputs.underlying)
+        while True:
+            try:
+                frame = outputs.recv(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return
+            self._on_frame(frame)
 
     def _die(self, error: str) -> None:
         if self.state in ("dead", "stopped"):
@@ -220,35 +235,37 @@ class EngineClient:
     # ---- the data plane ----------------------------------------------------------------
     async def _receive_loop(self) -> None:
         while True:
-            frame = await self._outputs.recv()
-            self._last_frame = time.monotonic()
-            try:
-                msg = self.codec.decode_from_engine(frame)
-            except Exception as exc:
-                log.error("engine replica %d sent an undecodable frame: %s", self.replica, exc)
-                continue
-            if isinstance(msg, StepOutputs):
-                for out in msg.outputs:
-                    queue = self._routes.get(out.rid)
-                    if queue is None:
-                        continue  # aborted by the frontend; late outputs are dropped
-                    if out.finished:
-                        del self._routes[out.rid]
-                    queue.put_nowait(out)
-            elif isinstance(msg, EngineReply):
-                fut = self._calls.pop(msg.call_id, None)
-                if fut is not None and not fut.done():
-                    if msg.error is not None:
-                        fut.set_exception(RuntimeError(msg.error))
-                    else:
-                        fut.set_result(msg.result)
-            elif isinstance(msg, EngineReady):
-                if self._ready is not None and not self._ready.done():
-                    self._ready.set_result(msg)
-            elif isinstance(msg, Heartbeat):
-                self.steps = msg.steps
-            elif isinstance(msg, EngineFatal):
-                self.error = msg.error  # the sentinel fires next; report this cause
+            self._on_frame(await self._outputs.recv())
+
+    def _on_frame(self, frame: bytes) -> None:
+        self._last_frame = time.monotonic()
+        try:
+            msg = self.codec.decode_from_engine(frame)
+        except Exception as exc:
+            log.error("engine replica %d sent an undecodable frame: %s", self.replica, exc)
+            return
+        if isinstance(msg, StepOutputs):
+            for out in msg.outputs:
+                queue = self._routes.get(out.rid)
+                if queue is None:
+                    continue  # aborted by the frontend; late outputs are dropped
+                if out.finished:
+                    del self._routes[out.rid]
+                queue.put_nowait(out)
+        elif isinstance(msg, EngineReply):
+            fut = self._calls.pop(msg.call_id, None)
+            if fut is not None and not fut.done():
+                if msg.error is not None:
+                    fut.set_exception(RuntimeError(msg.error))
+                else:
+                    fut.set_result(msg.result)
+        elif isinstance(msg, EngineReady):
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(msg)
+        elif isinstance(msg, Heartbeat):
+            self.steps = msg.steps
+        elif isinstance(msg, EngineFatal):
+            self.error = msg.error  # the sentinel fires next; report this cause
 
     def _check_alive(self) -> None:
         if self.state != "ready":

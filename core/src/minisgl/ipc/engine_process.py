@@ -197,6 +197,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
         from ..engine.engine import Engine
 
         faults = Faults.from_env()  # tests only (MINISGL_TEST_FAULTS); none otherwise
+        faults.hand_down()
         faults.at_load()
         engine = Engine(settings)
         warm_up(engine)
@@ -234,7 +235,7 @@ def run_engine_process(settings: Settings, replica: int, endpoints: ReplicaEndpo
         except zmq.ZMQError:
             pass
         requests.close(linger=0)
-        outputs.close(linger=1000)
+        ctx.destroy(linger=1000)  # the EngineFatal is on its way before the exit is seen
         os._exit(1)
     engine.shutdown()
     requests.close(linger=0)

@@ -7,6 +7,9 @@ MINISGL_TEST_FAULTS is a comma-separated list of:
 - `step_hang_after=N`: the engine step after N finished steps never returns (a hung forward)
 - `step_sleep_ms=N`: every engine step that has work takes N ms longer (a slow device)
 - `grammar_raise`: compiling a request's grammar raises an unexpected error
+- `tp_rank_exit=K:N`: tensor-parallel rank K (a worker, K >= 1) exits with code
+  RANK_EXIT_CODE when handed the batch after N finished steps, as rank 0 enters the step's
+  collectives (a rank that dies mid-step)
 - `once=PATH`: only the first engine process (the one that creates PATH) gets the faults:
   a restarted engine serves normally
 - `skip_first=PATH`: every engine process but the first gets the faults: a restart fails
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ENV = "MINISGL_TEST_FAULTS"
+RANK_EXIT_CODE = 3  # what tp_rank_exit's rank exits with, for tests to find in the error
 
 
 class InjectedFault(RuntimeError):
@@ -33,6 +37,7 @@ class Faults:
     step_hang_after: int | None = None
     step_sleep_ms: int = 0
     grammar_raise: bool = False
+    tp_rank_exit: tuple[int, int] | None = None  # (rank, steps)
 
     @classmethod
     def from_env(cls) -> Faults:
@@ -47,9 +52,25 @@ class Faults:
                 setattr(faults, key, True)
             elif key in ("step_raise_after", "step_hang_after", "step_sleep_ms"):
                 setattr(faults, key, int(value))
+            elif key == "tp_rank_exit":
+                rank, _, steps = value.partition(":")
+                faults.tp_rank_exit = (int(rank), int(steps))
             else:
                 raise ValueError(f"{ENV}: unknown fault {item!r}")
         return faults
+
+    def hand_down(self) -> None:
+        """The rank processes this engine starts get its rank fault, not a fresh draw of
+        `once`/`skip_first` (which this process already made)."""
+        if self.tp_rank_exit is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = "tp_rank_exit={}:{}".format(*self.tp_rank_exit)
+
+    def at_rank_step(self, rank: int, steps: int) -> None:
+        """Called by a tensor-parallel worker as it takes a batch, after `steps` finished."""
+        if self.tp_rank_exit == (rank, steps):
+            os._exit(RANK_EXIT_CODE)
 
     def at_load(self) -> None:
         if self.load_raise:

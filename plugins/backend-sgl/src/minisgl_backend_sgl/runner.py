@@ -183,8 +183,10 @@ class SglModelRunner(ModelRunner):
         With tensor parallelism every rank runs the batch with this one."""
         validate_batch(batch)
         if self.workers is not None:
-            self.workers.send(batch_metadata(batch))
-            self.tp.broadcast(batch.input_ids, batch.num_tokens)
+            with self.workers.watch():
+                self.workers.send(batch_metadata(batch))
+                self.tp.broadcast(batch.input_ids, batch.num_tokens)
+                return self.shard_logits(batch)
         return self.shard_logits(batch)
 
     @torch.inference_mode()

@@ -6,19 +6,28 @@ wait for the next batch as long as the engine idles, which no collective's timeo
 and broadcasts its input ids as a tensor (in stream order on the device); every rank runs the
 model on its shard (the row-parallel layers all-reduce, the LM head all-gathers the
 vocabulary), and rank 0 samples. The group is NCCL on CUDA and gloo on the CPU; it meets at
-127.0.0.1 on --port + 1, as mini-sglang's distributed init does. A rank that dies breaks the
-next collective of the others, which then raise instead of waiting.
+127.0.0.1 on --port + 1, as mini-sglang's distributed init does.
+
+Rank 0 watches its workers: before each step it polls their exit, and a step that fails
+(gloo raises as soon as a peer's connection closes) names the rank that exited and its exit
+code. A rank that is alive but stuck blocks rank 0 in a collective, which the server's
+watchdog catches; a worker dies with rank 0 (the kernel kills it, even stopped), so killing
+the engine leaves no rank behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -28,11 +37,14 @@ import torch
 import torch.distributed as dist
 
 from minisgl.engine.batch import ForwardBatch
+from minisgl.ipc.faults import Faults
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 1919  # the server's default --port, for engines started without one
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a long CPU prefill is one collective away
+EXIT_GRACE_S = 2.0  # a failed collective can be seen before the peer's exit is
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def init_port(settings: Any) -> int:
@@ -102,8 +114,11 @@ class Workers:
         ctx = multiprocessing.get_context("spawn")
         self.ready = ctx.Queue()
         self.inboxes = [ctx.Queue() for _ in range(1, size)]
+        # the kernel's parent-death signal follows the thread that started the child: only the
+        # main thread lives as long as this process
+        die_with_parent = threading.current_thread() is threading.main_thread()
         self.procs = [ctx.Process(target=worker_main, args=(settings, model_path, dummy, rank, size, port,
-                                                            self.inboxes[rank - 1], self.ready),
+                                                            self.inboxes[rank - 1], self.ready, die_with_parent),
                                   name=f"minisgl-tp{rank}", daemon=True) for rank in range(1, size)]
         with _main_module_hidden():
             for p in self.procs:
@@ -131,8 +146,21 @@ class Workers:
     def send(self, batch: ForwardBatch | None) -> None:
         for p, inbox in zip(self.procs, self.inboxes):
             if not p.is_alive():
-                raise RuntimeError(f"tensor-parallel worker {p.name} died (exit code {p.exitcode})")
+                raise RuntimeError(_died(p))
             inbox.put(batch)
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        """A step that fails because a rank exited under it says which rank, and how."""
+        try:
+            yield
+        except Exception as exc:
+            ended = multiprocessing.connection.wait([p.sentinel for p in self.procs], timeout=EXIT_GRACE_S)
+            dead = [p for p in self.procs if p.sentinel in ended]
+            if dead:
+                dead[0].join(EXIT_GRACE_S)  # the sentinel can fire before the exit status is there to reap
+                raise RuntimeError(f"{_died(dead[0])} during a step") from exc
+            raise
 
     def stop(self) -> None:
         for p, inbox in zip(self.procs, self.inboxes):
@@ -142,6 +170,22 @@ class Workers:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
+
+
+def _died(p: multiprocessing.process.BaseProcess) -> str:
+    rank = p.name.removeprefix("minisgl-tp")
+    return f"tensor-parallel worker {p.name} died (rank {rank}, process {p.pid}, exit code {p.exitcode})"
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this worker when rank 0 exits: a stopped or stuck worker
+    cannot poll for it, and would hold its memory forever."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = multiprocessing.parent_process()
+    if parent is not None and not parent.is_alive():  # it died before the request took
+        os._exit(1)
 
 
 @contextlib.contextmanager
@@ -164,8 +208,10 @@ def _main_module_hidden() -> Iterator[None]:
 
 
 def worker_main(settings: Any, model_path: str, dummy: bool, rank: int, size: int, port: int,
-                inbox: Any, ready: Any) -> None:
+                inbox: Any, ready: Any, die_with_parent: bool = False) -> None:
     """A worker rank: build this rank's shard, then run every batch rank 0 hands over until it says stop."""
+    if die_with_parent:
+        _die_with_parent()
     logging.basicConfig(level=getattr(logging, str(settings.log_level).upper(), logging.INFO),
                         format=f"%(asctime)s %(levelname)s tp{rank} %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
@@ -177,6 +223,7 @@ def worker_main(settings: Any, model_path: str, dummy: bool, rank: int, size: in
         ready.put((rank, f"{type(exc).__name__}: {exc}"))
         raise
     parent = multiprocessing.parent_process()
+    faults, steps = Faults.from_env(), 0  # tests only (MINISGL_TEST_FAULTS); none otherwise
     try:
         with torch.inference_mode():
             while True:
@@ -188,6 +235,8 @@ def worker_main(settings: Any, model_path: str, dummy: bool, rank: int, size: in
                     continue
                 if batch is None:
                     break
+                faults.at_rank_step(rank, steps)
+                steps += 1
                 batch.input_ids = runner.tp.broadcast(None, sum(batch.extend_lens))
                 runner.shard_logits(batch)
     finally:
