@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .attention import PagedAttentionContext, attend
-from .cpu_kernels import DecoderOps
+from .cpu_kernels import GEMV_ROWS, DecoderOps
 from .cpu_linear import MLP_ROWS, PackedLinear
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -94,6 +94,15 @@ class CPUDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scale = float(decoder.layers[0].self_attn.scaling)
         self.layers = [self._layer(layer) for layer in decoder.layers]
+        self.gemv = ops.has_gemv
+
+    def _proj(self, x: torch.Tensor, lin: PackedLinear, epilogue: str = "none",
+              other: torch.Tensor | None = None) -> torch.Tensor:
+        if self.gemv and x.shape[0] <= GEMV_ROWS:
+            return self.ops.gemv(x, lin.weight, lin.bias, epilogue, other)
+        if other is None:
+            return _linear(x, lin.packed_weight, lin.bias, epilogue, [], "")
+        return _linear.binary(x, other, lin.packed_weight, lin.bias, epilogue)
 
     @staticmethod
     def _layer(layer: Any) -> _Layer:
@@ -112,9 +121,8 @@ class CPUDecoder:
         return cos[0].float(), sin[0].float()
 
     def _mlp(self, x: torch.Tensor, residual: torch.Tensor, layer: _Layer) -> torch.Tensor:
-        gate = _linear(x, layer.gate.packed_weight, None, "swish", [], "")
-        act = _linear.binary(x, gate, layer.up.packed_weight, None, "mul")
-        return _linear.binary(act, residual, layer.down.packed_weight, None, "add")
+        gate = self._proj(x, layer.gate, "swish")
+        return self._proj(self._proj(x, layer.up, "mul", gate), layer.down, "add", residual)
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor,
             pool_spans: list[tuple[int, int]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -127,17 +135,14 @@ class CPUDecoder:
         residual = torch.nn.functional.embedding(input_ids, self.embed)
         x = ops.rms_norm(residual, self.layers[0].input_norm, eps)
         for index, layer in enumerate(self.layers):
-            q = _linear(x, layer.q.packed_weight, layer.q.bias, "none", [], "")
-            k = _linear(x, layer.k.packed_weight, layer.k.bias, "none", [], "")
-            v = _linear(x, layer.v.packed_weight, layer.v.bias, "none", [], "")
+            q, k, v = self._proj(x, layer.q), self._proj(x, layer.k), self._proj(x, layer.v)
             if layer.q_norm is not None:
                 q = ops.rms_norm(q.view(tokens * heads, dim), layer.q_norm, eps)
                 k = ops.rms_norm(k.view(tokens * kv_heads, dim), layer.k_norm, eps)
             q, k, v = q.view(tokens, heads, dim), k.view(tokens, kv_heads, dim), v.view(tokens, kv_heads, dim)
             ops.rope_store(q, k, v, cos, sin, plan.out_slots, ctx.pool.k[index], ctx.pool.v[index])
             out = attend(ctx, index, q, k.transpose(0, 1), v.transpose(0, 1), self.scale, None, None)
-            residual = _linear.binary(out.view(tokens, heads * dim), residual, layer.o.packed_weight, layer.o.bias,
-                                      "add")
+            residual = self._proj(out.view(tokens, heads * dim), layer.o, "add", residual)
             x = ops.rms_norm(residual, layer.post_norm, eps)
             if tokens <= MLP_ROWS:
                 residual = self._mlp(x, residual, layer)
@@ -153,4 +158,4 @@ class CPUDecoder:
         if rows.numel() == 0:
             return None, pooled
         last = ops.rms_norm(residual.index_select(0, rows), self.final_norm, eps)
-        return _linear(last, self.lm_head.packed_weight, self.lm_head.bias, "none", [], ""), pooled
+        return self._proj(last, self.lm_head), pooled

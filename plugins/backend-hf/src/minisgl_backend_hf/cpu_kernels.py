@@ -158,7 +158,26 @@ class _RopeStoreArgs(ctypes.Structure):
     ]
 
 
+class _GemvArgs(ctypes.Structure):
+    _fields_ = [
+        ("x", ctypes.c_void_p),
+        ("w", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p),
+        ("other", ctypes.c_void_p),
+        ("y", ctypes.c_void_p),
+        ("rows", ctypes.c_int64),
+        ("in_features", ctypes.c_int64),
+        ("out_features", ctypes.c_int64),
+        ("x_stride", ctypes.c_int64),
+        ("other_stride", ctypes.c_int64),
+        ("y_stride", ctypes.c_int64),
+        ("epilogue", ctypes.c_int),
+    ]
+
+
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
+GEMV_ROWS = 4  # csrc/gemv.c's MAX_ROWS
+EPILOGUES = {"none": 0, "swish": 1, "mul": 2, "add": 3}
 
 
 class DecoderOps:
@@ -175,6 +194,25 @@ class DecoderOps:
         self._rope = getattr(library, f"rope_store_{suffix}")
         self._rope.argtypes = [ctypes.POINTER(_RopeStoreArgs), ctypes.c_int]
         self._rope.restype = None
+        self._gemv = getattr(library, f"gemv_{suffix}")
+        self._gemv.argtypes = [ctypes.POINTER(_GemvArgs), ctypes.c_int]
+        self._gemv.restype = ctypes.c_int
+        self.has_gemv = dtype == torch.float32 or bool(library.gemv_bf16_available())
+
+    def gemv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, epilogue: str = "none",
+             other: torch.Tensor | None = None) -> torch.Tensor:
+        """epilogue(x @ weight.T + bias) for at most GEMV_ROWS rows of x [R, in] (weight [out, in],
+        contiguous): "swish", "mul" by `other` [R, out], or "add" `other`."""
+        rows = x.shape[0]
+        out = torch.empty((rows, weight.shape[0]), dtype=x.dtype)
+        args = _GemvArgs(
+            x.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(),
+            0 if other is None else other.data_ptr(), out.data_ptr(), rows, weight.shape[1], weight.shape[0],
+            x.stride(0), 0 if other is None else other.stride(0), out.stride(0), EPILOGUES[epilogue],
+        )
+        if self._gemv(ctypes.byref(args), torch.get_num_threads()) != 0:
+            raise ValueError(f"gemv: {rows} rows (at most {GEMV_ROWS}), or no AVX512-BF16 for bf16 weights")
+        return out
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """RMSNorm over the last dimension of a 2-D `x` into a new tensor."""
