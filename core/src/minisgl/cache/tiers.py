@@ -20,7 +20,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -29,6 +29,10 @@ from .host_tier import HostTier
 
 log = logging.getLogger("minisgl.cache")
 GB = 10**9
+
+# what `flush_cache` may drop (`minisgl control flush_cache --tier ...`); omitted: device and host
+FlushTier = Literal["device", "host", "disk", "all"]
+FLUSH_TIERS: tuple[str, ...] = ("device", "host", "disk", "all")
 
 # what the engine's metrics carry while the tiers are on (the server's /metrics help texts)
 METRICS = {
@@ -43,6 +47,7 @@ METRICS = {
     "hicache_host_stored_bytes_total": "Bytes copied into the host tier.",
     "hicache_disk_written_bytes_total": "Bytes written to the disk tier.",
     "hicache_disk_read_bytes_total": "Bytes read from the disk tier.",
+    "hicache_capacity_tokens": "Tokens the larger of the host and disk tiers can hold.",
 }
 
 
@@ -78,8 +83,9 @@ def model_fingerprint(model_path: str, backend: str, page_size: int, page: torch
 class KVTiers:
     def __init__(self, page_size: int, read_kv: Callable[[list[int]], torch.Tensor],
                  write_kv: Callable[[list[int], torch.Tensor], None], host: HostTier, disk: DiskTier | None,
-                 write_through: bool) -> None:
+                 write_through: bool, token_bytes: int = 0) -> None:
         self.P = page_size
+        self.token_bytes = token_bytes  # KV bytes of one token (every layer, K and V)
         self.read_kv = read_kv
         self.write_kv = write_kv
         self.host = host
@@ -149,9 +155,15 @@ class KVTiers:
             "hicache_disk_pages": len(self.disk) if self.disk is not None else 0,
             "hicache_disk_bytes": self.disk.nbytes if self.disk is not None else 0,
             "hicache_disk_rejected_total": self.disk.rejected if self.disk is not None else 0,
+            "hicache_capacity_tokens": self.capacity_tokens,
         }
         out.update({name: c[name] for name in METRICS if name not in out})
         return out
+
+    @property
+    def capacity_tokens(self) -> int:
+        cap = max(self.host.capacity, self.disk.capacity if self.disk is not None else 0)
+        return cap // self.token_bytes if self.token_bytes else 0
 
     def check(self) -> None:
         self.host.check()
@@ -180,4 +192,27 @@ def build_tiers(settings: Any, runner: Any, cache: Any, model: Any, backend: str
     log.info("hierarchical cache: host tier %.2f GB, disk tier %s, write policy %s", settings.hicache_size,
              disk.dir if disk is not None else "off", settings.hicache_write_policy)
     return KVTiers(P, runner.read_kv, runner.write_kv, host, disk,
-                   settings.hicache_write_policy == "write_through")
+                   settings.hicache_write_policy == "write_through", sample.nbytes // P)
+
+
+def cache_stats(counters: Counter[str], page_size: int, device_tokens: int, tiers: KVTiers | None) -> dict[str, Any]:
+    """Each tier's size and hits (`minisgl control cache_stats`). A tier's hit rate is the
+    share of prompt tokens it served, so the tiers' rates add up to the share served from
+    cache; tokens loaded back from host or disk count for that tier, not the device's."""
+    prompt = counters["prompt_tokens_total"]
+    tc = tiers.counters if tiers is not None else Counter()
+    host_hits, disk_hits = tc["hicache_host_hit_tokens_total"], tc["hicache_disk_hit_tokens_total"]
+
+    def tier(pages: int, nbytes: int | None, hits: int) -> dict[str, Any]:
+        return {"pages": pages, "bytes": nbytes, "hit_tokens": hits,
+                "hit_rate": round(hits / prompt, 4) if prompt else 0.0}
+
+    out = {"prompt_tokens": prompt,
+           "device": tier(device_tokens // page_size, device_tokens * tiers.token_bytes if tiers else None,
+                          counters["cached_tokens_total"] - host_hits - disk_hits)}
+    if tiers is not None:
+        out["host"] = tier(len(tiers.host), tiers.host.nbytes, host_hits)
+        if tiers.disk is not None:
+            # pages and bytes: this model's files and every other model's sharing the directory
+            out["disk"] = tier(len(tiers.disk), tiers.disk.nbytes, disk_hits)
+    return out
