@@ -22,7 +22,7 @@ import os
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -35,7 +35,7 @@ GB = 10**9
 
 # what `flush_cache` may drop (`minisgl control flush_cache --tier ...`); omitted: device and host
 FlushTier = Literal["device", "host", "disk", "all"]
-FLUSH_TIERS: tuple[str, ...] = ("device", "host", "disk", "all")
+FLUSH_TIERS: tuple[str, ...] = get_args(FlushTier)
 
 # what the engine's metrics carry while the tiers are on (the server's /metrics help texts)
 METRICS = {
