@@ -42,3 +42,22 @@ def test_cache_aware_finds_more_cached_tokens_than_round_robin():
     assert aware == (len(prompts) - 4) * 64
     assert aware > rr
     assert min(aware_counts) > 0  # new prefixes spread over both replicas
+
+
+def test_a_prefix_in_a_host_or_disk_tier_counts_at_tier_weight():
+    prompt = list(range(100))
+    device, tier = PrefixTracker(max_tokens=4096), PrefixTracker(max_tokens=4096)
+
+    def views(device_len: int, tier_len: int) -> list[ReplicaView]:
+        device.clear(), tier.clear()
+        device.insert(prompt[:device_len])
+        tier.insert(prompt[:tier_len])
+        return [ReplicaView(index=0, inflight=0, max_inflight=0, _prefix_match=device.match_len),
+                ReplicaView(index=1, inflight=0, max_inflight=0, _tier_match=tier.match_len)]
+
+    policy = CacheAware(tier_weight=0.5)
+    request = EngineRequest(rid="r", input_ids=prompt, sampling=SamplingParams())
+    assert policy.choose(request, views(0, 80)) == 1  # only replica 1 can serve it (from its tier)
+    assert policy.choose(request, views(50, 80)) == 0  # 50 on a device beat 80 * 0.5 in a tier
+    assert policy.choose(request, views(30, 80)) == 1  # 30 on a device lose to 80 * 0.5 in a tier
+    assert CacheAware(tier_weight=0.0).choose(request, views(30, 100)) == 0

@@ -48,6 +48,17 @@ def test_warm_then_flush_cache(control):
     assert control.call("metrics")["kv_cached_tokens"] == 0
 
 
+def test_tier_commands_without_the_tiers(control):
+    assert control.call("flush_cache", tier="device")["tier"] == "device"
+    no_host = control.request("flush_cache", tier="host")
+    assert not no_host.ok and "no host tier" in no_host.error and "--enable-hierarchical-cache" in no_host.error
+    bad = control.request("flush_cache", tier="gpu")
+    assert not bad.ok and "'tier'" in bad.error
+    (replica,) = control.call("cache_stats")["replicas"]
+    assert set(replica) >= {"replica", "model", "prompt_tokens", "device"} and "host" not in replica
+    assert replica["device"]["hit_tokens"] >= 0 and 0.0 <= replica["device"]["hit_rate"] <= 1.0
+
+
 def test_plugins_and_set_scheduler(control):
     plugins = control.call("plugins")
     assert "core" in [p["name"] for p in plugins["plugins"]]

@@ -1,9 +1,14 @@
 """`minisgl serve --enable-hierarchical-cache --hicache-storage-backend file`: a server
 started again on the same storage directory answers a prompt it saw before with the
 prefix read from disk (cached tokens in the OpenAI usage), the same text, and the tier's
-hits and bytes in /metrics (JSON and Prometheus)."""
+hits and bytes in /metrics (JSON and Prometheus); an engine the supervisor restarts after
+a SIGKILL comes back warm the same way."""
 
 from __future__ import annotations
+
+import os
+import signal
+import time
 
 import httpx
 import openai
@@ -41,3 +46,30 @@ def test_a_restarted_server_serves_the_prefix_from_disk(tiny_qwen3_path, tmp_pat
     assert metrics["hicache_disk_hit_tokens_total"] == 36 and metrics["hicache_loaded_bytes_total"] > 0
     assert metrics["replicas"][0]["hicache_disk_hit_tokens_total"] == 36
     assert "minisgl:hicache_disk_hit_tokens_total" in text and "minisgl:hicache_loaded_bytes_total" in text
+
+
+def test_an_engine_restarted_after_sigkill_serves_the_prefix_from_disk(tiny_qwen3_path, tmp_path):
+    args = ("--backend", "hf", "--dtype", "float32", "--page-size", "4", "--enable-hierarchical-cache",
+            "--hicache-storage-backend", "file", "--hicache-storage-dir", str(tmp_path / "kv"))
+    server = start_server(tiny_qwen3_path, *args, log_dir=tmp_path, env={"ENGINE_RESTART_BACKOFF_S": "0.1"})
+    try:
+        cold, cached = _complete(server, tiny_qwen3_path)
+        assert not cached
+        (engine,) = httpx.get(server.url + "/health").json()["engines"]
+        os.kill(engine["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while True:
+            health = httpx.get(server.url + "/health").json()
+            (now,) = health["engines"]
+            if health["status"] == "ok" and now["restarts"] == 1 and now["state"] == "ready":
+                break
+            assert time.monotonic() < deadline, f"the engine did not come back: {health}\n{server.log()}"
+            time.sleep(0.2)
+        assert now["pid"] != engine["pid"]
+        warm, cached = _complete(server, tiny_qwen3_path)
+        metrics = httpx.get(server.url + "/metrics").json()
+    finally:
+        server.stop()
+    # its host tier died with the process, the disk tier did not
+    assert warm == cold and cached == 36
+    assert metrics["replicas"][0]["hicache_disk_hit_tokens_total"] == 36

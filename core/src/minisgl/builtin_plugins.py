@@ -50,7 +50,8 @@ def minisgl_register_control_commands(register):
     for name, description in [
         ("metrics", "engine and server metrics"),
         ("warm", "insert prefixes into the prefix cache: {prefixes: [str]}"),
-        ("flush_cache", "drop every unlocked prefix from the cache"),
+        ("flush_cache", "drop cached prefixes: {tier: device|host|disk|all}, omitted: device and host"),
+        ("cache_stats", "each cache tier's pages, bytes, hit tokens and hit rate, per replica"),
         ("plugins", "installed plugins and what they registered"),
         ("set_scheduler", "switch the dispatch policy: {name: str}"),
         ("drain", "stop admitting requests, finish the running ones; /health says draining: {timeout: s}"),

@@ -46,9 +46,18 @@ class ReplicaView:
     kv_used_tokens: int = 0
     # How many leading tokens of a prompt this replica's prefix cache likely holds.
     _prefix_match: Callable[[Sequence[int]], int] = field(default=lambda ids: 0, repr=False)
+    # The same for its hierarchical cache's host and disk tiers (0 while they are off).
+    _tier_match: Callable[[Sequence[int]], int] = field(default=lambda ids: 0, repr=False)
 
     def prefix_match_len(self, token_ids: Sequence[int]) -> int:
+        """Leading tokens of the prompt its device prefix cache likely holds (free to reuse)."""
         return self._prefix_match(token_ids)
+
+    def tier_match_len(self, token_ids: Sequence[int]) -> int:
+        """Leading tokens it likely holds in its host-memory or disk tier: it serves them by
+        copying them back into the device pool before the prefill (cheaper than recomputing
+        them, dearer than a device match)."""
+        return self._tier_match(token_ids)
 
     @property
     def free_slots(self) -> int | None:

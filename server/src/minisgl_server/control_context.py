@@ -27,8 +27,11 @@ class ServerControlContext:
     async def warm(self, prefixes: list[str]) -> dict[str, Any]:
         return await self.state.warm(prefixes)
 
-    async def flush_cache(self) -> dict[str, Any]:
-        return await self.state.flush_cache()
+    async def flush_cache(self, tier: str | None = None) -> dict[str, Any]:
+        return await self.state.flush_cache(tier)
+
+    async def cache_stats(self) -> dict[str, Any]:
+        return await self.state.cache_stats()
 
     def set_scheduler(self, name: str) -> dict[str, Any]:
         # an unknown or broken policy raises SchedulerError (a ValueError): an error reply

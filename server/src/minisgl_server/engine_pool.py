@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -169,9 +170,22 @@ class EnginePool:
         return min(kv_tokens, budget) if kv_tokens else budget
 
     def _size_tracker(self, replica: Replica) -> None:
-        """The tracker remembers at most what the replica's KV pool can hold."""
+        """The tracker remembers at most what the replica's KV pool can hold, the tier
+        tracker what its host or disk tier can (kept across a restart: the disk outlives it)."""
         kv = int(replica.engine_metrics.get("kv_total_tokens", 0) or 0)
         replica.tracker = PrefixTracker(max_tokens=self._tracker_tokens(kv))
+        tiers = int(replica.engine_metrics.get("hicache_capacity_tokens", 0) or 0)
+        if tiers <= 0:
+            replica.tier_tracker = None
+        elif replica.tier_tracker is None or replica.tier_tracker.max_tokens != tiers:
+            replica.tier_tracker = PrefixTracker(max_tokens=tiers)
+
+    def _forget_tiers(self, replica: Replica, *tiers: str) -> None:
+        """The replica's `tiers` (host, disk) were emptied: its tier tracker forgets once
+        none of its tiers is left holding anything."""
+        held = {"host", "disk"} if self.settings.hicache_storage_backend == "file" else {"host"}
+        if replica.tier_tracker is not None and held <= set(tiers):
+            replica.tier_tracker.clear()
 
     async def stop(self) -> None:
         self.state = "stopped"
@@ -193,6 +207,7 @@ class EnginePool:
         if replica.client is not client:
             return  # a process this replica no longer uses
         replica.tracker.clear()
+        self._forget_tiers(replica, "host")  # its host memory died with it; its disk files did not
         replica.last_death = client.error
         if replica.index in self._supervisors:
             return  # a restarted engine died while loading: its supervisor sees it and carries on
@@ -421,7 +436,7 @@ class EnginePool:
             cached = int(await replica.client.call("warm", token_id_lists=token_id_lists, timeout=300) or 0)
             replica.warmed_tokens += cached
             for ids in token_id_lists:
-                replica.tracker.insert(ids)
+                replica.remember(ids)
             return cached
 
         live = self.alive if replicas is None else replicas
@@ -431,16 +446,33 @@ class EnginePool:
                 raise result
         return [r if isinstance(r, int) else 0 for r in results]
 
-    async def flush_cache(self) -> int:
-        """Empty every live replica's prefix cache (and the pool's guess of it)."""
-        freed = 0
+    async def flush_cache(self, tier: str | None = None) -> dict[str, int]:
+        """Empty one cache tier of every live replica (device, host, disk, all; None: device
+        and host), and the pool's guess of it; what each tier dropped, summed."""
+        dropped: Counter[str] = Counter()
         for replica in self.alive:
             try:
-                freed += int(await replica.client.call("flush_cache") or 0)
+                dropped.update(await replica.client.call("flush_tiers", tier=tier))
             except EngineUnavailable:
                 pass
-            replica.tracker.clear()
-        return freed
+            if tier in (None, "device", "all"):
+                replica.tracker.clear()
+            if tier != "device":
+                self._forget_tiers(replica, *(("host", "disk") if tier == "all" else (tier or "host",)))
+        return dict(dropped)
+
+    async def cache_stats(self) -> list[dict[str, Any]]:
+        """Each live replica's cache tiers: pages, bytes, hit tokens and hit rate."""
+        live = self.alive
+        stats = await asyncio.gather(*(r.client.call("cache_stats") for r in live), return_exceptions=True)
+        out = []
+        for replica, s in zip(live, stats, strict=True):
+            if isinstance(s, BaseException):
+                if not isinstance(s, EngineUnavailable | asyncio.TimeoutError):
+                    raise s
+                continue
+            out.append({"replica": replica.index, **s})
+        return out
 
     async def drain(self, timeout: float) -> dict[str, Any]:
         """Stop admitting new requests and wait for the running ones to finish (or for a

@@ -135,6 +135,7 @@ HELP = {
     "requests_dispatched": "HTTP requests the dispatch policy sent to the replica.",
     "warmed_tokens": "Prefix tokens warming put in the replica's cache.",
     "tracked_prefix_tokens": "Prompt tokens the cache-aware policy tracks for the replica.",
+    "tracked_tier_tokens": "Prompt tokens the cache-aware policy tracks in the replica's host and disk tiers.",
     "requests_total": "HTTP generation requests that ended.",
     "requests_aborted_total": "HTTP requests whose client left before they finished.",
     "requests_rejected_total": "HTTP requests refused with 429 (in-flight limits).",

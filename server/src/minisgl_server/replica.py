@@ -1,6 +1,8 @@
 """One engine replica as the pool sees it: its engine client, where it runs, what the pool
-dispatched to it, its last engine metrics, and the PrefixTracker that guesses what its
-prefix cache holds. Policies never see this object, only `view()`'s read-only snapshot.
+dispatched to it, its last engine metrics, and the PrefixTrackers that guess what its
+prefix cache holds: one for the device pool, one for its hierarchical cache's host and disk
+tiers (while those are on), which a finished prefix reaches and outlives the pool in.
+Policies never see this object, only `view()`'s read-only snapshot.
 
 The replica outlives its engine processes: when the pool's supervisor restarts a dead
 engine, `client` is replaced and the counters the dead process had reported are carried
@@ -22,11 +24,16 @@ from .replica_layout import ReplicaPlacement
 VIEW_KEYS = ("num_running_reqs", "num_waiting_reqs", "kv_total_tokens", "kv_used_tokens")
 
 
+def _no_match(token_ids: Sequence[int]) -> int:
+    return 0
+
+
 class Replica:
     def __init__(self, client: EngineClient, placement: ReplicaPlacement, tracker_tokens: int) -> None:
         self.client = client
         self.placement = placement
         self.tracker = PrefixTracker(max_tokens=tracker_tokens)
+        self.tier_tracker: PrefixTracker | None = None  # set by the pool once the engine reports tiers
         self.inflight = 0  # engine requests leased and not released
         self.requests_dispatched = 0  # HTTP requests the policy sent here
         self.warmed_tokens = 0  # prefix tokens WARM_PREFIXES / `warm` put in its cache
@@ -86,14 +93,20 @@ class Replica:
         self.inflight += count
         self.requests_dispatched += 1
         if token_ids:
-            self.tracker.insert(token_ids)  # its cache will hold this prompt once prefilled
+            self.remember(token_ids)  # its cache will hold this prompt once prefilled
+
+    def remember(self, token_ids: Sequence[int]) -> None:
+        self.tracker.insert(token_ids)
+        if self.tier_tracker is not None:
+            self.tier_tracker.insert(token_ids)
 
     def view(self, max_inflight: int) -> ReplicaView:
         m = self.engine_metrics
         load = {key: int(m.get(key, 0) or 0) for key in VIEW_KEYS}
         return ReplicaView(
             index=self.index, inflight=self.inflight, max_inflight=max_inflight,
-            _prefix_match=self.tracker.match_len, **load,
+            _prefix_match=self.tracker.match_len,
+            _tier_match=self.tier_tracker.match_len if self.tier_tracker is not None else _no_match, **load,
         )
 
     @property
@@ -119,4 +132,5 @@ class Replica:
             "requests_dispatched": self.requests_dispatched,
             "warmed_tokens": self.warmed_tokens,
             "tracked_prefix_tokens": self.tracker.num_tokens,
+            "tracked_tier_tokens": self.tier_tracker.num_tokens if self.tier_tracker is not None else 0,
         }

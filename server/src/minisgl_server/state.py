@@ -170,8 +170,18 @@ class ServerState:
                        for n in per_model]
         return {"prefixes": len(prefixes), "cached_tokens": sum(per_replica), "replicas": per_replica}
 
-    async def flush_cache(self) -> dict[str, Any]:
-        return {"flushed_tokens": sum(await asyncio.gather(*(pool.flush_cache() for pool in self.pools)))}
+    async def flush_cache(self, tier: str | None = None) -> dict[str, Any]:
+        """What each tier dropped, over every replica of every served model."""
+        dropped: dict[str, int] = {}
+        for per_pool in await asyncio.gather(*(pool.flush_cache(tier) for pool in self.pools)):
+            for key, n in per_pool.items():
+                dropped[key] = dropped.get(key, 0) + n
+        return {"tier": tier or "device+host", "flushed_tokens": 0, **dropped}
+
+    async def cache_stats(self) -> dict[str, Any]:
+        per_model = await asyncio.gather(*(m.pool.cache_stats() for m in self.models))
+        return {"replicas": [{"model": m.model_id, **r} for m, rs in zip(self.models, per_model, strict=True)
+                             for r in rs]}
 
     async def drain(self, timeout: float) -> dict[str, Any]:
         results = await asyncio.gather(*(pool.drain(timeout) for pool in self.pools))

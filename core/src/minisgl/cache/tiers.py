@@ -8,8 +8,10 @@ for its following pages in the tiers (host first) and has them written back into
 pool pages before its prefill: they count as cached tokens.
 
 Pages are keyed by a hash chain over the token ids: a page's key covers every token before
-it and its own, so equal keys mean equal K/V. The runner moves the bytes (`read_kv`,
-`write_kv`: host tensors with the token dimension first).
+it and its own, so equal keys mean equal K/V. The runner gathers and scatters the bytes
+(`read_kv`, `write_kv`: tensors with the token dimension first); `HostCopier` moves them
+to and from the host (pinned and asynchronous on CUDA). Pages whose copy is in flight wait
+in `_landing` and join the tiers once it has landed: the step that let them go never waits.
 """
 
 from __future__ import annotations
@@ -17,18 +19,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
 from .disk_tier import DiskTier
+from .host_copy import HostCopier, Landing
 from .host_tier import HostTier
 
 log = logging.getLogger("minisgl.cache")
 GB = 10**9
+
+# what `flush_cache` may drop (`minisgl control flush_cache --tier ...`); omitted: device and host
+FlushTier = Literal["device", "host", "disk", "all"]
+FLUSH_TIERS: tuple[str, ...] = get_args(FlushTier)
 
 # what the engine's metrics carry while the tiers are on (the server's /metrics help texts)
 METRICS = {
@@ -43,6 +50,7 @@ METRICS = {
     "hicache_host_stored_bytes_total": "Bytes copied into the host tier.",
     "hicache_disk_written_bytes_total": "Bytes written to the disk tier.",
     "hicache_disk_read_bytes_total": "Bytes read from the disk tier.",
+    "hicache_capacity_tokens": "Tokens the larger of the host and disk tiers can hold.",
 }
 
 
@@ -78,8 +86,12 @@ def model_fingerprint(model_path: str, backend: str, page_size: int, page: torch
 class KVTiers:
     def __init__(self, page_size: int, read_kv: Callable[[list[int]], torch.Tensor],
                  write_kv: Callable[[list[int], torch.Tensor], None], host: HostTier, disk: DiskTier | None,
-                 write_through: bool) -> None:
+                 write_through: bool, token_bytes: int = 0, copier: HostCopier | None = None) -> None:
         self.P = page_size
+        self.token_bytes = token_bytes  # KV bytes of one token (every layer, K and V)
+        self.copier = copier or HostCopier(torch.device("cpu"))
+        # pages copied to the host, not landed yet (in copy order: they land in that order)
+        self._landing: OrderedDict[str, tuple[torch.Tensor, Landing]] = OrderedDict()
         self.read_kv = read_kv
         self.write_kv = write_kv
         self.host = host
@@ -89,19 +101,31 @@ class KVTiers:
 
     def store(self, token_ids: Sequence[int], tail_slots: Sequence[int]) -> None:
         """Copy the pages at `tail_slots` (the last len(tail_slots) of `token_ids`, whole
-        pages) to every tier that lacks them."""
+        pages) to every tier that lacks them; they join the tiers once on the host."""
+        self.settle()
         P = self.P
         keys = page_keys(token_ids, P)
         first = (len(token_ids) - len(tail_slots)) // P
-        missing = [i for i in range(len(tail_slots) // P)
-                   if keys[first + i] not in self.host or (self.disk is not None and keys[first + i] not in self.disk)]
+        missing = [i for i in range(len(tail_slots) // P) if keys[first + i] not in self._landing and (
+                   keys[first + i] not in self.host or (self.disk is not None and keys[first + i] not in self.disk))]
         if not missing:
             return
         data = self.read_kv([s for i in missing for s in tail_slots[i * P : (i + 1) * P]])
+        pages, landing = self.copier.to_host(data, P)
+        for i, page in zip(missing, pages, strict=True):
+            self._landing[keys[first + i]] = (page, landing)
+        self.settle()
+
+    def settle(self, wait: bool = False) -> None:
+        """Put the pages whose copies have landed into the tiers (all of them, with `wait`)."""
         c = self.counters
-        for j, i in enumerate(missing):
-            page = data[j * P : (j + 1) * P].clone()
-            key = keys[first + i]
+        while self._landing:
+            key, (page, landing) = next(iter(self._landing.items()))
+            if not landing.done():
+                if not wait:
+                    return
+                landing.wait()
+            del self._landing[key]
             if key not in self.host and self.host.put(key, page):
                 c["hicache_host_stored_bytes_total"] += page.numel() * page.element_size()
             if self.disk is not None:
@@ -112,6 +136,7 @@ class KVTiers:
         tiers (host first); counted as hits."""
         P = self.P
         keys = page_keys(token_ids, P)
+        self.settle(wait=any(k in self._landing for k in keys[start // P :]))
         pages: list[torch.Tensor] = []
         c = self.counters
         for key in keys[start // P :]:
@@ -129,19 +154,22 @@ class KVTiers:
         return pages
 
     def write(self, slots: list[int], pages: list[torch.Tensor]) -> None:
-        data = torch.cat(pages)
+        data = self.copier.to_device(pages)
         self.write_kv(slots, data)
         self.counters["hicache_loaded_bytes_total"] += data.numel() * data.element_size()
 
     def flush(self) -> int:
         """Drop the host tier (with the device's prefix cache). The disk tier stays: it is
         there to outlive this process and other servers may share it (`flush_disk`)."""
+        self.settle(wait=True)
         return self.host.clear()
 
     def flush_disk(self) -> int:
+        self.settle(wait=True)
         return self.disk.clear() if self.disk is not None else 0
 
     def metrics(self) -> dict[str, int]:
+        self.settle()
         c = self.counters
         out = {
             "hicache_host_pages": len(self.host),
@@ -149,11 +177,18 @@ class KVTiers:
             "hicache_disk_pages": len(self.disk) if self.disk is not None else 0,
             "hicache_disk_bytes": self.disk.nbytes if self.disk is not None else 0,
             "hicache_disk_rejected_total": self.disk.rejected if self.disk is not None else 0,
+            "hicache_capacity_tokens": self.capacity_tokens,
         }
         out.update({name: c[name] for name in METRICS if name not in out})
         return out
 
+    @property
+    def capacity_tokens(self) -> int:
+        cap = max(self.host.capacity, self.disk.capacity if self.disk is not None else 0)
+        return cap // self.token_bytes if self.token_bytes else 0
+
     def check(self) -> None:
+        self.settle(wait=True)
         self.host.check()
         if self.disk is not None:
             self.disk.check()
@@ -170,7 +205,7 @@ def build_tiers(settings: Any, runner: Any, cache: Any, model: Any, backend: str
         raise ValueError(f"--enable-hierarchical-cache needs a cache that reports evictions "
                          f"(--cache-type radix), not {type(cache).__name__}")
     P = settings.page_size
-    sample = runner.read_kv(list(range(P)))
+    sample = runner.read_kv(list(range(P)))  # on the pool's device, or on the host
     host = HostTier(int(settings.hicache_size * GB))
     disk = None
     if settings.hicache_storage_backend == "file":
@@ -180,4 +215,28 @@ def build_tiers(settings: Any, runner: Any, cache: Any, model: Any, backend: str
     log.info("hierarchical cache: host tier %.2f GB, disk tier %s, write policy %s", settings.hicache_size,
              disk.dir if disk is not None else "off", settings.hicache_write_policy)
     return KVTiers(P, runner.read_kv, runner.write_kv, host, disk,
-                   settings.hicache_write_policy == "write_through")
+                   settings.hicache_write_policy == "write_through", sample.nbytes // P,
+                   HostCopier(runner.device))
+
+
+def cache_stats(counters: Counter[str], page_size: int, device_tokens: int, tiers: KVTiers | None) -> dict[str, Any]:
+    """Each tier's size and hits (`minisgl control cache_stats`). A tier's hit rate is the
+    share of prompt tokens it served, so the tiers' rates add up to the share served from
+    cache; tokens loaded back from host or disk count for that tier, not the device's."""
+    prompt = counters["prompt_tokens_total"]
+    tc = tiers.counters if tiers is not None else Counter()
+    host_hits, disk_hits = tc["hicache_host_hit_tokens_total"], tc["hicache_disk_hit_tokens_total"]
+
+    def tier(pages: int, nbytes: int | None, hits: int) -> dict[str, Any]:
+        return {"pages": pages, "bytes": nbytes, "hit_tokens": hits,
+                "hit_rate": round(hits / prompt, 4) if prompt else 0.0}
+
+    out = {"prompt_tokens": prompt,
+           "device": tier(device_tokens // page_size, device_tokens * tiers.token_bytes if tiers else None,
+                          counters["cached_tokens_total"] - host_hits - disk_hits)}
+    if tiers is not None:
+        out["host"] = tier(len(tiers.host), tiers.host.nbytes, host_hits)
+        if tiers.disk is not None:
+            # pages and bytes: this model's files and every other model's sharing the directory
+            out["disk"] = tier(len(tiers.disk), tiers.disk.nbytes, disk_hits)
+    return out

@@ -1,6 +1,8 @@
 """`minisgl control <command>`: a client of a running server's ZeroMQ control plane.
 
     minisgl control metrics
+    minisgl control flush_cache --tier host          # device | host | disk | all
+    minisgl control cache_stats
     minisgl control warm "You are a helpful assistant." "Another prefix"
     minisgl control set_scheduler rr
     minisgl control drain timeout=30
@@ -18,7 +20,7 @@ from typing import Any
 import click
 
 # where bare (non key=value) words go, per built-in command
-POSITIONAL = {"warm": ("prefixes", True), "set_scheduler": ("name", False)}
+POSITIONAL = {"warm": ("prefixes", True), "set_scheduler": ("name", False), "flush_cache": ("tier", False)}
 
 
 def _value(text: str) -> Any:
@@ -31,7 +33,18 @@ def _value(text: str) -> Any:
 def parse_args(command: str, words: tuple[str, ...]) -> dict[str, Any]:
     args: dict[str, Any] = {}
     bare: list[str] = []
-    for word in words:
+    words_left = list(words)
+    while words_left:
+        word = words_left.pop(0)
+        if word.startswith("--") and word[2:3].isalpha():  # `--tier host` or `--tier=host`: tier=host
+            key, eq, value = word[2:].partition("=")
+            key = key.replace("-", "_")
+            if not eq:
+                if not words_left:
+                    raise click.UsageError(f"option {word} needs a value")
+                value = words_left.pop(0)
+            args[key] = _value(value)
+            continue
         key, eq, value = word.partition("=")
         if eq and key.isidentifier():
             args[key] = _value(value)
@@ -47,7 +60,8 @@ def parse_args(command: str, words: tuple[str, ...]) -> dict[str, Any]:
     return args
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+# options the command does not know (`--tier host`) are the control command's arguments
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True})
 @click.argument("command", required=False)
 @click.argument("args", nargs=-1)
 @click.option("--endpoint", default=None, help="control endpoint [env ZMQ_CONTROL_ENDPOINT, default tcp://127.0.0.1:5557]")
@@ -55,8 +69,9 @@ def parse_args(command: str, words: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--curve-keygen", "curve_keygen", type=click.Path(file_okay=False), default=None,
               help="write CURVE server and client key pairs into this directory and exit")
 def control(command: str | None, args: tuple[str, ...], endpoint: str | None, timeout: float, curve_keygen: str | None) -> None:
-    """Send COMMAND (metrics, warm, flush_cache, plugins, set_scheduler, drain, resume, or a plugin's)
-    with ARGS (key=value, values parsed as JSON when they are) and print the JSON reply."""
+    """Send COMMAND (metrics, warm, flush_cache, cache_stats, plugins, set_scheduler, drain, resume, or
+    a plugin's) with ARGS (key=value or --key value, values parsed as JSON when they are) and print
+    the JSON reply."""
     if curve_keygen:
         from ..control.security import create_curve_keys
 
@@ -64,7 +79,8 @@ def control(command: str | None, args: tuple[str, ...], endpoint: str | None, ti
         click.echo(f"CURVE keys written to {root}; set ZMQ_CONTROL_CURVE_DIR={root} for the server and its clients")
         return
     if not command:
-        raise click.UsageError("give a COMMAND (metrics, warm, flush_cache, plugins, set_scheduler, drain, resume)")
+        raise click.UsageError("give a COMMAND (metrics, warm, flush_cache, cache_stats, plugins, set_scheduler, "
+                               "drain, resume)")
     from ..control.client import ControlClient, ControlError
 
     endpoint = endpoint or os.environ.get("ZMQ_CONTROL_ENDPOINT", "tcp://127.0.0.1:5557")

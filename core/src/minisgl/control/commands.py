@@ -1,7 +1,8 @@
 """The built-in control commands (registered by minisgl.builtin_plugins).
 
 Each takes the serving process's control context, which offers:
-  async metrics() -> dict, async warm(prefixes) -> dict, async flush_cache() -> dict,
+  async metrics() -> dict, async warm(prefixes) -> dict, async flush_cache(tier) -> dict,
+  async cache_stats() -> dict,
   registry (the plugin Registry), set_scheduler(name) -> dict, async drain(timeout) -> dict,
   async resume() -> dict
 (minisgl_server.control_context.ServerControlContext is the server's).
@@ -14,6 +15,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
+
+from ..cache.tiers import FlushTier
 
 Prefix = Annotated[str, msgspec.Meta(min_length=1)]
 # one warm call: at most this many prefixes (each is prefilled on every replica)
@@ -35,8 +38,13 @@ async def warm(context: Any, prefixes: Prefixes) -> dict[str, Any]:
     return await context.warm(prefixes)
 
 
-async def flush_cache(context: Any) -> dict[str, Any]:
-    return await context.flush_cache()
+async def flush_cache(context: Any, tier: FlushTier | None = None) -> dict[str, Any]:
+    """tier: device, host, disk or all; omitted, the device cache and the host tier."""
+    return await context.flush_cache(tier)
+
+
+async def cache_stats(context: Any) -> dict[str, Any]:
+    return await context.cache_stats()
 
 
 def plugins(context: Any) -> dict[str, Any]:

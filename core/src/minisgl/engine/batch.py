@@ -174,8 +174,9 @@ class ModelRunner(ABC):
     kv_fair_share: bool = False
     # copies of KV pages between the pool and the host, for the hierarchical cache's tiers
     # (None: not supported). read_kv(slots) returns every layer's K and V at `slots` as one
-    # host tensor with the token dimension first ([len(slots), ...]); write_kv(slots, data)
-    # stores such a tensor back at other slots.
+    # contiguous tensor with the token dimension first ([len(slots), ...]), on the pool's
+    # device (the tiers copy it to the host off the step's critical path) or on the host;
+    # write_kv(slots, data) stores such a tensor, on either, back at other slots.
     read_kv: Callable[[list[int]], torch.Tensor] | None = None
     write_kv: Callable[[list[int], torch.Tensor], None] | None = None
     # the width of the final hidden states a forward sums over ForwardBatch.pool_spans into

@@ -271,8 +271,17 @@ class Engine:
         return int(pending.result or 0)
 
     def flush_cache(self) -> int:
+        """Drop the device's unlocked cached prefixes and the host tier; the tokens freed."""
+        return self.flush_tiers()["flushed_tokens"]
+
+    def flush_tiers(self, tier: str | None = None) -> dict[str, int]:
+        """`flush_cache` of one tier (device, host, disk) or all; what each dropped."""
         with self._lock:
-            return self.scheduler.flush_cache()
+            return self.scheduler.flush_cache(tier)
+
+    def cache_stats(self) -> dict:
+        with self._lock:
+            return self.scheduler.cache_stats()
 
     # ---- observability ------------------------------------------------------------
     def metrics(self) -> dict:

@@ -27,7 +27,7 @@ from collections import Counter
 import torch
 
 from ..cache.base import PrefixCache
-from ..cache.tiers import KVTiers
+from ..cache.tiers import FLUSH_TIERS, KVTiers, cache_stats
 from .admission import Admission
 from .batch import ForwardResult, ModelRunner
 from .decode import DecodeManager
@@ -239,13 +239,29 @@ class Scheduler:
             **(self.tiers.metrics() if self.tiers is not None else {}),
         }
 
-    def flush_cache(self) -> int:
-        """Drop every unlocked cached prefix (and the host tier's pages); the tokens freed."""
-        freed = self.kv.flush_cache()
-        log.info("prefix cache flushed: %d tokens freed", freed)
-        if self.tiers is not None:
-            log.info("hierarchical cache: %d host pages dropped", self.tiers.flush())
-        return freed
+    def flush_cache(self, tier: str | None = None) -> dict[str, int]:
+        """Drop cached prefixes from one tier (`device`: the unlocked ones in the pool; `host`;
+        `disk`: this model's files) or `all`; None drops device and host and keeps the disk
+        tier, which is there to outlive this process and may be shared. What each dropped."""
+        if tier is not None and tier not in FLUSH_TIERS:
+            raise ValueError(f"flush_cache: tier must be one of {', '.join(FLUSH_TIERS)}, not {tier!r}")
+        if tier in ("host", "disk") and (self.tiers is None or tier == "disk" and self.tiers.disk is None):
+            raise ValueError(f"flush_cache: there is no {tier} tier (--enable-hierarchical-cache"
+                             f"{' --hicache-storage-backend file' if tier == 'disk' else ''})")
+        out: dict[str, int] = {}
+        if tier in (None, "device", "all"):
+            out["flushed_tokens"] = self.kv.flush_cache()
+            log.info("prefix cache flushed: %d tokens freed", out["flushed_tokens"])
+        if self.tiers is not None and tier in (None, "host", "all"):
+            out["host_pages"] = self.tiers.flush()
+            log.info("hierarchical cache: %d host pages dropped", out["host_pages"])
+        if self.tiers is not None and self.tiers.disk is not None and tier in ("disk", "all"):
+            out["disk_pages"] = self.tiers.flush_disk()
+            log.info("hierarchical cache: %d disk page files removed", out["disk_pages"])
+        return out
+
+    def cache_stats(self) -> dict:
+        return cache_stats(self.counters, self.kv.P, self.kv.cache.total_tokens, self.tiers)
 
     def check_invariants(self) -> None:
         self.kv.check(self.running, list(self.waiting.values()))

@@ -67,7 +67,8 @@ ToEngine = EngineRequest | AbortRequest | EngineCall | Shutdown
 FromEngine = EngineReady | StepOutputs | EngineReply | EngineFatal | Heartbeat
 
 # Engine methods the server may call through EngineCall (nothing else is reachable).
-CALLABLE_METHODS = frozenset({"metrics", "warm", "flush_cache", "prefix_match_len", "check_invariants"})
+CALLABLE_METHODS = frozenset({"metrics", "warm", "flush_cache", "flush_tiers", "cache_stats", "prefix_match_len",
+                              "check_invariants"})
 
 
 def _plain(obj: Any) -> Any:

@@ -66,9 +66,10 @@ class KVPool:
         return self.k[layer].index_select(1, slots), self.v[layer].index_select(1, slots)
 
     def read(self, slots: torch.Tensor) -> torch.Tensor:
-        """Every layer's K and V at `slots` [N], on the host: [N, 2, layers, kv_heads, head_dim]."""
+        """Every layer's K and V at `slots` [N], on the pool's device: [N, 2, layers, kv_heads,
+        head_dim] (the hierarchical cache copies it to the host)."""
         kv = torch.stack((self.k.index_select(2, slots), self.v.index_select(2, slots)))
-        return kv.permute(3, 0, 1, 2, 4).to("cpu").contiguous()
+        return kv.permute(3, 0, 1, 2, 4).contiguous()
 
     def store(self, slots: torch.Tensor, data: torch.Tensor) -> None:
         """Write what `read` returned back at `slots` [N]."""

@@ -40,9 +40,10 @@ class KVCache:
         return self.k[i], self.v[i]
 
     def read(self, slots: torch.Tensor) -> torch.Tensor:
-        """Every layer's K and V at `slots` [N], on the host: [N, 2, layers, kv_heads, head_dim]."""
+        """Every layer's K and V at `slots` [N], on the pool's device: [N, 2, layers, kv_heads,
+        head_dim] (the hierarchical cache copies it to the host asynchronously)."""
         kv = torch.stack((self.k.index_select(1, slots), self.v.index_select(1, slots)))
-        return kv.transpose(0, 2).to("cpu").contiguous()
+        return kv.transpose(0, 2).contiguous()
 
     def store(self, slots: torch.Tensor, data: torch.Tensor) -> None:
         """Write what `read` returned back at `slots` [N]."""

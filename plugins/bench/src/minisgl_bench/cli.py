@@ -17,6 +17,7 @@ import click
 from minisgl.cli.options import setting_option
 
 from .hf_peers import PEERS
+from .hicache import MODES
 from .report_json import to_json, write_json
 
 
@@ -672,6 +673,92 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
         console.print(line)
     if json_path:
         write_json(json_path, {"environment": head, "results": report, "read_floor_ms": floor_ms})
+
+
+# ---- hierarchical cache -------------------------------------------------------------------
+@bench.command()
+@setting_option("model_path", param="model", default="smollm2-135m")
+@click.option("--backend", default="auto", show_default=True, help="minisgl backend")
+@click.option("--dtype", default="auto", show_default=True, type=DTYPES)
+@click.option("--conversations", default=32, show_default=True, type=click.IntRange(min=1), help="distinct chats")
+@click.option("--turns", default=4, show_default=True, type=click.IntRange(min=1), help="turns of each chat")
+@click.option("--system-len", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="tokens of the system prompt every chat shares")
+@click.option("--user-len", default=64, show_default=True, type=click.IntRange(min=1), help="tokens of a user message")
+@click.option("--output-len", default=32, show_default=True, type=click.IntRange(min=1), help="tokens of an answer")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(min=1), help="chats in one wave")
+@click.option("--page-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--kv-tokens", default=0, show_default=True, type=click.IntRange(min=0),
+              help="device KV pool in tokens (0: one wave of chats at their longest and another's histories)")
+@click.option("--hicache-size", default=4.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="host tier in GB")
+@click.option("--modes", default=",".join(MODES), show_default=True, help="comma list of " + ", ".join(MODES))
+@click.option("--restart/--no-restart", default=True, show_default=True,
+              help="also the first request after a restart, disk tier warm against cold (needs the disk mode)")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="write the report here")
+def hicache(model, backend, dtype, conversations, turns, system_len, user_len, output_len, concurrency, page_size,
+            kv_tokens, hicache_size, modes, restart, seed, json_path) -> None:
+    """A multi-turn workload (a long shared system prompt, growing histories, more chats than
+    the device pool holds) without and with the hierarchical cache's tiers: prefill tokens
+    computed, TTFT p50/p99, output tokens/s; and the first request after a restart, warm
+    disk tier against cold."""
+    from rich.console import Console
+    from rich.table import Table
+    from transformers import AutoConfig, AutoTokenizer
+
+    from minisgl import LLM
+    from minisgl.settings import SettingsError, settings_from_kwargs
+
+    from .environment import header, header_lines
+    from .hicache import make_workload, run
+
+    console = Console()
+    _log_level(os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
+    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    if not chosen or any(m not in MODES for m in chosen):
+        raise click.BadParameter(f"give a comma list of {', '.join(MODES)}, not {modes!r}", param_hint="--modes")
+    path = _model_path(model)
+    vocab = AutoConfig.from_pretrained(path).get_text_config().vocab_size
+    specials = max(AutoTokenizer.from_pretrained(path).all_special_ids or [0]) + 1
+    w = make_workload(conversations, turns, system_len, user_len, output_len, min(concurrency, conversations),
+                      vocab, seed, specials)
+    longest = w.final_context() + user_len + output_len  # the restart's extra turn included
+    wave_tokens = w.concurrency * longest  # a first wave prefills the system prompt once a chat
+    kv_tokens = kv_tokens or wave_tokens + w.concurrency * (longest - system_len)
+    if kv_tokens < wave_tokens:
+        raise click.BadParameter(f"{kv_tokens} tokens cannot hold one wave of {w.concurrency} chats "
+                                 f"({wave_tokens} tokens)", param_hint="--kv-tokens")
+    footprint = system_len + conversations * (w.final_context() - system_len)
+    if kv_tokens >= footprint:
+        console.print(f"[yellow]the device pool ({kv_tokens} tokens) holds every chat ({footprint} tokens): "
+                      "the tiers have nothing to serve; give more --conversations[/yellow]")
+    base = dict(backend=backend, dtype=dtype, page_size=page_size, num_pages=-(-kv_tokens // page_size),
+                max_running_requests=w.concurrency, hicache_size=hicache_size)
+    try:  # refused before the first engine loads, not after it
+        settings_from_kwargs(model=path, **base)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"{conversations} chats x {turns} turns, system {system_len} tokens, user {user_len}, answers "
+                  f"{output_len}, {w.concurrency} a wave; device pool {kv_tokens} tokens, every chat "
+                  f"{footprint} tokens at the end")
+    report = run(lambda **tiers: LLM(path, **base, **tiers), w, chosen, restart)
+    table = Table(title=f"hierarchical cache, multi-turn, {model}")
+    for col in ("mode", "prefill tokens", "cached", "from host", "from disk", "TTFT p50 ms", "TTFT p99 ms", "output tok/s"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for r in report["results"]:
+        table.add_row(r["mode"], str(r["prefill_tokens"]), str(r["cached_tokens"]), str(r["host_hit_tokens"]),
+                      str(r["disk_hit_tokens"]), f"{r['ttft_ms']['p50']:.1f}", f"{r['ttft_ms']['p99']:.1f}",
+                      f"{r['output_tok_s']:.1f}")
+    console.print(table)
+    console.print(f"same tokens in every mode: {'yes' if report['same_tokens'] else 'NO'}")
+    head = header(model=model, backend=backend, dtype=dtype, conversations=conversations, turns=turns,
+                  system_len=system_len, user_len=user_len, output_len=output_len, concurrency=w.concurrency,
+                  page_size=page_size, kv_tokens=kv_tokens, hicache_size=hicache_size, seed=seed)
+    for line in header_lines(head):
+        console.print(line)
+    if json_path:
+        write_json(json_path, {"environment": head, **report})
 
 
 # ---- contention -------------------------------------------------------------------------

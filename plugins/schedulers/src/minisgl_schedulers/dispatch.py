@@ -61,9 +61,13 @@ class CacheAware:
        offered replicas, the pool is imbalanced when `hi - lo > balance_abs_threshold`
        and `hi > balance_rel_threshold * lo`. Then cache affinity is ignored and the least
        loaded replica wins: one hot prefix must not pile every request onto one replica.
-    2. Cache affinity. `match` = `prefix_match_len(prompt)` per replica. When the longest
-       match covers at least `cache_threshold` of the prompt, the replica(s) holding it
-       win; among several, the least loaded.
+    2. Cache affinity. `match` = `prefix_match_len(prompt)` per replica, plus `tier_weight`
+       times the tokens beyond it that its host-memory or disk tier holds
+       (`tier_match_len`): those it copies back instead of recomputing, which costs more
+       than a device hit and far less than a prefill (0.5: a prefix twice as long in a
+       tier as on another replica's device is worth as much). When the best match covers
+       at least `cache_threshold` of the prompt, the replica(s) holding it win; among
+       several, the least loaded.
     3. Otherwise no replica holds enough of the prompt to matter: the least loaded wins,
        which is also where the new prefix has the most room to stay cached.
 
@@ -76,6 +80,7 @@ class CacheAware:
         cache_threshold: float = 0.3,
         balance_abs_threshold: int = 8,
         balance_rel_threshold: float = 1.5,
+        tier_weight: float = 0.5,
     ) -> None:
         if not 0.0 <= cache_threshold <= 1.0:
             raise ValueError(f"cache_threshold must be within [0, 1], got {cache_threshold}")
@@ -84,7 +89,10 @@ class CacheAware:
                 "balance_abs_threshold must be >= 0 and balance_rel_threshold >= 1, got "
                 f"{balance_abs_threshold} and {balance_rel_threshold}"
             )
+        if not 0.0 <= tier_weight <= 1.0:
+            raise ValueError(f"tier_weight must be within [0, 1], got {tier_weight}")
         self.cache_threshold = cache_threshold
+        self.tier_weight = tier_weight
         self.balance_abs_threshold = balance_abs_threshold
         self.balance_rel_threshold = balance_rel_threshold
         self._turn = itertools.count()
@@ -95,11 +103,15 @@ class CacheAware:
         if hi - lo > self.balance_abs_threshold and hi > self.balance_rel_threshold * lo:
             return self._least_loaded(replicas)
         prompt_len = len(request.input_ids)
-        matches = [(r.prefix_match_len(request.input_ids), r) for r in replicas]
+        matches = [(self._match(r, request.input_ids), r) for r in replicas]
         best = max(m for m, _ in matches)
         if best > 0 and best >= self.cache_threshold * prompt_len:
             return self._least_loaded([r for m, r in matches if m == best])
         return self._least_loaded(replicas)
+
+    def _match(self, replica: ReplicaView, ids: Sequence[int]) -> float:
+        device = replica.prefix_match_len(ids)
+        return device + self.tier_weight * max(0, replica.tier_match_len(ids) - device)
 
     def _least_loaded(self, replicas: Sequence[ReplicaView]) -> int:
         lightest = min(_load_key(r) for r in replicas)
