@@ -154,6 +154,30 @@ def test_decoder_ops_compute_what_transformers_modules_compute(dtype):
     assert k_pool.abs().sum(-1).count_nonzero() == tokens * kv_heads  # nothing written elsewhere
 
 
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("epilogue", ["none", "swish", "mul", "add"])
+def test_the_few_row_linear_equals_linear_with_its_epilogue(dtype, rows, epilogue):
+    ops = cpu_kernels.decoder_ops(dtype)
+    if not ops.gemv_rows:
+        pytest.skip("bf16 weights need AVX512-BF16 for the few-row kernel")
+    gen = torch.Generator().manual_seed(rows)
+    in_features, out_features = 75, 38  # neither a multiple of the kernel's vector or block
+    x = torch.randn(rows, 2 * in_features, generator=gen).to(dtype)[:, :in_features]  # strided rows
+    weight = torch.randn(out_features, in_features, generator=gen).to(dtype)
+    bias = torch.randn(out_features, generator=gen).to(dtype)
+    other = torch.randn(rows, out_features, generator=gen).to(dtype)
+    want = x.float() @ weight.float().T + bias.float()
+    want = {"none": want, "swish": F.silu(want), "mul": want * other.float(), "add": want + other.float()}[epilogue]
+    packed = cpu_kernels.pack_gemv_weight(weight)
+    got = ops.gemv(x, packed, out_features, bias, epilogue, other if epilogue in ("mul", "add") else None)
+    tol = 1e-5 if dtype == torch.float32 else 2**-7  # bf16: one rounding of the result
+    torch.testing.assert_close(got.float(), want, atol=tol * want.abs().max().item(), rtol=0)
+    with pytest.raises(ValueError, match="at most 4"):
+        ops.gemv(torch.zeros(5, in_features, dtype=dtype), packed, out_features, None)
+
+
 def test_the_lean_decoder_names_what_it_does_not_take(tiny_llama_path, tiny_qwen3_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .attention import PagedAttentionContext, attend
-from .cpu_kernels import GEMV_ROWS, DecoderOps
+from .cpu_kernels import DecoderOps
 from .cpu_linear import MLP_ROWS, PackedLinear
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -94,12 +94,12 @@ class CPUDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scale = float(decoder.layers[0].self_attn.scaling)
         self.layers = [self._layer(layer) for layer in decoder.layers]
-        self.gemv = ops.has_gemv
+        self.gemv_rows = ops.gemv_rows
 
     def _proj(self, x: torch.Tensor, lin: PackedLinear, epilogue: str = "none",
               other: torch.Tensor | None = None) -> torch.Tensor:
-        if self.gemv and x.shape[0] <= GEMV_ROWS:
-            return self.ops.gemv(x, lin.weight, lin.bias, epilogue, other)
+        if x.shape[0] <= self.gemv_rows:
+            return self.ops.gemv(x, lin.gemv_weight, lin.out_features, lin.bias, epilogue, other)
         if other is None:
             return _linear(x, lin.packed_weight, lin.bias, epilogue, [], "")
         return _linear.binary(x, other, lin.packed_weight, lin.bias, epilogue)

@@ -177,6 +177,17 @@ class _GemvArgs(ctypes.Structure):
 
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 GEMV_ROWS = 4  # csrc/gemv.c's MAX_ROWS
+GEMV_ROWS_FASTER = {torch.float32: 2, torch.bfloat16: 4}
+GEMV_BLOCK, GEMV_CHUNK = 4, {torch.float32: 16, torch.bfloat16: 32}
+
+
+def pack_gemv_weight(weight: torch.Tensor) -> torch.Tensor:
+    """[out, in] as csrc/gemv.c reads it: [out / BLOCK][in / CHUNK][BLOCK][CHUNK], zero-padded."""
+    out_features, in_features = weight.shape
+    chunk = GEMV_CHUNK[weight.dtype]
+    padded = torch.nn.functional.pad(weight, (0, -in_features % chunk, 0, -out_features % GEMV_BLOCK))
+    blocks, chunks = padded.shape[0] // GEMV_BLOCK, padded.shape[1] // chunk
+    return padded.view(blocks, GEMV_BLOCK, chunks, chunk).transpose(1, 2).contiguous()
 EPILOGUES = {"none": 0, "swish": 1, "mul": 2, "add": 3}
 
 
@@ -197,17 +208,18 @@ class DecoderOps:
         self._gemv = getattr(library, f"gemv_{suffix}")
         self._gemv.argtypes = [ctypes.POINTER(_GemvArgs), ctypes.c_int]
         self._gemv.restype = ctypes.c_int
-        self.has_gemv = dtype == torch.float32 or bool(library.gemv_bf16_available())
+        # rows up to which the kernel beats oneDNN's packed GEMM (BENCHMARKS.md); 0: unavailable
+        self.gemv_rows = GEMV_ROWS_FASTER[dtype] if dtype == torch.float32 or library.gemv_bf16_available() else 0
 
-    def gemv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, epilogue: str = "none",
-             other: torch.Tensor | None = None) -> torch.Tensor:
-        """epilogue(x @ weight.T + bias) for at most GEMV_ROWS rows of x [R, in] (weight [out, in],
-        contiguous): "swish", "mul" by `other` [R, out], or "add" `other`."""
-        rows = x.shape[0]
-        out = torch.empty((rows, weight.shape[0]), dtype=x.dtype)
+    def gemv(self, x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None,
+             epilogue: str = "none", other: torch.Tensor | None = None) -> torch.Tensor:
+        """epilogue(x @ weight.T + bias) for at most GEMV_ROWS rows of x [R, in], the weight as
+        pack_gemv_weight made it: "swish", "mul" by `other` [R, out], or "add" `other`."""
+        rows, in_features = x.shape
+        out = torch.empty((rows, out_features), dtype=x.dtype)
         args = _GemvArgs(
-            x.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(),
-            0 if other is None else other.data_ptr(), out.data_ptr(), rows, weight.shape[1], weight.shape[0],
+            x.data_ptr(), packed.data_ptr(), 0 if bias is None else bias.data_ptr(),
+            0 if other is None else other.data_ptr(), out.data_ptr(), rows, in_features, out_features,
             x.stride(0), 0 if other is None else other.stride(0), out.stride(0), EPILOGUES[epilogue],
         )
         if self._gemv(ctypes.byref(args), torch.get_num_threads()) != 0:

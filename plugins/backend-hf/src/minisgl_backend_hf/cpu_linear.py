@@ -19,6 +19,8 @@ from torch import nn
 
 from minisgl.dtypes import cpu_has_native_bf16
 
+from .cpu_kernels import pack_gemv_weight
+
 # the hint oneDNN picks the packed layout for: decode batch sizes, where the gain is
 PACK_FOR_ROWS = 32
 MLP_ROWS = 1024
@@ -31,7 +33,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACK_FOR_ROWS)
-        self.weight = linear.weight.detach()  # for the few-row kernel (csrc/gemv.c)
+        self.gemv_weight = pack_gemv_weight(linear.weight.detach())  # the few-row kernel's (csrc/gemv.c)
         self.bias = None if linear.bias is None else linear.bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

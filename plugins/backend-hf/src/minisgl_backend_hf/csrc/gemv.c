@@ -1,12 +1,14 @@
 /* Linear layers for the few rows of a decode step, for CPUs: y = epilogue(x W^T + b).
  *
  * At one to four rows a projection reads each weight once and does two flops per weight
- * element per row, so its speed is the speed of streaming W from memory. Each thread walks
- * a contiguous run of output rows, four at a time, and every weight vector it loads is used
- * for all rows of x while in a register. bf16 weights use AVX512-BF16's dot product (exact
- * products, float32 sums); float32 weights use whatever vector FMA the compiler targets.
- * The epilogues are those the decoder fuses into its projections: SiLU, a multiply by
- * another tensor, a residual add.
+ * element per row, so its speed is the speed of streaming W from memory. W is packed once
+ * (cpu_kernels.pack_gemv_weight) into blocks of BLOCK output rows whose CHUNK-long pieces
+ * interleave, [out / BLOCK][in / CHUNK][BLOCK][CHUNK], so a block is one sequential read.
+ * Each thread takes a contiguous run of blocks; every piece of W it loads serves all rows of
+ * x while it is in registers. bf16 weights use AVX512-BF16's dot product (exact products,
+ * float32 sums); float32 weights use whatever vector FMA the compiler targets. The
+ * epilogues are those the decoder fuses into its projections: SiLU, a multiply by another
+ * tensor, a residual add.
  */
 #include <math.h>
 #include <stdint.h>
@@ -17,12 +19,14 @@
 
 #define MAX_ROWS 4
 #define BLOCK 4
+#define CHUNK_BF16 32
+#define CHUNK_F32 16
 
 enum { EPI_NONE = 0, EPI_SILU = 1, EPI_MUL = 2, EPI_ADD = 3 };
 
 typedef struct {
     const void *x;      /* [rows, x_stride] */
-    const void *w;      /* [out, in], rows contiguous */
+    const void *w;      /* packed, see above; out and in padded with zeros to BLOCK and CHUNK */
     const void *bias;   /* [out] or NULL */
     const void *other;  /* [rows, other_stride] for EPI_MUL / EPI_ADD */
     void *y;            /* [rows, y_stride] */
@@ -65,34 +69,29 @@ int gemv_bf16_available(void) {
 int gemv_bf16(const GemvArgs *a, int threads) {
 #if defined(__AVX512BF16__)
     if (a->rows < 1 || a->rows > MAX_ROWS) return 1;
-    const int64_t blocks = (a->out + BLOCK - 1) / BLOCK, in = a->in, rows = a->rows;
-    const __mmask32 tail = (__mmask32)((1ull << (in % 32)) - 1);
-    const int64_t whole = in - in % 32;
+    const int64_t blocks = (a->out + BLOCK - 1) / BLOCK, rows = a->rows;
+    const int64_t chunks = (a->in + CHUNK_BF16 - 1) / CHUNK_BF16, whole = a->in / CHUNK_BF16;
+    const __mmask32 tail = (__mmask32)((1ull << (a->in % CHUNK_BF16)) - 1);
     _Pragma("omp parallel for schedule(static) num_threads(threads)")
     for (int64_t b = 0; b < blocks; b++) {
-        const int64_t o0 = b * BLOCK;
-        const uint16_t *w[BLOCK];
-        for (int j = 0; j < BLOCK; j++)
-            w[j] = (const uint16_t *)a->w + (o0 + j < a->out ? o0 + j : o0) * in;
+        const uint16_t *w = (const uint16_t *)a->w + b * chunks * BLOCK * CHUNK_BF16;
         __m512 acc[MAX_ROWS][BLOCK];
         for (int r = 0; r < MAX_ROWS; r++)
             for (int j = 0; j < BLOCK; j++) acc[r][j] = _mm512_setzero_ps();
-        for (int64_t i = 0; i < in; i += 32) {
-            const int full = i < whole;
+        for (int64_t c = 0; c < chunks; c++, w += BLOCK * CHUNK_BF16) {
             __m512i wv[BLOCK];
-            for (int j = 0; j < BLOCK; j++)
-                wv[j] = full ? _mm512_loadu_si512(w[j] + i) : _mm512_maskz_loadu_epi16(tail, w[j] + i);
+            for (int j = 0; j < BLOCK; j++) wv[j] = _mm512_loadu_si512(w + j * CHUNK_BF16);
             for (int r = 0; r < rows; r++) {
-                const uint16_t *xr = (const uint16_t *)a->x + r * a->x_stride + i;
-                const __m512i xv = full ? _mm512_loadu_si512(xr) : _mm512_maskz_loadu_epi16(tail, xr);
+                const uint16_t *xr = (const uint16_t *)a->x + r * a->x_stride + c * CHUNK_BF16;
+                const __m512i xv = c < whole ? _mm512_loadu_si512(xr) : _mm512_maskz_loadu_epi16(tail, xr);
                 for (int j = 0; j < BLOCK; j++)
                     acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)xv, (__m512bh)wv[j]);
             }
         }
         for (int r = 0; r < rows; r++)
-            for (int j = 0; j < BLOCK && o0 + j < a->out; j++) {
-                const float v = epilogue(a, _mm512_reduce_add_ps(acc[r][j]), r, o0 + j, 1);
-                ((uint16_t *)a->y)[r * a->y_stride + o0 + j] = bf16_store(v);
+            for (int j = 0; j < BLOCK && b * BLOCK + j < a->out; j++) {
+                const int64_t o = b * BLOCK + j;
+                ((uint16_t *)a->y)[r * a->y_stride + o] = bf16_store(epilogue(a, _mm512_reduce_add_ps(acc[r][j]), r, o, 1));
             }
     }
     return 0;
@@ -103,22 +102,46 @@ int gemv_bf16(const GemvArgs *a, int threads) {
 #endif
 }
 
-int gemv_f32(const GemvArgs *a, int threads) {
-    if (a->rows < 1 || a->rows > MAX_ROWS) return 1;
-    const int64_t blocks = (a->out + BLOCK - 1) / BLOCK, in = a->in, rows = a->rows;
-    _Pragma("omp parallel for schedule(static) num_threads(threads)")
-    for (int64_t b = 0; b < blocks; b++) {
-        const int64_t o0 = b * BLOCK;
-        const int n = a->out - o0 < BLOCK ? (int)(a->out - o0) : BLOCK;
-        for (int r = 0; r < rows; r++) {
-            const float *xr = (const float *)a->x + r * a->x_stride;
-            for (int j = 0; j < n; j++) {
-                const float *wj = (const float *)a->w + (o0 + j) * in;
-                float s = 0.0f;
-                for (int64_t i = 0; i < in; i++) s += xr[i] * wj[i];
-                ((float *)a->y)[r * a->y_stride + o0 + j] = epilogue(a, s, r, o0 + j, 0);
-            }
-        }
+/* One function per row count, so the accumulators of every row are registers. */
+#define DEFINE_GEMV_F32_ROWS(ROWS)                                                              \
+    static void gemv_f32_##ROWS(const GemvArgs *a, int threads) {                               \
+        const int64_t blocks = (a->out + BLOCK - 1) / BLOCK;                                    \
+        const int64_t chunks = (a->in + CHUNK_F32 - 1) / CHUNK_F32, whole = a->in / CHUNK_F32;  \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                         \
+        for (int64_t b = 0; b < blocks; b++) {                                                  \
+            const float *w = (const float *)a->w + b * chunks * BLOCK * CHUNK_F32;              \
+            float acc[ROWS][BLOCK][CHUNK_F32] = {{{0}}};                                        \
+            for (int64_t c = 0; c < chunks; c++, w += BLOCK * CHUNK_F32) {                      \
+                float xv[ROWS][CHUNK_F32];                                                      \
+                for (int r = 0; r < ROWS; r++) {                                                \
+                    const float *xr = (const float *)a->x + r * a->x_stride + c * CHUNK_F32;    \
+                    if (c < whole) memcpy(xv[r], xr, sizeof xv[r]);                             \
+                    else for (int e = 0; e < CHUNK_F32; e++) xv[r][e] = c * CHUNK_F32 + e < a->in ? xr[e] : 0.0f; \
+                }                                                                               \
+                for (int j = 0; j < BLOCK; j++)                                                 \
+                    for (int r = 0; r < ROWS; r++)                                              \
+                        for (int e = 0; e < CHUNK_F32; e++) acc[r][j][e] += xv[r][e] * w[j * CHUNK_F32 + e]; \
+            }                                                                                   \
+            for (int r = 0; r < ROWS; r++)                                                      \
+                for (int j = 0; j < BLOCK && b * BLOCK + j < a->out; j++) {                     \
+                    float s = 0.0f;                                                             \
+                    for (int e = 0; e < CHUNK_F32; e++) s += acc[r][j][e];                      \
+                    ((float *)a->y)[r * a->y_stride + b * BLOCK + j] = epilogue(a, s, r, b * BLOCK + j, 0); \
+                }                                                                               \
+        }                                                                                       \
     }
-    return 0;
+
+DEFINE_GEMV_F32_ROWS(1)
+DEFINE_GEMV_F32_ROWS(2)
+DEFINE_GEMV_F32_ROWS(3)
+DEFINE_GEMV_F32_ROWS(4)
+
+int gemv_f32(const GemvArgs *a, int threads) {
+    switch (a->rows) {
+        case 1: gemv_f32_1(a, threads); return 0;
+        case 2: gemv_f32_2(a, threads); return 0;
+        case 3: gemv_f32_3(a, threads); return 0;
+        case 4: gemv_f32_4(a, threads); return 0;
+        default: return 1;
+    }
 }
