@@ -139,12 +139,9 @@ def test_settings_are_checked_at_start(tiny_llama_path):
 
 
 def test_the_gate_drafts_only_while_drafted_steps_pay():
-    class Fixed:
+    class Fixed(speculative.Proposer):
         def propose(self, req_id, token_ids, max_tokens):
             return [7] * max_tokens
-
-        def release(self, req_id):
-            pass
 
     spec = speculative.Speculation(Fixed(), 4, 1000, Counter())
     req = Req(rid="a", prompt_ids=[1, 2, 3], params=SamplingParams(max_new_tokens=100), max_new_tokens=100,
@@ -168,3 +165,20 @@ def test_the_gate_drafts_only_while_drafted_steps_pay():
     assert spec.off_steps == speculative.OFF_STEPS and spec.next_off == 2 * speculative.OFF_STEPS  # longer next time
     spec.draft([req])
     assert req.draft == []  # paused for every request
+
+
+def test_a_proposer_plugin_must_subclass_proposer():
+    from types import SimpleNamespace
+
+    class Duck:  # has the methods, not the base class
+        def propose(self, req_id, token_ids, max_tokens):
+            return []
+
+    class Registry:
+        def get(self, kind, name):
+            assert (kind, name) == ("proposer", "duck")
+            return SimpleNamespace(name="duck", description="a test proposer", load=lambda: lambda settings: Duck())
+
+    settings = Settings(speculative_algorithm="duck")
+    with pytest.raises(SelectionError, match="Duck, which does not subclass minisgl.engine.speculative.Proposer"):
+        speculative.load_proposer(settings, Registry())

@@ -25,7 +25,7 @@ from ..sampling_params import SamplingParams
 from .batch import ForwardBatch, ModelRunner, SamplingBatch, to_device
 from .kv import KVManager
 from .request import Req
-from .speculative import SPECULATE_UP_TO
+from .speculative import SPECULATE_UP_TO, Proposer
 
 log = logging.getLogger("minisgl.engine")
 
@@ -71,7 +71,7 @@ def _greedy(rows: int, device: torch.device) -> SamplingBatch:
     )
 
 
-class StandaloneProposer:
+class StandaloneProposer(Proposer):
     """Drafts with a second, smaller model (--speculative-draft-model-path)."""
 
     def __init__(self, settings: Any, registry: Any = None) -> None:

@@ -303,6 +303,6 @@ class Engine:
             self.threads.restore()
             self.threads = None  # type: ignore[assignment]
         for part in (getattr(self, "proposer", None), getattr(self, "runner", None)):  # a draft model's runner too
-            if hasattr(part, "shutdown"):
+            if part is not None:
                 part.shutdown()
         self.proposer = self.runner = None  # type: ignore[assignment]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from ..plugins import PluginError, SelectionError
 from .request import Req
@@ -43,19 +43,24 @@ OFF_STEPS = 64  # steps without drafts once drafting did not pay; then it is tim
 MAX_OFF_STEPS = 8192  # ... and twice as many each time it still does not pay, up to this
 
 
-@runtime_checkable
-class Proposer(Protocol):
+class Proposer:
+    """What a proposer plugin implements (subclass it): guesses of a request's next tokens."""
+
     def propose(self, req_id: str, token_ids: list[int], max_tokens: int) -> list[int]:
         """Up to `max_tokens` guesses of what follows request `req_id`'s `token_ids` ([] for
         none). Any state kept for the request may be stale: `token_ids` is the truth."""
-        ...
+        raise NotImplementedError
+
+    def propose_batch(self, items: list[tuple[str, list[int], int]]) -> list[list[int]]:
+        """`propose` for a step's requests at once: (req_id, token_ids, max_tokens) each. A
+        proposer that runs a model overrides it to share its forwards."""
+        return [self.propose(*item) for item in items]
 
     def release(self, req_id: str) -> None:
         """The request finished or was retracted: drop what is kept for it."""
-        ...
 
-    # optional: `propose_batch(items: list[tuple[req_id, token_ids, max_tokens]]) -> list[list[int]]`
-    # drafts for a step's requests at once (the standalone proposer batches its forwards)
+    def shutdown(self) -> None:
+        """The engine stops: free what the proposer holds (a draft model's runner)."""
 
 
 def load_proposer(settings: Settings, registry: Registry) -> Proposer | None:
@@ -69,10 +74,14 @@ def load_proposer(settings: Settings, registry: Registry) -> Proposer | None:
         raise SelectionError(f"--speculative-algorithm: {exc}") from None
     log.info("speculative decoding: %s drafts up to %d tokens a step (%s); overlap scheduling off", spec.name,
              settings.speculative_num_draft_tokens, spec.description)
-    return spec.load()(settings)
+    proposer = spec.load()(settings)
+    if not isinstance(proposer, Proposer):
+        raise SelectionError(f"--speculative-algorithm {name}: its factory returned a {type(proposer).__name__}, "
+                             "which does not subclass minisgl.engine.speculative.Proposer")
+    return proposer
 
 
-class NgramProposer:
+class NgramProposer(Proposer):
     """Prompt lookup: the longest suffix of the request's tokens (between the min and max
     match window) that occurred before; the tokens that followed its latest occurrence."""
 
@@ -133,12 +142,9 @@ class Speculation:
             # every emitted token must fit: the drafts and the one sampled after them
             room = min(req.max_new_tokens - req.num_output, self.max_context_len - len(req.all_ids)) - 1
             wanted.append((req, min(self.k, room)))
-        # a proposer that runs a model drafts for all of them in the same forwards
-        propose_batch = getattr(self.proposer, "propose_batch", None)
-        if propose_batch is not None:
-            drafts = propose_batch([(req.rid, req.all_ids, n) for req, n in wanted])
-        else:
-            drafts = [self.proposer.propose(req.rid, req.all_ids, n) for req, n in wanted]
+        if not wanted:
+            return
+        drafts = self.proposer.propose_batch([(req.rid, req.all_ids, n) for req, n in wanted])
         for (req, _), draft in zip(wanted, drafts):
             req.draft = draft
 
