@@ -56,9 +56,10 @@ LOAD_REFRESH_S = 1.0  # how often policies' view of engine load (running, waitin
 RESTART_BACKOFF_MAX_S = 60.0  # the longest wait before a restart attempt
 # What resets the restart count: a replica whose engine served this long before it died
 # counts as healthy again, so its death is failure 1 (restart after the first backoff),
-# not one more in a row. A replica that keeps dying within minutes of every restart
-# reaches ENGINE_RESTART_LIMIT and stays down; one that dies once a day never does.
-RESTART_RESET_AFTER_S = 300.0
+# not one more in a row. A crash loop dies while loading or within seconds of serving and
+# reaches ENGINE_RESTART_LIMIT; an engine that serves for a minute between deaths (a rare
+# kernel fault, an OOM kill under a burst) is worth restarting every time.
+RESTART_RESET_AFTER_S = 60.0
 
 
 class SchedulerError(ValueError):
