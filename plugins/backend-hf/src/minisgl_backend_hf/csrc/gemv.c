@@ -66,35 +66,53 @@ int gemv_bf16_available(void) {
 #endif
 }
 
+#if defined(__AVX512BF16__)
+/* One function per row count, so the accumulators of every row can live in registers. */
+#define DEFINE_GEMV_BF16_ROWS(ROWS)                                                               \
+    static void gemv_bf16_##ROWS(const GemvArgs *a, int threads) {                                \
+        const int64_t blocks = (a->out + BLOCK - 1) / BLOCK;                                      \
+        const int64_t chunks = (a->in + CHUNK_BF16 - 1) / CHUNK_BF16, whole = a->in / CHUNK_BF16; \
+        const __mmask32 tail = (__mmask32)((1ull << (a->in % CHUNK_BF16)) - 1);                   \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                           \
+        for (int64_t b = 0; b < blocks; b++) {                                                    \
+            const uint16_t *w = (const uint16_t *)a->w + b * chunks * BLOCK * CHUNK_BF16;         \
+            __m512 acc[ROWS][BLOCK];                                                              \
+            for (int r = 0; r < ROWS; r++)                                                        \
+                for (int j = 0; j < BLOCK; j++) acc[r][j] = _mm512_setzero_ps();                  \
+            for (int64_t c = 0; c < chunks; c++, w += BLOCK * CHUNK_BF16) {                       \
+                __m512i wv[BLOCK];                                                                \
+                for (int j = 0; j < BLOCK; j++) wv[j] = _mm512_loadu_si512(w + j * CHUNK_BF16);   \
+                for (int r = 0; r < ROWS; r++) {                                                  \
+                    const uint16_t *xr = (const uint16_t *)a->x + r * a->x_stride + c * CHUNK_BF16; \
+                    const __m512i xv = c < whole ? _mm512_loadu_si512(xr) : _mm512_maskz_loadu_epi16(tail, xr); \
+                    for (int j = 0; j < BLOCK; j++)                                               \
+                        acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)xv, (__m512bh)wv[j]);   \
+                }                                                                                 \
+            }                                                                                     \
+            for (int r = 0; r < ROWS; r++)                                                        \
+                for (int j = 0; j < BLOCK && b * BLOCK + j < a->out; j++) {                       \
+                    const int64_t o = b * BLOCK + j;                                              \
+                    const float v = epilogue(a, _mm512_reduce_add_ps(acc[r][j]), r, o, 1);        \
+                    ((uint16_t *)a->y)[r * a->y_stride + o] = bf16_store(v);                      \
+                }                                                                                 \
+        }                                                                                         \
+    }
+
+DEFINE_GEMV_BF16_ROWS(1)
+DEFINE_GEMV_BF16_ROWS(2)
+DEFINE_GEMV_BF16_ROWS(3)
+DEFINE_GEMV_BF16_ROWS(4)
+#endif
+
 int gemv_bf16(const GemvArgs *a, int threads) {
 #if defined(__AVX512BF16__)
-    if (a->rows < 1 || a->rows > MAX_ROWS) return 1;
-    const int64_t blocks = (a->out + BLOCK - 1) / BLOCK, rows = a->rows;
-    const int64_t chunks = (a->in + CHUNK_BF16 - 1) / CHUNK_BF16, whole = a->in / CHUNK_BF16;
-    const __mmask32 tail = (__mmask32)((1ull << (a->in % CHUNK_BF16)) - 1);
-    _Pragma("omp parallel for schedule(static) num_threads(threads)")
-    for (int64_t b = 0; b < blocks; b++) {
-        const uint16_t *w = (const uint16_t *)a->w + b * chunks * BLOCK * CHUNK_BF16;
-        __m512 acc[MAX_ROWS][BLOCK];
-        for (int r = 0; r < MAX_ROWS; r++)
-            for (int j = 0; j < BLOCK; j++) acc[r][j] = _mm512_setzero_ps();
-        for (int64_t c = 0; c < chunks; c++, w += BLOCK * CHUNK_BF16) {
-            __m512i wv[BLOCK];
-            for (int j = 0; j < BLOCK; j++) wv[j] = _mm512_loadu_si512(w + j * CHUNK_BF16);
-            for (int r = 0; r < rows; r++) {
-                const uint16_t *xr = (const uint16_t *)a->x + r * a->x_stride + c * CHUNK_BF16;
-                const __m512i xv = c < whole ? _mm512_loadu_si512(xr) : _mm512_maskz_loadu_epi16(tail, xr);
-                for (int j = 0; j < BLOCK; j++)
-                    acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)xv, (__m512bh)wv[j]);
-            }
-        }
-        for (int r = 0; r < rows; r++)
-            for (int j = 0; j < BLOCK && b * BLOCK + j < a->out; j++) {
-                const int64_t o = b * BLOCK + j;
-                ((uint16_t *)a->y)[r * a->y_stride + o] = bf16_store(epilogue(a, _mm512_reduce_add_ps(acc[r][j]), r, o, 1));
-            }
+    switch (a->rows) {
+        case 1: gemv_bf16_1(a, threads); return 0;
+        case 2: gemv_bf16_2(a, threads); return 0;
+        case 3: gemv_bf16_3(a, threads); return 0;
+        case 4: gemv_bf16_4(a, threads); return 0;
+        default: return 1;
     }
-    return 0;
 #else
     (void)a;
     (void)threads;
