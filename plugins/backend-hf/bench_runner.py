@@ -132,6 +132,9 @@ def main() -> None:
     parser.add_argument("--no-hf", action="store_true", help="skip the plain transformers comparison")
     parser.add_argument("--transformers-modules", action="store_true",
                         help="run the runner through transformers' modules instead of the lean CPU decoder")
+    parser.add_argument("--forwards", action="store_true",
+                        help="only decode steps, each through transformers' modules, the lean decoder on oneDNN, "
+                             "and the lean decoder with its few-row kernel, interleaved; best of --iters each")
     parser.add_argument("--scatter", action="store_true", help="decode contexts on random slots (worst case)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--profile", type=int, default=None, metavar="B",
@@ -168,6 +171,11 @@ def main() -> None:
         hf_cols = f"{theirs * 1e3:>10.1f}{tokens / theirs:>10.0f}" if theirs else ""
         print(f"{label:<28}{ours * 1e3:>12.1f}{tokens / ours:>10.0f}{hf_cols}", flush=True)
 
+    if args.forwards:
+        compare_forwards(runner, [int(b) for b in args.batch_sizes.split(",")], args.context, gen, args.iters,
+                         args.scatter)
+        return
+
     with torch.inference_mode():
         for bs in (int(b) for b in args.batch_sizes.split(",")):
             batch = decode_batch(bs, args.context, capacity, vocab, gen, args.scatter)
@@ -191,6 +199,33 @@ def main() -> None:
         if args.profile:
             profile_decode(runner, decode_batch(args.profile, args.context, capacity, vocab, gen, args.scatter),
                            args.iters)
+
+
+@torch.inference_mode()
+def compare_forwards(runner, batch_sizes: list[int], context: int, gen: torch.Generator, iters: int,
+                     scatter: bool) -> None:
+    """The runner's three CPU forwards on the same decode batches, one after the other per
+    iteration, so a busy moment costs them alike."""
+    lean = runner.decoder
+    if lean is None:
+        raise SystemExit("no lean CPU decoder for this model or machine (see the runner's Forward: log line)")
+    few_rows = lean.gemv_rows
+    forwards = {"transformers modules": (None, 0), "lean, oneDNN": (lean, 0), "lean, few-row kernel": (lean, few_rows)}
+    print(f"{'decode ms (best of ' + str(iters) + ')':<28}" + "".join(f"{name:>22}" for name in forwards))
+    try:
+        for bs in batch_sizes:
+            batch = decode_batch(bs, context, runner.kv_capacity(), runner.vocab_size, gen, scatter)
+            best = dict.fromkeys(forwards, float("inf"))
+            for _ in range(iters + 1):  # the first round warms up
+                for name, (decoder, rows) in forwards.items():
+                    runner.decoder, lean.gemv_rows = decoder, rows
+                    start = time.perf_counter()
+                    runner.forward(batch)
+                    best[name] = min(best[name], time.perf_counter() - start)
+            kernel = "" if bs <= few_rows else "  (rows above the kernel's: oneDNN)"
+            print(f"{f'B={bs} ctx~{context}':<28}" + "".join(f"{best[n] * 1e3:>22.1f}" for n in forwards) + kernel)
+    finally:
+        runner.decoder, lean.gemv_rows = lean, few_rows
 
 
 def profile_decode(runner, batch: ForwardBatch, iters: int) -> None:
