@@ -161,6 +161,11 @@ def main() -> None:
     print(f"model {resolved.name}  dtype {runner.dtype}  threads {torch.get_num_threads()}  device {runner.device}  "
           f"forward {forward}")
 
+    if args.forwards:
+        compare_forwards(runner, [int(b) for b in args.batch_sizes.split(",")], args.context, gen, args.iters,
+                         args.scatter)
+        return
+
     hf = None
     if not args.no_hf:
         hf = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=runner.dtype, attn_implementation="sdpa").eval()
@@ -170,11 +175,6 @@ def main() -> None:
     def row(label: str, tokens: int, ours: float, theirs: float | None) -> None:
         hf_cols = f"{theirs * 1e3:>10.1f}{tokens / theirs:>10.0f}" if theirs else ""
         print(f"{label:<28}{ours * 1e3:>12.1f}{tokens / ours:>10.0f}{hf_cols}", flush=True)
-
-    if args.forwards:
-        compare_forwards(runner, [int(b) for b in args.batch_sizes.split(",")], args.context, gen, args.iters,
-                         args.scatter)
-        return
 
     with torch.inference_mode():
         for bs in (int(b) for b in args.batch_sizes.split(",")):
