@@ -46,7 +46,7 @@ def step_batch(n: int) -> ForwardBatch:
 
 def verify_cost(name: str, path: str) -> list[dict]:
     runner = SglModelRunner(Settings(num_pages=4096, max_running_requests=8, dummy_weight=True), path, dummy=True,
-                            graph_batch_sizes_override=[1])
+                            graph_batch_sizes_override=[1, 2, 4, 8, 16])
     runner.kv.k.uniform_(-1, 1)
     runner.kv.v.uniform_(-1, 1)
     plain = time_steps(lambda: runner.forward(step_batch(1)).resolve())
