@@ -117,7 +117,12 @@ def test_cuda_pages_land_pinned_without_blocking_and_survive_the_pool_overwritin
                     lambda slots, data: pool.index_copy_(0, torch.tensor(slots, device=device), data),
                     HostTier(1 << 30), None, write_through=True, token_bytes=pool[0].nbytes, copier=copier)
     ids = list(range(4096))
-    torch.cuda._sleep(1_000_000_000)  # the step's stream is busy: the copies queue behind it
+    # pinned host memory is slow to allocate the first time (cudaHostAlloc), and torch caches
+    # it: a first round makes the timed store's allocations fast, so its copies cannot land
+    # while it still allocates
+    tiers.store(ids, list(range(4096)))
+    tiers.flush()
+    torch.cuda._sleep(4_000_000_000)  # the step's stream is busy: the copies queue behind it
     tiers.store(ids, list(range(4096)))
     pool.mul_(0)  # the next step overwrites the slots the pages came from
     assert tiers._landing  # store returned before its copies landed
