@@ -12,6 +12,7 @@ import torch
 from minisgl.cache.host_copy import HostCopier, Landing
 from minisgl.cache.host_tier import HostTier
 from minisgl.cache.tiers import KVTiers, page_keys
+from minisgl.engine.batch import to_device
 
 P = 4
 
@@ -113,8 +114,10 @@ def test_cuda_pages_land_pinned_without_blocking_and_survive_the_pool_overwritin
     pool = torch.randn(4096, 2, 8, 128, device=device)
     original = pool.clone()
     copier = HostCopier(device)
-    tiers = KVTiers(P, lambda slots: pool[torch.tensor(slots, device=device)].contiguous(),
-                    lambda slots, data: pool.index_copy_(0, torch.tensor(slots, device=device), data),
+    # slot lists go through pinned memory (engine.batch.to_device), as the runners send them: a
+    # pageable copy would wait for the busy stream
+    tiers = KVTiers(P, lambda slots: pool[to_device(slots, device)].contiguous(),
+                    lambda slots, data: pool.index_copy_(0, to_device(slots, device), data),
                     HostTier(1 << 30), None, write_through=True, token_bytes=pool[0].nbytes, copier=copier)
     ids = list(range(4096))
     # pinned host memory is slow to allocate the first time (cudaHostAlloc), and torch caches

@@ -24,7 +24,7 @@ from transformers import (
 
 from minisgl.cache.kv_budget import KVShape, size_kv_pool
 from minisgl.dtypes import resolve_dtype
-from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner
+from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner, to_device
 from minisgl.engine.sampler import sample
 
 from .attention import CONTEXT_ATTR, PagedAttentionContext, register
@@ -209,10 +209,10 @@ class HFModelRunner(ModelRunner):
         return self.pool.capacity
 
     def read_kv(self, slots: list[int]) -> torch.Tensor:
-        return self.pool.read(torch.tensor(slots, dtype=torch.long, device=self.device))
+        return self.pool.read(to_device(slots, self.device))
 
     def write_kv(self, slots: list[int], data: torch.Tensor) -> None:
-        self.pool.store(torch.tensor(slots, dtype=torch.long, device=self.device), data)
+        self.pool.store(to_device(slots, self.device), data)
 
     def _to_device(self, batch: ForwardBatch) -> ForwardBatch:
         if batch.input_ids.device == self.device:

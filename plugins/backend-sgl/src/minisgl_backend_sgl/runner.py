@@ -23,7 +23,7 @@ import torch
 from minisgl.cache.kv_budget import GIB, KVShape, size_kv_pool
 from minisgl.cpu_threads import usable_cpus
 from minisgl.dtypes import resolve_dtype
-from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner, SamplingBatch
+from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner, SamplingBatch, to_device
 from minisgl.engine.sampler import sample
 from minisgl.engine.scheduler import prefill_chunk
 
@@ -159,10 +159,10 @@ class SglModelRunner(ModelRunner):
         return self.kv.capacity
 
     def _read_kv(self, slots: list[int]) -> torch.Tensor:
-        return self.kv.read(torch.tensor(slots, dtype=torch.long, device=self.device))
+        return self.kv.read(to_device(slots, self.device))
 
     def _write_kv(self, slots: list[int], data: torch.Tensor) -> None:
-        self.kv.store(torch.tensor(slots, dtype=torch.long, device=self.device), data)
+        self.kv.store(to_device(slots, self.device), data)
 
     def _join_group(self, settings: Any, model_path: str, dummy: bool, rank: int) -> None:
         """Rank 0 starts the other ranks; every rank joins the group (see tp.py)."""
