@@ -93,7 +93,7 @@ def test_stream_validation_errors_are_plain_400s(server):
 
 def test_unknown_routes_and_models_are_404(server):
     _assert_error(httpx.get(server.url + "/v2/nothing"), 404)
-    _assert_error(httpx.post(server.url + "/v1/embeddings", json={}), 404)
+    _assert_error(httpx.post(server.url + "/v1/audio/speech", json={}), 404)
     _assert_error(_post(server, "/v1/chat/completions", {"model": "gpt-9", "messages": MSG}), 404, "model")
     _assert_error(httpx.get(server.url + "/v1/models/gpt-9"), 404, "model")
 

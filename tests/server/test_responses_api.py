@@ -25,7 +25,10 @@ def store_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(smollm2_path, store_path, tmp_path_factory):
-    srv = start_server(smollm2_path, "--responses-store", store_path, log_dir=tmp_path_factory.mktemp("server-resp"))
+    # float32: two doors' answers are compared token for token, and a request that reuses the
+    # other's cached prefix computes it in another order, which bf16 turns into near-ties
+    srv = start_server(smollm2_path, "--responses-store", store_path, "--dtype", "float32",
+                       log_dir=tmp_path_factory.mktemp("server-resp"))
     yield srv
     srv.stop()
 

@@ -39,6 +39,7 @@ ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/generate"): tuple(s for s in GENERATION if s != 404),  # takes no model name
     ("POST", "/v1/completions"): GENERATION,
     ("POST", "/v1/chat/completions"): GENERATION,
+    ("POST", "/v1/embeddings"): GENERATION,  # a prefill through the same engines and limits
     ("POST", "/tokenize"): (*BODY, 404, 503),  # no generation: never 429
     ("POST", "/detokenize"): (*BODY, 404, 503),
     ("GET", "/v1/models"): (500,),
