@@ -41,11 +41,11 @@ def main() -> int:
                                 path, dummy=True, graph_batch_sizes_override=[1])
         for n in LENGTHS:
             batch = prefill(n)
-            recompute = time_steps(lambda batch=batch: runner.forward(batch).resolve(), steps=5)
+            recompute = time_steps(lambda batch=batch, runner=runner: runner.forward(batch).resolve(), steps=5)
             slots = list(range(n))
             pages = runner.read_kv(slots).to("cpu").pin_memory()
 
-            def load(pages: torch.Tensor = pages, slots: list[int] = slots) -> None:
+            def load(pages: torch.Tensor = pages, slots: list[int] = slots, runner: SglModelRunner = runner) -> None:
                 runner.write_kv(slots, pages.to("cuda", non_blocking=True))
                 torch.cuda.synchronize()
 
