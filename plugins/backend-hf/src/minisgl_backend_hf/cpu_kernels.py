@@ -27,6 +27,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCES = sorted((Path(__file__).with_name("csrc")).glob("*.c"))
+HEADERS = sorted((Path(__file__).with_name("csrc")).glob("*.h"))
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11"]
 # Linked in a step of its own, without -ffast-math: gcc before 13 would link crtfastmath.o into
 # the library, which turns on flush-to-zero for the whole process (torch and Python included)
@@ -75,7 +76,7 @@ def _build() -> Path:
     if compiler is None:
         raise RuntimeError("no C compiler found (install gcc, or set CC)")
     key = hashlib.sha256(
-        b"".join(src.read_bytes() for src in SOURCES) + " ".join([compiler, *CFLAGS, *LDFLAGS]).encode() + _cpu_identity().encode()
+        b"".join(src.read_bytes() for src in SOURCES + HEADERS) + " ".join([compiler, *CFLAGS, *LDFLAGS]).encode() + _cpu_identity().encode()
     ).hexdigest()[:16]
     target = _cache_dir() / f"minisgl_cpu-{key}.so"
     if target.exists():

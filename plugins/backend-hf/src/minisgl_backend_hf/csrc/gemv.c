@@ -13,6 +13,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "bf16.h"
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
 #endif
@@ -33,21 +35,6 @@ typedef struct {
     int64_t rows, in, out, x_stride, other_stride, y_stride;
     int epilogue;
 } GemvArgs;
-
-static inline float bf16_load(uint16_t x) {
-    uint32_t bits = (uint32_t)x << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline uint16_t bf16_store(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return (uint16_t)(bits >> 16);
-}
 
 static inline float epilogue(const GemvArgs *a, float v, int64_t r, int64_t o, int bf16) {
     if (a->bias) v += bf16 ? bf16_load(((const uint16_t *)a->bias)[o]) : ((const float *)a->bias)[o];

@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "bf16.h"
+
 #define KEY_BLOCK 64
 #define MAX_GROUP_DIM 8192 /* G * D floats of accumulator per work item, on the stack */
 
@@ -36,13 +38,6 @@ typedef struct {
 #define PREFETCH 8
 static inline void prefetch_row(const void *row, int bytes) {
     for (int off = 0; off < bytes; off += 64) __builtin_prefetch((const char *)row + off, 0, 3);
-}
-
-static inline float bf16_to_float(uint16_t x) {
-    uint32_t bits = (uint32_t)x << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
 }
 
 #define DEFINE_DECODE(NAME, T, LOAD)                                                          \
@@ -112,7 +107,7 @@ static inline float bf16_to_float(uint16_t x) {
     }
 
 #define LOAD_F32(x) (x)
-#define LOAD_BF16(x) bf16_to_float(x)
+#define LOAD_BF16(x) bf16_load(x)
 
 DEFINE_DECODE(paged_decode_f32, float, LOAD_F32)
 DEFINE_DECODE(paged_decode_bf16, uint16_t, LOAD_BF16)
