@@ -33,7 +33,9 @@ def test_bench_speculative_runs_a_draft_model(tiny_qwen3_path, tmp_path):
     data = json.loads(report.read_text())
     assert data["environment"]["proposer"] == "standalone"
     assert data["environment"]["draft_model"] == tiny_qwen3_path
-    assert all(row["drafted"] > 0 for row in data["results"])
+    # the draft model drafted; how much in each workload is the timing gate's call (it pauses
+    # drafting while drafted steps run slow, as on a busy machine), so only the total is fixed
+    assert sum(row["drafted"] for row in data["results"]) > 0
 
 
 def test_bench_speculative_refuses_standalone_without_a_draft_model(tiny_qwen3_path):
