@@ -31,7 +31,7 @@ from .attention import CONTEXT_ATTR, PagedAttentionContext, register
 from .attention_plan import AttentionPlan
 from .cpu_decoder import CPUDecoder, unsupported_reason
 from .cpu_kernels import decoder_ops, paged_decode_kernel
-from .cpu_linear import MLP_ROWS, can_pack, pack_linears, slice_mlp_rows
+from .cpu_linear import MLP_ROWS, PackedLinear, can_pack, pack_linears, slice_mlp_rows
 from .device import available_memory_bytes, configure_torch, pick_device
 from .kv_pool import KVPool
 from .vision import VisionEmbedder
@@ -182,11 +182,17 @@ class HFModelRunner(ModelRunner):
         """The lean CPU forward where it computes what transformers computes (logged either way)."""
         ops = decoder_ops(self.dtype)
         reason = "a dtype without native kernels, or no kernel build" if ops is None else unsupported_reason(self.model)
-        if reason is not None:
+        if reason is None:
+            logger.info("Forward: the lean CPU decoder (native RMSNorm and rotary kernels, fused oneDNN epilogues)")
+            decoder = CPUDecoder(self.model, ops, self.context)
+        else:
             logger.info("Forward: transformers' modules (the lean CPU decoder does not take %s)", reason)
-            return None
-        logger.info("Forward: the lean CPU decoder (native RMSNorm and rotary kernels, fused oneDNN epilogues)")
-        return CPUDecoder(self.model, ops, self.context)
+            decoder = None
+        if decoder is None or not decoder.gemv_rows:  # only the few-row kernel reads the second copy
+            for module in self.model.modules():
+                if isinstance(module, PackedLinear):
+                    module.gemv_weight = None
+        return decoder
 
     def _attach_context(self, num_layers: int) -> None:
         """Every attention module of the language model finds this runner's pool and plan

@@ -43,7 +43,9 @@ def as_decode_rows(batch: ForwardBatch) -> ForwardBatch:
     prefix_lens = [p + j for p, e in zip(batch.prefix_lens, batch.extend_lens) for j in range(e)]
     return ForwardBatch(
         input_ids=batch.input_ids, positions=batch.positions, out_slots=batch.out_slots,
-        page_table=batch.page_table.repeat_interleave(rows.to(batch.page_table.device), dim=0),
+        # output_size: no device-to-host read of the row counts on CUDA
+        page_table=batch.page_table.repeat_interleave(rows.to(batch.page_table.device), dim=0,
+                                                      output_size=batch.num_tokens),
         extend_lens=[1] * len(prefix_lens), prefix_lens=prefix_lens, sample_indices=batch.sample_indices,
         sampling=batch.sampling,
     )
