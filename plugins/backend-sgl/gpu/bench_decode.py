@@ -9,11 +9,14 @@ transformers' own forward with a StaticCache at the same shapes (eager, bf16, sd
 
     PYTHONPATH=core/src:plugins/backend-sgl/src:plugins/backend-sgl/tests python plugins/backend-sgl/gpu/bench_decode.py
 
-BENCH_PROFILE=1,64 also prints the kernels one graph replay runs at those batch sizes, with their times.
+BENCH_VARIANTS=plain,pdl,fused,fused+pdl runs each of those kernel variants (default: what the
+runner picks, fused+pdl): programmatic dependent launch on or off, the RMSNorm and SiLU-mul in
+the skinny GEMM's prologue or as kernels of their own. BENCH_EAGER=0 skips the runs without graphs; BENCH_PROFILE=1,64 also prints the kernels one graph replay runs at those batch sizes, with their times.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -89,8 +92,30 @@ def profile_replays(name: str, b: int, graph: torch.cuda.CUDAGraph, replays: int
               f"{e.self_device_time_total / e.count:6.2f} us each  {e.key[:90]}", flush=True)
 
 
+@contextlib.contextmanager
+def variant(name: str):
+    """The runner's kernels with PDL and/or the prologue fusions switched off."""
+    from minisgl_backend_sgl.kernels import pdl, skinny_gemm
+
+    saved = pdl.launch_options, skinny_gemm.norm_linear, skinny_gemm.silu_mul_linear
+    if "pdl" not in name:
+        pdl.launch_options = lambda device: {"PDL": False}
+    if "fused" not in name:
+        skinny_gemm.norm_linear = skinny_gemm.silu_mul_linear = lambda *args: None
+    try:
+        yield
+    finally:
+        pdl.launch_options, skinny_gemm.norm_linear, skinny_gemm.silu_mul_linear = saved
+
+
 def bench_ours(name: str, path: str, bw: float) -> None:
-    for graphs in (True, False):
+    for kernels in os.environ.get("BENCH_VARIANTS", "fused+pdl").split(","):
+        with variant(kernels):
+            bench_runner(name, path, bw, kernels)
+
+
+def bench_runner(name: str, path: str, bw: float, kernels: str) -> None:
+    for graphs in (True, False) if os.environ.get("BENCH_EAGER", "1") == "1" else (True,):
         settings = Settings(num_pages=max(BATCHES) * (CONTEXT + 8) + 64, max_running_requests=max(BATCHES), dummy_weight=True)
         runner = SglModelRunner(settings, path, dummy=True, graph_batch_sizes_override=BATCHES if graphs else [])
         runner.kv.k.uniform_(-1, 1)
@@ -101,7 +126,7 @@ def bench_ours(name: str, path: str, bw: float) -> None:
             batch = decode_batch(b)
             sec = time_steps(lambda runner=runner, batch=batch: runner.forward(batch).resolve())
             floor = (weight_bytes + b * CONTEXT * kv_token) / bw
-            row = dict(model=name, impl="sgl+graphs" if graphs else "sgl eager", batch=b, ms=sec * 1e3,
+            row = dict(model=name, impl=("sgl+graphs " if graphs else "sgl eager ") + kernels, batch=b, ms=sec * 1e3,
                        tok_s=b / sec, floor_ms=floor * 1e3, pct_of_floor=100 * floor / sec)
             if graphs:  # the device time of the model alone: graph replays timed with events
                 graph = runner.graphs.graphs[runner.graphs.padded_size(b)]
@@ -113,7 +138,7 @@ def bench_ours(name: str, path: str, bw: float) -> None:
                 torch.cuda.synchronize()
                 row["replay_ms"] = start.elapsed_time(end) / 50
                 if b in PROFILE_BATCHES:
-                    profile_replays(name, b, graph)
+                    profile_replays(f"{name} {kernels}", b, graph)
             ROWS.append(row)
             print(json.dumps(row), flush=True)
         runner.shutdown()
@@ -170,9 +195,9 @@ def main() -> int:
     print("\nmodel          impl                       B    ms/step    tok/s   floor ms  %floor")
     for r in ROWS:
         if "error" in r:
-            print(f"{r['model']:<14} {r['impl']:<25} {r['batch']:>4}  {r['error']}")
+            print(f"{r['model']:<14} {r['impl']:<30} {r['batch']:>4}  {r['error']}")
             continue
-        print(f"{r['model']:<14} {r['impl']:<25} {r['batch']:>4} {r['ms']:>9.3f} {r['tok_s']:>9.0f}"
+        print(f"{r['model']:<14} {r['impl']:<30} {r['batch']:>4} {r['ms']:>9.3f} {r['tok_s']:>9.0f}"
               + (f" {r['floor_ms']:>9.3f} {r['pct_of_floor']:>6.1f}" if "floor_ms" in r else "")
               + (f"  (graph replay alone {r['replay_ms']:.3f} ms)" if "replay_ms" in r else ""))
     out = os.environ.get("OUT")

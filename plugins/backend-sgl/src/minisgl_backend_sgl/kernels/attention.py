@@ -23,6 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl
+from .pdl import wait_previous
+
 LOG2E = 1.4426950408889634
 
 
@@ -130,7 +133,9 @@ def _decode_split_kernel(
     stride_qt, stride_qh, stride_ks, stride_kh, stride_pt, stride_ot, stride_oh, sm_scale_log2,
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_previous(PDL)
     b = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -189,8 +194,9 @@ def _decode_split_kernel(
 def _decode_merge_kernel(
     mid_o, mid_lse, o_ptr, stride_ot, stride_oh,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_previous(PDL)
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -244,6 +250,7 @@ def decode_attention(
         NUM_HEADS=num_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, NUM_SPLITS=num_splits,
         IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
+        **pdl.launch_options(q.device),
     )
     if num_splits == 1:
         return out
@@ -251,5 +258,6 @@ def decode_attention(
         mid_o, mid_lse, out, out.stride(0), out.stride(1),
         NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
         NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4,
+        **pdl.launch_options(q.device),
     )
     return out

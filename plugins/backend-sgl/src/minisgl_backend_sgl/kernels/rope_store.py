@@ -9,6 +9,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl
+from .pdl import wait_previous
+
 
 @triton.jit
 def _norm_rope(x1, x2, w_ptr, cos, sin, d, d_mask, eps, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, QK_NORM: tl.constexpr):
@@ -31,7 +34,9 @@ def _rope_store_kernel(
     stride_qkv, stride_cs, stride_cache_slot, eps,
     NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HALF: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_KVH: tl.constexpr, BLOCK_HALF: tl.constexpr, QK_NORM: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_previous(PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions_ptr + t).to(tl.int64)
     slot = tl.load(slots_ptr + t).to(tl.int64)
@@ -97,5 +102,5 @@ def rope_and_store_kv(
         qkv.stride(0), cos_sin.stride(0), k_cache.stride(0), eps,
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, HALF=half,
         BLOCK_H=triton.next_power_of_2(num_heads), BLOCK_KVH=triton.next_power_of_2(num_kv_heads),
-        BLOCK_HALF=triton.next_power_of_2(half), QK_NORM=qk_norm, num_warps=4,
+        BLOCK_HALF=triton.next_power_of_2(half), QK_NORM=qk_norm, num_warps=4, **pdl.launch_options(qkv.device),
     )
