@@ -86,9 +86,10 @@ def _range(text: str, flag: str) -> tuple[int, int]:
 
 @bench.command()
 @workload_options
-@click.option("--workload", type=click.Choice(["custom", "w1"]), default="custom", show_default=True,
+@click.option("--workload", type=click.Choice(["custom", "w1", "prefill"]), default="custom", show_default=True,
               help="w1: 256 requests, input and output 100-1024 (the GPU comparison's workload; overrides "
-                   "--num-requests, --input-len, --output-len and --seed)")
+                   "--num-requests, --input-len, --output-len and --seed); prefill: --num-requests prompts "
+                   "of --input-len tokens, one output token each, reported as the share of the matmul rate")
 @click.option("--peers", default="all", show_default=True, help="all | none | comma list of " + ",".join(PEERS))
 @click.option("--max-running-requests", type=click.IntRange(min=1), default=None, help="minisgl scheduler limit")
 @click.option("--max-prefill-length", type=click.IntRange(min=1), default=None, help="minisgl prefill chunk budget")
@@ -148,8 +149,10 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, wo
         input_len, output_len = ("-".join(map(str, W1[k])) for k in ("input_len", "output_len"))
         max_running_requests = max_running_requests or num_requests
     else:
+        if workload == "prefill":
+            out_rng, output_len = (1, 1), "1"
         wl = make_workload(num_requests, in_rng, out_rng, seed, vocab, specials)
-    name = "W1" if workload == "w1" else "workload"
+    name = {"w1": "W1", "prefill": "prefill"}.get(workload, "workload")
     console.print(
         f"{name}: {num_requests} requests, input {input_len} ({sum(map(len, wl.prompts))} tokens), "
         f"output {output_len} ({wl.output_tokens} tokens), seed {seed}, EOS ignored"
@@ -196,6 +199,10 @@ def offline(model, num_requests, input_len, output_len, seed, dtype, backend, wo
     spec = speculation(None, metrics)
     if spec:
         console.print(speculation_line(spec))
+    if workload == "prefill":
+        prompt_tokens = sum(map(len, wl.prompts))
+        console.print(f"prefill {model} minisgl {prompt_tokens / mini.seconds:.0f} prompt tok/s: "
+                      f"{floor_s / mini.seconds:.0%} of the matmul rate")
     console.print(roof.describe())
     console.print(f"compute floor: {floor_how}")
     head = header(model=model, dtype=dtype, backend=backend, settings=settings)
