@@ -48,7 +48,8 @@ METRICS = {
     "hicache_disk_hit_tokens_total": "Prompt tokens loaded back from the disk tier.",
     "hicache_loaded_bytes_total": "Bytes copied from the tiers into the device pool.",
     "hicache_host_stored_bytes_total": "Bytes copied into the host tier.",
-    "hicache_disk_written_bytes_total": "Bytes written to the disk tier.",
+    "hicache_disk_written_bytes_total": "Bytes written to the disk tier (counted once a file is in place).",
+    "hicache_disk_dropped_total": "Pages not written to the disk tier: its write queue was full or the write failed.",
     "hicache_disk_read_bytes_total": "Bytes read from the disk tier.",
     "hicache_capacity_tokens": "Tokens the larger of the host and disk tiers can hold.",
 }
@@ -129,7 +130,7 @@ class KVTiers:
             if key not in self.host and self.host.put(key, page):
                 c["hicache_host_stored_bytes_total"] += page.numel() * page.element_size()
             if self.disk is not None:
-                c["hicache_disk_written_bytes_total"] += self.disk.put(key, page)
+                self.disk.put(key, page)  # written on the disk tier's thread
 
     def load(self, token_ids: Sequence[int], start: int) -> list[torch.Tensor]:
         """The pages that continue a cached prefix of `start` tokens, consecutive, from the
@@ -177,6 +178,8 @@ class KVTiers:
             "hicache_disk_pages": len(self.disk) if self.disk is not None else 0,
             "hicache_disk_bytes": self.disk.nbytes if self.disk is not None else 0,
             "hicache_disk_rejected_total": self.disk.rejected if self.disk is not None else 0,
+            "hicache_disk_written_bytes_total": self.disk.written_bytes if self.disk is not None else 0,
+            "hicache_disk_dropped_total": self.disk.dropped if self.disk is not None else 0,
             "hicache_capacity_tokens": self.capacity_tokens,
         }
         out.update({name: c[name] for name in METRICS if name not in out})
@@ -186,6 +189,12 @@ class KVTiers:
     def capacity_tokens(self) -> int:
         cap = max(self.host.capacity, self.disk.capacity if self.disk is not None else 0)
         return cap // self.token_bytes if self.token_bytes else 0
+
+    def close(self) -> None:
+        """At the engine's end: every landed page to the tiers, and the disk's queue written."""
+        self.settle(wait=True)
+        if self.disk is not None:
+            self.disk.close()
 
     def check(self) -> None:
         self.settle(wait=True)
