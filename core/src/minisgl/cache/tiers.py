@@ -67,11 +67,13 @@ def page_keys(token_ids: Sequence[int], page_size: int) -> list[str]:
 
 
 def model_fingerprint(model_path: str, backend: str, page_size: int, page: torch.Tensor,
-                      random_weights: bool = False) -> str:
+                      random_weights: bool = False, tp_size: int = 1) -> str:
     """What a stored page is only valid for: the model (its path, config and weight files),
-    the backend's KV layout (shape and dtype of a page) and the page size. Random weights
-    are this process's own: nothing another process wrote matches them."""
-    h = hashlib.sha256(f"{model_path}|{backend}|{page_size}|{page.dtype}|{tuple(page.shape)}".encode())
+    the backend's KV layout (shape and dtype of a page), the page size and the TP size (a
+    page joins the ranks' slices of the heads: another split is another layout, even where
+    the shape is the same). Random weights are this process's own: nothing another process
+    wrote matches them."""
+    h = hashlib.sha256(f"{model_path}|{backend}|{page_size}|{page.dtype}|{tuple(page.shape)}|tp{tp_size}".encode())
     if random_weights:
         h.update(os.urandom(16))
     root = Path(model_path)
@@ -219,7 +221,8 @@ def build_tiers(settings: Any, runner: Any, cache: Any, model: Any, backend: str
     disk = None
     if settings.hicache_storage_backend == "file":
         disk = DiskTier(settings.hicache_storage_dir, int(settings.hicache_storage_size * GB),
-                        model_fingerprint(model.path, backend, P, sample, random_weights=model.dummy),
+                        model_fingerprint(model.path, backend, P, sample, random_weights=model.dummy,
+                                          tp_size=settings.tp_size),
                         sample.dtype, tuple(sample.shape))
     log.info("hierarchical cache: host tier %.2f GB, disk tier %s, write policy %s", settings.hicache_size,
              disk.dir if disk is not None else "off", settings.hicache_write_policy)
