@@ -137,7 +137,10 @@ class DiskTier:
                         self.queued, timeout)
             with self._lock:
                 self._pending.clear()  # the writer skips what is no longer pending
-        self._queue.put(None)
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:  # full behind a stuck write: the writer is a daemon thread, it ends with the process
+            return
         writer.join(timeout=1.0)
 
     def _write_loop(self) -> None:
@@ -148,13 +151,14 @@ class DiskTier:
                     return
                 self._write(*item)
             except Exception as exc:  # never let one page end the writer
-                self._write_error(item[0] if item else "?", exc)
+                self._write_error(*item, exc)
             finally:
                 self._queue.task_done()
 
-    def _write_error(self, key: str, exc: BaseException) -> None:
+    def _write_error(self, key: str, page: torch.Tensor, exc: BaseException) -> None:
         with self._lock:
-            self._pending.pop(key, None)
+            if self._pending.get(key) is page:
+                del self._pending[key]
             self.dropped += 1
             first, self._write_failed = not self._write_failed, True
         (log.warning if first else log.debug)("disk KV tier: cannot write the page %s (dropped, recomputed when "
