@@ -121,6 +121,7 @@ def test_corrupt_and_foreign_files_are_not_served(engine_factory, tiny_qwen3_pat
     other = engine_factory(tiny_qwen3_path, **SMALL_POOL, **disk, dtype="bfloat16")
     serve(other, "b", p)
     other_disk = other.scheduler.tiers.disk
+    assert other_disk.drain(timeout=30)
     assert other_disk.fingerprint != keys.fingerprint
     foreign = (other_disk.dir / other_disk._name(page_keys(p, 4)[0])).read_bytes()
     names[0].write_bytes(foreign)
@@ -134,12 +135,14 @@ def test_disk_cap_is_honoured(engine_factory, tiny_qwen3_path, tmp_path):
     probe = engine_factory(tiny_qwen3_path, **SMALL_POOL, enable_hierarchical_cache=True, hicache_storage_backend="file",
                            hicache_storage_dir=str(tmp_path / "probe"))
     serve(probe, "a", prompts(probe.runner.vocab_size, [8])[0])
+    assert probe.scheduler.tiers.disk.drain(timeout=30)
     file_bytes = max(f.stat().st_size for f in (tmp_path / "probe").glob("*.kvpage"))
     cap = 6 * file_bytes
     eng = engine_factory(tiny_qwen3_path, **SMALL_POOL, enable_hierarchical_cache=True, hicache_storage_backend="file",
                          hicache_storage_dir=str(tmp_path / "capped"), hicache_storage_size=cap / 1e9)
     for i, p in enumerate(prompts(eng.runner.vocab_size, [40, 40], seed=4)):
         serve(eng, f"r{i}", p)
+    assert eng.scheduler.tiers.disk.drain(timeout=30)  # the writer thread's files, all in place
     used = sum(f.stat().st_size for f in (tmp_path / "capped").glob("*.kvpage"))
     assert 0 < used <= cap and eng.metrics()["hicache_disk_bytes"] == used
 
@@ -151,6 +154,7 @@ def test_two_servers_sharing_a_directory(engine_factory, tiny_qwen3_path, tmp_pa
     (p,) = prompts(a.runner.vocab_size, [40], seed=7)
     # both write the same pages; each sees the other's files whole
     out_a, _ = serve(a, "a", p)
+    assert a.scheduler.tiers.disk.drain(timeout=30)  # b sees a's pages once a's writer has written them
     out_b, cached_b = serve(b, "b", p)
     assert out_a == out_b and cached_b == 36 and b.metrics()["hicache_disk_hit_tokens_total"] == 36
     assert not list(tmp_path.glob(".tmp-*"))
@@ -163,7 +167,8 @@ def test_disk_tier_rejects_truncated_files_and_evicts_least_recently_used(tmp_pa
 
     page = torch.arange(24, dtype=torch.float32).view(4, 6)
     tier = DiskTier(str(tmp_path), 1 << 20, "f" * 64, torch.float32, (4, 6))
-    size = tier.put("k0", page)
+    assert tier.put("k0", page) and tier.drain()
+    size = tier.written_bytes
     assert size > 0 and torch.equal(tier.get("k0"), page)
     path = tmp_path / tier._name("k0")
     path.write_bytes(path.read_bytes()[:-5])
@@ -173,8 +178,10 @@ def test_disk_tier_rejects_truncated_files_and_evicts_least_recently_used(tmp_pa
     small = DiskTier(str(tmp_path / "small"), 2 * size, "f" * 64, torch.float32, (4, 6))
     small.put("k1", page)
     small.put("k2", page)
+    small.drain()
     small.get("k1")  # k2 is now the least recently used
     small.put("k3", page)
+    small.drain()
     assert "k1" in small and "k3" in small and "k2" not in small and small.nbytes == 2 * size
     small.check()
 

@@ -1,8 +1,9 @@
 """`minisgl serve --enable-hierarchical-cache --hicache-storage-backend file`: a server
 started again on the same storage directory answers a prompt it saw before with the
 prefix read from disk (cached tokens in the OpenAI usage), the same text, and the tier's
-hits and bytes in /metrics (JSON and Prometheus); an engine the supervisor restarts after
-a SIGKILL comes back warm the same way."""
+hits and bytes in /metrics (JSON and Prometheus), on backend-hf and on backend-sgl over two
+tensor-parallel ranks; an engine the supervisor restarts after a SIGKILL comes back warm
+the same way."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 
 import httpx
 import openai
+import pytest
 from server_process import start_server
 
 PROMPT = list(range(100, 140))  # 40 token ids: 9 whole pages of 4 before the last token's page
@@ -25,8 +27,10 @@ def _complete(server, model: str):
     return out.choices[0].text, details.cached_tokens if details is not None else 0
 
 
-def test_a_restarted_server_serves_the_prefix_from_disk(tiny_qwen3_path, tmp_path):
-    args = ("--backend", "hf", "--dtype", "float32", "--page-size", "4", "--enable-hierarchical-cache",
+@pytest.mark.parametrize("backend", [("--backend", "hf"), ("--backend", "sgl", "--device", "cpu", "--tp-size", "2")],
+                         ids=["hf", "sgl-tp2"])
+def test_a_restarted_server_serves_the_prefix_from_disk(tiny_qwen3_path, tmp_path, backend):
+    args = (*backend, "--dtype", "float32", "--page-size", "4", "--enable-hierarchical-cache",
             "--hicache-storage-backend", "file", "--hicache-storage-dir", str(tmp_path / "kv"))
     first = start_server(tiny_qwen3_path, *args, log_dir=tmp_path)
     try:

@@ -48,7 +48,8 @@ METRICS = {
     "hicache_disk_hit_tokens_total": "Prompt tokens loaded back from the disk tier.",
     "hicache_loaded_bytes_total": "Bytes copied from the tiers into the device pool.",
     "hicache_host_stored_bytes_total": "Bytes copied into the host tier.",
-    "hicache_disk_written_bytes_total": "Bytes written to the disk tier.",
+    "hicache_disk_written_bytes_total": "Bytes written to the disk tier (counted once a file is in place).",
+    "hicache_disk_dropped_total": "Pages not written to the disk tier: its write queue was full or the write failed.",
     "hicache_disk_read_bytes_total": "Bytes read from the disk tier.",
     "hicache_capacity_tokens": "Tokens the larger of the host and disk tiers can hold.",
 }
@@ -66,11 +67,13 @@ def page_keys(token_ids: Sequence[int], page_size: int) -> list[str]:
 
 
 def model_fingerprint(model_path: str, backend: str, page_size: int, page: torch.Tensor,
-                      random_weights: bool = False) -> str:
+                      random_weights: bool = False, tp_size: int = 1) -> str:
     """What a stored page is only valid for: the model (its path, config and weight files),
-    the backend's KV layout (shape and dtype of a page) and the page size. Random weights
-    are this process's own: nothing another process wrote matches them."""
-    h = hashlib.sha256(f"{model_path}|{backend}|{page_size}|{page.dtype}|{tuple(page.shape)}".encode())
+    the backend's KV layout (shape and dtype of a page), the page size and the TP size (a
+    page joins the ranks' slices of the heads: another split is another layout, even where
+    the shape is the same). Random weights are this process's own: nothing another process
+    wrote matches them."""
+    h = hashlib.sha256(f"{model_path}|{backend}|{page_size}|{page.dtype}|{tuple(page.shape)}|tp{tp_size}".encode())
     if random_weights:
         h.update(os.urandom(16))
     root = Path(model_path)
@@ -129,7 +132,7 @@ class KVTiers:
             if key not in self.host and self.host.put(key, page):
                 c["hicache_host_stored_bytes_total"] += page.numel() * page.element_size()
             if self.disk is not None:
-                c["hicache_disk_written_bytes_total"] += self.disk.put(key, page)
+                self.disk.put(key, page)  # written on the disk tier's thread
 
     def load(self, token_ids: Sequence[int], start: int) -> list[torch.Tensor]:
         """The pages that continue a cached prefix of `start` tokens, consecutive, from the
@@ -177,6 +180,8 @@ class KVTiers:
             "hicache_disk_pages": len(self.disk) if self.disk is not None else 0,
             "hicache_disk_bytes": self.disk.nbytes if self.disk is not None else 0,
             "hicache_disk_rejected_total": self.disk.rejected if self.disk is not None else 0,
+            "hicache_disk_written_bytes_total": self.disk.written_bytes if self.disk is not None else 0,
+            "hicache_disk_dropped_total": self.disk.dropped if self.disk is not None else 0,
             "hicache_capacity_tokens": self.capacity_tokens,
         }
         out.update({name: c[name] for name in METRICS if name not in out})
@@ -186,6 +191,12 @@ class KVTiers:
     def capacity_tokens(self) -> int:
         cap = max(self.host.capacity, self.disk.capacity if self.disk is not None else 0)
         return cap // self.token_bytes if self.token_bytes else 0
+
+    def close(self) -> None:
+        """At the engine's end: every landed page to the tiers, and the disk's queue written."""
+        self.settle(wait=True)
+        if self.disk is not None:
+            self.disk.close()
 
     def check(self) -> None:
         self.settle(wait=True)
@@ -210,7 +221,8 @@ def build_tiers(settings: Any, runner: Any, cache: Any, model: Any, backend: str
     disk = None
     if settings.hicache_storage_backend == "file":
         disk = DiskTier(settings.hicache_storage_dir, int(settings.hicache_storage_size * GB),
-                        model_fingerprint(model.path, backend, P, sample, random_weights=model.dummy),
+                        model_fingerprint(model.path, backend, P, sample, random_weights=model.dummy,
+                                          tp_size=settings.tp_size),
                         sample.dtype, tuple(sample.shape))
     log.info("hierarchical cache: host tier %.2f GB, disk tier %s, write policy %s", settings.hicache_size,
              disk.dir if disk is not None else "off", settings.hicache_write_policy)

@@ -299,6 +299,8 @@ class Engine:
         self.scheduler.check_invariants()
 
     def shutdown(self) -> None:
+        if getattr(self, "scheduler", None) is not None and self.scheduler.tiers is not None:
+            self.scheduler.tiers.close()  # the disk tier's queued writes, before the process ends
         if getattr(self, "threads", None) is not None:
             self.threads.restore()
             self.threads = None  # type: ignore[assignment]

@@ -32,9 +32,10 @@ from .cuda_graph import DecodeGraphs, as_decode_rows, graph_batch_sizes, resolve
 from .forward_meta import build_meta, decode_splits, validate_batch
 from .kernels.select import select_kernels
 from .kv_cache import KVCache
+from .linear import HeadSplit
 from .model import CausalLM
 from .rope import cos_sin_table
-from .tp import TensorParallel, Workers, batch_metadata, bind_store, init_port
+from .tp import KVCommand, TensorParallel, Workers, batch_metadata, bind_store, init_port
 from .weights import init_dummy_weights, iter_checkpoint, load_weights
 
 logger = logging.getLogger(__name__)
@@ -130,8 +131,12 @@ class SglModelRunner(ModelRunner):
         if self.tp is not None:  # every rank's pool has rank 0's number of slots
             num_pages = int(self.tp.broadcast(torch.tensor([num_pages]) if tp_rank == 0 else None, 1).item())
         self.kv = KVCache(shape, num_pages, settings.page_size, self.device)
-        if self.tp is None:  # under TP each rank holds a slice: the tiers do not reach the workers
+        if self.tp is None:
             self.read_kv, self.write_kv = self._read_kv, self._write_kv
+        elif tp_rank == 0:  # each rank holds its heads of the pages: rank 0 gathers and scatters them (tp.py)
+            self._kv_heads = [HeadSplit.of(config.num_heads, config.num_kv_heads, r, settings.tp_size).kv_count
+                              for r in range(settings.tp_size)]
+            self.read_kv, self.write_kv = self._tp_read_kv, self._tp_write_kv
         self.max_context_len = min(max_context, self.kv.capacity)
         self.cos_sin = cos_sin_table(config.head_dim, config.rope, self.max_context_len, self.device)
 
@@ -163,6 +168,25 @@ class SglModelRunner(ModelRunner):
 
     def _write_kv(self, slots: list[int], data: torch.Tensor) -> None:
         self.kv.store(to_device(slots, self.device), data)
+
+    def _tp_read_kv(self, slots: list[int]) -> torch.Tensor:
+        with self.workers.watch():
+            self.workers.send(KVCommand("read", slots))
+            return self.tp.gather_heads(self._read_kv(slots), self._kv_heads)
+
+    def _tp_write_kv(self, slots: list[int], data: torch.Tensor) -> None:
+        with self.workers.watch():
+            self.workers.send(KVCommand("write", slots))
+            self._write_kv(slots, self.tp.scatter_heads(data, self._kv_heads))
+
+    def shard_kv(self, command: KVCommand) -> None:
+        """A worker's part of rank 0's read_kv / write_kv: its own heads of the pages."""
+        if command.op == "read":
+            self.tp.gather_heads(self._read_kv(command.slots), [])
+        else:
+            k = self.kv.k
+            mine = torch.empty((len(command.slots), 2, k.shape[0], *k.shape[2:]), dtype=k.dtype, device=k.device)
+            self._write_kv(command.slots, self.tp.scatter_heads(mine, []))
 
     def _join_group(self, settings: Any, model_path: str, dummy: bool, rank: int) -> None:
         """Rank 0 starts the other ranks; every rank joins the group (see tp.py)."""

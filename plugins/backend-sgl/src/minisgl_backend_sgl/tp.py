@@ -13,6 +13,16 @@ Rank 0 watches its workers: before each step it polls their exit, and a step tha
 code. A rank that is alive but stuck blocks rank 0 in a collective, which the server's
 watchdog catches; a worker dies with rank 0 (the kernel kills it, even stopped), so killing
 the engine leaves no rank behind.
+
+The hierarchical cache's tiers (`--enable-hierarchical-cache`) run on rank 0 alone; each
+rank's pool holds its own heads of every layer's K and V. Rank 0's `read_kv(slots)` hands
+the workers a `KVCommand` through the same queue as the batches (so it lands between the
+steps it was issued between) and receives each rank's slice point to point; a page is the
+ranks' slices joined along the head dimension, in rank order ([N, 2, layers, heads of all
+ranks, head_dim]; a KV head replicated over ranks is in it once a rank). `write_kv` sends
+each rank its slice back. A page is only valid for this split of the heads: the tiers'
+model fingerprint carries the TP size, so a TP=2 page file is never served to TP=1.
+Without the tiers nothing of this runs: the step path is the same.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -93,9 +103,41 @@ class TensorParallel:
         dist.broadcast(out, src=0)
         return out
 
+    def gather_heads(self, mine: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """KV pages [N, 2, layers, heads, head_dim]: rank 0 gets every rank's slice joined
+        along the heads (rank r holds counts[r] heads); a worker sends rank 0 its own."""
+        if self.rank != 0:
+            dist.send(mine.contiguous(), dst=0)
+            return mine
+        parts = [mine]
+        for r in range(1, self.size):
+            parts.append(torch.empty((*mine.shape[:3], counts[r], *mine.shape[4:]), dtype=mine.dtype, device=mine.device))
+            dist.recv(parts[-1], src=r)
+        return torch.cat(parts, dim=3)
+
+    def scatter_heads(self, pages: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """The reverse of gather_heads: rank 0 sends each rank its slice of `pages` and keeps
+        its own; a worker receives its slice into `pages` (an empty tensor of its shape)."""
+        if self.rank != 0:
+            dist.recv(pages, src=0)
+            return pages
+        slices = pages.to(self.device).split(counts, dim=3)
+        for r in range(1, self.size):
+            dist.send(slices[r].contiguous(), dst=r)
+        return slices[0]
+
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@dataclasses.dataclass
+class KVCommand:
+    """Rank 0 asks the workers for their slices of the KV pages at `slots` (`read`: each sends
+    its own) or hands them theirs (`write`: each receives its own); see the module docstring."""
+
+    op: Literal["read", "write"]
+    slots: list[int]
 
 
 def batch_metadata(batch: ForwardBatch) -> ForwardBatch:
@@ -143,7 +185,7 @@ class Workers:
                 raise RuntimeError(f"tensor-parallel rank {rank} failed to start: {error}")
             waiting -= 1
 
-    def send(self, batch: ForwardBatch | None) -> None:
+    def send(self, batch: ForwardBatch | KVCommand | None) -> None:
         for p, inbox in zip(self.procs, self.inboxes):
             if not p.is_alive():
                 raise RuntimeError(_died(p))
@@ -235,6 +277,9 @@ def worker_main(settings: Any, model_path: str, dummy: bool, rank: int, size: in
                     continue
                 if batch is None:
                     break
+                if isinstance(batch, KVCommand):
+                    runner.shard_kv(batch)
+                    continue
                 faults.at_rank_step(rank, steps)
                 steps += 1
                 batch.input_ids = runner.tp.broadcast(None, sum(batch.extend_lens))
