@@ -59,6 +59,11 @@ def test_an_engine_restarted_after_sigkill_serves_the_prefix_from_disk(tiny_qwen
     try:
         cold, cached = _complete(server, tiny_qwen3_path)
         assert not cached
+        # the disk tier writes on a thread of its own: a kill loses what is still queued
+        deadline = time.monotonic() + 30
+        while len([f for f in (tmp_path / "kv").iterdir() if not f.name.startswith(".tmp-")]) < 9:
+            assert time.monotonic() < deadline, "the 9 pages never reached the disk"
+            time.sleep(0.05)
         (engine,) = httpx.get(server.url + "/health").json()["engines"]
         os.kill(engine["pid"], signal.SIGKILL)
         deadline = time.monotonic() + 120
