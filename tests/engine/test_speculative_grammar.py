@@ -44,10 +44,10 @@ def run(engine, prompts: list[list[int]], params: list[SamplingParams]) -> list[
     return [tokens(outs[f"r{i}"]) for i in range(len(prompts))]
 
 
-def both(model: str, prompts, params) -> tuple[list[list[int]], list[list[int]], dict]:
+def both(model: str, prompts, params, spec: dict = SPEC) -> tuple[list[list[int]], list[list[int]], dict]:
     """(plain tokens, drafted tokens, the drafted engine's metrics)."""
     plain = run(make_engine(model), prompts, params)
-    engine = make_engine(model, **SPEC)
+    engine = make_engine(model, **spec)
     drafted = run(engine, prompts, params)
     return plain, drafted, engine.metrics()
 
@@ -65,6 +65,17 @@ def test_greedy_json_schema_and_regex_equal_plain_decoding_with_drafts_accepted(
     assert text[1] == LINE * 5
     # the n-gram lookup found the repeated strings and the grammar let the drafts through
     assert m["spec_accepted_tokens_total"] > 0 and m["spec_mean_accepted_length"] > 1.5
+
+
+def test_a_draft_model_drafts_under_a_grammar(smollm2_path, tokenizer):
+    """The standalone proposer's drafts are cut and checked alike (the target itself drafts:
+    its guesses are what the grammar lets greedy decoding take)."""
+    spec = dict(speculative_algorithm="standalone", speculative_draft_model_path=smollm2_path,
+                speculative_num_draft_tokens=4)
+    params = [SamplingParams(temperature=0.0, max_new_tokens=60, regex=REGEX)]
+    plain, drafted, m = both(smollm2_path, [tokenizer.encode("Count: one two")], params, spec)
+    assert drafted == plain and tokenizer.decode(drafted[0], skip_special_tokens=True) == LINE * 5
+    assert m["spec_acceptance_rate"] > 0.5
 
 
 def test_seeded_sampled_grammar_requests_draw_the_same_valid_tokens_through_llm(smollm2_path):
