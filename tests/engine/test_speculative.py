@@ -110,7 +110,7 @@ def test_stops_logprobs_and_grammars_beside_drafts(smollm2_path):
     # one logprob and one top-logprob list for every emitted token
     assert sum(len(o.logprobs or []) for o in outs["r0"]) == len(got[0])
     assert sum(len(o.top_logprobs or []) for o in outs["r0"]) == len(got[0])
-    # a constrained request never drafts, and gets what it gets without speculation
+    # a constrained request gets what it gets without speculation (test_speculative_grammar.py)
     regex = SamplingParams(temperature=0.0, max_new_tokens=12, regex="(ab|cd)+")
     assert run(engine, [LOOP], regex)[0] == run(plain, [LOOP], regex)[0]
 

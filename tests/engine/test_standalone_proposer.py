@@ -5,6 +5,7 @@ from smollm2 itself (nearly all accepted) or from a tiny random model that share
 tokenizer (mostly rejected), and either way the tokens are those of plain decoding."""
 
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -126,12 +127,35 @@ def test_the_draft_kv_follows_the_request_and_makes_room_by_dropping_the_oldest(
     assert kept.propose("c", [5] * 79, 4) == []
 
 
-def test_a_draft_model_with_another_tokenizer_or_tensor_parallelism_is_refused(smollm2_path, tiny_llama_path):
+def test_a_draft_model_with_another_tokenizer_is_refused(smollm2_path, tiny_llama_path):
     with pytest.raises(ValueError, match="tokenizer differs") as info:
         make_engine(smollm2_path, **standalone(tiny_llama_path))
     assert tiny_llama_path in str(info.value) and str(smollm2_path) in str(info.value)
-    with pytest.raises(ValueError, match="--tp-size 2 is not supported"):
-        make_engine(smollm2_path, tp_size=2, **standalone(smollm2_path))
+
+
+def test_a_tensor_parallel_target_drafts_with_a_draft_model_on_rank_0(smollm2_path):
+    """backend-sgl, two ranks on the CPU (gloo); the draft model runs whole beside rank 0,
+    outside the group, and the tokens are those of the same target without drafts."""
+    def tp_engine(**kw):
+        with socket.socket() as s:  # the group meets at --port + 1
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1] - 1
+        return make_engine(smollm2_path, backend="sgl", device="cpu", tp_size=2, port=port, num_pages=400, **kw)
+
+    engine = tp_engine()
+    try:
+        want = run(engine, PROMPTS)
+    finally:
+        engine.shutdown()
+    engine = tp_engine(**standalone(smollm2_path))
+    try:
+        draft_runner = engine.scheduler.speculation.proposer.runner
+        assert draft_runner.tp is None and engine.runner.tp is not None and engine.runner.tp.size == 2
+        assert run(engine, PROMPTS) == want
+        m = engine.metrics()
+        assert m["spec_accepted_tokens_total"] > 0 and m["spec_acceptance_rate"] > 0.9
+    finally:
+        engine.shutdown()
 
 
 def test_the_draft_model_path_goes_with_the_standalone_proposer_only():

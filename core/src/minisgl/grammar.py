@@ -69,7 +69,15 @@ class GrammarBackend(Protocol):
     The factory is called with the model's transformers tokenizer and the model's vocabulary
     size (rows of the logits; None: the tokenizer's), once per process that needs it. The
     forced tool calls of minisgl.frontend.tool_calls arrive as `ebnf` in llguidance's Lark
-    dialect; a backend that cannot compile them says so with a GrammarError (a 400)."""
+    dialect; a backend that cannot compile them says so with a GrammarError (a 400).
+
+    Two optional methods let constrained requests draft under speculative decoding (without
+    them those requests decode plainly): `draft_prefix(matcher, tokens) -> int`, how many of
+    the drafted `tokens` the grammar allows in order without completing (a token after which
+    it is done is not counted), the matcher left where it was; and `fill_drafts(rows,
+    bitmask)`, `fill` for (matcher, row, drafts) with drafts `draft_prefix` allowed: row
+    `row + j` gets the mask after drafts[:j], j = 0 .. len(drafts), the matcher left where
+    it was."""
 
     def check(self, field: str, source: str) -> None:
         """Raise GrammarError, with the reason, if `source` (a GRAMMAR_FIELDS constraint) cannot be compiled."""
@@ -177,6 +185,26 @@ class LLGuidance:
 
     def fill(self, rows: list[tuple[Any, int]], bitmask: Any) -> None:
         _llguidance().torch.fill_next_token_bitmask_par(self.executor, [(m.matcher, row) for m, row in rows], bitmask)
+
+    def draft_prefix(self, matcher: Any, tokens: list[int]) -> int:
+        m = matcher.matcher
+        allowed = m.validate_tokens(tokens)  # moves nothing
+        kept = 0
+        for token in tokens[:allowed]:
+            m.consume_token(token)
+            # the grammar is complete after it: left to the sample, so that a matcher fed a
+            # step's emitted tokens can be done only after the last of them
+            if m.is_stopped():
+                m.rollback(kept + 1)
+                return kept
+            kept += 1
+        m.rollback(kept)
+        return kept
+
+    def fill_drafts(self, rows: list[tuple[Any, int, list[int]]], bitmask: Any) -> None:
+        # llguidance walks each matcher through its drafts, filling a row per state, and rolls it back
+        _llguidance().torch.fill_next_token_bitmask_par_with_draft_tokens(
+            self.executor, [(m.matcher, row, drafts) for m, row, drafts in rows], bitmask)
 
 
 class LLGuidanceMatcher:

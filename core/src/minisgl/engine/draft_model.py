@@ -78,17 +78,17 @@ class StandaloneProposer(Proposer):
         from ..plugins import get_registry
         from .backend_choice import load_runner
 
-        if settings.tp_size > 1:
-            raise ValueError(f"--speculative-algorithm standalone runs its draft model on one device; "
-                             f"--tp-size {settings.tp_size} is not supported with it yet (use ngram)")
         target = resolve_model(settings.model_path, dummy_weight=settings.dummy_weight, progress=False)
         model = resolve_model(settings.speculative_draft_model_path, dummy_weight=settings.dummy_weight)
         # ids past the tokenizer's are embedding padding, which the two models may size differently
         self.num_tokens = check_same_tokenizer(str(target.path), str(model.path), settings.trust_remote_code)
         # the draft pool holds the requests that draft at once (a step drafts for at most
-        # SPECULATE_UP_TO); --num-pages, when set, sizes it like the target's
+        # SPECULATE_UP_TO); --num-pages, when set, sizes it like the target's. Under --tp-size
+        # the draft model runs whole in this process, on rank 0's device, outside the
+        # target's group (tp_size 1: it neither joins the group nor binds its port); it is
+        # small, and its forwards go between the target's, which the other ranks wait for.
         draft_settings = msgspec.structs.replace(settings, model_path=str(model.path),
-                                                 max_running_requests=SPECULATE_UP_TO)
+                                                 max_running_requests=SPECULATE_UP_TO, tp_size=1)
         self.runner: ModelRunner
         self.runner, backend, _ = load_runner(draft_settings, registry or get_registry(), model)
         log.info("standalone proposer: draft model %s on backend %s, %d KV slots", model.name, backend,

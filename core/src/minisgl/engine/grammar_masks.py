@@ -7,6 +7,11 @@ feeds them, then fills, so the device runs step N+1's forward meanwhile and the 
 processes step N once they are fed (a runner may leave the sampling for after that,
 ForwardResult.sample_later). Each output token reaches its matcher exactly once: from the
 worker under overlap, else from `feed` when the step is processed.
+
+Under speculative decoding a request's drafts are cut to the longest prefix its grammar
+allows (`allowed_drafts`), and each of its verify rows gets the mask of the state after the
+drafts before it; the matcher is left where it was, and is fed the tokens the step emits
+one at a time.
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ class GrammarMasks:
         index = {id(r): i for i, r in enumerate(previous.sampled)} if previous is not None else {}
         unfed = [(req, index[id(req)]) for req, _ in rows if id(req) in index]
         fed: Future[None] = Future()
+        # a drafted request's rows follow its first: one (matcher, first row, drafts) each,
+        # read now, on the engine's thread, which may clear the drafts before the fill ends
+        drafted = [(r.grammar, row, list(r.draft)) for i, (r, row) in enumerate(rows)
+                   if r.draft and (i == 0 or rows[i - 1][0] is not r)]
+        plain = [(r.grammar, row) for r, row in rows if not r.draft]
 
         def fill() -> torch.Tensor:
             # pinned on CUDA, so the sampler's copy to the device is queued on the stream
@@ -58,7 +68,10 @@ class GrammarMasks:
                     fed.set_exception(exc)
                     raise
                 fed.set_result(None)  # from here the engine may process step N while the fill runs
-            backend.fill([(r.grammar, row) for r, row in rows], mask)
+            if plain:
+                backend.fill(plain, mask)
+            if drafted:
+                backend.fill_drafts(drafted, mask)  # type: ignore[attr-defined]  # allowed_drafts checked it
             return mask
 
         if self.forward_on_host and not unfed:
@@ -75,6 +88,14 @@ class GrammarMasks:
         if self._fed is not None:
             self._fed.result()
             self._fed = None
+
+    def allowed_drafts(self, req: Req, draft: list[int]) -> list[int]:
+        """The longest prefix of `draft` that `req`'s grammar allows without completing ([]
+        where the grammar backend cannot check drafts). Its matcher must be current."""
+        backend = self.backend
+        if not draft or backend is None or not hasattr(backend, "fill_drafts") or req.grammar_fed != req.num_output:
+            return []
+        return draft[: backend.draft_prefix(req.grammar, draft)]
 
     def feed(self, tokens: list[tuple[Req, int]]) -> None:
         if not tokens:

@@ -90,7 +90,7 @@ class Scheduler:
         self.rows = SamplingRows(max_running_requests, self.device)
         on_host = runner.forward_on_host if runner.forward_on_host is not None else self.device.type == "cpu"
         self.masks = GrammarMasks(runner.vocab_size, self.device, on_host)
-        self.speculation = (Speculation(proposer, num_draft_tokens, max_context_len, self.counters)
+        self.speculation = (Speculation(proposer, num_draft_tokens, max_context_len, self.counters, self.masks)
                             if proposer is not None else None)
         self.decode = DecodeManager(self.kv, self.running, self.waiting, self.counters, max_context_len,
                                     self.speculation)
@@ -146,12 +146,14 @@ class Scheduler:
         # tokens the mask worker has not fed to their matchers (without overlap: all of them)
         self.masks.feed([(req, int(tokens[i])) for i, req in enumerate(scheduled.sampled)
                          if req.grammar is not None and req.finished_reason is None
-                         and req.grammar_fed <= req.num_output])
+                         and req.grammar_fed <= req.num_output and not req.draft])
         for req, rows in _runs(scheduled.sampled):
             req.inflight -= len(rows)
             if req.finished_reason is not None:
                 continue  # finished (stop token, abort) after this step was launched: wasted rows
             emitted = [int(tokens[i]) for i in rows]
+            # a drafted request's matcher gets each token it emits, before the token is appended
+            feed_each = req.grammar is not None and bool(req.draft)
             if req.draft and self.speculation is not None:  # keep the sampled drafts; forget the rest's K/V
                 emitted = self.speculation.verify(req, emitted)
                 self.kv.truncate(req, req.kv_len - (len(rows) - len(emitted)))
@@ -161,6 +163,8 @@ class Scheduler:
                                queue_time_s=req.queue_time_s if req.num_output == 0 else 0.0)
             want_logprobs = bool(req.params.logprobs or req.params.top_logprobs) and logprobs is not None
             for i, tok in zip(rows, emitted):
+                if feed_each:
+                    self.masks.feed([(req, tok)])
                 reason = self._append(req, tok)
                 out.new_token_ids.append(tok)
                 if want_logprobs:

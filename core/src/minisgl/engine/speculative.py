@@ -9,12 +9,16 @@ and a seeded request draws the same noise at each output index as without drafts
 first position where the sample differs emits the sample and ends the run; the K/V of
 the rejected drafts is truncated away (KVManager.truncate).
 
-Drafting stops where it would not pay: requests with a grammar (their masks know no
-drafts), batches of more than SPECULATE_UP_TO decoding requests (verifying k + 1 tokens
-each then costs more than it saves), for a while, requests whose drafts keep being
-rejected, and every request while a drafted step's time over the tokens it gives exceeds a
-plain step's (a verify forward without the decode step's CUDA graph can cost several plain
-steps on a small model): the engine times decode steps of both kinds as it runs.
+A request with a grammar keeps the longest prefix of its drafts the grammar allows, and
+each of its positions is sampled under the mask of the grammar's state after the drafts
+before it (grammar_masks.py), so it emits what it would without drafts.
+
+Drafting stops where it would not pay: batches of more than SPECULATE_UP_TO decoding
+requests (verifying k + 1 tokens each then costs more than it saves), for a while, requests
+whose drafts keep being rejected, and every request while a drafted step's time over the
+tokens it gives exceeds a plain step's (a verify forward without the decode step's CUDA
+graph can cost several plain steps on a small model): the engine times decode steps of
+both kinds as it runs.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from .request import Req
 if TYPE_CHECKING:
     from ..plugins import Registry
     from ..settings import Settings
+    from .grammar_masks import GrammarMasks
 
 log = logging.getLogger("minisgl.engine")
 
@@ -115,8 +120,10 @@ class NgramProposer(Proposer):
 
 
 class Speculation:
-    def __init__(self, proposer: Proposer, num_draft_tokens: int, max_context_len: int, counters: Counter[str]) -> None:
+    def __init__(self, proposer: Proposer, num_draft_tokens: int, max_context_len: int, counters: Counter[str],
+                 grammars: GrammarMasks | None = None) -> None:
         self.proposer = proposer
+        self.grammars = grammars
         self.k = num_draft_tokens
         self.max_context_len = max_context_len
         self.counters = counters
@@ -134,7 +141,7 @@ class Speculation:
         wanted: list[tuple[Req, int]] = []
         for req in decoding:
             req.draft = []
-            if not speculate or req.grammar is not None or req.inflight:
+            if not speculate or req.inflight or req.grammar is not None and self.grammars is None:
                 continue
             if req.spec_pause > 0:
                 req.spec_pause -= 1
@@ -146,6 +153,8 @@ class Speculation:
             return
         drafts = self.proposer.propose_batch([(req.rid, req.all_ids, n) for req, n in wanted])
         for (req, _), draft in zip(wanted, drafts):
+            if req.grammar is not None and self.grammars is not None:
+                draft = self.grammars.allowed_drafts(req, draft)
             req.draft = draft
 
     def release(self, req: Req) -> None:
