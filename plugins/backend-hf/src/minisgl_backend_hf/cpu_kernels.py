@@ -177,18 +177,25 @@ class _GemvArgs(ctypes.Structure):
 
 
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
-GEMV_ROWS = 4  # csrc/gemv.c's MAX_ROWS
-GEMV_ROWS_FASTER = {torch.float32: 2, torch.bfloat16: 4}
-GEMV_BLOCK, GEMV_CHUNK = 4, {torch.float32: 16, torch.bfloat16: 32}
+GEMV_ROWS = 4  # csrc/gemv.c's row counts (float32)
+# rows up to which the few-row kernels beat oneDNN's packed GEMM (BENCHMARKS.md)
+GEMV_ROWS_FASTER = {torch.float32: 2, torch.bfloat16: 16}
+GEMV_BLOCK, GEMV_CHUNK = 4, 16  # csrc/gemv.c's BLOCK and CHUNK_F32
+ROWS_TILE = 32  # csrc/rows_bf16.c's TILE
 
 
 def pack_gemv_weight(weight: torch.Tensor) -> torch.Tensor:
-    """[out, in] as csrc/gemv.c reads it: [out / BLOCK][in / CHUNK][BLOCK][CHUNK], zero-padded."""
+    """[out, in] as the few-row kernel of its dtype reads it, zero-padded: float32 (csrc/gemv.c)
+    [out / BLOCK][in / CHUNK][BLOCK][CHUNK]; bfloat16 (csrc/rows_bf16.c) [out / TILE][in / 2][TILE][2]."""
     out_features, in_features = weight.shape
-    chunk = GEMV_CHUNK[weight.dtype]
-    padded = torch.nn.functional.pad(weight, (0, -in_features % chunk, 0, -out_features % GEMV_BLOCK))
-    blocks, chunks = padded.shape[0] // GEMV_BLOCK, padded.shape[1] // chunk
-    return padded.view(blocks, GEMV_BLOCK, chunks, chunk).transpose(1, 2).contiguous()
+    if weight.dtype == torch.bfloat16:
+        padded = torch.nn.functional.pad(weight, (0, in_features % 2, 0, -out_features % ROWS_TILE))
+        return padded.view(-1, ROWS_TILE, padded.shape[1] // 2, 2).transpose(1, 2).contiguous()
+    padded = torch.nn.functional.pad(weight, (0, -in_features % GEMV_CHUNK, 0, -out_features % GEMV_BLOCK))
+    blocks, chunks = padded.shape[0] // GEMV_BLOCK, padded.shape[1] // GEMV_CHUNK
+    return padded.view(blocks, GEMV_BLOCK, chunks, GEMV_CHUNK).transpose(1, 2).contiguous()
+
+
 EPILOGUES = {"none": 0, "swish": 1, "mul": 2, "add": 3}
 
 
@@ -206,16 +213,18 @@ class DecoderOps:
         self._rope = getattr(library, f"rope_store_{suffix}")
         self._rope.argtypes = [ctypes.POINTER(_RopeStoreArgs), ctypes.c_int]
         self._rope.restype = None
-        self._gemv = getattr(library, f"gemv_{suffix}")
+        # the few-row kernel of this dtype: float32 csrc/gemv.c, bfloat16 csrc/rows_bf16.c
+        bf16 = dtype == torch.bfloat16
+        self._gemv = library.rows_bf16 if bf16 else library.gemv_f32
         self._gemv.argtypes = [ctypes.POINTER(_GemvArgs), ctypes.c_int]
         self._gemv.restype = ctypes.c_int
-        # rows up to which the kernel beats oneDNN's packed GEMM (BENCHMARKS.md); 0: unavailable
-        self.gemv_rows = GEMV_ROWS_FASTER[dtype] if dtype == torch.float32 or library.gemv_bf16_available() else 0
+        # rows up to which it beats oneDNN's packed GEMM; 0: unavailable (no AVX512-BF16)
+        self.gemv_rows = GEMV_ROWS_FASTER[dtype] if not bf16 or library.rows_bf16_available() else 0
 
     def gemv(self, x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None,
              epilogue: str = "none", other: torch.Tensor | None = None) -> torch.Tensor:
-        """epilogue(x @ weight.T + bias) for at most GEMV_ROWS rows of x [R, in], the weight as
-        pack_gemv_weight made it: "swish", "mul" by `other` [R, out], or "add" `other`."""
+        """epilogue(x @ weight.T + bias) for the rows of x [R, in] (float32: at most GEMV_ROWS),
+        the weight as pack_gemv_weight made it: "swish", "mul" by `other` [R, out], or "add" `other`."""
         rows, in_features = x.shape
         out = torch.empty((rows, out_features), dtype=x.dtype)
         args = _GemvArgs(
@@ -224,7 +233,8 @@ class DecoderOps:
             x.stride(0), 0 if other is None else other.stride(0), out.stride(0), EPILOGUES[epilogue],
         )
         if self._gemv(ctypes.byref(args), torch.get_num_threads()) != 0:
-            raise ValueError(f"gemv: {rows} rows (at most {GEMV_ROWS}), or no AVX512-BF16 for bf16 weights")
+            raise ValueError(f"few-row linear: {rows} rows (float32: at most {GEMV_ROWS}), or no AVX512-BF16 "
+                             "for bf16 weights")
         return out
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
