@@ -179,7 +179,7 @@ class _GemvArgs(ctypes.Structure):
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 GEMV_ROWS = 4  # csrc/gemv.c's row counts (float32)
 # rows up to which the few-row kernels beat oneDNN's packed GEMM (BENCHMARKS.md)
-GEMV_ROWS_FASTER = {torch.float32: 2, torch.bfloat16: 16}
+GEMV_ROWS_FASTER = {torch.float32: 2, torch.bfloat16: 32}
 GEMV_BLOCK, GEMV_CHUNK = 4, 16  # csrc/gemv.c's BLOCK and CHUNK_F32
 ROWS_TILE = 32  # csrc/rows_bf16.c's TILE
 
