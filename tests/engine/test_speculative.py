@@ -60,6 +60,34 @@ def test_greedy_tokens_equal_plain_decoding_and_drafts_are_accepted(smollm2_path
     assert m["generation_tokens_total"] == 3 * 40  # max_new_tokens never exceeded
 
 
+def test_bf16_greedy_tokens_equal_plain_decoding_where_every_row_takes_the_decode_kernels(smollm2_path):
+    """In bfloat16 a verify's rows take the kernels a decode step takes (the few-row
+    projection kernel computes each row alike; short extends attend as decode rows), so the
+    logits are the same bits and greedy output is plain decoding's."""
+    import torch
+
+    from minisgl.dtypes import cpu_has_native_bf16
+    from minisgl_backend_hf.cpu_kernels import decoder_ops
+
+    ops = decoder_ops(torch.bfloat16)
+    if not cpu_has_native_bf16() or ops is None or not ops.gemv_rows:
+        pytest.skip("needs AVX512-BF16 (the few-row bf16 kernel)")
+    from transformers import AutoTokenizer
+
+    texts = ["Rewrite this sentence in the passive voice: The cat chased the mouse around the house, and the "
+             "mouse ran under the bed.", "List the days of the week, then list them again in reverse order.",
+             "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\n"
+             "# Rewrite the function above iteratively:\n", "Write a short story about a robot who learns to paint."]
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    prompts = [tokenizer(t)["input_ids"] for t in texts]
+    params = SamplingParams(temperature=0.0, max_new_tokens=64)
+    plain, _ = run(make_engine(smollm2_path, dtype="bfloat16"), prompts, params)
+    engine = make_engine(smollm2_path, dtype="bfloat16", **SPEC)
+    drafted, _ = run(engine, prompts, params)
+    assert drafted == plain
+    assert engine.metrics()["spec_accepted_tokens_total"] > 0
+
+
 def test_seeded_sampling_draws_the_same_tokens_and_naive_acceptance_does_not(tiny_llama_path, monkeypatch):
     """Each output index draws the same noise with or without drafts, so seeded requests give
     the same tokens; accepting every draft (naive) gives other ones: the target is lost."""

@@ -2,7 +2,11 @@
 
 A batch mixes decode rows (one new token) and extend rows (a prefill chunk, maybe after a
 cached prefix). Decode rows are attended together as one padded batch over their page-table
-rows; each extend row is attended on its own (it is compute bound, so a Python loop over a
+rows. A short extend after a cached prefix (a speculative verify step: the last token and
+its drafts) becomes one decode row per token, row j attending the prefix and tokens 0..j,
+which is causal attention: every token then takes the kernel a decode step takes, so a
+verified token gets the logits plain decoding gives it. Each other extend row is attended
+on its own (it is compute bound, so a Python loop over a
 handful of chunks costs nothing next to the matmuls). The index tensors, masks and additive
 biases built here are shared by all layers of the model (built on first use, then cached).
 """
@@ -18,6 +22,8 @@ from minisgl.engine.batch import ForwardBatch
 # Extend chunks are attended in blocks of queries: a block's scores stay small enough for the
 # CPU caches, and keys after the block's last query (all masked) are never touched.
 QUERY_BLOCK = 128
+# extends up to this long after a cached prefix are attended as decode rows (see above)
+DECODE_ROWS_UP_TO = 16
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -137,15 +143,17 @@ class AttentionPlan:
     @classmethod
     def build(cls, batch: ForwardBatch) -> AttentionPlan:
         device = batch.page_table.device
-        extend_lens, prefix_lens, seq_lens = batch.extend_lens, batch.prefix_lens, batch.seq_lens
-        decode_rows: list[int] = []
+        extend_lens, prefix_lens = batch.extend_lens, batch.prefix_lens
+        decode_rows: list[int] = []  # the page-table row of each decode row (a short extend: several)
         decode_tokens: list[int] = []
+        decode_lens: list[int] = []
         extends: list[ExtendSegment] = []
         start = 0
         for row, (ext, prefix) in enumerate(zip(extend_lens, prefix_lens)):
-            if ext == 1:
-                decode_rows.append(row)
-                decode_tokens.append(start)
+            if ext == 1 or (prefix > 0 and ext <= DECODE_ROWS_UP_TO):
+                decode_rows += [row] * ext
+                decode_tokens += range(start, start + ext)
+                decode_lens += range(prefix + 1, prefix + ext + 1)
             elif ext > 1:
                 slots = batch.page_table[row, : prefix + ext] if prefix > 0 else None
                 extends.append(ExtendSegment(start, start + ext, prefix, slots))
@@ -155,15 +163,14 @@ class AttentionPlan:
 
         decode = None
         if decode_rows:
-            rows_seq = [seq_lens[r] for r in decode_rows]
-            width = max(rows_seq)
-            if len(decode_rows) == batch.batch_size:
+            width = max(decode_lens)
+            if decode_rows == list(range(batch.batch_size)):  # every row decodes one token
                 table = batch.page_table[:, :width]
                 token_index = None
             else:
                 rows = torch.tensor(decode_rows, dtype=torch.long, device=device)
                 table = batch.page_table.index_select(0, rows)[:, :width]
                 token_index = torch.tensor(decode_tokens, dtype=torch.long, device=device)
-            lens = torch.tensor(rows_seq, dtype=torch.long, device=device)
+            lens = torch.tensor(decode_lens, dtype=torch.long, device=device)
             decode = DecodeGroup(token_index, table, lens)
         return cls(batch.out_slots, batch.num_tokens, decode, extends)
