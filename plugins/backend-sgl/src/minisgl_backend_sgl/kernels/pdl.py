@@ -11,11 +11,14 @@ kernel of the chain, not only the next one.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+logger = logging.getLogger(__name__)
 
 
 @triton.jit
@@ -25,9 +28,30 @@ def wait_previous(PDL: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
+@triton.jit
+def _increment(x_ptr, PDL: tl.constexpr):
+    wait_previous(PDL)
+    tl.store(x_ptr, tl.load(x_ptr) + 1)
+
+
 @functools.cache
 def _supported(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] >= 9
+    """Hopper or later, and a Triton that launches with PDL: two dependent launches checked
+    once, so a Triton or driver without it costs the gain, not the kernels."""
+    if torch.cuda.get_device_capability(index)[0] < 9:
+        return False
+    try:
+        x = torch.zeros(1, dtype=torch.int32, device=torch.device("cuda", index))
+        for _ in range(2):
+            _increment[(1,)](x, PDL=True, launch_pdl=True)
+        ok = int(x.item()) == 2
+    except Exception as exc:  # an older Triton (no launch_pdl, no gdc_wait) or driver
+        logger.info("programmatic dependent launch unavailable (%s: %s); kernels launch plainly",
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return False
+    if not ok:
+        logger.warning("programmatic dependent launch gave a wrong result in its check; kernels launch plainly")
+    return ok
 
 
 def enabled(device: torch.device) -> bool:
