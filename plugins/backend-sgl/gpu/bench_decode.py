@@ -9,9 +9,8 @@ transformers' own forward with a StaticCache at the same shapes (eager, bf16, sd
 
     PYTHONPATH=core/src:plugins/backend-sgl/src:plugins/backend-sgl/tests python plugins/backend-sgl/gpu/bench_decode.py
 
-BENCH_VARIANTS=plain,pdl,fused,fused+pdl runs each of those kernel variants (default: what the
-runner picks, fused+pdl): programmatic dependent launch on or off, the RMSNorm and SiLU-mul in
-the skinny GEMM's prologue or as kernels of their own. BENCH_EAGER=0 skips the runs without graphs; BENCH_PROFILE=1,64 also prints the kernels one graph replay runs at those batch sizes, with their times.
+BENCH_VARIANTS=plain,pdl runs the kernels without and with programmatic dependent launch
+(default: what the runner picks, pdl). BENCH_EAGER=0 skips the runs without graphs; BENCH_PROFILE=1,64 also prints the kernels one graph replay runs at those batch sizes, with their times.
 """
 
 from __future__ import annotations
@@ -94,22 +93,20 @@ def profile_replays(name: str, b: int, graph: torch.cuda.CUDAGraph, replays: int
 
 @contextlib.contextmanager
 def variant(name: str):
-    """The runner's kernels with PDL and/or the prologue fusions switched off."""
-    from minisgl_backend_sgl.kernels import pdl, skinny_gemm
+    """The runner's kernels with PDL switched off unless `name` says pdl."""
+    from minisgl_backend_sgl.kernels import pdl
 
-    saved = pdl.launch_options, skinny_gemm.norm_linear, skinny_gemm.silu_mul_linear
+    saved = pdl.launch_options
     if "pdl" not in name:
         pdl.launch_options = lambda device: {"PDL": False}
-    if "fused" not in name:
-        skinny_gemm.norm_linear = skinny_gemm.silu_mul_linear = lambda *args: None
     try:
         yield
     finally:
-        pdl.launch_options, skinny_gemm.norm_linear, skinny_gemm.silu_mul_linear = saved
+        pdl.launch_options = saved
 
 
 def bench_ours(name: str, path: str, bw: float) -> None:
-    for kernels in os.environ.get("BENCH_VARIANTS", "fused+pdl").split(","):
+    for kernels in os.environ.get("BENCH_VARIANTS", "pdl").split(","):
         with variant(kernels):
             bench_runner(name, path, bw, kernels)
 

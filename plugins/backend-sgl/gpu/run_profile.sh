@@ -6,6 +6,7 @@
 set -o pipefail
 OUT=${OUT:-/tmp/sgl_out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+PYTHONPATH=/tmp/site python3 -m pip install -q --no-deps --no-build-isolation --no-index -e core -e plugins/backend-sgl -e plugins/bench 2>&1 | tail -3
 export PYTHONPATH=/tmp/site:core/src:plugins/backend-sgl/src:plugins/backend-sgl/tests:plugins/bench/src PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
@@ -16,6 +17,6 @@ if [ "${STAGES:-tests,bench}" != "${STAGES#*tests}" ]; then
 fi
 if [ "${STAGES:-tests,bench}" != "${STAGES#*bench}" ]; then
   BENCH_EAGER=0 BENCH_PEER=0 BENCH_PRESETS=${BENCH_PRESETS:-qwen3-0.6b,llama-3.1-8b} BENCH_BATCHES=${BENCH_BATCHES:-1,16,64} \
-    BENCH_VARIANTS=${BENCH_VARIANTS:-plain,pdl,fused,fused+pdl} BENCH_PROFILE=${BENCH_PROFILE:-1} \
+    BENCH_VARIANTS=${BENCH_VARIANTS:-plain,pdl,plain} BENCH_PROFILE=${BENCH_PROFILE:-1} \
     timeout 400 python3 plugins/backend-sgl/gpu/bench_decode.py 2>&1 | tee "$OUT/bench.log" | grep -v "^INFO\|^{"
 fi

@@ -187,66 +187,6 @@ def test_skinny_gemm(device, rows, n, k, split, bias):
         assert torch.equal(skinny_gemm(x, w, b, config), out)
 
 
-@pytest.mark.parametrize(("rows", "n", "k", "split", "residual"),
-                         [(1, 40, 64, 1, False), (3, 50, 96, 2, True), (17, 33, 80, 3, True), (5, 48, 512, 16, True)])
-def test_skinny_gemm_with_rmsnorm_before_it(device, rows, n, k, split, residual):
-    """The RMSNorm (and residual add) in the GEMM's prologue gives what the norm kernel and
-    then the GEMM give, and the residual sum once, whatever the K splits."""
-    from minisgl_backend_sgl.kernels.norm import rmsnorm
-    from minisgl_backend_sgl.kernels.skinny_gemm import SkinnyConfig, skinny_gemm
-
-    gen = torch.Generator().manual_seed(rows)
-    for dtype in dtypes(device):
-        x = torch.randn(rows, k, generator=gen).to(device, dtype)
-        r = torch.randn(rows, k, generator=gen).to(device, dtype) if residual else None
-        norm_w = (torch.rand(k, generator=gen) + 0.5).to(device, dtype)
-        w = (torch.randn(n, k, generator=gen) / k**0.5).to(device, dtype)
-        r_out = torch.full_like(x, float("nan")) if residual else None
-        config = SkinnyConfig(block_n=16, block_k=32, split_k=split)
-        out = skinny_gemm(x, w, None, config, norm=(norm_w, 1e-6), residual=r, residual_out=r_out)
-        r_ref = r.clone() if residual else None
-        expected = torch.nn.functional.linear(rmsnorm(x, norm_w, 1e-6, r_ref), w)
-        torch.testing.assert_close(out, expected, **tol(dtype))
-        if residual:
-            assert torch.equal(r_out, r_ref)  # the same rounding as the norm kernel's in-place add
-
-
-@pytest.mark.parametrize(("rows", "n", "k", "split"), [(1, 40, 64, 1), (4, 50, 96, 2), (17, 33, 80, 3)])
-def test_skinny_gemm_with_silu_mul_before_it(device, rows, n, k, split):
-    from minisgl_backend_sgl.kernels.activation import silu_mul
-    from minisgl_backend_sgl.kernels.skinny_gemm import SkinnyConfig, skinny_gemm
-
-    gen = torch.Generator().manual_seed(rows)
-    for dtype in dtypes(device):
-        gate_up = torch.randn(rows, 2 * k, generator=gen).to(device, dtype)
-        w = (torch.randn(n, k, generator=gen) / k**0.5).to(device, dtype)
-        out = skinny_gemm(gate_up, w, None, SkinnyConfig(block_n=16, block_k=32, split_k=split), gated=True)
-        torch.testing.assert_close(out, torch.nn.functional.linear(silu_mul(gate_up), w), **tol(dtype))
-
-
-def test_kernel_set_fuses_where_the_skinny_gemm_serves(device, monkeypatch):
-    """KernelSet.norm_linear and silu_mul_linear run one kernel where the skinny GEMM serves
-    the shape and the two kernels elsewhere, with the same results."""
-    from minisgl_backend_sgl.kernels import skinny_gemm
-    from minisgl_backend_sgl.kernels.select import triton_kernels
-
-    kernels = triton_kernels()
-    x, r = torch.randn(2, 64, device=device), torch.randn(2, 64, device=device)
-    norm_w, w, down = torch.rand(64, device=device) + 0.5, torch.randn(96, 64, device=device) / 8, torch.randn(64, 48, device=device) / 7
-    gate_up = torch.randn(2, 96, device=device)
-    unfused = kernels.norm_linear(x, r.clone(), norm_w, 1e-6, w, None), kernels.silu_mul_linear(gate_up, down)
-    monkeypatch.setitem(skinny_gemm._chosen, (2, 96, 64, device), skinny_gemm.SkinnyConfig(16, 32, 2))
-    monkeypatch.setitem(skinny_gemm._chosen, (2, 64, 48, device), skinny_gemm.SkinnyConfig(16, 32, 1))
-    calls = []
-    monkeypatch.setattr(skinny_gemm, "skinny_gemm", lambda *a, f=skinny_gemm.skinny_gemm, **kw: calls.append(kw) or f(*a, **kw))
-    fused = kernels.norm_linear(x, r.clone(), norm_w, 1e-6, w, None), kernels.silu_mul_linear(gate_up, down)
-    assert [sorted(k for k, v in kw.items() if v is not None and v is not False) for kw in calls] == [
-        ["norm", "residual", "residual_out"], ["gated"]]
-    torch.testing.assert_close(fused[0][0], unfused[0][0], **tol(torch.float32))
-    torch.testing.assert_close(fused[0][1], unfused[0][1], **tol(torch.float32))
-    torch.testing.assert_close(fused[1], unfused[1], **tol(torch.float32))
-
-
 def test_skinny_gemm_replays_in_a_cuda_graph(device):
     """A captured split-K GEMM gives the eager result on every replay (the counts reset), and
     `choose` keeps whichever kernel it measured faster for each row count."""

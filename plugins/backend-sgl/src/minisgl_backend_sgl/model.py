@@ -39,11 +39,9 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, qkv: torch.Tensor, meta: ForwardMeta, kv: KVCache, cos_sin: torch.Tensor,
-                kernels: KernelSet) -> torch.Tensor:
-        """Attention over the qkv projection's output (the layer runs the projection, fused
-        with the norm before it)."""
-        n = qkv.shape[0]
+    def forward(self, x: torch.Tensor, meta: ForwardMeta, kv: KVCache, cos_sin: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
+        n = x.shape[0]
+        qkv = self.qkv_proj(x, kernels.linear)
         k_cache, v_cache = kv.layer(self.layer_id)
         kernels.rope_and_store_kv(
             qkv, meta.positions, meta.out_slots, cos_sin, k_cache, v_cache,
@@ -70,9 +68,8 @@ class MLP(nn.Module):
         self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, False,
                                            tp_rank=tp_rank, tp_size=tp_size, tp=tp, **factory)
 
-    def forward(self, gate_up: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
-        """The MLP after its gate_up projection (the layer runs it, fused with the norm before it)."""
-        return self.down_proj(gate_up, kernels.silu_mul_linear)
+    def forward(self, x: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
+        return self.down_proj(kernels.silu_mul(self.gate_up_proj(x, kernels.linear)), kernels.linear)
 
 
 class DecoderLayer(nn.Module):
@@ -86,14 +83,16 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None, meta: ForwardMeta, kv: KVCache,
                 cos_sin: torch.Tensor, kernels: KernelSet) -> tuple[torch.Tensor, torch.Tensor]:
-        attn, norm = self.self_attn, self.input_layernorm
-        qkv, residual = kernels.norm_linear(x, residual, norm.weight, norm.eps, attn.qkv_proj.weight, attn.qkv_proj.bias)
-        h = attn(qkv, meta, kv, cos_sin, kernels)
+        norm = self.input_layernorm
+        if residual is None:  # first layer: the embeddings are the residual stream
+            residual = x
+            h = kernels.rmsnorm(x, norm.weight, norm.eps)
+        else:
+            h = kernels.rmsnorm(x, norm.weight, norm.eps, residual)
+        h = self.self_attn(h, meta, kv, cos_sin, kernels)
         norm = self.post_attention_layernorm
-        if isinstance(self.mlp, MoEBlock):
-            return self.mlp(kernels.rmsnorm(h, norm.weight, norm.eps, residual), kernels), residual
-        gate_up, residual = kernels.norm_linear(h, residual, norm.weight, norm.eps, self.mlp.gate_up_proj.weight, None)
-        return self.mlp(gate_up, kernels), residual
+        h = kernels.rmsnorm(h, norm.weight, norm.eps, residual)
+        return self.mlp(h, kernels), residual
 
 
 class DecoderModel(nn.Module):

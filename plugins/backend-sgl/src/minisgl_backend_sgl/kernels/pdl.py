@@ -49,7 +49,9 @@ def _supported(index: int) -> bool:
         logger.info("programmatic dependent launch unavailable (%s: %s); kernels launch plainly",
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return False
-    if not ok:
+    if ok:
+        logger.info("Triton kernels launch with programmatic dependent launch (compute capability 9.0+)")
+    else:
         logger.warning("programmatic dependent launch gave a wrong result in its check; kernels launch plainly")
     return ok
 

@@ -39,27 +39,6 @@ class KernelSet:
     # the sampler's passes over the whole vocabulary (minisgl.engine.sampler.sample's `bitmask` and `draw`)
     bitmask_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = sampler.bitmask_logits
     gumbel_argmax: sampler.DrawKernel = sampler.gumbel_argmax
-    # one kernel for an RMSNorm and the projection after it, or for SiLU-mul and the one after
-    # it, where the kernel serves that projection (else None: `norm_linear`/`silu_mul_linear`
-    # run the two kernels)
-    fused_norm_linear: Callable[..., tuple[torch.Tensor, torch.Tensor] | None] | None = None
-    fused_silu_mul_linear: Callable[..., torch.Tensor | None] | None = None
-
-    def norm_linear(self, x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                    weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(linear(rmsnorm(x + residual)), x + residual); without a residual, x is the residual.
-        `residual` may be updated in place."""
-        fused = self.fused_norm_linear and self.fused_norm_linear(x, residual, norm_weight, eps, weight, bias)
-        if fused:
-            return fused
-        if residual is None:
-            return self.linear(self.rmsnorm(x, norm_weight, eps), weight, bias), x
-        return self.linear(self.rmsnorm(x, norm_weight, eps, residual), weight, bias), residual
-
-    def silu_mul_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """linear(SiLU(gate) * up) of x = [gate | up] (a `linear` over the gate_up projection's output)."""
-        fused = self.fused_silu_mul_linear and self.fused_silu_mul_linear(x, weight, bias)
-        return fused if fused is not None else self.linear(self.silu_mul(x), weight, bias)
 
 
 REFERENCE = KernelSet(
@@ -85,8 +64,6 @@ def triton_kernels() -> KernelSet:
         fused_moe=moe.fused_moe,
         linear=skinny_gemm.linear,
         choose_linears=skinny_gemm.choose,
-        fused_norm_linear=skinny_gemm.norm_linear,
-        fused_silu_mul_linear=skinny_gemm.silu_mul_linear,
         bitmask_logits=sampling.bitmask_logits,
         gumbel_argmax=sampling.gumbel_argmax,
     )
@@ -144,8 +121,7 @@ def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: 
     sgl = _sgl_kernel_ops(device, dtype)
     if isinstance(sgl, str):
         logger.info("backend-sgl kernels: Triton attention, RMSNorm, RoPE+KV store, SiLU-mul, fused MoE, "
-                    "skinny GEMM (decode projections up to %d rows, where it measures faster than cuBLAS, "
-                    "with the RMSNorm or SiLU-mul before it in its prologue), "
+                    "skinny GEMM (decode projections up to %d rows, where it measures faster than cuBLAS), "
                     "sampler bitmask and Gumbel-max; %s", skinny_rows, sgl)
         return kernels
     rmsnorm, silu_mul = sgl

@@ -41,32 +41,11 @@ class SkinnyConfig:
 
 
 @triton.jit
-def _load_input(x_rows, res_rows, norm_ptr, rk, row_mask, k_mask, inv_rms, K,
-                PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """x's [BLOCK_M, BLOCK_K] tile at columns rk, after the prologue; rounded as the
-    separate RMSNorm and SiLU-mul kernels round (norm.py, activation.py)."""
-    mask = row_mask[:, None] & k_mask[None, :]
-    a = tl.load(x_rows + rk[None, :], mask=mask, other=0.0)
-    if PROLOGUE == 1:  # RMSNorm of x (+ residual)
-        if HAS_RESIDUAL:
-            r = tl.load(res_rows + rk[None, :], mask=mask, other=0.0)
-            a = (a.to(tl.float32) + r.to(tl.float32)).to(r.dtype)
-        w = tl.load(norm_ptr + rk, mask=k_mask, other=0.0)
-        a = (a.to(tl.float32) * inv_rms[:, None]).to(w.dtype) * w[None, :]
-    elif PROLOGUE == 2:  # SiLU(gate) * up; x holds [gate | up]
-        up = tl.load(x_rows + K + rk[None, :], mask=mask, other=0.0)
-        g = a.to(tl.float32)
-        a = (g / (1.0 + tl.exp(-g))).to(up.dtype) * up
-    return a
-
-
-@triton.jit
 def _skinny_gemm_kernel(
-    x_ptr, w_ptr, b_ptr, out_ptr, part_ptr, count_ptr, res_ptr, res_out_ptr, norm_ptr,
-    M, N, K, stride_xm, stride_wn, stride_om, k_per_split, split_k, split_stride, eps,
+    x_ptr, w_ptr, b_ptr, out_ptr, part_ptr, count_ptr,
+    M, N, K, stride_xm, stride_wn, stride_om, k_per_split, split_k, split_stride,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_previous(PDL)
     pid_n = tl.program_id(0)
@@ -77,30 +56,13 @@ def _skinny_gemm_kernel(
     m_mask = rm < M
     n_mask = rn < N
     x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm
-    res_rows = res_ptr + rm[:, None].to(tl.int64) * K
     w_rows = w_ptr + rn[None, :].to(tl.int64) * stride_wn
-    inv_rms = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    if PROLOGUE == 1:  # every program reads its rows whole for their RMS; one writes x + residual
-        writer = (pid_n == 0) & (pid_k == 0)
-        sum_sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for k in range(0, K, BLOCK_K):
-            rk = k + tl.arange(0, BLOCK_K)
-            mask = m_mask[:, None] & (rk < K)[None, :]
-            a = tl.load(x_rows + rk[None, :], mask=mask, other=0.0)
-            if HAS_RESIDUAL:
-                r = tl.load(res_rows + rk[None, :], mask=mask, other=0.0)
-                a = (a.to(tl.float32) + r.to(tl.float32)).to(r.dtype)
-                if writer:
-                    tl.store(res_out_ptr + rm[:, None].to(tl.int64) * K + rk[None, :], a, mask=mask)
-            a = a.to(tl.float32)
-            sum_sq += tl.sum(a * a, axis=1)
-        inv_rms = tl.rsqrt(sum_sq / K + eps)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_start = pid_k * k_per_split
     for k in range(k_start, k_start + k_per_split, BLOCK_K):
         rk = k + tl.arange(0, BLOCK_K)
         k_mask = rk < K
-        a = _load_input(x_rows, res_rows, norm_ptr, rk, m_mask, k_mask, inv_rms, K, PROLOGUE, HAS_RESIDUAL)
+        a = tl.load(x_rows + rk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         w = tl.load(w_rows + rk[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         if IEEE:
             acc = tl.dot(a, w, acc, input_precision="ieee")
@@ -150,15 +112,11 @@ def block_m(rows: int) -> int:
     return max(16, triton.next_power_of_2(rows))
 
 
-def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: SkinnyConfig,
-                *, norm: tuple[torch.Tensor, float] | None = None, residual: torch.Tensor | None = None,
-                residual_out: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
-    """x [M, K] @ weight [N, K]^T (+ bias) -> [M, N]. With `norm` (weight, eps), x is first
-    RMS-normalized, after adding `residual` if given (the sum goes to `residual_out`); with
-    `gated`, x is [M, 2K] = [gate | up] and SiLU(gate) * up is multiplied."""
+def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: SkinnyConfig) -> torch.Tensor:
+    """x [M, K] @ weight [N, K]^T (+ bias) -> [M, N]."""
     m = x.shape[0]
     n, k = weight.shape
-    assert x.shape[1] == (2 * k if gated else k) and x.stride(1) == 1 and weight.stride(1) == 1
+    assert x.shape[1] == k and x.stride(1) == 1 and weight.stride(1) == 1
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
@@ -170,16 +128,11 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if split_k > 1:
         counters = arrival_counters(x.device, grid[0] * grid[2])
         part = torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
-    if residual is not None:
-        assert residual.is_contiguous() and residual_out is not None and residual_out.is_contiguous()
-    norm_weight, eps = norm if norm is not None else (weight, 0.0)
     _skinny_gemm_kernel[grid](
         x, weight, bias if bias is not None else weight, out, part, counters,
-        residual if residual is not None else x, residual_out if residual_out is not None else x, norm_weight,
-        m, n, k, x.stride(0), weight.stride(0), out.stride(0), k_per_split, split_k, m * n, eps,
+        m, n, k, x.stride(0), weight.stride(0), out.stride(0), k_per_split, split_k, m * n,
         HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, SPLIT=split_k > 1,
         BLOCK_M=bm, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        PROLOGUE=1 if norm is not None else 2 if gated else 0, HAS_RESIDUAL=residual is not None,
         num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_options(x.device),
     )
     return out
@@ -189,37 +142,12 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 _chosen: dict[tuple[int, int, int, torch.device], SkinnyConfig] = {}
 
 
-def _config(x: torch.Tensor, weight: torch.Tensor) -> SkinnyConfig | None:
-    return _chosen.get((x.shape[0], weight.shape[0], weight.shape[1], x.device)) if _chosen else None
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, through the skinny GEMM where `choose` measured it faster."""
-    config = _config(x, weight)
+    config = _chosen.get((x.shape[0], weight.shape[0], weight.shape[1], x.device)) if _chosen else None
     if config is None or x.stride(1) != 1:
         return F.linear(x, weight, bias)
     return skinny_gemm(x, weight, bias, config)
-
-
-def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(linear(rmsnorm(x + residual)), x + residual) in one kernel, or None where the skinny
-    GEMM does not serve the projection."""
-    config = _config(x, weight)
-    if config is None or not x.is_contiguous() or (residual is not None and not residual.is_contiguous()):
-        return None
-    residual_out = torch.empty_like(x) if residual is not None else None
-    out = skinny_gemm(x, weight, bias, config, norm=(norm_weight, eps), residual=residual, residual_out=residual_out)
-    return out, residual_out if residual_out is not None else x
-
-
-def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """linear(SiLU(gate) * up) of x = [gate | up] in one kernel, or None where the skinny GEMM
-    does not serve the projection."""
-    config = _config(x[:, : weight.shape[1]], weight)
-    if config is None or x.stride(1) != 1:
-        return None
-    return skinny_gemm(x, weight, bias, config, gated=True)
 
 
 @functools.cache
