@@ -220,7 +220,8 @@ def sample(logits: torch.Tensor, sampling: SamplingBatch, *, bitmask: BitmaskKer
     words = vocab_mask_words(sampling, logits.device)
     temperature = sampling.temperature.to(logits.device)
     if sampling.all_greedy and words is None:
-        next_tokens = processed.argmax(dim=1)
+        # torch's CPU argmax over bfloat16 is a slow path: converting first is ~4x faster
+        next_tokens = (processed.float() if processed.device.type == "cpu" else processed).argmax(dim=1)
     elif sampling.all_greedy or not any(_filters_in_use(sampling)):
         next_tokens = draw(processed, words, temperature, sampling)
     else:  # top-k, top-p and min-p need the masked, scaled logits whole
