@@ -8,7 +8,8 @@
  * the accumulators (GROUP rows x TILE outputs) stay in registers and every weight loaded
  * serves every row of the group. The block (TILE x in bf16) stays in cache from one group
  * to the next, so W streams from memory once per call whatever the row count.
- * Products are exact and sums float32, as in gemv.c; the epilogues are gemv.c's.
+ * Products are exact and sums float32, as in gemv.c; the epilogues are gemv.h's, on 16
+ * outputs at a time.
  */
 #include <stdint.h>
 #include <string.h>
@@ -23,6 +24,40 @@
 #define GROUP 8
 
 #if defined(__AVX512BF16__)
+/* 16 bf16 values at p (lanes outside `m` read as 0) widened to float32: exact. */
+static inline __m512 load16(const void *p, __mmask16 m) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+/* e^x to about 1 ulp: 2^(x log2 e) split into 2^n (scalef) and 2^f, |f| <= 1/2, by its
+ * Taylor series to degree 6 (error under 2e-7). */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-88.0f));
+    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, n);
+    static const float c[] = {1.5403530393381609e-4f, 1.3333558146428443e-3f, 9.6181291076284772e-3f,
+                              5.5504108664821580e-2f, 2.4022650695910071e-1f, 6.9314718055994531e-1f, 1.0f};
+    __m512 p = _mm512_set1_ps(c[0]);
+    for (int i = 1; i < 7; i++) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[i]));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* gemv.h's epilogue on 16 outputs o.. of row r, rounded to bf16 as torch rounds (nearest even). */
+static inline void store16(const GemvArgs *a, __m512 v, int64_t r, int64_t o) {
+    const int64_t left = a->out - o;
+    const __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+    if (a->bias) v = _mm512_add_ps(v, load16((const uint16_t *)a->bias + o, m));
+    if (a->epilogue == EPI_SILU) {
+        v = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+    } else if (a->epilogue != EPI_NONE) {
+        const __m512 other = load16((const uint16_t *)a->other + r * a->other_stride + o, m);
+        v = a->epilogue == EPI_MUL ? _mm512_mul_ps(v, other) : _mm512_add_ps(v, other);
+    }
+    _mm256_mask_storeu_epi16((uint16_t *)a->y + r * a->y_stride + o, m, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
 /* One step: the pair of x at column 2p of every row (`pair_of`) against two vectors of W. */
 #define ROWS_STEP(ROWS, pair_of)                                                                  \
     do {                                                                                          \
@@ -51,14 +86,9 @@ static inline uint32_t first(const uint16_t *x) { return x[0]; } /* an odd last 
         int64_t p = 0;                                                                            \
         for (; p < a->in / 2; p++, wb += 2 * TILE) ROWS_STEP(ROWS, both);                         \
         if (a->in % 2) ROWS_STEP(ROWS, first);                                                    \
-        for (int r = 0; r < ROWS; r++) {                                                          \
-            float v[TILE];                                                                        \
-            _mm512_storeu_ps(v, acc[r][0]);                                                       \
-            _mm512_storeu_ps(v + 16, acc[r][1]);                                                  \
-            for (int j = 0; j < TILE && o0 + j < a->out; j++)                                     \
-                ((uint16_t *)a->y)[(r0 + r) * a->y_stride + o0 + j] =                            \
-                    bf16_store(gemv_epilogue(a, v[j], r0 + r, o0 + j, 1));                        \
-        }                                                                                         \
+        for (int r = 0; r < ROWS; r++)                                                            \
+            for (int h = 0; h < 2 && o0 + 16 * h < a->out; h++)                                   \
+                store16(a, acc[r][h], r0 + r, o0 + 16 * h);                                       \
     }
 
 DEFINE_ROWS_GROUP(1)
