@@ -42,9 +42,9 @@ SPECULATE_UP_TO = 4  # decoding requests in a step; beyond, every request decode
 LOW_ACCEPTANCE = 0.2  # a request's recent accepted share of its drafts below which it pauses
 PAUSE_STEPS = 16  # steps a request with low acceptance decodes without drafts
 PLAIN_EVERY = 64  # drafted steps between plain ones that keep the plain step's time current
-EMA = 0.2  # weight of the newest step in the running step times
-JUDGE_AFTER = 3  # drafted steps timed before drafting may be found not to pay
-OFF_STEPS = 64  # steps without drafts once drafting did not pay; then it is timed afresh ...
+EMA = 0.2  # weight of the newest plain step in its running time
+JUDGE_AFTER = 8  # drafted steps judged at once: their total time against the tokens they gave
+OFF_STEPS = 16  # steps without drafts once drafting did not pay; then it is timed afresh ...
 MAX_OFF_STEPS = 8192  # ... and twice as many each time it still does not pay, up to this
 
 
@@ -128,10 +128,12 @@ class Speculation:
         self.max_context_len = max_context_len
         self.counters = counters
         self.plain_s: float | None = None  # running time of a decode step without drafts
-        self.drafted_s: float | None = None  # ... and with drafts
-        self.gain = 1.0  # running tokens a drafted request gets from a drafted step
+        # drafted steps since the last judgement: their time, and the tokens their verified
+        # requests emitted (totals, not running averages: one request's emits swing
+        # between 1 and k + 1 from step to step, so a running average misjudges)
+        self.window_s, self.window_steps = 0.0, 0
+        self.window_tokens, self.window_verifies = 0, 0
         self.drafted_steps = 0  # since the last plain step
-        self.timed = 0  # drafted steps timed since drafting (re)started
         self.off_steps = 0  # steps left without drafts because drafting did not pay
         self.next_off = OFF_STEPS
 
@@ -177,14 +179,17 @@ class Speculation:
             self.drafted_steps = 0
             return
         self.drafted_steps += 1
-        self.timed += 1
-        self.drafted_s = seconds if self.drafted_s is None else (1 - EMA) * self.drafted_s + EMA * seconds
-        if self.plain_s is None or self.timed < JUDGE_AFTER:
+        self.window_s += seconds
+        self.window_steps += 1
+        if self.plain_s is None or self.window_steps < JUDGE_AFTER:
             return
-        if self.drafted_s > self.gain * self.plain_s:
+        step_s = self.window_s / self.window_steps
+        gain = self.window_tokens / max(self.window_verifies, 1)  # tokens a drafted request got a step
+        self.window_s, self.window_steps, self.window_tokens, self.window_verifies = 0.0, 0, 0, 0
+        if step_s > gain * self.plain_s:
             log.info("speculative decoding paused for %d steps: a drafted step takes %.1f ms for %.2f tokens "
-                     "a request, a plain one %.1f ms", self.next_off, self.drafted_s * 1e3, self.gain, self.plain_s * 1e3)
-            self.off_steps, self.drafted_s, self.timed = self.next_off, None, 0
+                     "a request, a plain one %.1f ms", self.next_off, step_s * 1e3, gain, self.plain_s * 1e3)
+            self.off_steps = self.next_off
             self.next_off = min(2 * self.next_off, MAX_OFF_STEPS)
         else:
             self.next_off = OFF_STEPS
@@ -197,7 +202,8 @@ class Speculation:
         while emit <= len(draft) and sampled[emit - 1] == draft[emit - 1]:
             emit += 1
         kept = emit - 1
-        self.gain = (1 - EMA) * self.gain + EMA * emit
+        self.window_tokens += emit
+        self.window_verifies += 1
         c = self.counters
         c["spec_verify_steps_total"] += 1
         c["spec_draft_tokens_total"] += len(draft)
