@@ -1,8 +1,8 @@
 /* bf16 linear layers for decode batches of up to a few dozen rows: y = epilogue(x W^T + b).
  *
- * W is packed once (cpu_kernels.pack_rows_weight) into blocks of TILE output features,
- * [out / TILE][in / 2][TILE][2] (out and in zero-padded): for each pair of input features, the TILE outputs' two
- * weights side by side, which is the operand layout of AVX512-BF16's dot product. A thread
+ * W is packed once (cpu_kernels.pack_gemv_weight) into blocks of TILE output features,
+ * [out / TILE][in / 2][TILE][2], zero-padded: for each pair of input features, the TILE
+ * outputs' two weights side by side, which is the operand layout of AVX512-BF16's dot product. A thread
  * takes a contiguous run of blocks; for each group of up to GROUP rows of x it runs over the
  * block once, each step broadcasting one pair of x per row against two vectors of W, so
  * the accumulators (GROUP rows x TILE outputs) stay in registers and every weight loaded
@@ -14,7 +14,6 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "bf16.h"
 #include "gemv.h"
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
