@@ -33,7 +33,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACK_FOR_ROWS)
-        # the few-row kernel's copy (csrc/gemv.c); the runner drops it where that kernel does not run
+        # the few-row kernel's copy (csrc/gemv.c, csrc/rows_bf16.c); the runner drops it where that kernel does not run
         self.gemv_weight: torch.Tensor | None = pack_gemv_weight(linear.weight.detach())
         self.bias = None if linear.bias is None else linear.bias.detach()
 

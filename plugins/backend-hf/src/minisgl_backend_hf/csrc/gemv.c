@@ -16,6 +16,14 @@
 
 #include "gemv.h"
 
+static inline float epilogue(const GemvArgs *a, float v, int64_t r, int64_t o) {
+    if (a->bias) v += ((const float *)a->bias)[o];
+    if (a->epilogue == EPI_SILU) return v / (1.0f + expf(-v));
+    if (a->epilogue == EPI_NONE) return v;
+    const float other = ((const float *)a->other)[r * a->other_stride + o];
+    return a->epilogue == EPI_MUL ? v * other : v + other;
+}
+
 #define BLOCK 4
 #define CHUNK_F32 16
 
@@ -43,7 +51,7 @@
                 for (int j = 0; j < BLOCK && b * BLOCK + j < a->out; j++) {                     \
                     float s = 0.0f;                                                             \
                     for (int e = 0; e < CHUNK_F32; e++) s += acc[r][j][e];                      \
-                    ((float *)a->y)[r * a->y_stride + b * BLOCK + j] = gemv_epilogue(a, s, r, b * BLOCK + j, 0); \
+                    ((float *)a->y)[r * a->y_stride + b * BLOCK + j] = epilogue(a, s, r, b * BLOCK + j); \
                 }                                                                               \
         }                                                                                       \
     }

@@ -2,13 +2,13 @@
  *
  * W is packed once (cpu_kernels.pack_gemv_weight) into blocks of TILE output features,
  * [out / TILE][in / 2][TILE][2], zero-padded: for each pair of input features, the TILE
- * outputs' two weights side by side, which is the operand layout of AVX512-BF16's dot product. A thread
- * takes a contiguous run of blocks; for each group of up to GROUP rows of x it runs over the
+ * outputs' two weights side by side, the operand layout of AVX512-BF16's dot product. A
+ * thread takes a contiguous run of blocks; for each group of up to GROUP rows of x it runs over the
  * block once, each step broadcasting one pair of x per row against two vectors of W, so
  * the accumulators (GROUP rows x TILE outputs) stay in registers and every weight loaded
  * serves every row of the group. The block (TILE x in bf16) stays in cache from one group
  * to the next, so W streams from memory once per call whatever the row count.
- * Products are exact and sums float32, as in gemv.c; the epilogues are gemv.h's, on 16
+ * Products are exact and sums float32, as in gemv.c; the epilogues (gemv.h) run on 16
  * outputs at a time.
  */
 #include <stdint.h>
@@ -43,7 +43,7 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-/* gemv.h's epilogue on 16 outputs o.. of row r, rounded to bf16 as torch rounds (nearest even). */
+/* The epilogue on 16 outputs o.. of row r, rounded to bf16 as torch rounds (nearest even). */
 static inline void store16(const GemvArgs *a, __m512 v, int64_t r, int64_t o) {
     const int64_t left = a->out - o;
     const __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
