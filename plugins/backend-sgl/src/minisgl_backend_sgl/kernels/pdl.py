@@ -63,7 +63,9 @@ def enabled(device: torch.device) -> bool:
     return _supported(device.index if device.index is not None else torch.cuda.current_device())
 
 
+@functools.cache
 def launch_options(device: torch.device) -> dict:
-    """The kernel arguments that switch PDL on or off: the `PDL` constexpr and `launch_pdl`."""
+    """The kernel arguments that switch PDL on or off: the `PDL` constexpr and `launch_pdl`
+    (once per device: every kernel launch asks)."""
     pdl = enabled(device)
     return {"PDL": pdl, "launch_pdl": True} if pdl else {"PDL": False}
