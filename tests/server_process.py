@@ -15,9 +15,17 @@ import httpx
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port whose next port is free too: `--tp-size > 1` meets its ranks on --port + 1."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as first, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as second:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except (OSError, OverflowError):  # taken, or past 65535
+                continue
+            return port
 
 
 class ServerProcess:
