@@ -50,9 +50,29 @@ def test_decode_kernel_equals_gathered_attention(dtype, heads, kv_heads, dim, wi
     table = torch.stack([torch.randperm(slots, generator=gen)[:400] for _ in range(rows)])[:, :300]
     q = torch.randn(rows, heads, dim, generator=gen)
     out = torch.empty(rows, heads, dim)
-    KERNEL(q, k, v, table, lens, out, 0.17, window, softcap)
+    KERNEL(q, k, v, table, None, lens, out, 0.17, window, softcap)
     torch.testing.assert_close(out, reference_decode(q, k, v, table, lens, 0.17, window, softcap),
                                atol=2e-6, rtol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("window", [None, 5])
+def test_a_prompts_tokens_attend_causally_as_rows_that_share_its_table_row(window):
+    """A prefill chunk as decode rows: token j of a prompt after a cached prefix is a row with
+    context prefix + j + 1, and every row reads the prompt's one page-table row."""
+    gen = torch.Generator().manual_seed(3)
+    heads, kv_heads, dim, slots = 9, 3, 64, 1024
+    k = torch.randn(kv_heads, slots, dim, generator=gen).to(torch.bfloat16)
+    v = torch.randn(kv_heads, slots, dim, generator=gen).to(torch.bfloat16)
+    pages = torch.stack([torch.randperm(slots, generator=gen)[:64] for _ in range(2)])  # two requests
+    # request 1: 20 new tokens after a prefix of 7; request 0: one decode token at length 40
+    table_rows = torch.tensor([0] + [1] * 20)
+    lens = torch.tensor([40] + list(range(8, 28)))
+    q = torch.randn(21, heads, dim, generator=gen)
+    out = torch.empty(21, heads, dim)
+    KERNEL(q, k, v, pages, table_rows, lens, out, 0.125, window, None)
+    expected = reference_decode(q, k, v, pages.index_select(0, table_rows), lens, 0.125, window, None)
+    torch.testing.assert_close(out, expected, atol=2e-6, rtol=1e-5)
 
 
 @needs_kernel
@@ -70,7 +90,8 @@ def test_decode_kernel_refuses_groups_larger_than_its_accumulator():
     k = torch.zeros(1, 8, 256)
     q, out = torch.zeros(1, 64, 256), torch.empty(1, 64, 256)
     with pytest.raises(ValueError, match="64 query heads over 1 kv heads"):
-        KERNEL(q, k, k, torch.zeros(1, 1, dtype=torch.long), torch.ones(1, dtype=torch.long), out, 1.0, None, None)
+        KERNEL(q, k, k, torch.zeros(1, 1, dtype=torch.long), None, torch.ones(1, dtype=torch.long), out, 1.0, None,
+               None)
 
 
 @pytest.mark.skipif(not can_pack(torch.float32), reason="torch built without oneDNN")

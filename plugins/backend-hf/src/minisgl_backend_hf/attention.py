@@ -67,8 +67,8 @@ def _decode(
     rows, num_heads, dim = q.shape
     if ctx.decode_kernel is not None:
         out = torch.empty(q.shape, dtype=torch.float32)
-        ctx.decode_kernel(q.float().contiguous(), ctx.pool.k[layer], ctx.pool.v[layer], dec.table, dec.lens, out,
-                          scale, window, softcap)
+        ctx.decode_kernel(q.float().contiguous(), ctx.pool.k[layer], ctx.pool.v[layer], dec.pages, dec.page_rows,
+                          dec.lens, out, scale, window, softcap)
         return out.to(q.dtype)
     k, v = ctx.pool.gather(layer, dec.slots)  # [KVH, Bd * Ld, D]
     kv_heads = k.shape[0]

@@ -5,9 +5,11 @@ cached prefix). Decode rows are attended together as one padded batch over their
 rows. A short extend after a cached prefix (a speculative verify step: the last token and
 its drafts) becomes one decode row per token, row j attending the prefix and tokens 0..j,
 which is causal attention: every token then takes the kernel a decode step takes, so a
-verified token gets the logits plain decoding gives it. Each other extend row is attended
-on its own (it is compute bound, so a Python loop over a
-handful of chunks costs nothing next to the matmuls). The index tensors, masks and additive
+verified token gets the logits plain decoding gives it. With the native CPU kernel every
+extend up to KERNEL_ROWS_UP_TO tokens goes the same way: the kernel, all of a prompt's rows
+reading the prompt's one page-table row, beats torch's CPU SDPA there. Each other extend is
+attended on its own (it is compute bound, so a Python loop over a handful of chunks costs
+nothing next to the matmuls). The index tensors, masks and additive
 biases built here are shared by all layers of the model (built on first use, then cached).
 """
 
@@ -24,6 +26,9 @@ from minisgl.engine.batch import ForwardBatch
 QUERY_BLOCK = 128
 # extends up to this long after a cached prefix are attended as decode rows (see above)
 DECODE_ROWS_UP_TO = 16
+# with the native CPU kernel, extends up to this long (bf16, 9 heads of 64: 0.78 against 1.27
+# ms for 250 tokens, 3.3 against 4.4 for 512, even at 1k; BENCHMARKS.md)
+KERNEL_ROWS_UP_TO = 512
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -37,17 +42,27 @@ class DecodeGroup:
     padded batch gathered from the pool."""
 
     token_index: torch.Tensor | None  # [Bd] positions in T; None when every row of the batch decodes
-    table: torch.Tensor  # int64 [Bd, Ld]: slots of each row's context (Ld: the longest; pad slots past lens)
+    pages: torch.Tensor  # int64 [B, Ld]: the batch's page table (Ld: the longest row's context)
+    page_rows: torch.Tensor | None  # int64 [Bd]: the pages row of each decode row; None: row b is row b
     lens: torch.Tensor  # int64 [Bd]: context length of each row, its new token included
     _cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
-        return self.table.shape[0]
+        return self.lens.shape[0]
 
     @property
     def width(self) -> int:
-        return self.table.shape[1]
+        return self.pages.shape[1]
+
+    @property
+    def table(self) -> torch.Tensor:
+        """int64 [Bd, Ld]: slots of each row's context (pad slots past lens), for the padded gather."""
+        if self.page_rows is None:
+            return self.pages
+        if ("table",) not in self._cache:
+            self._cache[("table",)] = self.pages.index_select(0, self.page_rows)
+        return self._cache[("table",)]
 
     @property
     def slots(self) -> torch.Tensor:
@@ -141,7 +156,8 @@ class AttentionPlan:
     extends: list[ExtendSegment]
 
     @classmethod
-    def build(cls, batch: ForwardBatch) -> AttentionPlan:
+    def build(cls, batch: ForwardBatch, native_kernel: bool = False) -> AttentionPlan:
+        """`native_kernel`: the decode rows go to the CPU kernel (cpu_kernels.py)."""
         device = batch.page_table.device
         extend_lens, prefix_lens = batch.extend_lens, batch.prefix_lens
         decode_rows: list[int] = []  # the page-table row of each decode row (a short extend: several)
@@ -150,7 +166,7 @@ class AttentionPlan:
         extends: list[ExtendSegment] = []
         start = 0
         for row, (ext, prefix) in enumerate(zip(extend_lens, prefix_lens)):
-            if ext == 1 or (prefix > 0 and ext <= DECODE_ROWS_UP_TO):
+            if ext == 1 or (ext <= KERNEL_ROWS_UP_TO if native_kernel else prefix > 0 and ext <= DECODE_ROWS_UP_TO):
                 decode_rows += [row] * ext
                 decode_tokens += range(start, start + ext)
                 decode_lens += range(prefix + 1, prefix + ext + 1)
@@ -163,14 +179,12 @@ class AttentionPlan:
 
         decode = None
         if decode_rows:
-            width = max(decode_lens)
-            if decode_rows == list(range(batch.batch_size)):  # every row decodes one token
-                table = batch.page_table[:, :width]
-                token_index = None
-            else:
-                rows = torch.tensor(decode_rows, dtype=torch.long, device=device)
-                table = batch.page_table.index_select(0, rows)[:, :width]
+            pages = batch.page_table[:, : max(decode_lens)]
+            page_rows = token_index = None
+            if decode_rows != list(range(batch.batch_size)):  # not one token of every row
+                page_rows = torch.tensor(decode_rows, dtype=torch.long, device=device)
+            if len(decode_tokens) != batch.num_tokens:  # not every token
                 token_index = torch.tensor(decode_tokens, dtype=torch.long, device=device)
             lens = torch.tensor(decode_lens, dtype=torch.long, device=device)
-            decode = DecodeGroup(token_index, table, lens)
+            decode = DecodeGroup(token_index, pages, page_rows, lens)
         return cls(batch.out_slots, batch.num_tokens, decode, extends)

@@ -42,6 +42,7 @@ class _DecodeArgs(ctypes.Structure):
         ("k", ctypes.c_void_p),
         ("v", ctypes.c_void_p),
         ("table", ctypes.c_void_p),
+        ("table_rows", ctypes.c_void_p),
         ("lens", ctypes.c_void_p),
         ("out", ctypes.c_void_p),
         ("table_stride", ctypes.c_int64),
@@ -102,7 +103,8 @@ def _build() -> Path:
 
 
 class PagedDecodeKernel:
-    """`kernel(q, k, v, table, lens, out, scale, window, softcap)`: one layer's decode attention."""
+    """`kernel(q, k, v, table, table_rows, lens, out, scale, window, softcap)`: one layer's
+    decode attention; row b reads table row table_rows[b] (row b where table_rows is None)."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
         self._fns = {}
@@ -120,7 +122,8 @@ class PagedDecodeKernel:
         q: torch.Tensor,  # float32 [B, H, D], contiguous
         k: torch.Tensor,  # [KVH, S, D] of one layer, contiguous
         v: torch.Tensor,
-        table: torch.Tensor,  # int64 [B, W], rows contiguous
+        table: torch.Tensor,  # int64 [R, W], rows contiguous
+        table_rows: torch.Tensor | None,  # int64 [B]
         lens: torch.Tensor,  # int64 [B]
         out: torch.Tensor,  # float32 [B, H, D]
         scale: float,
@@ -129,7 +132,8 @@ class PagedDecodeKernel:
     ) -> None:
         rows, heads, dim = q.shape
         args = _DecodeArgs(
-            q.data_ptr(), k.data_ptr(), v.data_ptr(), table.data_ptr(), lens.data_ptr(), out.data_ptr(),
+            q.data_ptr(), k.data_ptr(), v.data_ptr(), table.data_ptr(),
+            None if table_rows is None else table_rows.data_ptr(), lens.data_ptr(), out.data_ptr(),
             table.stride(0), k.shape[1], rows, heads, k.shape[0], dim,
             scale, softcap or 0.0, window or 0,
         )

@@ -31,7 +31,8 @@ typedef struct {
     const float *q;        /* [B, H, D] */
     const void *k;         /* this layer's K: [KVH, S, D] */
     const void *v;         /* this layer's V: [KVH, S, D] */
-    const int64_t *table;  /* [B, table_stride]: slots of positions 0..len-1 */
+    const int64_t *table;  /* [R, table_stride]: slots of positions 0..len-1 */
+    const int64_t *table_rows; /* [B]: the table row each row reads (a prompt's tokens share one); NULL: row b reads row b */
     const int64_t *lens;   /* [B]: context length including the new token */
     float *out;            /* [B, H, D] */
     int64_t table_stride, slots;
@@ -39,6 +40,10 @@ typedef struct {
     float scale, softcap;  /* softcap 0: none */
     int window;            /* 0: none; else keys with position > len - 1 - window */
 } DecodeArgs;
+
+static inline const int64_t *row_slots(const DecodeArgs *a, int row) {
+    return a->table + (a->table_rows ? a->table_rows[row] : row) * a->table_stride;
+}
 
 /* Slots are scattered over the pool, so the hardware prefetcher cannot guess the next
  * row: ask for the row PREFETCH keys ahead, one cache line at a time. */
@@ -56,7 +61,7 @@ static inline void prefetch_row(const void *row, int bytes) {
         float *out = a->out + ((int64_t)row * a->heads + (int64_t)kvh * G) * D;             \
         const T *kbase = (const T *)a->k + (int64_t)kvh * a->slots * D;                     \
         const T *vbase = (const T *)a->v + (int64_t)kvh * a->slots * D;                     \
-        const int64_t *slots = a->table + (int64_t)row * a->table_stride;                   \
+        const int64_t *slots = row_slots(a, row);                                           \
         float acc[MAX_GROUP_DIM], m[G], l[G], p[G][KEY_BLOCK], kf[D];                       \
         memset(acc, 0, sizeof(float) * G * D);                                              \
         for (int g = 0; g < G; g++) { m[g] = -FLT_MAX; l[g] = 0.0f; }                        \
@@ -161,7 +166,7 @@ static inline __attribute__((always_inline)) void attend16(const DecodeArgs *a, 
     float *out = a->out + ((int64_t)row * a->heads + (int64_t)kvh * G) * D;
     const char *kbase = (const char *)a->k + (int64_t)kvh * a->slots * bytes;
     const char *vbase = (const char *)a->v + (int64_t)kvh * a->slots * bytes;
-    const int64_t *slots = a->table + (int64_t)row * a->table_stride;
+    const int64_t *slots = row_slots(a, row);
     __m512 qv[MAX_GROUP * MAX_CHUNKS], acc[MAX_GROUP * MAX_CHUNKS], part[MAX_GROUP][BLOCK16];
     float m[MAX_GROUP], l[MAX_GROUP], p[MAX_GROUP][BLOCK16];
     const __m512 scale = _mm512_set1_ps(a->scale);
