@@ -195,6 +195,31 @@ def test_the_gate_drafts_only_while_drafted_steps_pay():
     assert req.draft == []  # paused for every request
 
 
+def test_a_request_pauses_its_drafts_at_the_acceptance_that_pays_for_its_verify_rows():
+    """Before the steps are timed a request pauses below LOW_ACCEPTANCE; once a drafted step is
+    known to cost 10% more than a plain one, only below 0.1 / k (rejected drafts are cheap)."""
+    class Fixed(speculative.Proposer):
+        def propose(self, req_id, token_ids, max_tokens):
+            return [7] * max_tokens
+
+    def rejections_until_paused(spec):
+        req = Req(rid="a", prompt_ids=[1, 2, 3], params=SamplingParams(max_new_tokens=100), max_new_tokens=100,
+                  stop_ids=frozenset())
+        for n in range(1, 20):
+            req.draft = [7, 7, 7, 7]
+            spec.verify(req, [1, 1, 1, 1, 1])
+            if req.spec_pause:
+                return n
+        raise AssertionError("never paused")
+
+    spec = speculative.Speculation(Fixed(), 4, 1000, Counter())
+    assert rejections_until_paused(spec) == 3  # 1 -> 0.5 -> 0.25 -> 0.125 < LOW_ACCEPTANCE
+    spec.observe(0.010, drafted=False)
+    spec.observe(0.011, drafted=True)
+    assert spec._low_acceptance() == pytest.approx(0.1 / 4)
+    assert rejections_until_paused(spec) == 6  # 1/64 < 0.025
+
+
 def test_a_proposer_plugin_must_subclass_proposer():
     from types import SimpleNamespace
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("minisgl.engine")
 
 SPECULATE_UP_TO = 4  # decoding requests in a step; beyond, every request decodes plainly
-LOW_ACCEPTANCE = 0.2  # a request's recent accepted share of its drafts below which it pauses
+LOW_ACCEPTANCE = 0.2  # a request's recent accepted share of its drafts below which it pauses, at most
 PAUSE_STEPS = 16  # steps a request with low acceptance decodes without drafts
 PLAIN_EVERY = 64  # drafted steps between plain ones that keep the plain step's time current
 EMA = 0.2  # weight of the newest plain step in its running time
@@ -128,6 +128,7 @@ class Speculation:
         self.max_context_len = max_context_len
         self.counters = counters
         self.plain_s: float | None = None  # running time of a decode step without drafts
+        self.drafted_s: float | None = None  # ... and of one with drafts
         # drafted steps since the last judgement: their time, and the tokens their verified
         # requests emitted (totals, not running averages: one request's emits swing
         # between 1 and k + 1 from step to step, so a running average misjudges)
@@ -179,6 +180,7 @@ class Speculation:
             self.drafted_steps = 0
             return
         self.drafted_steps += 1
+        self.drafted_s = seconds if self.drafted_s is None else (1 - EMA) * self.drafted_s + EMA * seconds
         self.window_s += seconds
         self.window_steps += 1
         if self.plain_s is None or self.window_steps < JUDGE_AFTER:
@@ -209,9 +211,19 @@ class Speculation:
         c["spec_draft_tokens_total"] += len(draft)
         c["spec_accepted_tokens_total"] += kept
         req.spec_acceptance = 0.5 * req.spec_acceptance + 0.5 * kept / len(draft)
-        if req.spec_acceptance < LOW_ACCEPTANCE:
+        if req.spec_acceptance < self._low_acceptance():
             req.spec_pause, req.spec_acceptance = PAUSE_STEPS, 1.0  # try again after the pause
         return sampled[:emit]
+
+
+    def _low_acceptance(self) -> float:
+        """The share of its drafts a request must keep for its verify rows to pay: a drafted
+        step's extra time over a plain one, in plain steps, spread over the k draft positions
+        (where verifying costs little, as with the CPU kernel or a CUDA graph, a few accepted
+        drafts pay for many rejected ones); LOW_ACCEPTANCE until both steps are timed."""
+        if self.plain_s is None or self.drafted_s is None:
+            return LOW_ACCEPTANCE
+        return min(LOW_ACCEPTANCE, max(0.0, self.drafted_s / self.plain_s - 1.0) / self.k)
 
 
 def metrics(counters: Mapping[str, Any]) -> dict[str, float]:

@@ -650,10 +650,10 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     floor_ms, floor_how = read_floor_ms(path, dtype, 1) if device == "cpu" else (None, "")
-    runs: dict[str, dict[str, Any]] = {}
-    for name, extra in (("plain", {}), (speculative_algorithm, spec)):
-        with LLM(path, backend=backend, dtype=dtype, **extra) as llm:
-            runs[name] = {w: measure(llm, w, max_new_tokens, repeat) for w in WORKLOADS}
+    with LLM(path, backend=backend, dtype=dtype) as plain, LLM(path, backend=backend, dtype=dtype, **spec) as drafted:
+        by_workload = {w: measure({"plain": plain, speculative_algorithm: drafted}, w, max_new_tokens, repeat)
+                       for w in WORKLOADS}
+    runs = {name: {w: by_workload[w][name] for w in WORKLOADS} for name in ("plain", speculative_algorithm)}
     table = Table(title=f"one stream, greedy, {model}, {dtype}: plain vs {speculative_algorithm}")
     for col in ("workload", "plain tok/s", f"{speculative_algorithm} tok/s", "ratio", "acceptance",
                 "tokens / verify", "same tokens"):

@@ -1,7 +1,8 @@
 """`minisgl bench speculative`: one stream, greedy, with and without a proposer, on a
 copy-heavy workload (reproduce or edit a given text: what n-gram lookup can draft) and a
-free-writing one (nothing to copy), in one process: tokens/s of each, their ratio, the
-acceptance, whether the tokens are the same, and the weight-read floor of one token."""
+free-writing one (nothing to copy), both engines in one process with their passes
+alternating: tokens/s of each, their ratio, the acceptance, whether the tokens are the
+same, and the weight-read floor of one token."""
 
 from __future__ import annotations
 
@@ -55,25 +56,31 @@ class Run:
         return self.tokens / self.seconds
 
 
-def measure(llm: Any, workload: str, max_new_tokens: int, repeat: int) -> Run:
-    """The median over `repeat` passes of the workload's prompts, one stream at a time."""
+def measure(llms: dict[str, Any], workload: str, max_new_tokens: int, repeat: int) -> dict[str, Run]:
+    """Each system's median over `repeat` passes of the workload's prompts, one stream at a
+    time; the systems' passes alternate, so a change in the host's speed meets them alike."""
     from minisgl import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     prompts = WORKLOADS[workload]
-    llm.chat([{"role": "user", "content": prompts[0]}], params)  # warm-up
-    passes, ids = [], []
-    before = llm.metrics()
+    passes: dict[str, list[float]] = {name: [] for name in llms}
+    ids: dict[str, list[list[int]]] = {}
+    before = {}
+    for name, llm in llms.items():
+        llm.chat([{"role": "user", "content": prompts[0]}], params)  # warm-up
+        before[name] = llm.metrics()
     for _ in range(repeat):
-        tokens, start, ids = 0, time.perf_counter(), []
-        for prompt in prompts:
-            out = llm.chat([{"role": "user", "content": prompt}], params)
-            tokens += len(out.token_ids)
-            ids.append(out.token_ids)
-        passes.append((time.perf_counter() - start, tokens))
-    after = llm.metrics()
-    seconds, tokens = statistics.median(s for s, _ in passes), passes[0][1]  # greedy: every pass the same
-    delta = {k: after[k] - before[k] for k in ("spec_draft_tokens_total", "spec_accepted_tokens_total",
-                                               "spec_verify_steps_total")}
-    return Run(workload, tokens, seconds, delta["spec_draft_tokens_total"], delta["spec_accepted_tokens_total"],
-               delta["spec_verify_steps_total"], ids)
+        for name, llm in llms.items():
+            start, ids[name] = time.perf_counter(), []
+            for prompt in prompts:
+                ids[name].append(llm.chat([{"role": "user", "content": prompt}], params).token_ids)
+            passes[name].append(time.perf_counter() - start)
+    runs = {}
+    for name, llm in llms.items():
+        after = llm.metrics()
+        delta = {k: after[k] - before[name][k] for k in ("spec_draft_tokens_total", "spec_accepted_tokens_total",
+                                                         "spec_verify_steps_total")}
+        tokens = sum(map(len, ids[name]))  # greedy: every pass the same
+        runs[name] = Run(workload, tokens, statistics.median(passes[name]), delta["spec_draft_tokens_total"],
+                         delta["spec_accepted_tokens_total"], delta["spec_verify_steps_total"], ids[name])
+    return runs
