@@ -5,8 +5,8 @@ cached prefix). Decode rows are attended together as one padded batch over their
 rows. A short extend after a cached prefix (a speculative verify step: the last token and
 its drafts) becomes one decode row per token, row j attending the prefix and tokens 0..j,
 which is causal attention: every token then takes the kernel a decode step takes, so a
-verified token gets the logits plain decoding gives it. With the native CPU kernel every
-extend up to KERNEL_ROWS_UP_TO tokens goes the same way: the kernel, all of a prompt's rows
+verified token gets the logits plain decoding gives it. With the native CPU kernel's vector
+path every extend up to KERNEL_ROWS_UP_TO tokens goes the same way: the kernel, all of a prompt's rows
 reading the prompt's one page-table row, beats torch's CPU SDPA there. Each other extend is
 attended on its own (it is compute bound, so a Python loop over a handful of chunks costs
 nothing next to the matmuls). The index tensors, masks and additive
@@ -26,7 +26,7 @@ from minisgl.engine.batch import ForwardBatch
 QUERY_BLOCK = 128
 # extends up to this long after a cached prefix are attended as decode rows (see above)
 DECODE_ROWS_UP_TO = 16
-# with the native CPU kernel, extends up to this long (bf16, 9 heads of 64: 0.78 against 1.27
+# with the native CPU kernel's vector path, extends up to this long (bf16, 9 heads of 64: 0.78 against 1.27
 # ms for 250 tokens, 3.3 against 4.4 for 512, even at 1k; BENCHMARKS.md)
 KERNEL_ROWS_UP_TO = 512
 
@@ -156,8 +156,8 @@ class AttentionPlan:
     extends: list[ExtendSegment]
 
     @classmethod
-    def build(cls, batch: ForwardBatch, native_kernel: bool = False) -> AttentionPlan:
-        """`native_kernel`: the decode rows go to the CPU kernel (cpu_kernels.py)."""
+    def build(cls, batch: ForwardBatch, extends_as_rows: bool = False) -> AttentionPlan:
+        """`extends_as_rows`: every extend up to KERNEL_ROWS_UP_TO tokens becomes decode rows."""
         device = batch.page_table.device
         extend_lens, prefix_lens = batch.extend_lens, batch.prefix_lens
         decode_rows: list[int] = []  # the page-table row of each decode row (a short extend: several)
@@ -166,7 +166,7 @@ class AttentionPlan:
         extends: list[ExtendSegment] = []
         start = 0
         for row, (ext, prefix) in enumerate(zip(extend_lens, prefix_lens)):
-            if ext == 1 or (ext <= KERNEL_ROWS_UP_TO if native_kernel else prefix > 0 and ext <= DECODE_ROWS_UP_TO):
+            if ext == 1 or (ext <= KERNEL_ROWS_UP_TO if extends_as_rows else prefix > 0 and ext <= DECODE_ROWS_UP_TO):
                 decode_rows += [row] * ext
                 decode_tokens += range(start, start + ext)
                 decode_lens += range(prefix + 1, prefix + ext + 1)

@@ -240,7 +240,8 @@ class HFModelRunner(ModelRunner):
         """`compute_logits`, and the sums of the final hidden states over batch.pool_spans
         (float32 [len(pool_spans), hidden], None without spans)."""
         batch = self._to_device(batch)
-        self.context.plan = AttentionPlan.build(batch, native_kernel=self.context.decode_kernel is not None)
+        kernel = self.context.decode_kernel
+        self.context.plan = AttentionPlan.build(batch, extends_as_rows=kernel is not None and kernel.vectorized)
         rows = batch.sample_indices if batch.sampling is not None else self._no_rows
         if self.decoder is not None and not batch.images:
             try:

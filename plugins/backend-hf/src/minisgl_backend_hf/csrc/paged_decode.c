@@ -263,3 +263,12 @@ static int fast_fits(const DecodeArgs *a) { (void)a; return 0; }
 
 DEFINE_DECODE(paged_decode_f32, float, LOAD_F32)
 DEFINE_DECODE(paged_decode_bf16, uint16_t, LOAD_BF16)
+
+/* 1 where the AVX-512 path serves head sizes of a multiple of 16. */
+int paged_decode_vectorized(void) {
+#if defined(MINISGL_VEC512)
+    return 1;
+#else
+    return 0;
+#endif
+}
