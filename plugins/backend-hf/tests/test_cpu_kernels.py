@@ -3,7 +3,9 @@ linears equal F.linear, and the runner falls back to torch ops when the kernel c
 
 from __future__ import annotations
 
+import ctypes
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,18 +43,40 @@ def reference_decode(q, k, v, table, lens, scale, window, softcap):
                                                        (32, 2, 64)])
 @pytest.mark.parametrize(("window", "softcap"), [(None, None), (37, None), (None, 30.0)])
 def test_decode_kernel_equals_gathered_attention(dtype, heads, kv_heads, dim, window, softcap):
+    check_against_gathered_attention(KERNEL, dtype, heads, kv_heads, dim, window, softcap)
+
+
+def check_against_gathered_attention(kernel, dtype, heads, kv_heads, dim, window, softcap):
     gen = torch.Generator().manual_seed(heads * dim)
     slots, rows = 4096, 9
     k = torch.randn(kv_heads, slots, dim, generator=gen).to(dtype)
     v = torch.randn(kv_heads, slots, dim, generator=gen).to(dtype)
-    lens = torch.tensor([1, 2, 16, 17, 63, 64, 65, 300, 129])  # around the kernels' 16- and 64-key blocks
+    lens = torch.tensor([1, 2, 16, 17, 63, 64, 65, 300, 129])  # around the kernels' 8-, 16- and 64-key blocks
     # rows of a wider page table (stride > width), each with its own scattered slots
     table = torch.stack([torch.randperm(slots, generator=gen)[:400] for _ in range(rows)])[:, :300]
     q = torch.randn(rows, heads, dim, generator=gen)
     out = torch.empty(rows, heads, dim)
-    KERNEL(q, k, v, table, None, lens, out, 0.17, window, softcap)
+    kernel(q, k, v, table, None, lens, out, 0.17, window, softcap)
     torch.testing.assert_close(out, reference_decode(q, k, v, table, lens, 0.17, window, softcap),
                                atol=2e-6, rtol=1e-5)
+
+
+AVX2 = "avx2" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
+
+
+@needs_kernel
+@pytest.mark.skipif(not AVX2, reason="an x86 CPU with AVX2")
+def test_the_avx2_build_of_the_decode_kernel_equals_gathered_attention(tmp_path, monkeypatch):
+    """Where the CPU has AVX-512 the kernel is also built without it, so its AVX2 path (8 lanes)
+    is checked on every x86 machine."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "CFLAGS", [*cpu_kernels.CFLAGS, "-mno-avx512f"])
+    kernel = cpu_kernels.PagedDecodeKernel(ctypes.CDLL(str(cpu_kernels._build())))
+    assert kernel.vectorized
+    for dtype in (torch.float32, torch.bfloat16):
+        for heads, kv_heads, dim in [(9, 3, 64), (8, 1, 128), (10, 2, 40), (6, 2, 20)]:
+            for window, softcap in [(None, None), (37, None), (None, 30.0)]:
+                check_against_gathered_attention(kernel, dtype, heads, kv_heads, dim, window, softcap)
 
 
 @needs_kernel

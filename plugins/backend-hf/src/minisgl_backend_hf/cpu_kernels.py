@@ -114,7 +114,8 @@ class PagedDecodeKernel:
             fn.restype = ctypes.c_int
             self._fns[dtype] = fn
 
-        # the AVX-512 path: with it the kernel also beats torch on prefill chunks (attention_plan.py)
+        # the vector path (AVX-512 or AVX2): with it the kernel also beats torch on prefill chunks
+        # (attention_plan.py)
         self.vectorized = bool(library.paged_decode_vectorized())
 
     def supports(self, dtype: torch.dtype) -> bool:

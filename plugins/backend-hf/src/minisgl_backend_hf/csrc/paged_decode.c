@@ -10,11 +10,12 @@
  * Built by cpu_kernels.py with -O3 -march=native -ffast-math (vectorised dot products and
  * exponentials); masked keys are skipped by bounds, never by -inf, so finite math holds.
  *
- * With AVX-512 and a head size of a multiple of 16 a second path serves: keys go in blocks of
- * 16, each key's G dot products stay as vectors of partial sums until one transposing
- * reduction turns the block's into one vector of 16 scores, and the softmax and the
- * accumulators (G x D floats, in registers for the shapes the dispatch names) run on
- * vectors; the portable path spent most of its time in per-key horizontal sums.
+ * With AVX-512 or AVX2 (simd.h) and a head size of a multiple of the vector width a second
+ * path serves: keys go in blocks of one vector's lanes, each key's G dot products stay as
+ * vectors of partial sums until one transposing reduction turns the block's into one vector
+ * of scores, and the softmax and the accumulators (G x D floats, in registers for the shapes
+ * the dispatch names) run on vectors; the portable path spent most of its time in per-key
+ * horizontal sums.
  */
 #include <float.h>
 #include <math.h>
@@ -22,7 +23,7 @@
 #include <string.h>
 
 #include "bf16.h"
-#include "vec512.h"
+#include "simd.h"
 
 #define KEY_BLOCK 64
 #define MAX_GROUP_DIM 8192 /* G * D floats of accumulator per work item, on the stack */
@@ -120,46 +121,26 @@ static inline void prefetch_row(const void *row, int bytes) {
         return 0;                                                                           \
     }
 
-#if defined(MINISGL_VEC512)
-#define BLOCK16 16
-#define MAX_CHUNKS 16 /* head size up to 256 */
+#if defined(MINISGL_LANES)
+#define LANES MINISGL_LANES /* keys a block: one vector of scores */
+#define MAX_CHUNKS (256 / LANES) /* head size up to 256 */
 #define MAX_GROUP 8
 
 static int fast_fits(const DecodeArgs *a) {
     const int G = a->heads / a->kv_heads;
-    return a->dim % 16 == 0 && a->dim / 16 <= MAX_CHUNKS && G <= MAX_GROUP;
+    return a->dim % LANES == 0 && a->dim / LANES <= MAX_CHUNKS && G <= MAX_GROUP;
 }
 
-/* Lane j of the result: the sum of r[j]'s 16 lanes (a transpose folded into the adds). */
-static inline __m512 sum_each16(const __m512 *r) {
-    __m512 a[8], b[4];
-    for (int i = 0; i < 8; i++) /* a[i]: 8 partials of r[2i], then 8 of r[2i+1] */
-        a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], 0x44),
-                             _mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], 0xEE));
-    for (int i = 0; i < 4; i++) /* b[i]: 4 partials of r[4i], r[4i+1], r[4i+2], r[4i+3] */
-        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
-                             _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xDD));
-    const __m512 c0 = _mm512_add_ps(_mm512_unpacklo_ps(b[0], b[1]), _mm512_unpackhi_ps(b[0], b[1]));
-    const __m512 c1 = _mm512_add_ps(_mm512_unpacklo_ps(b[2], b[3]), _mm512_unpackhi_ps(b[2], b[3]));
-    const __m512 d = _mm512_add_ps(_mm512_shuffle_ps(c0, c1, 0x44), _mm512_shuffle_ps(c0, c1, 0xEE));
-    /* lane 4q + t of d holds r[4t + q] */
-    return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), d);
+static inline vfloat load_chunk(const void *row, int c, int bf16) {
+    return bf16 ? v_load_bf16((const uint16_t *)row + LANES * c) : v_load((const float *)row + LANES * c);
 }
 
-static inline __m512 load_chunk(const void *row, int c, int bf16) {
-    if (bf16) {
-        const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)row + c));
-        return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-    }
-    return _mm512_loadu_ps((const float *)row + 16 * c);
-}
-
-/* One (row, kv head) item; C (head size / 16) and G (query heads per kv head) are constants
- * where the dispatch below names them, so the loops unroll and the accumulators stay in
- * registers. */
-static inline __attribute__((always_inline)) void attend16(const DecodeArgs *a, int row, int kvh, const int C,
-                                                           const int G, const int bf16) {
-    const int D = 16 * C, bytes = D * (bf16 ? 2 : 4);
+/* One (row, kv head) item; C (head size / LANES) and G (query heads per kv head) are
+ * constants where the dispatch below names them, so the loops unroll and the accumulators
+ * stay in registers. */
+static inline __attribute__((always_inline)) void attend_vec(const DecodeArgs *a, int row, int kvh, const int C,
+                                                             const int G, const int bf16) {
+    const int D = LANES * C, bytes = D * (bf16 ? 2 : 4);
     const int64_t len = a->lens[row];
     const int64_t lo = (a->window > 0 && len > a->window) ? len - a->window : 0;
     const float *q = a->q + ((int64_t)row * a->heads + (int64_t)kvh * G) * D;
@@ -167,66 +148,64 @@ static inline __attribute__((always_inline)) void attend16(const DecodeArgs *a, 
     const char *kbase = (const char *)a->k + (int64_t)kvh * a->slots * bytes;
     const char *vbase = (const char *)a->v + (int64_t)kvh * a->slots * bytes;
     const int64_t *slots = row_slots(a, row);
-    __m512 qv[MAX_GROUP * MAX_CHUNKS], acc[MAX_GROUP * MAX_CHUNKS], part[MAX_GROUP][BLOCK16];
-    float m[MAX_GROUP], l[MAX_GROUP], p[MAX_GROUP][BLOCK16];
-    const __m512 scale = _mm512_set1_ps(a->scale);
+    vfloat qv[MAX_GROUP * MAX_CHUNKS], acc[MAX_GROUP * MAX_CHUNKS], part[MAX_GROUP][LANES];
+    float m[MAX_GROUP], l[MAX_GROUP], p[MAX_GROUP][LANES];
+    const vfloat scale = v_set1(a->scale);
     for (int g = 0; g < G; g++) {
         m[g] = -FLT_MAX;
         l[g] = 0.0f;
         for (int c = 0; c < C; c++) {
-            qv[g * C + c] = _mm512_mul_ps(_mm512_loadu_ps(q + g * D + 16 * c), scale);
-            acc[g * C + c] = _mm512_setzero_ps();
+            qv[g * C + c] = v_mul(v_load(q + g * D + LANES * c), scale);
+            acc[g * C + c] = v_zero();
         }
     }
-    for (int64_t start = lo; start < len; start += BLOCK16) {
-        const int n = (int)((len - start) < BLOCK16 ? (len - start) : BLOCK16);
-        const __mmask16 valid = n == BLOCK16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
-        for (int j = 0; j < BLOCK16; j++) {
+    for (int64_t start = lo; start < len; start += LANES) {
+        const int n = (int)((len - start) < LANES ? (len - start) : LANES);
+        for (int j = 0; j < LANES; j++) {
             if (j >= n) {
-                for (int g = 0; g < G; g++) part[g][j] = _mm512_setzero_ps();
+                for (int g = 0; g < G; g++) part[g][j] = v_zero();
                 continue;
             }
             if (start + j + PREFETCH < len) prefetch_row(kbase + slots[start + j + PREFETCH] * bytes, bytes);
             prefetch_row(vbase + slots[start + j] * bytes, bytes); /* read after this block's scores */
             const char *kp = kbase + slots[start + j] * bytes;
-            __m512 kc[MAX_CHUNKS];
+            vfloat kc[MAX_CHUNKS];
             for (int c = 0; c < C; c++) kc[c] = load_chunk(kp, c, bf16);
             for (int g = 0; g < G; g++) {
-                __m512 s = _mm512_mul_ps(qv[g * C], kc[0]);
-                for (int c = 1; c < C; c++) s = _mm512_fmadd_ps(qv[g * C + c], kc[c], s);
+                vfloat s = v_mul(qv[g * C], kc[0]);
+                for (int c = 1; c < C; c++) s = v_fma(qv[g * C + c], kc[c], s);
                 part[g][j] = s;
             }
         }
         for (int g = 0; g < G; g++) {
-            __m512 s = sum_each16(part[g]);
+            vfloat s = v_sum_each(part[g]);
             if (a->softcap > 0.0f) {
-                float t[BLOCK16];
-                _mm512_storeu_ps(t, s);
+                float t[LANES];
+                v_store(t, s);
                 for (int j = 0; j < n; j++) t[j] = tanhf(t[j] / a->softcap) * a->softcap;
-                s = _mm512_loadu_ps(t);
+                s = v_load(t);
             }
-            s = _mm512_mask_blend_ps(valid, _mm512_set1_ps(-FLT_MAX), s);
-            const float mx = fmaxf(m[g], _mm512_reduce_max_ps(s));
+            s = v_first(s, n, -FLT_MAX);
+            const float mx = fmaxf(m[g], v_max_of(s));
             const float corr = expf(m[g] - mx);
-            const __m512 e = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(s, _mm512_set1_ps(mx))));
-            l[g] = l[g] * corr + _mm512_reduce_add_ps(e);
+            const vfloat e = v_first(v_exp(v_sub(s, v_set1(mx))), n, 0.0f);
+            l[g] = l[g] * corr + v_sum_of(e);
             m[g] = mx;
-            _mm512_storeu_ps(p[g], e);
-            const __m512 cv = _mm512_set1_ps(corr);
-            for (int c = 0; c < C; c++) acc[g * C + c] = _mm512_mul_ps(acc[g * C + c], cv);
+            v_store(p[g], e);
+            const vfloat cv = v_set1(corr);
+            for (int c = 0; c < C; c++) acc[g * C + c] = v_mul(acc[g * C + c], cv);
         }
         for (int j = 0; j < n; j++) {
             const char *vp = vbase + slots[start + j] * bytes;
             for (int c = 0; c < C; c++) {
-                const __m512 vc = load_chunk(vp, c, bf16);
-                for (int g = 0; g < G; g++)
-                    acc[g * C + c] = _mm512_fmadd_ps(_mm512_set1_ps(p[g][j]), vc, acc[g * C + c]);
+                const vfloat vc = load_chunk(vp, c, bf16);
+                for (int g = 0; g < G; g++) acc[g * C + c] = v_fma(v_set1(p[g][j]), vc, acc[g * C + c]);
             }
         }
     }
     for (int g = 0; g < G; g++) {
-        const __m512 inv = _mm512_set1_ps(l[g] > 0.0f ? 1.0f / l[g] : 0.0f);
-        for (int c = 0; c < C; c++) _mm512_storeu_ps(out + g * D + 16 * c, _mm512_mul_ps(acc[g * C + c], inv));
+        const vfloat inv = v_set1(l[g] > 0.0f ? 1.0f / l[g] : 0.0f);
+        for (int c = 0; c < C; c++) v_store(out + g * D + LANES * c, v_mul(acc[g * C + c], inv));
     }
 }
 
@@ -234,21 +213,21 @@ static inline __attribute__((always_inline)) void attend16(const DecodeArgs *a, 
  * same code with shapes read at run time. */
 #define ATTEND_G(C, BF16)                                                     \
     switch (G) {                                                              \
-    case 1: attend16(a, row, kvh, C, 1, BF16); return;                        \
-    case 2: attend16(a, row, kvh, C, 2, BF16); return;                        \
-    case 3: attend16(a, row, kvh, C, 3, BF16); return;                        \
-    case 4: attend16(a, row, kvh, C, 4, BF16); return;                        \
-    case 5: attend16(a, row, kvh, C, 5, BF16); return;                        \
-    case 6: attend16(a, row, kvh, C, 6, BF16); return;                        \
-    case 7: attend16(a, row, kvh, C, 7, BF16); return;                        \
-    case 8: attend16(a, row, kvh, C, 8, BF16); return;                        \
+    case 1: attend_vec(a, row, kvh, C, 1, BF16); return;                      \
+    case 2: attend_vec(a, row, kvh, C, 2, BF16); return;                      \
+    case 3: attend_vec(a, row, kvh, C, 3, BF16); return;                      \
+    case 4: attend_vec(a, row, kvh, C, 4, BF16); return;                      \
+    case 5: attend_vec(a, row, kvh, C, 5, BF16); return;                      \
+    case 6: attend_vec(a, row, kvh, C, 6, BF16); return;                      \
+    case 7: attend_vec(a, row, kvh, C, 7, BF16); return;                      \
+    case 8: attend_vec(a, row, kvh, C, 8, BF16); return;                      \
     }
 #define DEFINE_FAST(NAME, BF16)                                               \
     static void NAME(const DecodeArgs *a, int row, int kvh) {                 \
-        const int C = a->dim / 16, G = a->heads / a->kv_heads;                \
-        if (C == 4) ATTEND_G(4, BF16)                                         \
-        if (C == 8) ATTEND_G(8, BF16)                                         \
-        attend16(a, row, kvh, C, G, BF16);                                    \
+        const int C = a->dim / LANES, G = a->heads / a->kv_heads;             \
+        if (C == 64 / LANES) ATTEND_G(64 / LANES, BF16)                       \
+        if (C == 128 / LANES) ATTEND_G(128 / LANES, BF16)                     \
+        attend_vec(a, row, kvh, C, G, BF16);                                  \
     }
 DEFINE_FAST(paged_decode_f32_fast, 0)
 DEFINE_FAST(paged_decode_bf16_fast, 1)
@@ -264,9 +243,9 @@ static int fast_fits(const DecodeArgs *a) { (void)a; return 0; }
 DEFINE_DECODE(paged_decode_f32, float, LOAD_F32)
 DEFINE_DECODE(paged_decode_bf16, uint16_t, LOAD_BF16)
 
-/* 1 where the AVX-512 path serves head sizes of a multiple of 16. */
+/* 1 where the vector path serves head sizes of a multiple of its width. */
 int paged_decode_vectorized(void) {
-#if defined(MINISGL_VEC512)
+#if defined(MINISGL_LANES)
     return 1;
 #else
     return 0;

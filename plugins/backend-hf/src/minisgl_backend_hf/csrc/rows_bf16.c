@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "gemv.h"
-#include "vec512.h"
+#include "simd.h"
 
 #define TILE 32
 #define GROUP 8
