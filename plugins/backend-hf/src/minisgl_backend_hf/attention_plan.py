@@ -6,11 +6,11 @@ rows. A short extend after a cached prefix (a speculative verify step: the last 
 its drafts) becomes one decode row per token, row j attending the prefix and tokens 0..j,
 which is causal attention: every token then takes the kernel a decode step takes, so a
 verified token gets the logits plain decoding gives it. With the native CPU kernel's vector
-path every extend up to KERNEL_ROWS_UP_TO tokens goes the same way: the kernel, all of a prompt's rows
-reading the prompt's one page-table row, beats torch's CPU SDPA there. Each other extend is
-attended on its own (it is compute bound, so a Python loop over a handful of chunks costs
-nothing next to the matmuls). The index tensors, masks and additive
-biases built here are shared by all layers of the model (built on first use, then cached).
+path every extend of up to KERNEL_ROWS_UP_TO tokens goes the same way: the kernel, all of a
+prompt's rows reading the prompt's one page-table row, beats torch's CPU SDPA there. Each
+other extend is attended on its own (it is compute bound, so a Python loop over a handful of
+chunks costs nothing next to the matmuls). The index tensors, masks and additive biases
+built here are shared by all layers of the model (built on first use, then cached).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from minisgl.engine.batch import ForwardBatch
 QUERY_BLOCK = 128
 # extends up to this long after a cached prefix are attended as decode rows (see above)
 DECODE_ROWS_UP_TO = 16
-# with the native CPU kernel's vector path, extends up to this long (bf16, 9 heads of 64: 0.78 against 1.27
-# ms for 250 tokens, 3.3 against 4.4 for 512, even at 1k; BENCHMARKS.md)
+# with the native CPU kernel's vector path, extends up to this long (bf16, 9 heads of 64: 0.78
+# against SDPA's 1.27 ms for 250 tokens, 3.3 against 4.4 for 512, even at 1k; BENCHMARKS.md)
 KERNEL_ROWS_UP_TO = 512
 
 
