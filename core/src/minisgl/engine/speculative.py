@@ -42,7 +42,7 @@ SPECULATE_UP_TO = 4  # decoding requests in a step; beyond, every request decode
 LOW_ACCEPTANCE = 0.2  # a request's recent accepted share of its drafts below which it pauses, at most
 PAUSE_STEPS = 16  # steps a request with low acceptance decodes without drafts
 PLAIN_EVERY = 64  # drafted steps between plain ones that keep the plain step's time current
-EMA = 0.2  # weight of the newest plain step in its running time
+EMA = 0.2  # weight of the newest step in the running times of plain and drafted steps
 JUDGE_AFTER = 8  # drafted steps judged at once: their total time against the tokens they gave
 OFF_STEPS = 16  # steps without drafts once drafting did not pay; then it is timed afresh ...
 MAX_OFF_STEPS = 8192  # ... and twice as many each time it still does not pay, up to this
@@ -214,7 +214,6 @@ class Speculation:
         if req.spec_acceptance < self._low_acceptance():
             req.spec_pause, req.spec_acceptance = PAUSE_STEPS, 1.0  # try again after the pause
         return sampled[:emit]
-
 
     def _low_acceptance(self) -> float:
         """The share of its drafts a request must keep for its verify rows to pay: a drafted

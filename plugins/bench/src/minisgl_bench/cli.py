@@ -650,7 +650,11 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     floor_ms, floor_how = read_floor_ms(path, dtype, 1) if device == "cpu" else (None, "")
-    with LLM(path, backend=backend, dtype=dtype) as plain, LLM(path, backend=backend, dtype=dtype, **spec) as drafted:
+    # both engines loaded at once, their passes alternating; one stream needs a small KV pool,
+    # and a GPU engine sizes its pool from the memory the other left free
+    pool = {"num_pages": 16384}
+    with LLM(path, backend=backend, dtype=dtype, **pool) as plain, \
+            LLM(path, backend=backend, dtype=dtype, **pool, **spec) as drafted:
         by_workload = {w: measure({"plain": plain, speculative_algorithm: drafted}, w, max_new_tokens, repeat)
                        for w in WORKLOADS}
     runs = {name: {w: by_workload[w][name] for w in WORKLOADS} for name in ("plain", speculative_algorithm)}
