@@ -51,7 +51,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     k = torch.randn(KV_HEADS, SLOTS, DIM).to(dtype)
     v = torch.randn(KV_HEADS, SLOTS, DIM).to(dtype)
-    print(f"pool {args.dtype}, {HEADS} heads over {KV_HEADS} of {DIM}; vector path: {kernel.vectorized}")
+    print(f"pool {args.dtype}, {HEADS} heads over {KV_HEADS} of {DIM}; vector path: {kernel.vector_path(HEADS, KV_HEADS, DIM)}")
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for rows in map(int, args.rows.split(",")):

@@ -72,7 +72,8 @@ def test_the_avx2_build_of_the_decode_kernel_equals_gathered_attention(tmp_path,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(cpu_kernels, "CFLAGS", [*cpu_kernels.CFLAGS, "-mno-avx512f"])
     kernel = cpu_kernels.PagedDecodeKernel(ctypes.CDLL(str(cpu_kernels._build())))
-    assert kernel.vectorized
+    assert kernel.vector_path(9, 3, 64) and kernel.vector_path(10, 2, 40)
+    assert not kernel.vector_path(6, 2, 20) and not kernel.vector_path(32, 2, 64)  # head size; 16 heads a group
     for dtype in (torch.float32, torch.bfloat16):
         for heads, kv_heads, dim in [(9, 3, 64), (8, 1, 128), (10, 2, 40), (6, 2, 20)]:
             for window, softcap in [(None, None), (37, None), (None, 30.0)]:

@@ -113,13 +113,17 @@ class PagedDecodeKernel:
             fn.argtypes = [ctypes.POINTER(_DecodeArgs), ctypes.c_int]
             fn.restype = ctypes.c_int
             self._fns[dtype] = fn
-
-        # the vector path (AVX-512 or AVX2): with it the kernel also beats torch on prefill chunks
-        # (attention_plan.py)
-        self.vectorized = bool(library.paged_decode_vectorized())
+        self._vector_fits = library.paged_decode_vector_fits
+        self._vector_fits.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self._vector_fits.restype = ctypes.c_int
 
     def supports(self, dtype: torch.dtype) -> bool:
         return dtype in self._fns
+
+    def vector_path(self, heads: int, kv_heads: int, dim: int) -> bool:
+        """Whether the vector path (AVX-512 or AVX2) serves this shape: with it the kernel also
+        beats torch on prefill chunks (attention_plan.py)."""
+        return bool(self._vector_fits(heads, kv_heads, dim))
 
     def __call__(
         self,

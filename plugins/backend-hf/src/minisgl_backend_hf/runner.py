@@ -28,7 +28,7 @@ from minisgl.engine.batch import ForwardBatch, ForwardResult, ModelRunner, to_de
 from minisgl.engine.sampler import sample
 
 from .attention import CONTEXT_ATTR, PagedAttentionContext, register
-from .attention_plan import AttentionPlan
+from .attention_plan import KERNEL_ROWS_UP_TO, AttentionPlan
 from .cpu_decoder import CPUDecoder, unsupported_reason
 from .cpu_kernels import decoder_ops, paged_decode_kernel
 from .cpu_linear import MLP_ROWS, PackedLinear, can_pack, pack_linears, slice_mlp_rows
@@ -139,9 +139,12 @@ class HFModelRunner(ModelRunner):
         if kernel is not None and not kernel.supports(self.dtype):
             kernel = None
         self.context = PagedAttentionContext(self.pool, use_sdpa=use_sdpa, decode_kernel=kernel)
-        logger.info("Attention: paged KV pool; decode %s; prefill %s",
+        self._extends_as_rows = kernel is not None and kernel.vector_path(
+            int(text_config.num_attention_heads), shape.num_kv_heads, shape.head_dim)
+        logger.info("Attention: paged KV pool; decode %s; prefill %s%s",
                     "native CPU kernel, in place" if kernel else "gathered, same as prefill",
-                    "torch SDPA" if use_sdpa else "batched matmuls")
+                    f"chunks up to {KERNEL_ROWS_UP_TO} tokens on the native kernel, longer ones on "
+                    if self._extends_as_rows else "", "torch SDPA" if use_sdpa else "batched matmuls")
         self._attach_context(shape.num_layers)
         self.decoder = self._lean_decoder() if cpu_kernels else None
         # a vision-language model: images go through the same batches and KV pool as text
@@ -240,8 +243,7 @@ class HFModelRunner(ModelRunner):
         """`compute_logits`, and the sums of the final hidden states over batch.pool_spans
         (float32 [len(pool_spans), hidden], None without spans)."""
         batch = self._to_device(batch)
-        kernel = self.context.decode_kernel
-        self.context.plan = AttentionPlan.build(batch, extends_as_rows=kernel is not None and kernel.vectorized)
+        self.context.plan = AttentionPlan.build(batch, extends_as_rows=self._extends_as_rows)
         rows = batch.sample_indices if batch.sampling is not None else self._no_rows
         if self.decoder is not None and not batch.images:
             try:

@@ -243,11 +243,13 @@ static int fast_fits(const DecodeArgs *a) { (void)a; return 0; }
 DEFINE_DECODE(paged_decode_f32, float, LOAD_F32)
 DEFINE_DECODE(paged_decode_bf16, uint16_t, LOAD_BF16)
 
-/* 1 where the vector path serves head sizes of a multiple of its width. */
-int paged_decode_vectorized(void) {
-#if defined(MINISGL_LANES)
-    return 1;
-#else
-    return 0;
-#endif
+/* 1 where the vector path serves this shape: AVX-512 or AVX2, a head size of a multiple of
+ * the vector width, at most MAX_GROUP query heads per kv head. */
+int paged_decode_vector_fits(int heads, int kv_heads, int dim) {
+    DecodeArgs a;
+    memset(&a, 0, sizeof a);
+    a.heads = heads;
+    a.kv_heads = kv_heads;
+    a.dim = dim;
+    return kv_heads > 0 && heads % kv_heads == 0 && fast_fits(&a);
 }
