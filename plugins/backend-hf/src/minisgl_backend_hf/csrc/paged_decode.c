@@ -33,7 +33,8 @@ typedef struct {
     const void *k;         /* this layer's K: [KVH, S, D] */
     const void *v;         /* this layer's V: [KVH, S, D] */
     const int64_t *table;  /* [R, table_stride]: slots of positions 0..len-1 */
-    const int64_t *table_rows; /* [B]: the table row each row reads (a prompt's tokens share one); NULL: row b reads row b */
+    const int64_t *table_rows; /* [B]: the table row of each row (a prompt's tokens share one);
+                                * NULL: row b reads table row b */
     const int64_t *lens;   /* [B]: context length including the new token */
     float *out;            /* [B, H, D] */
     int64_t table_stride, slots;
