@@ -8,6 +8,12 @@
 
 #include <stdint.h>
 
+/* 2^f for |f| <= 1/2 by its Taylor series to degree 6, highest power first (Horner): both
+ * widths' exp. */
+static const float EXP2_TAYLOR[7] = {1.5403530393381609e-4f, 1.3333558146428443e-3f, 9.6181291076284772e-3f,
+                                     5.5504108664821580e-2f, 2.4022650695910071e-1f, 6.9314718055994531e-1f,
+                                     1.0f};
+
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define MINISGL_LANES 16
@@ -25,10 +31,8 @@ static inline __m512 exp16(__m512 x) {
     const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
     const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(t, n);
-    static const float c[] = {1.5403530393381609e-4f, 1.3333558146428443e-3f, 9.6181291076284772e-3f,
-                              5.5504108664821580e-2f, 2.4022650695910071e-1f, 6.9314718055994531e-1f, 1.0f};
-    __m512 p = _mm512_set1_ps(c[0]);
-    for (int i = 1; i < 7; i++) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[i]));
+    __m512 p = _mm512_set1_ps(EXP2_TAYLOR[0]);
+    for (int i = 1; i < 7; i++) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_TAYLOR[i]));
     return _mm512_scalef_ps(p, n);
 }
 
@@ -81,16 +85,15 @@ static inline vfloat v_zero(void) { return _mm256_setzero_ps(); }
 static inline vfloat v_mul(vfloat a, vfloat b) { return _mm256_mul_ps(a, b); }
 static inline vfloat v_sub(vfloat a, vfloat b) { return _mm256_sub_ps(a, b); }
 static inline vfloat v_fma(vfloat a, vfloat b, vfloat c) { return _mm256_fmadd_ps(a, b, c); }
-/* exp16's method, with 2^n built in the exponent bits (|x| <= 88 keeps n + 127 in 1..254) */
+/* exp16's method, with 2^n built in the exponent bits (|x| <= 88 keeps n + 127 in 0..254;
+ * at 0 the result is 0, where e^x is below float32's normal range) */
 static inline vfloat v_exp(vfloat x) {
     x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-88.0f));
     const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
     const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256 f = _mm256_sub_ps(t, n);
-    static const float c[] = {1.5403530393381609e-4f, 1.3333558146428443e-3f, 9.6181291076284772e-3f,
-                              5.5504108664821580e-2f, 2.4022650695910071e-1f, 6.9314718055994531e-1f, 1.0f};
-    __m256 p = _mm256_set1_ps(c[0]);
-    for (int i = 1; i < 7; i++) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c[i]));
+    __m256 p = _mm256_set1_ps(EXP2_TAYLOR[0]);
+    for (int i = 1; i < 7; i++) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_TAYLOR[i]));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
