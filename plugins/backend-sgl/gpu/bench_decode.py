@@ -10,7 +10,8 @@ transformers' own forward with a StaticCache at the same shapes (eager, bf16, sd
     PYTHONPATH=core/src:plugins/backend-sgl/src:plugins/backend-sgl/tests python plugins/backend-sgl/gpu/bench_decode.py
 
 BENCH_VARIANTS=plain,pdl runs the kernels without and with programmatic dependent launch
-(default: what the runner picks, pdl). BENCH_EAGER=0 skips the runs without graphs; BENCH_PROFILE=1,64 also prints the kernels one graph replay runs at those batch sizes, with their times.
+(default: what the runner picks, pdl); a variant named with "nogemv" leaves the skinny GEMM's
+GEMV form out of the kernels measured for the projections. BENCH_EAGER=0 skips the runs without graphs; BENCH_PROFILE=1,64 also prints the kernels one graph replay runs at those batch sizes, with their times.
 """
 
 from __future__ import annotations
@@ -93,16 +94,21 @@ def profile_replays(name: str, b: int, graph: torch.cuda.CUDAGraph, replays: int
 
 @contextlib.contextmanager
 def variant(name: str):
-    """The runner's kernels with PDL switched off unless `name` says pdl."""
-    from minisgl_backend_sgl.kernels import pdl
+    """The runner's kernels with PDL switched off unless `name` says pdl, and without the GEMV
+    form where it says nogemv."""
+    from minisgl_backend_sgl.kernels import pdl, skinny_gemm
 
-    saved = pdl.launch_options
+    saved, saved_candidates = pdl.launch_options, skinny_gemm.candidates
     if "pdl" not in name:
         pdl.launch_options = lambda device: {"PDL": False}
+    if "nogemv" in name:
+        skinny_gemm.candidates = lambda *args: [c for c in saved_candidates(*args) if not c.gemv]
+    skinny_gemm._chosen.clear()
     try:
         yield
     finally:
-        pdl.launch_options = saved
+        pdl.launch_options, skinny_gemm.candidates = saved, saved_candidates
+        skinny_gemm._chosen.clear()
 
 
 def bench_ours(name: str, path: str, bw: float) -> None:

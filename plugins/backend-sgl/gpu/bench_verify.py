@@ -2,9 +2,12 @@
 
 1. The cost of one verify step (the last token and k drafts, every position sampled) against
    one plain decode step (CUDA graph), per k, at a 512-token context: `runner.forward` waited on.
-2. One stream end to end through `minisgl.LLM`: a 512-token prompt, greedy, with and without
-   `--speculative-algorithm ngram` (random weights repeat themselves under greedy decoding,
-   which n-gram lookup uses): ms per token, the acceptance seen, the same tokens or not.
+2. One stream end to end through `minisgl.LLM`, greedy, without drafts and with
+   `--speculative-algorithm ngram` at each k in BENCH_STREAM_KS: ms per token, the
+   acceptance seen, the same tokens or not. Two prompts: a 512-token random one (random
+   weights fall into a loop under greedy decoding, which n-gram lookup finds once it has
+   come round once), and "looping": that prompt followed by its own first 512 output tokens,
+   so the loop is in the context from the start (the acceptance a copy-heavy workload gives).
 
     PYTHONPATH=core/src:plugins/backend-sgl/src:plugins/bench/src:plugins/backend-sgl/tests \
         python plugins/backend-sgl/gpu/bench_verify.py
@@ -30,6 +33,8 @@ CONTEXT = 512
 KS = [int(k) for k in os.environ.get("BENCH_KS", "1,2,4,8").split(",")]
 PRESETS = os.environ.get("BENCH_PRESETS", "qwen3-0.6b,llama-3.1-8b").split(",")
 NEW_TOKENS = int(os.environ.get("BENCH_NEW_TOKENS", "256"))
+STREAM_KS = [int(k) for k in os.environ.get("BENCH_STREAM_KS", "4,8").split(",")]
+STREAM_PRESETS = os.environ.get("BENCH_STREAM_PRESETS", PRESETS[0]).split(",")
 
 
 def step_batch(n: int) -> ForwardBatch:
@@ -63,23 +68,28 @@ def verify_cost(name: str, path: str) -> list[dict]:
 def one_stream(name: str) -> list[dict]:
     prompt = torch.randint(100, 20000, (CONTEXT,), generator=torch.Generator().manual_seed(0)).tolist()
     params = SamplingParams(temperature=0.0, max_new_tokens=NEW_TOKENS, ignore_eos=True)
+    with LLM(model=name, backend="sgl", dtype="bfloat16", dummy_weight=True, num_pages=8192) as llm:
+        head = llm.generate(prompt, SamplingParams(temperature=0.0, max_new_tokens=CONTEXT, ignore_eos=True))[0]
+    prompts = {"random": prompt, "looping": prompt + head.token_ids}
     rows, outputs = [], {}
-    for spec in (None, "ngram"):
-        extra = {"speculative_algorithm": spec} if spec else {}
-        with LLM(model=name, backend="sgl", dtype="bfloat16", dummy_weight=True, **extra) as llm:
-            llm.generate(prompt, params)  # warm-up: graphs, kernels
-            before = llm.metrics()
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = llm.generate(prompt, params)[0]
-            sec = time.perf_counter() - t0
-            after = llm.metrics()
-        drafted = after["spec_draft_tokens_total"] - before["spec_draft_tokens_total"]
-        kept = after["spec_accepted_tokens_total"] - before["spec_accepted_tokens_total"]
-        outputs[spec] = out.token_ids
-        rows.append(dict(model=name, proposer=spec or "none", ms_per_token=sec * 1e3 / len(out.token_ids),
-                         acceptance=kept / drafted if drafted else None, drafted=drafted, accepted=kept))
-    rows[-1]["same_tokens"] = outputs[None] == outputs["ngram"]
+    for k in [0] + STREAM_KS:
+        extra = {"speculative_algorithm": "ngram", "speculative_num_draft_tokens": k} if k else {}
+        with LLM(model=name, backend="sgl", dtype="bfloat16", dummy_weight=True, num_pages=8192, **extra) as llm:
+            for workload, ids in prompts.items():
+                llm.generate(ids, params)  # warm-up: graphs, kernels, and the engine's step timings
+                before = llm.metrics()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                out = llm.generate(ids, params)[0]
+                sec = time.perf_counter() - t0
+                after = llm.metrics()
+                drafted = after["spec_draft_tokens_total"] - before["spec_draft_tokens_total"]
+                kept = after["spec_accepted_tokens_total"] - before["spec_accepted_tokens_total"]
+                steps = after["spec_verify_steps_total"] - before["spec_verify_steps_total"]
+                outputs[workload, k] = out.token_ids
+                rows.append(dict(model=name, workload=workload, k=k, ms_per_token=sec * 1e3 / len(out.token_ids),
+                                 acceptance=kept / drafted if drafted else None, verify_steps=steps, drafted=drafted,
+                                 accepted=kept, same_tokens=outputs[workload, k] == outputs[workload, 0]))
     return rows
 
 
@@ -88,7 +98,7 @@ def main() -> int:
     results = []
     for name in PRESETS:
         path = write_config(name)
-        for row in verify_cost(name, path) + one_stream(name):
+        for row in verify_cost(name, path) + (one_stream(name) if name in STREAM_PRESETS else []):
             print(json.dumps(row), flush=True)
             results.append(row)
     out = os.environ.get("OUT")

@@ -168,12 +168,14 @@ def test_fused_moe_replays_in_a_cuda_graph(device):
         torch.testing.assert_close(out, reference.fused_moe(x, w13, w2, weights, ids), **tol(torch.float32))
 
 
-@pytest.mark.parametrize(("rows", "n", "k", "split", "bias"),
-                         [(1, 40, 64, 1, False), (3, 50, 96, 2, True), (17, 33, 80, 3, False), (16, 64, 256, 4, True),
-                          (5, 48, 512, 16, False)])
-def test_skinny_gemm(device, rows, n, k, split, bias):
-    """The decode projections' GEMM (K splits summed by the last to arrive) against F.linear;
-    twice, the same bits, as its arrival counts reset after each call."""
+@pytest.mark.parametrize(("rows", "n", "k", "split", "bias", "gemv"),
+                         [(1, 40, 64, 1, False, False), (3, 50, 96, 2, True, False), (17, 33, 80, 3, False, False),
+                          (16, 64, 256, 4, True, False), (5, 48, 512, 16, False, False), (1, 40, 64, 1, True, True),
+                          (3, 50, 96, 2, False, True), (4, 48, 512, 16, True, True)])
+def test_skinny_gemm(device, rows, n, k, split, bias, gemv):
+    """The decode projections' GEMM, tensor-core and GEMV forms (K splits summed by the last
+    to arrive) against F.linear; twice, the same bits, as its arrival counts reset after each
+    call."""
     from minisgl_backend_sgl.kernels.skinny_gemm import SkinnyConfig, skinny_gemm
 
     gen = torch.Generator().manual_seed(rows)
@@ -181,7 +183,7 @@ def test_skinny_gemm(device, rows, n, k, split, bias):
         x = torch.randn(rows, k, generator=gen).to(device, dtype)
         w = (torch.randn(n, k, generator=gen) / k**0.5).to(device, dtype)
         b = torch.randn(n, generator=gen).to(device, dtype) if bias else None
-        config = SkinnyConfig(block_n=16, block_k=32, split_k=split)
+        config = SkinnyConfig(block_n=16, block_k=32, split_k=split, gemv=gemv)
         out = skinny_gemm(x, w, b, config)
         torch.testing.assert_close(out, torch.nn.functional.linear(x, w, b), **tol(dtype))
         assert torch.equal(skinny_gemm(x, w, b, config), out)

@@ -3,7 +3,10 @@
 At a few rows a projection is a read of its weight, and the kernels cuBLAS picks for some
 shapes use few programs, so on those this kernel is faster (gpu/tune_skinny.py,
 BENCHMARKS.md; most other shapes are even).
-Each program streams a BLOCK_N x K/SPLIT_K slab of W; the K splits of an output tile write
+Each program streams a BLOCK_N x K/SPLIT_K slab of W. From 5 rows up the tile goes through
+the tensor cores (tl.dot pads the rows to 16); up to 4 rows a GEMV form multiplies on the
+CUDA cores instead, with the rows unpadded, so a program can keep more of W in flight
+for the same registers. The K splits of an output tile write
 float32 partials, and the last to arrive (an arrival count per tile) sums them in split
 order, so the result is deterministic, and resets the count, so a CUDA graph replays it.
 
@@ -38,13 +41,17 @@ class SkinnyConfig:
     split_k: int
     num_warps: int = 4
     num_stages: int = 4
+    gemv: bool = False  # CUDA-core products, up to GEMV_ROWS rows
+
+
+GEMV_ROWS = 4
 
 
 @triton.jit
 def _skinny_gemm_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, part_ptr, count_ptr,
     M, N, K, stride_xm, stride_wn, stride_om, k_per_split, split_k, split_stride,
-    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr, GEMV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_previous(PDL)
@@ -64,7 +71,9 @@ def _skinny_gemm_kernel(
         k_mask = rk < K
         a = tl.load(x_rows + rk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         w = tl.load(w_rows + rk[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        if IEEE:
+        if GEMV:
+            acc += tl.sum(a.to(tl.float32)[:, :, None] * w.to(tl.float32)[None, :, :], axis=1)
+        elif IEEE:
             acc = tl.dot(a, w, acc, input_precision="ieee")
         else:
             acc = tl.dot(a, w, acc)
@@ -108,8 +117,8 @@ def arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:
     return counters
 
 
-def block_m(rows: int) -> int:
-    return max(16, triton.next_power_of_2(rows))
+def block_m(rows: int, gemv: bool = False) -> int:
+    return triton.next_power_of_2(rows) if gemv else max(16, triton.next_power_of_2(rows))
 
 
 def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: SkinnyConfig) -> torch.Tensor:
@@ -117,10 +126,11 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     m = x.shape[0]
     n, k = weight.shape
     assert x.shape[1] == k and x.stride(1) == 1 and weight.stride(1) == 1
+    assert m <= GEMV_ROWS or not config.gemv, f"the GEMV form serves up to {GEMV_ROWS} rows, not {m}"
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    bm = block_m(m)
+    bm = block_m(m, config.gemv)
     k_per_split = triton.cdiv(triton.cdiv(k, config.split_k), config.block_k) * config.block_k
     split_k = triton.cdiv(k, k_per_split)
     grid = (triton.cdiv(n, config.block_n), split_k, triton.cdiv(m, bm))
@@ -131,7 +141,7 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     _skinny_gemm_kernel[grid](
         x, weight, bias if bias is not None else weight, out, part, counters,
         m, n, k, x.stride(0), weight.stride(0), out.stride(0), k_per_split, split_k, m * n,
-        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, SPLIT=split_k > 1,
+        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, SPLIT=split_k > 1, GEMV=config.gemv,
         BLOCK_M=bm, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_options(x.device),
     )
@@ -155,14 +165,27 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def candidates(rows: int, n: int, k: int, device: torch.device) -> list[SkinnyConfig]:
-    """Tiles of 32 outputs, and K splits from none to enough to fill the GPU twice over."""
-    block_k = 128 if k <= 2048 else 256
-    tiles = triton.cdiv(n, 32) * triton.cdiv(rows, block_m(rows))
+def _splits(tiles: int, k: int, block_k: int, device: torch.device) -> list[int]:
+    """K splits from none to enough to fill the GPU twice over."""
     fill = 1
     while tiles * fill < 2 * _num_sms(device) and fill < 16 and k // (2 * fill) >= block_k:
         fill *= 2
-    return [SkinnyConfig(32, block_k, split) for split in sorted({1, max(1, fill // 4), fill})]
+    return sorted({1, max(1, fill // 4), fill})
+
+
+def candidates(rows: int, n: int, k: int, device: torch.device) -> list[SkinnyConfig]:
+    """Tensor-core tiles of 32 outputs; up to GEMV_ROWS rows also GEMV tiles of 8 and 16
+    outputs (a thread's products of a row and a K block live in registers: fewer outputs
+    a program at more rows). Each with its K splits."""
+    block_k = 128 if k <= 2048 else 256
+    configs = [SkinnyConfig(32, block_k, split) for split in _splits(triton.cdiv(n, 32) * triton.cdiv(rows, block_m(rows)),
+                                                                     k, block_k, device)]
+    if rows <= GEMV_ROWS:
+        gemv_k = 512 if rows == 1 else 256
+        for block_n in (8, 16):
+            configs += [SkinnyConfig(block_n, gemv_k, split, gemv=True)
+                        for split in _splits(triton.cdiv(n, block_n), k, gemv_k, device)]
+    return configs
 
 
 def seconds_per_call(fn, weights: list[torch.Tensor]) -> float:
@@ -205,5 +228,7 @@ def choose(weights: list[torch.Tensor], batch_sizes: list[int]) -> None:
                     best, best_config = t, config
             if best_config is not None:
                 _chosen[(rows, n, k, device)] = best_config
-                picked.append(f"{n}x{k} at {rows} rows ({cublas * 1e6:.1f} -> {best * 1e6:.1f} us, split {best_config.split_k})")
+                c = best_config
+                picked.append(f"{n}x{k} at {rows} rows ({cublas * 1e6:.1f} -> {best * 1e6:.1f} us, "
+                              f"{'GEMV' if c.gemv else 'tensor cores'} {c.block_n}x{c.block_k}, split {c.split_k})")
     logger.info("skinny GEMM serves %s; cuBLAS the rest", ", ".join(picked) if picked else "no projection")
