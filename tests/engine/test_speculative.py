@@ -38,6 +38,8 @@ def test_ngram_drafts_what_followed_the_latest_longest_match():
     assert p.propose("r", [1, 2, 3], 4) == []  # nothing earlier ends like it
     assert proposer(lo=3).propose("r", [4, 1, 2, 9, 1, 2], 2) == []  # shorter than the min window
     assert p.propose("r", [1, 2, 1, 2], 0) == []
+    assert p.propose("r", [4, 7, 7, 7], 5) == [7, 7, 7, 7, 7]  # a loop goes on: its period repeats
+    assert p.propose("r", [9, 1, 2, 3, 1, 2, 3], 5) == [1, 2, 3, 1, 2]
 
 
 def run(engine, prompts, params):
@@ -186,7 +188,6 @@ def test_the_gate_drafts_only_while_drafted_steps_pay():
     assert req.draft == [7, 7, 7, 7]
     for _ in range(20):  # now none accepted: a step twice as long for one token
         spec.verify(req, [1, 1, 1, 1, 1])
-        req.spec_pause = 0
         spec.observe(0.020, drafted=True)
         if spec.off_steps:
             break
@@ -195,29 +196,41 @@ def test_the_gate_drafts_only_while_drafted_steps_pay():
     assert req.draft == []  # paused for every request
 
 
-def test_a_request_pauses_its_drafts_at_the_acceptance_that_pays_for_its_verify_rows():
-    """Before the steps are timed a request pauses below LOW_ACCEPTANCE; once a drafted step is
-    known to cost 10% more than a plain one, only below 0.1 / k (rejected drafts are cheap)."""
+def test_a_request_drafts_as_many_tokens_as_its_acceptance_and_the_verify_rows_cost_pay_for():
+    """Untimed, every request drafts k. Once a drafted step of 4 rows is known to cost 10%
+    more than a plain one, a request whose drafts keep failing drafts fewer, then pauses, and
+    one whose drafts are accepted drafts k again; dearer rows mean shorter drafts."""
     class Fixed(speculative.Proposer):
         def propose(self, req_id, token_ids, max_tokens):
             return [7] * max_tokens
 
-    def rejections_until_paused(spec):
-        req = Req(rid="a", prompt_ids=[1, 2, 3], params=SamplingParams(max_new_tokens=100), max_new_tokens=100,
-                  stop_ids=frozenset())
-        for n in range(1, 20):
-            req.draft = [7, 7, 7, 7]
-            spec.verify(req, [1, 1, 1, 1, 1])
-            if req.spec_pause:
-                return n
-        raise AssertionError("never paused")
-
     spec = speculative.Speculation(Fixed(), 4, 1000, Counter())
-    assert rejections_until_paused(spec) == 3  # 1 -> 0.5 -> 0.25 -> 0.125 < LOW_ACCEPTANCE
+    req = Req(rid="a", prompt_ids=[1, 2, 3], params=SamplingParams(max_new_tokens=100), max_new_tokens=100,
+              stop_ids=frozenset())
     spec.observe(0.010, drafted=False)
+    spec.draft([req])
+    assert req.draft == [7, 7, 7, 7]
     spec.observe(0.011, drafted=True)
-    assert spec._low_acceptance() == pytest.approx(0.1 / 4)
-    assert rejections_until_paused(spec) == 6  # 1/64 < 0.025
+    assert spec.draft_length(0.5) == 4 and spec.draft_length(0.3) == 2 and spec.draft_length(0.02) == 0
+    lengths = []
+    for _ in range(20):  # every draft rejected
+        spec.draft([req])
+        if not req.draft:
+            break
+        lengths.append(len(req.draft))
+        spec.verify(req, [1] * (len(req.draft) + 1))
+    assert lengths[0] == 4 and lengths[-1] == 1 and lengths == sorted(lengths, reverse=True)
+    assert req.spec_pause == speculative.PAUSE_STEPS
+    for _ in range(speculative.PAUSE_STEPS):
+        spec.draft([req])
+        assert req.draft == []
+    for _ in range(3):  # after the pause: drafts accepted
+        spec.draft([req])
+        spec.verify(req, [7] * (len(req.draft) + 1))
+    spec.draft([req])
+    assert req.draft == [7, 7, 7, 7]
+    spec.observe(0.030, drafted=True)  # rows now dear: a middling request drafts fewer
+    assert spec.draft_length(0.5) < 4
 
 
 def test_a_proposer_plugin_must_subclass_proposer():

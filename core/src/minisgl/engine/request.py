@@ -57,8 +57,11 @@ class Req:
     grammar_error: str = ""
     # speculative decoding: this step's drafted tokens, and how well recent drafts did
     draft: list[int] = field(default_factory=list)
-    spec_acceptance: float = 1.0  # running share of drafts accepted
-    spec_pause: int = 0  # steps left without drafts after low acceptance
+    # decayed counts of accepted drafts and of rejections (a draft cut short): the chance that
+    # a draft token is accepted given the one before it was, hits / (hits + misses)
+    spec_hits: float = 1.0
+    spec_misses: float = 1.0
+    spec_pause: int = 0  # steps left without drafts after drafting stopped paying for it
 
     def __post_init__(self) -> None:
         if not self.all_ids:

@@ -13,12 +13,18 @@ A request with a grammar keeps the longest prefix of its drafts the grammar allo
 each of its positions is sampled under the mask of the grammar's state after the drafts
 before it (grammar_masks.py), so it emits what it would without drafts.
 
-Drafting stops where it would not pay: batches of more than SPECULATE_UP_TO decoding
-requests (verifying k + 1 tokens each then costs more than it saves), for a while, requests
-whose drafts keep being rejected, and every request while a drafted step's time over the
-tokens it gives exceeds a plain step's (a verify forward without the decode step's CUDA
-graph can cost several plain steps on a small model): the engine times decode steps of
-both kinds as it runs.
+Each request drafts as many tokens as pay (`draft_length`): with a chance a that a draft
+token is accepted once the one before it was (estimated from the request's recent verifies)
+and a verify row costing r plain steps (measured as the engine runs), L drafts give
+1 + a + ... + a^L tokens for 1 + r L of a step's time, and the L in 0..k that gives the
+most tokens per time wins. A request that copies drafts all k; one whose drafts keep
+failing drafts one, where one costs little, then none for a while.
+
+Drafting also stops for batches of more than SPECULATE_UP_TO decoding requests (verifying
+k + 1 tokens each then costs more than it saves), and for every request while a drafted
+step's time over the tokens it gives exceeds a plain step's (a verify forward without the
+decode step's CUDA graph can cost several plain steps on a small model): the engine times
+decode steps of both kinds as it runs.
 """
 
 from __future__ import annotations
@@ -39,8 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("minisgl.engine")
 
 SPECULATE_UP_TO = 4  # decoding requests in a step; beyond, every request decodes plainly
-LOW_ACCEPTANCE = 0.2  # a request's recent accepted share of its drafts below which it pauses, at most
-PAUSE_STEPS = 16  # steps a request with low acceptance decodes without drafts
+PAUSE_STEPS = 16  # steps a request whose drafts do not pay decodes without them
+DECAY = 0.8  # weight a request's earlier verifies keep at each new one
 PLAIN_EVERY = 64  # drafted steps between plain ones that keep the plain step's time current
 EMA = 0.2  # weight of the newest step in the running times of plain and drafted steps
 JUDGE_AFTER = 8  # drafted steps judged at once: their total time against the tokens they gave
@@ -88,7 +94,10 @@ def load_proposer(settings: Settings, registry: Registry) -> Proposer | None:
 
 class NgramProposer(Proposer):
     """Prompt lookup: the longest suffix of the request's tokens (between the min and max
-    match window) that occurred before; the tokens that followed its latest occurrence."""
+    match window) that occurred before; the tokens that followed its latest occurrence.
+    Where those run into the end of the tokens (the text repeats with a period shorter than
+    the draft, as a model stuck in a loop does), the period goes on repeating, as an LZ77
+    copy that overlaps its source does."""
 
     def __init__(self, settings: Any) -> None:
         self.min_window = settings.speculative_ngram_min_match_window_size
@@ -113,7 +122,8 @@ class NgramProposer(Proposer):
                     break
         if best_len < self.min_window:
             return []
-        return token_ids[best_end + 1 : best_end + 1 + max_tokens]
+        period = token_ids[best_end + 1:]
+        return (period * -(-max_tokens // len(period)))[:max_tokens]
 
     def release(self, req_id: str) -> None:
         pass  # nothing is kept between proposals
@@ -135,6 +145,8 @@ class Speculation:
         self.window_s, self.window_steps = 0.0, 0
         self.window_tokens, self.window_verifies = 0, 0
         self.drafted_steps = 0  # since the last plain step
+        self.step_rows = 0  # draft tokens of the step being built ...
+        self.drafted_rows: float | None = None  # ... and their running mean over drafted steps
         self.off_steps = 0  # steps left without drafts because drafting did not pay
         self.next_off = OFF_STEPS
 
@@ -149,9 +161,14 @@ class Speculation:
             if req.spec_pause > 0:
                 req.spec_pause -= 1
                 continue
+            length = self.draft_length(req.spec_hits / (req.spec_hits + req.spec_misses))
+            if length == 0:  # try again after a pause, from the starting estimate
+                req.spec_pause, req.spec_hits, req.spec_misses = PAUSE_STEPS, 1.0, 1.0
+                continue
             # every emitted token must fit: the drafts and the one sampled after them
             room = min(req.max_new_tokens - req.num_output, self.max_context_len - len(req.all_ids)) - 1
-            wanted.append((req, min(self.k, room)))
+            wanted.append((req, min(length, room)))
+        self.step_rows = 0
         if not wanted:
             return
         drafts = self.proposer.propose_batch([(req.rid, req.all_ids, n) for req, n in wanted])
@@ -159,6 +176,28 @@ class Speculation:
             if req.grammar is not None and self.grammars is not None:
                 draft = self.grammars.allowed_drafts(req, draft)
             req.draft = draft
+            self.step_rows += len(draft)
+
+    def draft_length(self, accept: float) -> int:
+        """The number of drafts, 0..k, that gives the most tokens per step time when each is
+        accepted with chance `accept` once the one before it was (see the module's doc)."""
+        row_cost = self._row_cost()
+        best, best_rate = 0, 1.0
+        tokens, term = 1.0, 1.0
+        for length in range(1, self.k + 1):
+            term *= accept
+            tokens += term
+            rate = tokens / (1.0 + row_cost * length)
+            if rate > best_rate:
+                best, best_rate = length, rate
+        return best
+
+    def _row_cost(self) -> float:
+        """A verify row's time in plain steps: a drafted step's extra time over a plain one,
+        over its draft tokens; 0 (draft all k) until both kinds of step are timed."""
+        if self.plain_s is None or self.drafted_s is None or not self.drafted_rows:
+            return 0.0
+        return max(0.0, self.drafted_s / self.plain_s - 1.0) / self.drafted_rows
 
     def release(self, req: Req) -> None:
         """`req` left the running batch (finished or retracted)."""
@@ -181,6 +220,8 @@ class Speculation:
             return
         self.drafted_steps += 1
         self.drafted_s = seconds if self.drafted_s is None else (1 - EMA) * self.drafted_s + EMA * seconds
+        rows = self.step_rows
+        self.drafted_rows = rows if self.drafted_rows is None else (1 - EMA) * self.drafted_rows + EMA * rows
         self.window_s += seconds
         self.window_steps += 1
         if self.plain_s is None or self.window_steps < JUDGE_AFTER:
@@ -210,19 +251,9 @@ class Speculation:
         c["spec_verify_steps_total"] += 1
         c["spec_draft_tokens_total"] += len(draft)
         c["spec_accepted_tokens_total"] += kept
-        req.spec_acceptance = 0.5 * req.spec_acceptance + 0.5 * kept / len(draft)
-        if req.spec_acceptance < self._low_acceptance():
-            req.spec_pause, req.spec_acceptance = PAUSE_STEPS, 1.0  # try again after the pause
+        req.spec_hits = DECAY * req.spec_hits + kept
+        req.spec_misses = DECAY * req.spec_misses + (kept < len(draft))
         return sampled[:emit]
-
-    def _low_acceptance(self) -> float:
-        """The share of its drafts a request must keep for its verify rows to pay: a drafted
-        step's extra time over a plain one, in plain steps, spread over the k draft positions
-        (where verifying costs little, as with the CPU kernel or a CUDA graph, a few accepted
-        drafts pay for many rejected ones); LOW_ACCEPTANCE until both steps are timed."""
-        if self.plain_s is None or self.drafted_s is None:
-            return LOW_ACCEPTANCE
-        return min(LOW_ACCEPTANCE, max(0.0, self.drafted_s / self.plain_s - 1.0) / self.k)
 
 
 def metrics(counters: Mapping[str, Any]) -> dict[str, float]:
