@@ -96,7 +96,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     grammar_backend: str = "llguidance"
     # speculative decoding (sglang's names)
     speculative_algorithm: str | None = None
-    speculative_num_draft_tokens: Positive = 4
+    speculative_num_draft_tokens: Positive = 8
     speculative_draft_model_path: str | None = None
     speculative_ngram_min_match_window_size: Positive = 1
     speculative_ngram_max_match_window_size: Positive = 12

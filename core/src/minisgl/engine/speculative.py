@@ -30,6 +30,7 @@ decode steps of both kinds as it runs.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -145,6 +146,7 @@ class Speculation:
         self.window_s, self.window_steps = 0.0, 0
         self.window_tokens, self.window_verifies = 0, 0
         self.drafted_steps = 0  # since the last plain step
+        self.step_draft_s = 0.0  # the proposer's time for the step being built (a draft model's forwards)
         self.step_rows = 0  # draft tokens of the step being built ...
         self.drafted_rows: float | None = None  # ... and their running mean over drafted steps
         self.off_steps = 0  # steps left without drafts because drafting did not pay
@@ -168,10 +170,12 @@ class Speculation:
             # every emitted token must fit: the drafts and the one sampled after them
             room = min(req.max_new_tokens - req.num_output, self.max_context_len - len(req.all_ids)) - 1
             wanted.append((req, min(length, room)))
-        self.step_rows = 0
+        self.step_rows, self.step_draft_s = 0, 0.0
         if not wanted:
             return
+        start = time.perf_counter()
         drafts = self.proposer.propose_batch([(req.rid, req.all_ids, n) for req, n in wanted])
+        self.step_draft_s = time.perf_counter() - start
         for (req, _), draft in zip(wanted, drafts):
             if req.grammar is not None and self.grammars is not None:
                 draft = self.grammars.allowed_drafts(req, draft)
@@ -213,12 +217,14 @@ class Speculation:
 
     def observe(self, seconds: float, drafted: bool) -> None:
         """A decode step's time; once both kinds are known, drafting pauses where it does
-        not pay (a drafted step slower than the plain steps its tokens replace)."""
+        not pay (a drafted step slower than the plain steps its tokens replace). A drafted
+        step's time includes the proposer's, so a draft model's forwards count as cost."""
         if not drafted:
             self.plain_s = seconds if self.plain_s is None else (1 - EMA) * self.plain_s + EMA * seconds
             self.drafted_steps = 0
             return
         self.drafted_steps += 1
+        seconds += self.step_draft_s
         self.drafted_s = seconds if self.drafted_s is None else (1 - EMA) * self.drafted_s + EMA * seconds
         rows = self.step_rows
         self.drafted_rows = rows if self.drafted_rows is None else (1 - EMA) * self.drafted_rows + EMA * rows

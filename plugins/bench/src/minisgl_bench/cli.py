@@ -616,7 +616,7 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
 @click.option("--backend", default="auto", show_default=True, help="minisgl backend")
 @click.option("--dtype", default="auto", show_default=True, type=DTYPES)
 @click.option("--speculative-algorithm", default="ngram", show_default=True, help="registered proposer")
-@click.option("--speculative-num-draft-tokens", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--speculative-num-draft-tokens", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--speculative-draft-model-path", default=None, help="draft model (--speculative-algorithm standalone)")
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1))
