@@ -137,6 +137,9 @@ def main() -> None:
                              "and the lean decoder with its few-row kernel, interleaved; best of --iters each")
     parser.add_argument("--scatter", action="store_true", help="decode contexts on random slots (worst case)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
+    parser.add_argument("--verify-rows", default=None, metavar="N,N,...",
+                        help="only speculative verify steps: one request running its last token and N - 1 drafts "
+                             "at --context, each N against one row, interleaved; median of --iters")
     parser.add_argument("--profile", type=int, default=None, metavar="B",
                         help="then profile decode steps at batch B: the top ops by their own time, and the "
                              "wall time no op accounts for (Python and dispatch)")
@@ -161,6 +164,9 @@ def main() -> None:
     print(f"model {resolved.name}  dtype {runner.dtype}  threads {torch.get_num_threads()}  device {runner.device}  "
           f"forward {forward}")
 
+    if args.verify_rows:
+        verify_rows(runner, [int(n) for n in args.verify_rows.split(",")], args.context, gen, args.iters)
+        return
     if args.forwards:
         compare_forwards(runner, [int(b) for b in args.batch_sizes.split(",")], args.context, gen, args.iters,
                          args.scatter)
@@ -226,6 +232,32 @@ def compare_forwards(runner, batch_sizes: list[int], context: int, gen: torch.Ge
             print(f"{f'B={bs} ctx~{context}':<28}" + "".join(f"{best[n] * 1e3:>22.1f}" for n in forwards) + kernel)
     finally:
         runner.decoder, lean.gemv_rows = lean, few_rows
+
+
+@torch.inference_mode()
+def verify_rows(runner, rows: list[int], context: int, gen: torch.Generator, iters: int) -> None:
+    """What a verify row costs: one request extending by n tokens (every position sampled)
+    for each n, interleaved, so a busy moment costs them alike."""
+    def batch(n: int) -> ForwardBatch:
+        table = torch.arange(context + n)[None, :]
+        return ForwardBatch(input_ids=torch.randint(0, runner.vocab_size, (n,), generator=gen),
+                            positions=torch.arange(context, context + n), out_slots=table[0, context:].clone(),
+                            page_table=table, extend_lens=[n], prefix_lens=[context], sample_indices=torch.arange(n),
+                            sampling=greedy(n))
+
+    batches = {n: batch(n) for n in sorted({1, *rows})}
+    samples: dict[int, list[float]] = {n: [] for n in batches}
+    for b in batches.values():  # warm-up
+        runner.forward(b)
+    for _ in range(iters):
+        for n, b in batches.items():
+            start = time.perf_counter()
+            runner.forward(b)
+            samples[n].append(time.perf_counter() - start)
+    one = statistics.median(samples[1])
+    for n in batches:
+        ms = statistics.median(samples[n]) * 1e3
+        print(f"verify of {n:2d} rows at ctx {context}: {ms:6.2f} ms  {ms / one / 1e3:.2f}x one row")
 
 
 def profile_decode(runner, batch: ForwardBatch, iters: int) -> None:
