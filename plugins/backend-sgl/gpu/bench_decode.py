@@ -11,8 +11,7 @@ transformers' own forward with a StaticCache at the same shapes (eager, bf16, sd
 
 BENCH_VARIANTS=plain,pdl runs the kernels without and with programmatic dependent launch
 (default: what the runner picks, pdl); a variant named with "nogemv" leaves the skinny GEMM's
-GEMV form out of the kernels measured for the projections, one with "nosilu" runs SiLU-mul
-as its own kernel before the down projection. BENCH_EAGER=0 skips the runs without graphs; BENCH_PROFILE=1,64 also prints the kernels one graph replay runs at those batch sizes, with their times.
+GEMV form out of the kernels measured for the projections. BENCH_EAGER=0 skips the runs without graphs; BENCH_PROFILE=1,64 also prints the kernels one graph replay runs at those batch sizes, with their times.
 """
 
 from __future__ import annotations
@@ -95,22 +94,20 @@ def profile_replays(name: str, b: int, graph: torch.cuda.CUDAGraph, replays: int
 
 @contextlib.contextmanager
 def variant(name: str):
-    """The runner's kernels with PDL switched off unless `name` says pdl, without the GEMV
-    form where it says nogemv, and with SiLU-mul apart where it says nosilu."""
-    from minisgl_backend_sgl.kernels import activation, pdl, skinny_gemm
+    """The runner's kernels with PDL switched off unless `name` says pdl, and without the GEMV
+    form where it says nogemv."""
+    from minisgl_backend_sgl.kernels import pdl, skinny_gemm
 
-    saved = pdl.launch_options, skinny_gemm.candidates, skinny_gemm.silu_mul_linear
+    saved, saved_candidates = pdl.launch_options, skinny_gemm.candidates
     if "pdl" not in name:
         pdl.launch_options = lambda device: {"PDL": False}
     if "nogemv" in name:
-        skinny_gemm.candidates = lambda *args: [c for c in saved[1](*args) if not c.gemv]
-    if "nosilu" in name:
-        skinny_gemm.silu_mul_linear = lambda x, w, b=None: skinny_gemm.linear(activation.silu_mul(x), w, b)
+        skinny_gemm.candidates = lambda *args: [c for c in saved_candidates(*args) if not c.gemv]
     skinny_gemm._chosen.clear()
     try:
         yield
     finally:
-        pdl.launch_options, skinny_gemm.candidates, skinny_gemm.silu_mul_linear = saved
+        pdl.launch_options, skinny_gemm.candidates = saved, saved_candidates
         skinny_gemm._chosen.clear()
 
 

@@ -189,25 +189,6 @@ def test_skinny_gemm(device, rows, n, k, split, bias, gemv):
         assert torch.equal(skinny_gemm(x, w, b, config), out)
 
 
-@pytest.mark.parametrize(("rows", "gemv"), [(1, True), (3, True), (6, False)])
-def test_skinny_gemm_applies_silu_mul_as_it_loads(device, rows, gemv):
-    """The down projection reading [gate | up] gives F.linear(silu_mul(x)), and the same bits
-    as the SiLU-mul kernel followed by the GEMM."""
-    from minisgl_backend_sgl.kernels.skinny_gemm import SkinnyConfig, skinny_gemm
-
-    gen = torch.Generator().manual_seed(rows)
-    for dtype in dtypes(device):
-        x = torch.randn(rows, 2 * 96, generator=gen).to(device, dtype)
-        w = (torch.randn(40, 96, generator=gen) / 10).to(device, dtype)
-        config = SkinnyConfig(block_n=16, block_k=32, split_k=2, gemv=gemv)
-        out = skinny_gemm(x, w, None, config, gated=True)
-        torch.testing.assert_close(out, torch.nn.functional.linear(reference.silu_mul(x), w), **tol(dtype))
-        if device.type == "cuda":
-            from minisgl_backend_sgl.kernels.activation import silu_mul
-
-            assert torch.equal(out, skinny_gemm(silu_mul(x), w, None, config))
-
-
 def test_skinny_gemm_replays_in_a_cuda_graph(device):
     """A captured split-K GEMM gives the eager result on every replay (the counts reset), and
     `choose` keeps whichever kernel it measured faster for each row count."""

@@ -69,10 +69,7 @@ class MLP(nn.Module):
                                            tp_rank=tp_rank, tp_size=tp_size, tp=tp, **factory)
 
     def forward(self, x: torch.Tensor, kernels: KernelSet) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x, kernels.linear)
-        if kernels.silu_mul_linear is not None:
-            return self.down_proj(gate_up, kernels.silu_mul_linear)
-        return self.down_proj(kernels.silu_mul(gate_up), kernels.linear)
+        return self.down_proj(kernels.silu_mul(self.gate_up_proj(x, kernels.linear)), kernels.linear)
 
 
 class DecoderLayer(nn.Module):

@@ -34,8 +34,6 @@ class KernelSet:
     decode_attention: Callable[..., torch.Tensor]
     fused_moe: Callable[..., torch.Tensor] = reference.fused_moe  # routed experts of MoE models
     linear: Callable[..., torch.Tensor] = F.linear  # (x, weight, bias): the projections
-    # (x = [gate | up], weight, bias): linear(silu_mul(x), ...) in one kernel; None: two calls
-    silu_mul_linear: Callable[..., torch.Tensor] | None = None
     # (projection weights, decode batch sizes): measures which kernel `linear` runs, before graph capture
     choose_linears: Callable[[list[torch.Tensor], list[int]], None] | None = None
     # the sampler's passes over the whole vocabulary (minisgl.engine.sampler.sample's `bitmask` and `draw`)
@@ -65,7 +63,6 @@ def triton_kernels() -> KernelSet:
         decode_attention=attention.decode_attention,
         fused_moe=moe.fused_moe,
         linear=skinny_gemm.linear,
-        silu_mul_linear=skinny_gemm.silu_mul_linear,
         choose_linears=skinny_gemm.choose,
         bitmask_logits=sampling.bitmask_logits,
         gumbel_argmax=sampling.gumbel_argmax,
@@ -130,6 +127,5 @@ def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: 
     rmsnorm, silu_mul = sgl
     logger.info("backend-sgl kernels: Triton attention, RoPE+KV store, fused MoE, skinny GEMM (up to %d rows), "
                 "sampler bitmask and Gumbel-max; sgl_kernel RMSNorm and SiLU-mul", skinny_rows)
-    return dataclasses.replace(kernels, name="triton+sgl_kernel", rmsnorm=rmsnorm, silu_mul=silu_mul,
-                               silu_mul_linear=None)
+    return dataclasses.replace(kernels, name="triton+sgl_kernel", rmsnorm=rmsnorm, silu_mul=silu_mul)
 

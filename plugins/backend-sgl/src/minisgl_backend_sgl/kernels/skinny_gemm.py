@@ -6,9 +6,7 @@ BENCHMARKS.md; most other shapes are even).
 Each program streams a BLOCK_N x K/SPLIT_K slab of W. From 5 rows up the tile goes through
 the tensor cores (tl.dot pads the rows to 16); up to 4 rows a GEMV form multiplies on the
 CUDA cores instead, with the rows unpadded, so a program can keep more of W in flight
-for the same registers. `silu_mul_linear` reads the gate_up projection's output and applies
-SiLU(gate) * up as it loads each K block, so the MLP's down projection needs no SiLU-mul
-launch before it. The K splits of an output tile write
+for the same registers. The K splits of an output tile write
 float32 partials, and the last to arrive (an arrival count per tile) sums them in split
 order, so the result is deterministic, and resets the count, so a CUDA graph replays it.
 
@@ -27,7 +25,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from . import activation, pdl
+from . import pdl
 from .pdl import wait_previous
 
 logger = logging.getLogger(__name__)
@@ -53,7 +51,7 @@ GEMV_ROWS = 4
 def _skinny_gemm_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, part_ptr, count_ptr,
     M, N, K, stride_xm, stride_wn, stride_om, k_per_split, split_k, split_stride,
-    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr, GEMV: tl.constexpr, GATED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr, GEMV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_previous(PDL)
@@ -72,10 +70,6 @@ def _skinny_gemm_kernel(
         rk = k + tl.arange(0, BLOCK_K)
         k_mask = rk < K
         a = tl.load(x_rows + rk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        if GATED:  # x is [gate | up]: SiLU(gate) * up, rounded as the SiLU-mul kernel rounds
-            up = tl.load(x_rows + K + rk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-            gate = a.to(tl.float32)
-            a = (gate / (1.0 + tl.exp(-gate))).to(up.dtype) * up
         w = tl.load(w_rows + rk[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         if GEMV:
             acc += tl.sum(a.to(tl.float32)[:, :, None] * w.to(tl.float32)[None, :, :], axis=1)
@@ -127,12 +121,11 @@ def block_m(rows: int, gemv: bool = False) -> int:
     return triton.next_power_of_2(rows) if gemv else max(16, triton.next_power_of_2(rows))
 
 
-def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: SkinnyConfig,
-                gated: bool = False) -> torch.Tensor:
-    """x [M, K] @ weight [N, K]^T (+ bias) -> [M, N]; `gated`: SiLU(x[:, :K]) * x[:, K:] in x's place."""
+def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: SkinnyConfig) -> torch.Tensor:
+    """x [M, K] @ weight [N, K]^T (+ bias) -> [M, N]."""
     m = x.shape[0]
     n, k = weight.shape
-    assert x.shape[1] == (2 * k if gated else k) and x.stride(1) == 1 and weight.stride(1) == 1
+    assert x.shape[1] == k and x.stride(1) == 1 and weight.stride(1) == 1
     assert m <= GEMV_ROWS or not config.gemv, f"the GEMV form serves up to {GEMV_ROWS} rows, not {m}"
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
@@ -148,7 +141,7 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     _skinny_gemm_kernel[grid](
         x, weight, bias if bias is not None else weight, out, part, counters,
         m, n, k, x.stride(0), weight.stride(0), out.stride(0), k_per_split, split_k, m * n,
-        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, SPLIT=split_k > 1, GEMV=config.gemv, GATED=gated,
+        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, SPLIT=split_k > 1, GEMV=config.gemv,
         BLOCK_M=bm, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_options(x.device),
     )
@@ -165,15 +158,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if config is None or x.stride(1) != 1:
         return F.linear(x, weight, bias)
     return skinny_gemm(x, weight, bias, config)
-
-
-def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(silu_mul(x), weight, bias), x = [gate | up], in one launch where `choose`
-    picked the skinny GEMM for the shape."""
-    config = _chosen.get((x.shape[0], weight.shape[0], weight.shape[1], x.device)) if _chosen else None
-    if config is None or x.stride(1) != 1:
-        return F.linear(activation.silu_mul(x), weight, bias)
-    return skinny_gemm(x, weight, bias, config, gated=True)
 
 
 @functools.cache
