@@ -224,7 +224,13 @@ def test_a_request_drafts_as_many_tokens_as_its_acceptance_and_the_verify_rows_c
     for _ in range(speculative.PAUSE_STEPS):
         spec.draft([req])
         assert req.draft == []
-    for _ in range(3):  # after the pause: drafts accepted
+    spec.drafted_s = 0.040  # a drafted step timed at a busy moment: no draft would pay at the starting estimate
+    assert spec.draft_length(0.5) == 0
+    spec.draft([req])
+    assert req.draft == [7]  # yet the pause ends with a probe, whose step is timed afresh
+    spec.verify(req, [7, 7])
+    spec.drafted_s = 0.011
+    for _ in range(3):  # and drafts accepted
         spec.draft([req])
         spec.verify(req, [7] * (len(req.draft) + 1))
     spec.draft([req])

@@ -43,8 +43,11 @@ def test_an_agent_runs_to_its_end_with_default_settings(server):
 
 
 def test_a_forced_tool_call_reaches_the_function(server):
+    """Greedy: sampled, a 135M model may fill the required city with "", which the tool's
+    schema allows."""
     calls: list[str] = []
-    agent = weather_agent(calls, model_settings=agents.ModelSettings(tool_choice="required", parallel_tool_calls=False),
+    agent = weather_agent(calls, model_settings=agents.ModelSettings(tool_choice="required", parallel_tool_calls=False,
+                                                                     temperature=0.0),
                           tool_use_behavior="stop_on_first_tool")
     result = agents.Runner.run_sync(agent, "What is the weather in Paris?", max_turns=3)
     assert len(calls) == 1 and calls[0]

@@ -62,6 +62,7 @@ class Req:
     spec_hits: float = 1.0
     spec_misses: float = 1.0
     spec_pause: int = 0  # steps left without drafts after drafting stopped paying for it
+    spec_probe: bool = True  # draft at least one token at the next chance (first decode, end of a pause)
 
     def __post_init__(self) -> None:
         if not self.all_ids:

@@ -18,7 +18,9 @@ token is accepted once the one before it was (estimated from the request's recen
 and a verify row costing r plain steps (measured as the engine runs), L drafts give
 1 + a + ... + a^L tokens for 1 + r L of a step's time, and the L in 0..k that gives the
 most tokens per time wins. A request that copies drafts all k; one whose drafts keep
-failing drafts one, where one costs little, then none for a while.
+failing drafts one, where one costs little, then none for a while. A request's first
+decode step and the first after each pause draft at least one token, so a cost measured
+on a busy moment does not stop drafting for good.
 
 Drafting also stops for batches of more than SPECULATE_UP_TO decoding requests (verifying
 k + 1 tokens each then costs more than it saves), and for every request while a drafted
@@ -164,8 +166,10 @@ class Speculation:
                 req.spec_pause -= 1
                 continue
             length = self.draft_length(req.spec_hits / (req.spec_hits + req.spec_misses))
-            if length == 0:  # try again after a pause, from the starting estimate
-                req.spec_pause, req.spec_hits, req.spec_misses = PAUSE_STEPS, 1.0, 1.0
+            if req.spec_probe:  # one draft at least: what drafts cost and give is timed afresh
+                length, req.spec_probe = max(length, 1), False
+            elif length == 0:  # a probe after a pause, from the starting estimate
+                req.spec_pause, req.spec_probe, req.spec_hits, req.spec_misses = PAUSE_STEPS, True, 1.0, 1.0
                 continue
             # every emitted token must fit: the drafts and the one sampled after them
             room = min(req.max_new_tokens - req.num_output, self.max_context_len - len(req.all_ids)) - 1
