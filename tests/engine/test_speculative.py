@@ -168,14 +168,20 @@ def test_settings_are_checked_at_start(tiny_llama_path):
         load_settings(flags={"speculative_draft_model_path": "/models/draft"}, environ={})
 
 
-def test_the_gate_drafts_only_while_drafted_steps_pay():
-    class Fixed(speculative.Proposer):
-        def propose(self, req_id, token_ids, max_tokens):
-            return [7] * max_tokens
+class Sevens(speculative.Proposer):
+    def propose(self, req_id, token_ids, max_tokens):
+        return [7] * max_tokens
 
-    spec = speculative.Speculation(Fixed(), 4, 1000, Counter())
+
+def sevens_speculation() -> tuple[speculative.Speculation, Req]:
+    """k = 4 over a proposer that always drafts 7s, and one request."""
     req = Req(rid="a", prompt_ids=[1, 2, 3], params=SamplingParams(max_new_tokens=100), max_new_tokens=100,
               stop_ids=frozenset())
+    return speculative.Speculation(Sevens(), 4, 1000, Counter()), req
+
+
+def test_the_gate_drafts_only_while_drafted_steps_pay():
+    spec, req = sevens_speculation()
     spec.draft([req])
     assert req.draft == []  # a plain step first: its time is what drafts must beat
     spec.observe(0.010, drafted=False)
@@ -200,13 +206,7 @@ def test_a_request_drafts_as_many_tokens_as_its_acceptance_and_the_verify_rows_c
     """Untimed, every request drafts k. Once a drafted step of 4 rows is known to cost 10%
     more than a plain one, a request whose drafts keep failing drafts fewer, then pauses, and
     one whose drafts are accepted drafts k again; dearer rows mean shorter drafts."""
-    class Fixed(speculative.Proposer):
-        def propose(self, req_id, token_ids, max_tokens):
-            return [7] * max_tokens
-
-    spec = speculative.Speculation(Fixed(), 4, 1000, Counter())
-    req = Req(rid="a", prompt_ids=[1, 2, 3], params=SamplingParams(max_new_tokens=100), max_new_tokens=100,
-              stop_ids=frozenset())
+    spec, req = sevens_speculation()
     spec.observe(0.010, drafted=False)
     spec.draft([req])
     assert req.draft == [7, 7, 7, 7]
