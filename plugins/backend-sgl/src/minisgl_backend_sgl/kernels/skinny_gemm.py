@@ -3,10 +3,9 @@
 At a few rows a projection is a read of its weight, and the kernels cuBLAS picks for some
 shapes use few programs, so on those this kernel is faster (gpu/tune_skinny.py,
 BENCHMARKS.md; most other shapes are even).
-Each program streams a BLOCK_N x K/SPLIT_K slab of W. From 5 rows up the tile goes through
-the tensor cores (tl.dot pads the rows to 16); up to 4 rows a GEMV form multiplies on the
-CUDA cores instead, with the rows unpadded, so a program can keep more of W in flight
-for the same registers. The K splits of an output tile write
+Each program streams a BLOCK_N x K/SPLIT_K slab of W, through the tensor cores (tl.dot pads
+the rows to 16) or, up to 4 rows, in a GEMV form on the CUDA cores with the rows unpadded,
+so a program can keep more of W in flight for the same registers (`choose` times both). The K splits of an output tile write
 float32 partials, and the last to arrive (an arrival count per tile) sums them in split
 order, so the result is deterministic, and resets the count, so a CUDA graph replays it.
 
