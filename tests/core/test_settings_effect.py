@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # values users bring from the original mini-sglang that nothing here implements
 SEED_VALUES = {"attention_backend": ("fa", "fi", "sdpa", "torch")}
 REFUSED = {
-    ("attention_backend", "fa"), ("attention_backend", "fi"), ("attention_backend", "sdpa"),
+    ("attention_backend", "fi"), ("attention_backend", "sdpa"),
     ("attention_backend", "torch"), ("disable_pynccl", False), ("fast_stream_decode", False),
     ("hicache_storage_backend", "file"),  # alone: it needs --enable-hierarchical-cache and a directory
 }
@@ -64,8 +64,8 @@ def test_every_setting_and_value_loads_or_is_refused_naming_the_setting():
 
 def test_a_value_without_an_implementation_is_refused_with_the_values_that_work():
     with pytest.raises(SettingsError) as info:
-        load_settings(environ={"ATTENTION_BACKEND": "fa"})
-    assert info.value.name == "attention_backend" and "the values that work: auto, triton" in str(info.value)
+        load_settings(environ={"ATTENTION_BACKEND": "fi"})
+    assert info.value.name == "attention_backend" and "the values that work: auto, fa, fa,triton, triton, triton,fa" in str(info.value)
     with pytest.raises(SettingsError, match="disable_pynccl.*not supported: backend-sgl has no PyNCCL"):
         load_settings(flags={"disable_pynccl": False})
     assert load_settings(flags={"disable_pynccl": True, "attention_backend": "triton"})[0].disable_pynccl is True

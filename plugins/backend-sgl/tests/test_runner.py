@@ -96,9 +96,11 @@ def test_intermediate_chunk_samples_nothing(runner):
     assert runner.forward(batch).resolve().next_tokens.numel() == 0
 
 
-def test_attention_backend_auto_runs_the_devices_kernels_and_triton_needs_cuda(runner):
+def test_attention_backend_auto_runs_the_devices_kernels_and_the_others_need_cuda(runner):
     from minisgl_backend_sgl.kernels.select import select_kernels
 
     assert runner.kernels.name.startswith("triton" if runner.device.type == "cuda" else "torch reference")
-    with pytest.raises(ValueError, match="--attention-backend triton runs the Triton attention kernels on CUDA"):
-        select_kernels(torch.device("cpu"), torch.float32, attention_backend="triton")
+    assert runner.kernels.attention[1] == ("triton" if runner.device.type == "cuda" else "reference")
+    for backend in ("triton", "fa", "fa,triton"):
+        with pytest.raises(ValueError, match=f"--attention-backend {backend} runs on CUDA"):
+            select_kernels(torch.device("cpu"), torch.float32, attention_backend=backend)

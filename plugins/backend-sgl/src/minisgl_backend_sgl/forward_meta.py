@@ -37,6 +37,9 @@ class ForwardMeta:
     prefix_lens: torch.Tensor | None = None  # int32 [B] (extend only)
     max_extend_len: int = 1
     decode_splits: int = 1
+    # host copies for kernels that size their work on the host (`fa`); 0 in a CUDA graph's meta
+    max_seq_len: int = 0
+    num_keys: int = 0  # sum of seq_lens
 
 
 def query_starts(extend_lens: list[int]) -> list[int]:
@@ -81,6 +84,8 @@ def build_meta(batch: ForwardBatch, device: torch.device, decode_splits: int = 1
         seq_lens=packed[0],
         max_extend_len=max(batch.extend_lens, default=0),
         decode_splits=decode_splits,
+        max_seq_len=max(batch.seq_lens, default=0),
+        num_keys=sum(batch.seq_lens),
     )
     if not is_decode:
         meta.qo_start, meta.extend_lens, meta.prefix_lens = packed[1], packed[2], packed[3]

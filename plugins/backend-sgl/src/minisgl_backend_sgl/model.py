@@ -51,11 +51,8 @@ class Attention(nn.Module):
             self.eps,
         )
         q = qkv[:, : self.q_size].view(n, self.num_heads, self.head_dim)
-        if meta.is_decode:
-            out = kernels.decode_attention(q, k_cache, v_cache, meta.page_table, meta.seq_lens, meta.decode_splits)
-        else:
-            out = kernels.extend_attention(q, k_cache, v_cache, meta.page_table, meta.qo_start, meta.extend_lens,
-                                           meta.prefix_lens, meta.max_extend_len)
+        attend = kernels.decode_attention if meta.is_decode else kernels.extend_attention
+        out = attend(q, k_cache, v_cache, meta)
         return self.o_proj(out.view(n, self.q_size), kernels.linear)
 
 

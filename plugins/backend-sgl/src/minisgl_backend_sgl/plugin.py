@@ -21,10 +21,12 @@ def minisgl_register_backends(register):
 @hookimpl
 def minisgl_register_settings(register):
     register(SettingSpec(
-        name="attention_backend", type=Literal["auto", "triton"], default="auto",
+        name="attention_backend", type=Literal["auto", "triton", "fa", "fa,triton", "triton,fa"], default="auto",
         env=("ATTENTION_BACKEND",), flags=("--attention-backend", "--attn"),
-        help="paged attention kernels: triton (this package's Triton kernels, CUDA only) or auto (Triton on CUDA, "
-             "the torch reference on the CPU); FlashAttention (fa) and FlashInfer (fi) are not built in",
+        help="attention kernels, one name for both phases or PREFILL,DECODE: triton (this package's paged Triton "
+             "kernels) or fa (FlashAttention-2 as torch ships it, bf16/fp16; decode by fa runs without CUDA graphs), "
+             "CUDA only; auto times both on a prefill chunk at start and keeps the faster for prefill, Triton for "
+             "decode (the torch reference on the CPU). FlashInfer (fi) is not built in",
     ))
     register(SettingSpec(
         name="cuda_graph_max_bs", type=Annotated[int, msgspec.Meta(ge=0)] | None, default=None,

@@ -108,7 +108,10 @@ class SglModelRunner(ModelRunner):
         weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         logger.info("Model ready in %.1f s: %.2f GiB of weights", time.perf_counter() - start, weight_bytes / GIB)
 
-        self.kernels = select_kernels(self.device, dtype, settings.attention_backend, settings.moe_backend)
+        attn = self.model.model.layers[0].self_attn  # this rank's heads (its HeadSplit)
+        self.kernels = select_kernels(self.device, dtype, settings.attention_backend, settings.moe_backend,
+                                      heads=(attn.num_heads, attn.num_kv_heads, config.head_dim),
+                                      prefill_tokens=prefill_chunk(settings.max_prefill_length, self.device))
         self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count if self.cuda else 1
 
         max_context = config.max_position_embeddings
@@ -117,8 +120,7 @@ class SglModelRunner(ModelRunner):
         free, total = _memory(self.device)
         if not self.cuda:  # the ranks of a CPU share its memory
             free, total = free // settings.tp_size, total // settings.tp_size
-        kv_heads = self.model.model.layers[0].self_attn.num_kv_heads  # this rank's (its HeadSplit)
-        shape = KVShape(config.num_layers, kv_heads, config.head_dim, dtype, dtype.itemsize)
+        shape = KVShape(config.num_layers, attn.num_kv_heads, config.head_dim, dtype, dtype.itemsize)
         size = size_kv_pool(
             shape, settings.page_size, device=str(self.device), free_bytes=free, total_bytes=total,
             host_memory=not self.cuda, memory_ratio=settings.memory_ratio, num_pages=settings.num_pages,
@@ -140,15 +142,18 @@ class SglModelRunner(ModelRunner):
         self.max_context_len = min(max_context, self.kv.capacity)
         self.cos_sin = cos_sin_table(config.head_dim, config.rope, self.max_context_len, self.device)
 
+        sizes, graphs_off = [], None
         if not self.cuda:
-            sizes = []
+            pass
         elif self.tp is not None:
-            logger.info("CUDA graphs off with --tp-size > 1: the all-reduce is not captured yet")
-            sizes = []
+            graphs_off = "--tp-size > 1: the all-reduce is not captured yet"
+        elif self.kernels.attention[1] == "fa":
+            graphs_off = "decode attention by fa sizes its work by the step's key count, on the host"
         elif graph_batch_sizes_override is not None:
             sizes = graph_batch_sizes_override
         else:
             sizes = graph_batch_sizes(resolve_max_bs(settings.cuda_graph_max_bs, settings.max_running_requests, total))
+            graphs_off = "--cuda-graph-max-bs 0"
         self.graphs: DecodeGraphs | None = None
         if sizes:
             with torch.inference_mode():
@@ -156,8 +161,8 @@ class SglModelRunner(ModelRunner):
                     self.kernels.choose_linears(self.model.projection_weights(), sizes)
                 self.graphs = DecodeGraphs(self.model, self.kv, self.cos_sin, self.kernels, sizes,
                                            self.max_context_len, self.num_sms, self.device)
-        elif self.cuda:
-            logger.info("CUDA graphs disabled (--cuda-graph-max-bs 0): decode runs eagerly")
+        elif graphs_off:
+            logger.info("CUDA graphs off (%s): decode runs eagerly", graphs_off)
         logger.info("Free %s memory after initialisation: %.2f GiB", self.device.type, _memory(self.device)[0] / GIB)
 
     def kv_capacity(self) -> int:

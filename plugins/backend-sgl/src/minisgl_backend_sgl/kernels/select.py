@@ -3,6 +3,10 @@
 - CUDA: Triton kernels of this package (the projections of decode-sized batches too, cuBLAS
   for the rest); where an ABI-compatible `sgl_kernel` imports and
   agrees with them on a smoke test, its RMSNorm and SiLU-mul are used instead.
+- Attention, per phase (`--attention-backend`, one name or `PREFILL,DECODE`): `triton`, the
+  paged kernels of kernels/attention.py, or `fa`, FlashAttention-2 through torch
+  (kernels/flash_attention.py). `auto` times both on a prefill chunk of the model's heads at
+  start and keeps the faster; decode stays on Triton, the one CUDA graphs capture.
 - CPU: the torch references (for tests; backend-sgl serves on CUDA only).
 The choice is logged, so a user sees which path runs.
 """
@@ -11,14 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
 from minisgl.engine import sampler
 
+from ..forward_meta import ForwardMeta
 from . import reference
 
 logger = logging.getLogger(__name__)
@@ -30,8 +37,9 @@ class KernelSet:
     rmsnorm: Callable[..., torch.Tensor]
     silu_mul: Callable[[torch.Tensor], torch.Tensor]
     rope_and_store_kv: Callable[..., None]
-    extend_attention: Callable[..., torch.Tensor]
-    decode_attention: Callable[..., torch.Tensor]
+    # (q [T, H, D], k_cache, v_cache, meta) -> [T, H, D], for extend (prefill) and decode steps
+    extend_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ForwardMeta], torch.Tensor]
+    decode_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ForwardMeta], torch.Tensor]
     fused_moe: Callable[..., torch.Tensor] = reference.fused_moe  # routed experts of MoE models
     linear: Callable[..., torch.Tensor] = F.linear  # (x, weight, bias): the projections
     # (projection weights, decode batch sizes): measures which kernel `linear` runs, before graph capture
@@ -39,6 +47,20 @@ class KernelSet:
     # the sampler's passes over the whole vocabulary (minisgl.engine.sampler.sample's `bitmask` and `draw`)
     bitmask_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = sampler.bitmask_logits
     gumbel_argmax: sampler.DrawKernel = sampler.gumbel_argmax
+    attention: tuple[str, str] = ("reference", "reference")  # what serves (prefill, decode)
+
+
+def paged_attention(kernels: ModuleType) -> dict[str, Callable[..., torch.Tensor]]:
+    """A module's extend_attention and decode_attention (the references' or the Triton
+    kernels', which take the index tensors one by one) as the KernelSet calls them."""
+    def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
+        return kernels.extend_attention(q, k_cache, v_cache, meta.page_table, meta.qo_start, meta.extend_lens,
+                                        meta.prefix_lens, meta.max_extend_len)
+
+    def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
+        return kernels.decode_attention(q, k_cache, v_cache, meta.page_table, meta.seq_lens, meta.decode_splits)
+
+    return {"extend_attention": extend_attention, "decode_attention": decode_attention}
 
 
 REFERENCE = KernelSet(
@@ -46,8 +68,7 @@ REFERENCE = KernelSet(
     rmsnorm=reference.rmsnorm,
     silu_mul=reference.silu_mul,
     rope_and_store_kv=reference.rope_and_store_kv,
-    extend_attention=reference.extend_attention,
-    decode_attention=reference.decode_attention,
+    **paged_attention(reference),
 )
 
 
@@ -59,13 +80,13 @@ def triton_kernels() -> KernelSet:
         rmsnorm=norm.rmsnorm,
         silu_mul=activation.silu_mul,
         rope_and_store_kv=rope_store.rope_and_store_kv,
-        extend_attention=attention.extend_attention,
-        decode_attention=attention.decode_attention,
+        **paged_attention(attention),
         fused_moe=moe.fused_moe,
         linear=skinny_gemm.linear,
         choose_linears=skinny_gemm.choose,
         bitmask_logits=sampling.bitmask_logits,
         gumbel_argmax=sampling.gumbel_argmax,
+        attention=("triton", "triton"),
     )
 
 
@@ -101,31 +122,95 @@ def _sgl_kernel_ops(device: torch.device, dtype: torch.dtype) -> tuple[Callable[
     return rmsnorm, silu_mul
 
 
+def attention_phases(setting: str) -> tuple[str, str]:
+    """--attention-backend as (prefill, decode): one name serves both phases, `PREFILL,DECODE` each."""
+    prefill, _, decode = setting.partition(",")
+    return prefill, decode or prefill
+
+
+def _prefill_meta(lengths: list[int], device: torch.device) -> ForwardMeta:
+    """Fresh prompts of `lengths` tokens (all equal), their keys in slots 0.. in order."""
+    batch, length = len(lengths), lengths[0]
+    i32 = lambda values: torch.tensor(values, dtype=torch.int32, device=device)  # noqa: E731
+    slots = torch.arange(batch * length, device=device)
+    return ForwardMeta(
+        is_decode=False, positions=slots, out_slots=slots, page_table=slots.view(batch, length).int(),
+        seq_lens=i32(lengths), qo_start=i32([b * length for b in range(batch)]), extend_lens=i32(lengths),
+        prefix_lens=i32([0] * batch), max_extend_len=length, max_seq_len=length, num_keys=batch * length,
+    )
+
+
+def _prefill_seconds(extend: Callable[..., torch.Tensor], heads: tuple[int, int, int], tokens: int,
+                     device: torch.device, dtype: torch.dtype) -> float:
+    """Best of three: one prompt of `tokens` plus `tokens` in 512-token prompts, on random data."""
+    num_heads, num_kv_heads, head_dim = heads
+    q = torch.randn(tokens, num_heads, head_dim, device=device, dtype=dtype)
+    k = torch.randn(tokens, num_kv_heads, head_dim, device=device, dtype=dtype)
+    metas = [_prefill_meta([tokens], device), _prefill_meta([512] * (tokens // 512), device)]
+    best = float("inf")
+    for _ in range(4):  # the first compiles
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for meta in metas:
+            extend(q[: meta.num_keys], k, k, meta)
+        torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _faster_prefill(kernels: dict[str, Callable[..., torch.Tensor]], heads: tuple[int, int, int], tokens: int,
+                    device: torch.device, dtype: torch.dtype) -> str:
+    tokens = min(16384, max(512, tokens // 512 * 512))
+    seconds = {name: _prefill_seconds(extend, heads, tokens, device, dtype) for name, extend in kernels.items()}
+    choice = min(seconds, key=seconds.get)
+    torch.cuda.empty_cache()  # the KV pool is sized from the free memory next
+    logger.info("--attention-backend auto: prefill attention over %d tokens (one prompt, then 512-token prompts) "
+                "took %s; prefill runs %s", tokens, ", ".join(f"{n} {s * 1e3:.2f} ms" for n, s in seconds.items()), choice)
+    return choice
+
+
 def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: str = "auto",
-                   moe_backend: str = "auto") -> KernelSet:
-    """The kernels for `device`: attention (`--attention-backend auto` or `triton`) and MoE
-    models' experts (`--moe-backend auto` or `fused`) run in Triton on CUDA, in the torch
-    reference elsewhere."""
+                   moe_backend: str = "auto", heads: tuple[int, int, int] | None = None,
+                   prefill_tokens: int = 8192) -> KernelSet:
+    """The kernels for `device`. Attention (`--attention-backend`, per phase) and MoE models'
+    experts (`--moe-backend auto` or `fused`) run in Triton or FlashAttention on CUDA, in the
+    torch reference elsewhere. `heads` (query heads, KV heads, head dim of this rank) and
+    `prefill_tokens` shape the prefill `auto` times."""
+    prefill, decode = attention_phases(attention_backend)
     if device.type != "cuda":
         if moe_backend == "fused":
             raise ValueError("--moe-backend fused runs the Triton MoE kernel on CUDA; on the CPU backend-sgl "
                              "runs the torch reference (--moe-backend auto)")
-        if attention_backend == "triton":
-            raise ValueError("--attention-backend triton runs the Triton attention kernels on CUDA; on the CPU "
-                             "backend-sgl runs the torch reference (--attention-backend auto)")
+        if attention_backend != "auto":
+            raise ValueError(f"--attention-backend {attention_backend} runs on CUDA; on the CPU backend-sgl "
+                             "runs the torch reference (--attention-backend auto)")
         logger.info("backend-sgl kernels: torch reference (device %s has no Triton path)", device)
         return REFERENCE
+    from . import flash_attention
+
+    why_not_fa = flash_attention.unavailable(device, dtype)
+    if why_not_fa and "fa" in (prefill, decode):
+        raise ValueError(f"--attention-backend {attention_backend}: {why_not_fa}")
     kernels = triton_kernels()
+    attention = {"triton": kernels.extend_attention, "fa": flash_attention.varlen_attention}
+    if prefill == "auto":
+        prefill = "triton"
+        if why_not_fa is None and heads is not None:
+            prefill = _faster_prefill(attention, heads, prefill_tokens, device, dtype)
+    if decode == "auto":
+        decode = "triton"
+    kernels = dataclasses.replace(kernels, extend_attention=attention[prefill],
+                                  decode_attention=flash_attention.varlen_attention if decode == "fa" else kernels.decode_attention,
+                                  attention=(prefill, decode))
     from .skinny_gemm import MAX_ROWS as skinny_rows
 
     sgl = _sgl_kernel_ops(device, dtype)
     if isinstance(sgl, str):
-        logger.info("backend-sgl kernels: Triton attention, RMSNorm, RoPE+KV store, SiLU-mul, fused MoE, "
-                    "skinny GEMM (decode projections up to %d rows, where it measures faster than cuBLAS), "
-                    "sampler bitmask and Gumbel-max; %s", skinny_rows, sgl)
+        logger.info("backend-sgl kernels: attention %s (prefill) and %s (decode); Triton RMSNorm, RoPE+KV store, SiLU-mul, "
+                    "fused MoE, skinny GEMM (decode projections up to %d rows, where it measures faster than cuBLAS), "
+                    "sampler bitmask and Gumbel-max; %s", prefill, decode, skinny_rows, sgl)
         return kernels
     rmsnorm, silu_mul = sgl
-    logger.info("backend-sgl kernels: Triton attention, RoPE+KV store, fused MoE, skinny GEMM (up to %d rows), "
-                "sampler bitmask and Gumbel-max; sgl_kernel RMSNorm and SiLU-mul", skinny_rows)
+    logger.info("backend-sgl kernels: attention %s (prefill) and %s (decode); Triton RoPE+KV store, fused MoE, skinny "
+                "GEMM (up to %d rows), sampler bitmask and Gumbel-max; sgl_kernel RMSNorm and SiLU-mul", prefill, decode, skinny_rows)
     return dataclasses.replace(kernels, name="triton+sgl_kernel", rmsnorm=rmsnorm, silu_mul=silu_mul)
-

@@ -1,0 +1,91 @@
+"""Prefill attention alone, per backend (`--attention-backend` triton and fa), on the presets'
+head shapes: one prompt of 2k, 8k and 32k tokens prefilled the way the engine does it, in
+chunks of --max-prefill-length (8192) over the cached prefix, then 32 prompts of 512 at once.
+
+Prints, per shape, one layer's attention time and its rate against a large bf16 matmul timed
+in the same process (causal FLOPs: 4 x heads x head_dim x visible keys per query), and what
+that is for all the layers.
+
+    python plugins/backend-sgl/gpu/bench_prefill_attention.py    # BENCH_PRESETS, BENCH_LENGTHS
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from minisgl_backend_sgl.forward_meta import ForwardMeta
+from minisgl_backend_sgl.kernels import flash_attention
+from minisgl_backend_sgl.kernels.select import paged_attention
+
+PRESET_DIR = Path(__file__).resolve().parents[3] / "core/src/minisgl/models/presets"
+PRESETS = os.environ.get("BENCH_PRESETS", "qwen3-0.6b,llama-3.1-8b").split(",")
+LENGTHS = [int(n) for n in os.environ.get("BENCH_LENGTHS", "2048,8192,32768").split(",")]
+CHUNK = 8192
+
+
+def matmul_rate(device: torch.device) -> float:
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    return 2 * 8192**3 / best(lambda: a @ a, device)
+
+
+def best(fn, device: torch.device, reps: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def chunk_meta(prefixes: list[int], news: list[int], device: torch.device) -> ForwardMeta:
+    """Requests with `prefixes[b]` cached tokens and `news[b]` new ones, each in its own slot range."""
+    width = max(p + n for p, n in zip(prefixes, news, strict=True))
+    rows = torch.arange(len(news), device=device)[:, None] * width + torch.arange(width, device=device)[None, :]
+    i32 = lambda v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
+    seq = [p + n for p, n in zip(prefixes, news, strict=True)]
+    starts = [sum(news[:b]) for b in range(len(news))]
+    return ForwardMeta(is_decode=False, positions=rows.flatten(), out_slots=rows.flatten(), page_table=rows.int(),
+                       seq_lens=i32(seq), qo_start=i32(starts), extend_lens=i32(news), prefix_lens=i32(prefixes),
+                       max_extend_len=max(news), max_seq_len=max(seq), num_keys=sum(seq))
+
+
+def main() -> None:
+    device = torch.device("cuda")
+    from minisgl_backend_sgl.kernels import attention
+
+    backends = {"triton": paged_attention(attention)["extend_attention"], "fa": flash_attention.varlen_attention}
+    rate = matmul_rate(device)
+    print(f"{torch.cuda.get_device_name()}: bf16 matmul {rate / 1e12:.0f} TFLOP/s; torch {torch.__version__}")
+    for name in PRESETS:
+        config = json.loads((PRESET_DIR / f"{name}.json").read_text())["config"]
+        heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+        dim = config.get("head_dim") or config["hidden_size"] // heads
+        layers = config["num_hidden_layers"]
+        shapes = {f"1 x {n}": [([c], [min(CHUNK, n - c)]) for c in range(0, n, CHUNK)] for n in LENGTHS}
+        shapes["32 x 512"] = [([0] * 32, [512] * 32)]
+        capacity = max(max(LENGTHS), 32 * 512)
+        k = torch.randn(capacity, kv_heads, dim, device=device, dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        for shape, chunks in shapes.items():
+            metas = [chunk_meta(p, n, device) for p, n in chunks]
+            flops = sum(4 * heads * dim * sum(p * e + e * (e + 1) // 2 for p, e in zip(ps, ns, strict=True))
+                        for ps, ns in chunks)
+            qs = [torch.randn(sum(ns), heads, dim, device=device, dtype=torch.bfloat16) for _, ns in chunks]
+            cells = []
+            for backend, extend in backends.items():
+                seconds = best(lambda extend=extend: [extend(q, k, v, m) for q, m in zip(qs, metas, strict=True)], device)
+                cells.append(f"{backend} {seconds * 1e3:7.2f} ms ({flops / seconds / rate:4.0%}; {layers} layers "
+                             f"{layers * seconds * 1e3:7.1f} ms)")
+            print(f"{name:12s} {shape:9s} " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
