@@ -81,7 +81,11 @@ def main() -> None:
             qs = [torch.randn(sum(ns), heads, dim, device=device, dtype=torch.bfloat16) for _, ns in chunks]
             cells = []
             for backend, extend in backends.items():
-                seconds = best(lambda extend=extend: [extend(q, k, v, m) for q, m in zip(qs, metas, strict=True)], device)
+                def run(extend=extend, qs=qs, metas=metas, k=k, v=v) -> None:
+                    for q, meta in zip(qs, metas, strict=True):
+                        extend(q, k, v, meta)
+
+                seconds = best(run, device)
                 cells.append(f"{backend} {seconds * 1e3:7.2f} ms ({flops / seconds / rate:4.0%}; {layers} layers "
                              f"{layers * seconds * 1e3:7.1f} ms)")
             print(f"{name:12s} {shape:9s} " + " | ".join(cells), flush=True)
