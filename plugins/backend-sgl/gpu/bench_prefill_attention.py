@@ -25,6 +25,8 @@ from minisgl_backend_sgl.kernels.select import paged_attention
 PRESET_DIR = Path(__file__).resolve().parents[3] / "core/src/minisgl/models/presets"
 PRESETS = os.environ.get("BENCH_PRESETS", "qwen3-0.6b,llama-3.1-8b").split(",")
 LENGTHS = [int(n) for n in os.environ.get("BENCH_LENGTHS", "2048,8192,32768").split(",")]
+# Triton extend kernel shapes to time beside the default: BLOCK_M,BLOCK_N,warps,stages;...
+TRITON_CONFIGS = [tuple(map(int, c.split(","))) for c in os.environ.get("BENCH_TRITON_CONFIGS", "").split(";") if c]
 CHUNK = 8192
 
 
@@ -62,6 +64,12 @@ def main() -> None:
     from minisgl_backend_sgl.kernels import attention
 
     backends = {"triton": paged_attention(attention)["extend_attention"], "fa": flash_attention.varlen_attention}
+    for bm, bn, warps, stages in TRITON_CONFIGS:
+        def extend(q, k, v, meta, config=(bm, bn, warps, stages)):
+            return attention.extend_attention(q, k, v, meta.page_table, meta.qo_start, meta.extend_lens,
+                                              meta.prefix_lens, meta.max_extend_len, block_m=config[0],
+                                              block_n=config[1], num_warps=config[2], num_stages=config[3])
+        backends[f"triton{bm},{bn},{warps},{stages}"] = extend
     rate = matmul_rate(device)
     print(f"{torch.cuda.get_device_name()}: bf16 matmul {rate / 1e12:.0f} TFLOP/s; torch {torch.__version__}")
     for name in PRESETS:
@@ -88,7 +96,7 @@ def main() -> None:
                 seconds = best(run, device)
                 cells.append(f"{backend} {seconds * 1e3:7.2f} ms ({flops / seconds / rate:4.0%}; {layers} layers "
                              f"{layers * seconds * 1e3:7.1f} ms)")
-            print(f"{name:12s} {shape:9s} " + " | ".join(cells), flush=True)
+            print(f"{name:12s} {shape:9s} " + "\n                       ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

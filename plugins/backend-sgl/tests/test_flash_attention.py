@@ -80,3 +80,20 @@ def test_a_runner_on_fa_gives_the_triton_runners_logits(tmp_path):
         logits[backend] = torch.cat(rows).float()
         runner.shutdown()
     torch.testing.assert_close(logits["fa"], logits["triton"], atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.gpu
+def test_auto_times_both_prefill_kernels_logs_the_choice_and_decodes_on_triton(caplog):
+    from minisgl_backend_sgl.kernels.select import select_kernels
+
+    device = torch.device("cuda")
+    with caplog.at_level("INFO", logger="minisgl_backend_sgl.kernels.select"):
+        kernels = select_kernels(device, torch.bfloat16, "auto", heads=(8, 2, 64), prefill_tokens=1024)
+    assert kernels.attention[1] == "triton" and "prefill runs " + kernels.attention[0] in caplog.text
+    k = torch.randn(301, 2, 64, device=device, dtype=torch.bfloat16)
+    extend = _steps("cuda")[1][0]
+    meta = build_meta(extend, device)
+    q = torch.randn(extend.num_tokens, 8, 64, device=device, dtype=torch.bfloat16)
+    want = reference.extend_attention(q, k, k, meta.page_table, meta.qo_start, meta.extend_lens, meta.prefix_lens,
+                                      meta.max_extend_len)
+    torch.testing.assert_close(kernels.extend_attention(q, k, k, meta), want, atol=2e-2, rtol=2e-2)

@@ -37,6 +37,37 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _extend_block(q, acc, m_i, l_i, k_cache, v_cache, row, q_pos, start, end, kv_end, kv_head, stride_ks, stride_kh,
+                  sm_scale_log2, offs_d, d_mask, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
+    """Online softmax over keys [start, end): CAUSAL masks each query's later keys (the
+    diagonal blocks); the keys before the query block need no mask."""
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < kv_end
+        slots = tl.load(row + offs_n, mask=n_mask, other=0).to(tl.int64)
+        k = tl.load(
+            k_cache + slots[None, :] * stride_ks + kv_head * stride_kh + offs_d[:, None],
+            mask=n_mask[None, :] & d_mask[:, None], other=0.0,
+        )
+        qk = _dot(q, k, IEEE) * sm_scale_log2
+        if CAUSAL:
+            qk = tl.where((offs_n[None, :] <= q_pos[:, None]) & n_mask[None, :], qk, float("-inf"))
+        else:
+            qk = tl.where(n_mask[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))  # key 0 is visible to every row: finite
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(
+            v_cache + slots[:, None] * stride_ks + kv_head * stride_kh + offs_d[None, :],
+            mask=n_mask[:, None] & d_mask[None, :], other=0.0,
+        )
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
 def _extend_kernel(
     q_ptr, k_cache, v_cache, o_ptr, page_table, qo_start_ptr, extend_lens_ptr, prefix_lens_ptr,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_ks, stride_kh, stride_pt, sm_scale_log2,
@@ -67,28 +98,13 @@ def _extend_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     kv_end = prefix_len + tl.minimum((m_block + 1) * BLOCK_M, extend_len)
+    # every query of the block sees all keys before its first query: whole BLOCK_N blocks of them unmasked
+    unmasked_end = (prefix_len + m_block * BLOCK_M) // BLOCK_N * BLOCK_N
     row = page_table + b.to(tl.int64) * stride_pt
-    for start in range(0, kv_end, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < kv_end
-        slots = tl.load(row + offs_n, mask=n_mask, other=0).to(tl.int64)
-        k = tl.load(
-            k_cache + slots[None, :] * stride_ks + kv_head * stride_kh + offs_d[:, None],
-            mask=n_mask[None, :] & d_mask[:, None], other=0.0,
-        )
-        qk = _dot(q, k, IEEE) * sm_scale_log2
-        visible = (offs_n[None, :] <= q_pos[:, None]) & n_mask[None, :]
-        qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))  # key 0 is visible to every row: finite
-        p = tl.exp2(qk - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            v_cache + slots[:, None] * stride_ks + kv_head * stride_kh + offs_d[None, :],
-            mask=n_mask[:, None] & d_mask[None, :], other=0.0,
-        )
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-        m_i = m_new
+    acc, m_i, l_i = _extend_block(q, acc, m_i, l_i, k_cache, v_cache, row, q_pos, 0, unmasked_end, kv_end, kv_head,
+                                  stride_ks, stride_kh, sm_scale_log2, offs_d, d_mask, BLOCK_N, False, IEEE)
+    acc, m_i, l_i = _extend_block(q, acc, m_i, l_i, k_cache, v_cache, row, q_pos, unmasked_end, kv_end, kv_end, kv_head,
+                                  stride_ks, stride_kh, sm_scale_log2, offs_d, d_mask, BLOCK_N, True, IEEE)
     out = acc / l_i[:, None]
     tl.store(
         o_ptr + (qo_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
@@ -106,8 +122,14 @@ def extend_attention(
     prefix_lens: torch.Tensor,
     max_extend_len: int,
     out: torch.Tensor | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
-    """q: [T, H, D] (any strides with unit last dim); caches [slots, KVH, D]; returns [T, H, D]."""
+    """q: [T, H, D] (any strides with unit last dim); caches [slots, KVH, D]; returns [T, H, D].
+    block_m, block_n, num_warps and num_stages shape the kernel (gpu/bench_prefill_attention.py
+    sweeps them)."""
     n_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
     if out is None:
@@ -115,14 +137,16 @@ def extend_attention(
     batch = extend_lens.shape[0]
     if n_tokens == 0 or batch == 0:
         return out
-    block_m, block_n = (64, 64) if head_dim <= 128 else (32, 32)
+    default_block = 64 if head_dim <= 128 else 32
+    block_m, block_n = block_m or default_block, block_n or default_block
     grid = (batch, num_heads, triton.cdiv(max_extend_len, block_m))
     _extend_kernel[grid](
         q, k_cache, v_cache, out, page_table, qo_start, extend_lens, prefix_lens,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1),
         page_table.stride(0), LOG2E / math.sqrt(head_dim),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2,
+        BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, num_warps=num_warps or 4,
+        num_stages=num_stages or 2,
     )
     return out
 

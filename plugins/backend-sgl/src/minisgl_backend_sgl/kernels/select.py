@@ -128,45 +128,63 @@ def attention_phases(setting: str) -> tuple[str, str]:
     return prefill, decode or prefill
 
 
-def _prefill_meta(lengths: list[int], device: torch.device) -> ForwardMeta:
-    """Fresh prompts of `lengths` tokens (all equal), their keys in slots 0.. in order."""
-    batch, length = len(lengths), lengths[0]
-    i32 = lambda values: torch.tensor(values, dtype=torch.int32, device=device)  # noqa: E731
-    slots = torch.arange(batch * length, device=device)
+def _prefill_meta(batch: int, new: int, prefix: int, device: torch.device) -> ForwardMeta:
+    """`batch` requests of `new` tokens after `prefix` cached ones, each in its own slot range."""
+    length = prefix + new
+    i32 = lambda value: torch.full((batch,), value, dtype=torch.int32, device=device)  # noqa: E731
+    slots = torch.arange(batch * length, device=device).view(batch, length)
     return ForwardMeta(
-        is_decode=False, positions=slots, out_slots=slots, page_table=slots.view(batch, length).int(),
-        seq_lens=i32(lengths), qo_start=i32([b * length for b in range(batch)]), extend_lens=i32(lengths),
-        prefix_lens=i32([0] * batch), max_extend_len=length, max_seq_len=length, num_keys=batch * length,
+        is_decode=False, positions=slots[:, prefix:].flatten(), out_slots=slots[:, prefix:].flatten(),
+        page_table=slots.int(), seq_lens=i32(length), qo_start=torch.arange(batch, dtype=torch.int32, device=device) * new,
+        extend_lens=i32(new), prefix_lens=i32(prefix), max_extend_len=new, max_seq_len=length, num_keys=batch * length,
     )
 
 
-def _prefill_seconds(extend: Callable[..., torch.Tensor], heads: tuple[int, int, int], tokens: int,
-                     device: torch.device, dtype: torch.dtype) -> float:
-    """Best of three: one prompt of `tokens` plus `tokens` in 512-token prompts, on random data."""
-    num_heads, num_kv_heads, head_dim = heads
-    q = torch.randn(tokens, num_heads, head_dim, device=device, dtype=dtype)
-    k = torch.randn(tokens, num_kv_heads, head_dim, device=device, dtype=dtype)
-    metas = [_prefill_meta([tokens], device), _prefill_meta([512] * (tokens // 512), device)]
+def _seconds(extend: Callable[..., torch.Tensor], q: torch.Tensor, kv: torch.Tensor, meta: ForwardMeta) -> float:
+    """Best of three (after one that compiles)."""
     best = float("inf")
-    for _ in range(4):  # the first compiles
-        torch.cuda.synchronize(device)
+    for _ in range(4):
+        torch.cuda.synchronize(q.device)
         start = time.perf_counter()
-        for meta in metas:
-            extend(q[: meta.num_keys], k, k, meta)
-        torch.cuda.synchronize(device)
+        extend(q, kv, kv, meta)
+        torch.cuda.synchronize(q.device)
         best = min(best, time.perf_counter() - start)
     return best
 
 
-def _faster_prefill(kernels: dict[str, Callable[..., torch.Tensor]], heads: tuple[int, int, int], tokens: int,
-                    device: torch.device, dtype: torch.dtype) -> str:
+def _by_key_count(short: Callable[..., torch.Tensor], long: Callable[..., torch.Tensor], threshold: int) -> Callable[..., torch.Tensor]:
+    def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
+        return (long if meta.max_seq_len >= threshold else short)(q, k_cache, v_cache, meta)
+    return extend_attention
+
+
+def _measured_prefill(kernels: dict[str, Callable[..., torch.Tensor]], heads: tuple[int, int, int], tokens: int,
+                      device: torch.device, dtype: torch.dtype) -> tuple[str, Callable[..., torch.Tensor]]:
+    """`auto`'s prefill attention: triton and fa timed on prompts of 512 tokens and on a chunk of
+    `tokens` after 0, 1 and 3 chunks of cached prefix. fa serves steps from the shortest key
+    count after which it is faster at every longer one, triton the steps below."""
+    num_heads, num_kv_heads, head_dim = heads
     tokens = min(16384, max(512, tokens // 512 * 512))
-    seconds = {name: _prefill_seconds(extend, heads, tokens, device, dtype) for name, extend in kernels.items()}
-    choice = min(seconds, key=seconds.get)
+    q = torch.randn(tokens, num_heads, head_dim, device=device, dtype=dtype)
+    kv = torch.randn(4 * tokens, num_kv_heads, head_dim, device=device, dtype=dtype)
+    shapes = [(tokens // 512, 512, 0), (1, tokens, 0), (1, tokens, tokens), (1, tokens, 3 * tokens)]
+    metas = [_prefill_meta(*shape, device) for shape in shapes]
+    seconds = {name: [_seconds(extend, q, kv, meta) for meta in metas] for name, extend in kernels.items()}
+    del q, kv
     torch.cuda.empty_cache()  # the KV pool is sized from the free memory next
-    logger.info("--attention-backend auto: prefill attention over %d tokens (one prompt, then 512-token prompts) "
-                "took %s; prefill runs %s", tokens, ", ".join(f"{n} {s * 1e3:.2f} ms" for n, s in seconds.items()), choice)
-    return choice
+    keys = [meta.max_seq_len for meta in metas]
+    fa_wins = [fa < triton for fa, triton in zip(seconds["fa"], seconds["triton"], strict=True)]
+    threshold = next((keys[i] for i in range(len(keys)) if all(fa_wins[i:])), None)
+    if threshold is None:
+        name, extend = "triton", kernels["triton"]
+    elif threshold == keys[0]:
+        name, extend = "fa", kernels["fa"]
+    else:
+        name, extend = f"triton, fa from {threshold} keys", _by_key_count(kernels["triton"], kernels["fa"], threshold)
+    timings = "; ".join(f"{b} x {n} new after {p}: " + ", ".join(f"{k} {s[i] * 1e3:.2f} ms" for k, s in seconds.items())
+                        for i, (b, n, p) in enumerate(shapes))
+    logger.info("--attention-backend auto: prefill attention %s; prefill runs %s", timings, name)
+    return name, extend
 
 
 def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: str = "auto",
@@ -193,15 +211,14 @@ def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: 
         raise ValueError(f"--attention-backend {attention_backend}: {why_not_fa}")
     kernels = triton_kernels()
     attention = {"triton": kernels.extend_attention, "fa": flash_attention.varlen_attention}
-    if prefill == "auto":
-        prefill = "triton"
-        if why_not_fa is None and heads is not None:
-            prefill = _faster_prefill(attention, heads, prefill_tokens, device, dtype)
-    if decode == "auto":
-        decode = "triton"
-    kernels = dataclasses.replace(kernels, extend_attention=attention[prefill],
-                                  decode_attention=flash_attention.varlen_attention if decode == "fa" else kernels.decode_attention,
-                                  attention=(prefill, decode))
+    if prefill == "auto" and why_not_fa is None and heads is not None:
+        prefill, extend = _measured_prefill(attention, heads, prefill_tokens, device, dtype)
+    else:
+        prefill = "triton" if prefill == "auto" else prefill
+        extend = attention[prefill]
+    decode = "triton" if decode == "auto" else decode
+    kernels = dataclasses.replace(kernels, extend_attention=extend, attention=(prefill, decode),
+                                  decode_attention=flash_attention.varlen_attention if decode == "fa" else kernels.decode_attention)
     from .skinny_gemm import MAX_ROWS as skinny_rows
 
     sgl = _sgl_kernel_ops(device, dtype)
