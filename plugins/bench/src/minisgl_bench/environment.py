@@ -59,10 +59,24 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def settings_from_environment() -> dict[str, Any]:
+    """The minisgl settings this process's environment sets (ATTENTION_BACKEND=fa, ...): they
+    reach the engine beside the command's flags, so a report names them."""
+    from minisgl.settings import SettingsError, load_settings
+
+    try:
+        settings, sources = load_settings(flags={"model_path": "-"})  # the report names the model itself
+    except SettingsError as exc:  # the engine will refuse it the same way; the report says so
+        return {"invalid": str(exc)}
+    return {name: getattr(settings, name) for name, source in sources.items() if source.startswith("env")}
+
+
 def header(**fields: Any) -> dict[str, Any]:
-    """The report's preamble: the caller's fields (model, dtype, settings...), the machine
-    and the git revision."""
-    return {**fields, "machine": machine(), "git_revision": git_revision()}
+    """The report's preamble: the caller's fields (model, dtype, settings...), the settings
+    the environment sets, the machine and the git revision."""
+    env = settings_from_environment()
+    return {**fields, **({"settings from the environment": env} if env else {}), "machine": machine(),
+            "git_revision": git_revision()}
 
 
 def header_lines(head: dict[str, Any]) -> list[str]:
