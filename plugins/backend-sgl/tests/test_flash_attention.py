@@ -97,3 +97,13 @@ def test_auto_times_both_prefill_kernels_logs_the_choice_and_decodes_on_triton(c
     want = reference.extend_attention(q, k, k, meta.page_table, meta.qo_start, meta.extend_lens, meta.prefix_lens,
                                       meta.max_extend_len)
     torch.testing.assert_close(kernels.extend_attention(q, k, k, meta), want, atol=2e-2, rtol=2e-2)
+
+
+def test_auto_sends_steps_to_fa_from_the_key_count_where_it_stays_faster():
+    from minisgl_backend_sgl.kernels.prefill_choice import fa_threshold
+
+    keys = [512, 8192, 16384, 32768]
+    assert fa_threshold(keys, [2, 3, 4, 5], [1, 2, 6, 9]) == 16384
+    assert fa_threshold(keys, [1, 3, 4, 5], [2, 2, 6, 9]) == 16384  # a win below a loss does not count
+    assert fa_threshold(keys, [1, 1, 1, 1], [2, 2, 2, 2]) == 512
+    assert fa_threshold(keys, [1, 1, 1, 3], [2, 2, 2, 2]) is None

@@ -5,8 +5,9 @@
   agrees with them on a smoke test, its RMSNorm and SiLU-mul are used instead.
 - Attention, per phase (`--attention-backend`, one name or `PREFILL,DECODE`): `triton`, the
   paged kernels of kernels/attention.py, or `fa`, FlashAttention-2 through torch
-  (kernels/flash_attention.py). `auto` times both on a prefill chunk of the model's heads at
-  start and keeps the faster; decode stays on Triton, the one CUDA graphs capture.
+  (kernels/flash_attention.py). `auto` times both on prefill shapes of the model's heads at
+  start and serves each step by the faster for its key count (kernels/prefill_choice.py);
+  decode stays on Triton, the one CUDA graphs capture.
 - CPU: the torch references (for tests; backend-sgl serves on CUDA only).
 The choice is logged, so a user sees which path runs.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -128,65 +128,6 @@ def attention_phases(setting: str) -> tuple[str, str]:
     return prefill, decode or prefill
 
 
-def _prefill_meta(batch: int, new: int, prefix: int, device: torch.device) -> ForwardMeta:
-    """`batch` requests of `new` tokens after `prefix` cached ones, each in its own slot range."""
-    length = prefix + new
-    i32 = lambda value: torch.full((batch,), value, dtype=torch.int32, device=device)  # noqa: E731
-    slots = torch.arange(batch * length, device=device).view(batch, length)
-    return ForwardMeta(
-        is_decode=False, positions=slots[:, prefix:].flatten(), out_slots=slots[:, prefix:].flatten(),
-        page_table=slots.int(), seq_lens=i32(length), qo_start=torch.arange(batch, dtype=torch.int32, device=device) * new,
-        extend_lens=i32(new), prefix_lens=i32(prefix), max_extend_len=new, max_seq_len=length, num_keys=batch * length,
-    )
-
-
-def _seconds(extend: Callable[..., torch.Tensor], q: torch.Tensor, kv: torch.Tensor, meta: ForwardMeta) -> float:
-    """Best of three (after one that compiles)."""
-    best = float("inf")
-    for _ in range(4):
-        torch.cuda.synchronize(q.device)
-        start = time.perf_counter()
-        extend(q, kv, kv, meta)
-        torch.cuda.synchronize(q.device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _by_key_count(short: Callable[..., torch.Tensor], long: Callable[..., torch.Tensor], threshold: int) -> Callable[..., torch.Tensor]:
-    def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
-        return (long if meta.max_seq_len >= threshold else short)(q, k_cache, v_cache, meta)
-    return extend_attention
-
-
-def _measured_prefill(kernels: dict[str, Callable[..., torch.Tensor]], heads: tuple[int, int, int], tokens: int,
-                      device: torch.device, dtype: torch.dtype) -> tuple[str, Callable[..., torch.Tensor]]:
-    """`auto`'s prefill attention: triton and fa timed on prompts of 512 tokens and on a chunk of
-    `tokens` after 0, 1 and 3 chunks of cached prefix. fa serves steps from the shortest key
-    count after which it is faster at every longer one, triton the steps below."""
-    num_heads, num_kv_heads, head_dim = heads
-    tokens = min(16384, max(512, tokens // 512 * 512))
-    q = torch.randn(tokens, num_heads, head_dim, device=device, dtype=dtype)
-    kv = torch.randn(4 * tokens, num_kv_heads, head_dim, device=device, dtype=dtype)
-    shapes = [(tokens // 512, 512, 0), (1, tokens, 0), (1, tokens, tokens), (1, tokens, 3 * tokens)]
-    metas = [_prefill_meta(*shape, device) for shape in shapes]
-    seconds = {name: [_seconds(extend, q, kv, meta) for meta in metas] for name, extend in kernels.items()}
-    del q, kv
-    torch.cuda.empty_cache()  # the KV pool is sized from the free memory next
-    keys = [meta.max_seq_len for meta in metas]
-    fa_wins = [fa < triton for fa, triton in zip(seconds["fa"], seconds["triton"], strict=True)]
-    threshold = next((keys[i] for i in range(len(keys)) if all(fa_wins[i:])), None)
-    if threshold is None:
-        name, extend = "triton", kernels["triton"]
-    elif threshold == keys[0]:
-        name, extend = "fa", kernels["fa"]
-    else:
-        name, extend = f"triton, fa from {threshold} keys", _by_key_count(kernels["triton"], kernels["fa"], threshold)
-    timings = "; ".join(f"{b} x {n} new after {p}: " + ", ".join(f"{k} {s[i] * 1e3:.2f} ms" for k, s in seconds.items())
-                        for i, (b, n, p) in enumerate(shapes))
-    logger.info("--attention-backend auto: prefill attention %s; prefill runs %s", timings, name)
-    return name, extend
-
-
 def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: str = "auto",
                    moe_backend: str = "auto", heads: tuple[int, int, int] | None = None,
                    prefill_tokens: int = 8192) -> KernelSet:
@@ -204,7 +145,7 @@ def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: 
                              "runs the torch reference (--attention-backend auto)")
         logger.info("backend-sgl kernels: torch reference (device %s has no Triton path)", device)
         return REFERENCE
-    from . import flash_attention
+    from . import flash_attention, prefill_choice
 
     why_not_fa = flash_attention.unavailable(device, dtype)
     if why_not_fa and "fa" in (prefill, decode):
@@ -212,7 +153,7 @@ def select_kernels(device: torch.device, dtype: torch.dtype, attention_backend: 
     kernels = triton_kernels()
     attention = {"triton": kernels.extend_attention, "fa": flash_attention.varlen_attention}
     if prefill == "auto" and why_not_fa is None and heads is not None:
-        prefill, extend = _measured_prefill(attention, heads, prefill_tokens, device, dtype)
+        prefill, extend = prefill_choice.measured(attention, heads, prefill_tokens, device, dtype)
     else:
         prefill = "triton" if prefill == "auto" else prefill
         extend = attention[prefill]
