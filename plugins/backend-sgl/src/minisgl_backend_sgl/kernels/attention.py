@@ -137,8 +137,11 @@ def extend_attention(
     batch = extend_lens.shape[0]
     if n_tokens == 0 or batch == 0:
         return out
-    default_block = 64 if head_dim <= 128 else 32
-    block_m, block_n = block_m or default_block, block_n or default_block
+    # 16-bit heads up to 128 wide: 128 queries x 64 keys in 3 stages, the fastest of
+    # bench_prefill_attention.py's sweep on an H100 at every shape (BENCHMARKS.md)
+    wide = q.dtype != torch.float32 and head_dim <= 128
+    default_m, default_n = (128, 64) if wide else (64, 64) if head_dim <= 128 else (32, 32)
+    block_m, block_n = block_m or default_m, block_n or default_n
     grid = (batch, num_heads, triton.cdiv(max_extend_len, block_m))
     _extend_kernel[grid](
         q, k_cache, v_cache, out, page_table, qo_start, extend_lens, prefix_lens,
@@ -146,7 +149,7 @@ def extend_attention(
         page_table.stride(0), LOG2E / math.sqrt(head_dim),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, num_warps=num_warps or 4,
-        num_stages=num_stages or 2,
+        num_stages=num_stages or (3 if wide else 2),
     )
     return out
 
