@@ -87,7 +87,7 @@ def test_auto_times_both_prefill_kernels_logs_the_choice_and_decodes_on_triton(c
     from minisgl_backend_sgl.kernels.select import select_kernels
 
     device = torch.device("cuda")
-    with caplog.at_level("INFO", logger="minisgl_backend_sgl.kernels.select"):
+    with caplog.at_level("INFO"):
         kernels = select_kernels(device, torch.bfloat16, "auto", heads=(8, 2, 64), prefill_tokens=1024)
     assert kernels.attention[1] == "triton" and "prefill runs " + kernels.attention[0] in caplog.text
     k = torch.randn(301, 2, 64, device=device, dtype=torch.bfloat16)
