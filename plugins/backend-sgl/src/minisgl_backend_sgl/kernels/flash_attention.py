@@ -3,8 +3,9 @@ over the paged pool.
 
 The kernel reads keys packed request by request ([keys, kv_heads, head_dim] with cumulative
 offsets), so each step first gathers every request's slots, prefix and new tokens, out of
-the pool: for a 32k-token prompt of an 8B model that is 128 MB a layer, a few percent of the
-attention's own time. Flash aligns a causal mask to the bottom right when a request has more
+the pool: for a 32k-token prompt of an 8B model 128 MB a layer, well under 1% of the
+attention's own time, but with the offsets and torch's dispatch a fixed 0.2-0.3 ms a layer
+that makes fa the slower kernel on short prompts (BENCHMARKS.md). Flash aligns a causal mask to the bottom right when a request has more
 keys than queries, which is where a chunk after a cached prefix sits. A decode row is a
 one-token query, so the same call serves both phases; it needs the step's key count on the
 host, which a CUDA graph replayed at any length does not have, so decode by `fa` runs eagerly.

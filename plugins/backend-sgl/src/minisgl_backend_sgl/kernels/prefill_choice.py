@@ -1,10 +1,11 @@
 """`--attention-backend auto`'s prefill attention, by measurement at start.
 
-Which prefill kernel is faster depends on how many keys a step's queries read: on one H100
-our Triton kernel led on fresh prompts up to 8k tokens and FlashAttention on an 8k chunk after
-a 24k prefix (BENCHMARKS.md, seventh session). So both are timed on the model's heads at a few
-key counts, and a step goes to FlashAttention from the shortest key count after which it
-won every measurement.
+Which prefill kernel is faster depends on the card, the heads and how many keys a step's
+queries read: on one H100 FlashAttention led our first Triton kernel 1.6x on an 8k chunk
+after a 24k prefix and trailed it 2-3x on 2k prompts; with the kernel's present tiles the
+two tie at 32k (BENCHMARKS.md, seventh session). So both are timed on the model's heads at
+a few key counts, and a step goes to FlashAttention from the shortest key count after which
+it won every measurement.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def fa_threshold(keys: list[int], fa: list[float], triton: list[float]) -> int |
 
 
 def measured(kernels: dict[str, Callable[..., torch.Tensor]], heads: tuple[int, int, int], tokens: int,
-                      device: torch.device, dtype: torch.dtype) -> tuple[str, Callable[..., torch.Tensor]]:
+             device: torch.device, dtype: torch.dtype) -> tuple[str, Callable[..., torch.Tensor]]:
     """`auto`'s prefill attention: triton and fa timed on prompts of 512 tokens and on a chunk of
     `tokens` after 0, 1 and 3 chunks of cached prefix. fa serves steps from the shortest key
     count after which it is faster at every longer one, triton the steps below."""
