@@ -5,7 +5,9 @@ table lists the slot of each of its positions, so a block of keys is a gather of
 
 - `extend_attention`: prefill chunks (and any mixed batch). Each program takes BLOCK_M new
   tokens of one request and one query head and attends, causally, over everything the
-  request holds: the cached prefix and the chunk itself (whose K/V were stored first).
+  request holds: the cached prefix and the chunk itself (whose K/V were stored first). Keys
+  before the block's first query are visible to all of its queries, so only the blocks on
+  the diagonal apply the causal mask.
 - `decode_attention`: one new token per request. Flash-decoding: the keys of a request are
   cut into NUM_SPLITS ranges, each program handles one range for all query heads that share
   a KV head (GQA packing, so K/V are read once per group), and a second kernel merges the
