@@ -32,7 +32,7 @@ if [[ $STAGES == *bench* ]]; then
       echo "=== ATTENTION_BACKEND=$backend minisgl bench $args"
       # shellcheck disable=SC2086
       ATTENTION_BACKEND=$backend BENCH_LOG_LEVEL=INFO timeout ${BENCH_TIMEOUT:-150} python3 -m minisgl bench $args > "$OUT/bench$i.log" 2>&1
-      grep -h "of the matmul rate\|of roofline floor:\|attention-backend auto\|Error\|error" "$OUT/bench$i.log" | grep -v "^INFO.*Loading" | tail -6
+      grep -h "of the matmul rate\|tok/s: .* of roofline floor\|attention-backend auto\|Error\|error" "$OUT/bench$i.log" | grep -v "^INFO.*Loading" | tail -6
     done
   done
 fi
