@@ -39,10 +39,11 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _extend_block(q, acc, m_i, l_i, k_cache, v_cache, row, q_pos, start, end, kv_end, kv_head, stride_ks, stride_kh,
-                  sm_scale_log2, offs_d, d_mask, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
-    """Online softmax over keys [start, end): CAUSAL masks each query's later keys (the
-    diagonal blocks); the keys before the query block need no mask."""
+def _attend_keys(q, acc, m_i, l_i, k_cache, v_cache, row, q_pos, start, end, kv_end, kv_head, stride_ks, stride_kh,
+                 sm_scale_log2, offs_d, d_mask, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
+    """Online softmax of q's rows over the keys [start, end) of a page-table row (keys from
+    kv_end on are masked): both kernels' inner loop. CAUSAL masks each query's later keys
+    (extend's diagonal blocks; q_pos is read only then)."""
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = offs_n < kv_end
@@ -56,7 +57,7 @@ def _extend_block(q, acc, m_i, l_i, k_cache, v_cache, row, q_pos, start, end, kv
             qk = tl.where((offs_n[None, :] <= q_pos[:, None]) & n_mask[None, :], qk, float("-inf"))
         else:
             qk = tl.where(n_mask[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))  # key 0 is visible to every row: finite
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))  # the range's first key is visible to every row: finite
         p = tl.exp2(qk - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
@@ -103,10 +104,10 @@ def _extend_kernel(
     # every query of the block sees all keys before its first query: whole BLOCK_N blocks of them unmasked
     unmasked_end = (prefix_len + m_block * BLOCK_M) // BLOCK_N * BLOCK_N
     row = page_table + b.to(tl.int64) * stride_pt
-    acc, m_i, l_i = _extend_block(q, acc, m_i, l_i, k_cache, v_cache, row, q_pos, 0, unmasked_end, kv_end, kv_head,
-                                  stride_ks, stride_kh, sm_scale_log2, offs_d, d_mask, BLOCK_N, False, IEEE)
-    acc, m_i, l_i = _extend_block(q, acc, m_i, l_i, k_cache, v_cache, row, q_pos, unmasked_end, kv_end, kv_end, kv_head,
-                                  stride_ks, stride_kh, sm_scale_log2, offs_d, d_mask, BLOCK_N, True, IEEE)
+    acc, m_i, l_i = _attend_keys(q, acc, m_i, l_i, k_cache, v_cache, row, q_pos, 0, unmasked_end, kv_end, kv_head,
+                                 stride_ks, stride_kh, sm_scale_log2, offs_d, d_mask, BLOCK_N, False, IEEE)
+    acc, m_i, l_i = _attend_keys(q, acc, m_i, l_i, k_cache, v_cache, row, q_pos, unmasked_end, kv_end, kv_end, kv_head,
+                                 stride_ks, stride_kh, sm_scale_log2, offs_d, d_mask, BLOCK_N, True, IEEE)
     out = acc / l_i[:, None]
     tl.store(
         o_ptr + (qo_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
@@ -186,26 +187,8 @@ def _decode_split_kernel(
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
     row = page_table + b * stride_pt
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < end
-        slots = tl.load(row + offs_n, mask=n_mask, other=0).to(tl.int64)
-        k = tl.load(
-            k_cache + slots[None, :] * stride_ks + kv_head * stride_kh + offs_d[:, None],
-            mask=n_mask[None, :] & d_mask[:, None], other=0.0,
-        )
-        qk = _dot(q, k, IEEE) * sm_scale_log2
-        qk = tl.where(n_mask[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        p = tl.exp2(qk - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            v_cache + slots[:, None] * stride_ks + kv_head * stride_kh + offs_d[None, :],
-            mask=n_mask[:, None] & d_mask[None, :], other=0.0,
-        )
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-        m_i = m_new
+    acc, m_i, l_i = _attend_keys(q, acc, m_i, l_i, k_cache, v_cache, row, offs_g, start, end, end, kv_head,
+                                 stride_ks, stride_kh, sm_scale_log2, offs_d, d_mask, BLOCK_N, False, IEEE)
     has_keys = l_i > 0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     if NUM_SPLITS == 1:  # the whole answer: no partials to merge
