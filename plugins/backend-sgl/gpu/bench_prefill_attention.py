@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from minisgl_backend_sgl.forward_meta import ForwardMeta
 from minisgl_backend_sgl.kernels import flash_attention
+from minisgl_backend_sgl.kernels.prefill_choice import prefill_meta
 from minisgl_backend_sgl.kernels.select import paged_attention
 
 PRESET_DIR = Path(__file__).resolve().parents[3] / "core/src/minisgl/models/presets"
@@ -47,18 +47,6 @@ def best(fn, device: torch.device, reps: int = 5) -> float:
     return min(times)
 
 
-def chunk_meta(prefixes: list[int], news: list[int], device: torch.device) -> ForwardMeta:
-    """Requests with `prefixes[b]` cached tokens and `news[b]` new ones, each in its own slot range."""
-    width = max(p + n for p, n in zip(prefixes, news, strict=True))
-    rows = torch.arange(len(news), device=device)[:, None] * width + torch.arange(width, device=device)[None, :]
-    i32 = lambda v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
-    seq = [p + n for p, n in zip(prefixes, news, strict=True)]
-    starts = [sum(news[:b]) for b in range(len(news))]
-    return ForwardMeta(is_decode=False, positions=rows.flatten(), out_slots=rows.flatten(), page_table=rows.int(),
-                       seq_lens=i32(seq), qo_start=i32(starts), extend_lens=i32(news), prefix_lens=i32(prefixes),
-                       max_extend_len=max(news), max_seq_len=max(seq), num_keys=sum(seq))
-
-
 def main() -> None:
     device = torch.device("cuda")
     from minisgl_backend_sgl.kernels import attention
@@ -77,16 +65,16 @@ def main() -> None:
         heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
         dim = config.get("head_dim") or config["hidden_size"] // heads
         layers = config["num_hidden_layers"]
-        shapes = {f"1 x {n}": [([c], [min(CHUNK, n - c)]) for c in range(0, n, CHUNK)] for n in LENGTHS}
-        shapes["32 x 512"] = [([0] * 32, [512] * 32)]
+        # each step as (requests, new tokens each, cached prefix each)
+        shapes = {f"1 x {n}": [(1, min(CHUNK, n - c), c) for c in range(0, n, CHUNK)] for n in LENGTHS}
+        shapes["32 x 512"] = [(32, 512, 0)]
         capacity = max(max(LENGTHS), 32 * 512)
         k = torch.randn(capacity, kv_heads, dim, device=device, dtype=torch.bfloat16)
         v = torch.randn_like(k)
         for shape, chunks in shapes.items():
-            metas = [chunk_meta(p, n, device) for p, n in chunks]
-            flops = sum(4 * heads * dim * sum(p * e + e * (e + 1) // 2 for p, e in zip(ps, ns, strict=True))
-                        for ps, ns in chunks)
-            qs = [torch.randn(sum(ns), heads, dim, device=device, dtype=torch.bfloat16) for _, ns in chunks]
+            metas = [prefill_meta(*chunk, device) for chunk in chunks]
+            flops = sum(4 * heads * dim * b * (p * e + e * (e + 1) // 2) for b, e, p in chunks)
+            qs = [torch.randn(b * e, heads, dim, device=device, dtype=torch.bfloat16) for b, e, _ in chunks]
             cells = []
             for backend, extend in backends.items():
                 def run(extend=extend, qs=qs, metas=metas, k=k, v=v) -> None:

@@ -21,7 +21,7 @@ from ..forward_meta import ForwardMeta
 logger = logging.getLogger(__name__)
 
 
-def _prefill_meta(batch: int, new: int, prefix: int, device: torch.device) -> ForwardMeta:
+def prefill_meta(batch: int, new: int, prefix: int, device: torch.device) -> ForwardMeta:
     """`batch` requests of `new` tokens after `prefix` cached ones, each in its own slot range."""
     length = prefix + new
     i32 = lambda value: torch.full((batch,), value, dtype=torch.int32, device=device)  # noqa: E731
@@ -68,7 +68,7 @@ def measured(kernels: dict[str, Callable[..., torch.Tensor]], heads: tuple[int, 
     q = torch.randn(tokens, num_heads, head_dim, device=device, dtype=dtype)
     kv = torch.randn(4 * tokens, num_kv_heads, head_dim, device=device, dtype=dtype)
     shapes = [(tokens // 512, 512, 0), (1, tokens, 0), (1, tokens, tokens), (1, tokens, 3 * tokens)]
-    metas = [_prefill_meta(*shape, device) for shape in shapes]
+    metas = [prefill_meta(*shape, device) for shape in shapes]
     seconds = {name: [_seconds(extend, q, kv, meta) for meta in metas] for name, extend in kernels.items()}
     del q, kv
     torch.cuda.empty_cache()  # the KV pool is sized from the free memory next
