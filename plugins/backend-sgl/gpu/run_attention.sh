@@ -6,13 +6,7 @@
 # of llama-3.1-8b at 2k, 8k and 32k and of qwen3-0.6b at 8k).
 # Carry .whl (msgspec, pyzmq, pluggy, click, rich, llguidance, prometheus-client wheels for Python 3.12).
 # Run from the repository root: bash plugins/backend-sgl/gpu/run_attention.sh
-set -o pipefail
-OUT=${OUT:-/tmp/sgl_out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-PYTHONPATH=/tmp/site python3 -m pip install -q --no-deps --no-build-isolation --no-index -e core -e plugins/backend-sgl -e plugins/backend-hf -e plugins/bench 2>&1 | tail -3
-export PYTHONPATH=/tmp/site:core/src:plugins/backend-sgl/src:plugins/backend-sgl/tests:plugins/bench/src:plugins/backend-sgl/gpu
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+source plugins/backend-sgl/gpu/device_env.sh
 STAGES=${STAGES:-tests,kernels,bench}
 if [[ $STAGES == *tests* ]]; then
   # shellcheck disable=SC2086
