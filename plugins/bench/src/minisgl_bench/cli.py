@@ -616,7 +616,8 @@ def vllm(vllm_python, model, num_requests, input_len, output_len, seed, dtype, b
 @click.option("--backend", default="auto", show_default=True, help="minisgl backend")
 @click.option("--dtype", default="auto", show_default=True, type=DTYPES)
 @click.option("--speculative-algorithm", default="ngram", show_default=True, help="registered proposer")
-@click.option("--speculative-num-draft-tokens", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--speculative-num-draft-tokens", default=None, type=click.IntRange(min=1),
+              help="drafts a step at most (default: the engine's)")
 @click.option("--speculative-draft-model-path", default=None, help="draft model (--speculative-algorithm standalone)")
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1))
@@ -642,11 +643,13 @@ def speculative(model, backend, dtype, speculative_algorithm, speculative_num_dr
     path = _model_path(model)
     device = "cuda" if backend == "sgl" else "cpu"
     dtype = str(resolve_dtype(dtype, AutoConfig.from_pretrained(path), device)).removeprefix("torch.")
-    spec = {"speculative_algorithm": speculative_algorithm, "speculative_num_draft_tokens": speculative_num_draft_tokens,
+    spec = {"speculative_algorithm": speculative_algorithm,
+            **({"speculative_num_draft_tokens": speculative_num_draft_tokens} if speculative_num_draft_tokens else {}),
             **({"speculative_draft_model_path": _model_path(speculative_draft_model_path)}
                if speculative_draft_model_path else {})}
     try:  # refused before the plain run, not after it
-        settings_from_kwargs(model=path, backend=backend, dtype=dtype, **spec)
+        speculative_num_draft_tokens = settings_from_kwargs(model=path, backend=backend, dtype=dtype,
+                                                            **spec).speculative_num_draft_tokens
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     floor_ms, floor_how = read_floor_ms(path, dtype, 1) if device == "cpu" else (None, "")
